@@ -1,0 +1,192 @@
+"""The ``pipeline`` command: run, plan, demo, config, models, bench.
+
+Exit codes: 0 success, 2 bad config/input/model, 3 output already committed,
+4 storage unreachable, 5 too many failed rows, 6 job failed, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline import __version__
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pipeline.config import Config
+
+
+def _add_config_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("--config", "-c", required=required, help="YAML config file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set output.uri=s3://bucket/run (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the docs)."""
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a batch-inference job")
+    _add_config_args(run)
+    run.add_argument("--run-id", help="run id (resume an unfinished run by giving its id)")
+    run.add_argument("--overwrite", action="store_true", help="discard a committed or unfinished run first")
+    run.add_argument("--summary-json", help="also write the run summary to this file")
+
+    plan = commands.add_parser("plan", help="dry run: config, inputs found, stages and resources")
+    _add_config_args(plan)
+    plan.add_argument("--target-images-per-hour", type=float, help="size the CPU and GPU groups for this rate")
+    plan.add_argument("--decode-rate", type=float, help="measured decode img/s per core (from pipeline bench)")
+    plan.add_argument("--model-rate", type=float, help="measured model img/s per GPU/actor (from pipeline bench)")
+
+    demo = commands.add_parser("demo", help="make a sample data set and run the job on it locally")
+    demo.add_argument("--images", type=int, default=300, help="number of good sample images")
+    demo.add_argument("--workdir", default="demo-output", help="where the data and output go")
+    demo.add_argument("--model", default="resnet18", help="torchvision architecture")
+
+    config = commands.add_parser("config", help="show the resolved config or its JSON schema")
+    _add_config_args(config, required=False)
+    config.add_argument("--show", action="store_true", help="print the resolved config as YAML")
+    config.add_argument("--schema", action="store_true", help="print the config's JSON schema")
+
+    commands.add_parser("models", help="list the torchvision architectures")
+
+    bench = commands.add_parser("bench", help="measure model, decode, ideal and end-to-end throughput")
+    bench.add_argument("--images", type=int, default=512)
+    bench.add_argument("--model", default="resnet50")
+    bench.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    bench.add_argument("--batch-size", type=int, default=None)
+    bench.add_argument("--workdir", default="bench-output")
+    bench.add_argument("--json", dest="json_path", default=None, help="write the results here")
+    bench.add_argument("--naive-images", type=int, default=None, help="images for the naive baseline")
+    bench.add_argument("--memory-check", action="store_true", help="also run 4x images to compare peak memory")
+    return parser
+
+
+def _load(args: argparse.Namespace, *, check_paths: bool = True) -> Config:
+    from pipeline.config import load_config
+
+    return load_config(args.config, args.overrides, check_paths=check_paths)
+
+
+def _configure_logging(config: Config) -> None:
+    from pipeline import logs
+
+    logs.configure(config.logging.format, config.logging.level)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``pipeline run``."""
+    from pipeline.job import run_job
+
+    config = _load(args)
+    if args.run_id:
+        config.job.run_id = args.run_id
+    _configure_logging(config)
+    summary = run_job(config, overwrite=args.overwrite)
+    print(summary.render())  # noqa: T201
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """``pipeline config``."""
+    from pipeline.config import Config, dump_yaml
+
+    if args.schema:
+        print(json.dumps(Config.model_json_schema(), indent=2))  # noqa: T201
+        return 0
+    if args.config is None:
+        raise PipelineError("pipeline config needs --config FILE (or --schema)")
+    config = _load(args)
+    print(dump_yaml(config), end="")  # noqa: T201
+    return 0
+
+
+def cmd_models(_: argparse.Namespace) -> int:
+    """``pipeline models``."""
+    from pipeline.model import known_architectures
+
+    print("\n".join(sorted(known_architectures())))  # noqa: T201
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``pipeline plan``."""
+    from pipeline.planning import print_plan
+
+    config = _load(args)
+    _configure_logging(config)
+    print_plan(config, target=args.target_images_per_hour, decode_rate=args.decode_rate, model_rate=args.model_rate)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``pipeline demo``."""
+    from pipeline import logs, samples
+    from pipeline.config import load_config
+    from pipeline.job import run_job
+
+    workdir = Path(args.workdir).resolve()
+    data = workdir / "images"
+    if not data.exists():
+        print(f"making {args.images} sample images (and 3 broken files) under {data} ...")  # noqa: T201
+        samples.make_images(data, args.images)
+    config = load_config(
+        None,
+        [
+            f"input.uri={data}",
+            f"output.uri={workdir / 'predictions'}",
+            f"model.name={args.model}",
+            "model.random_init=true",
+            "job.name=demo",
+        ],
+    )
+    logs.configure(config.logging.format, config.logging.level)
+    summary = run_job(config, overwrite=True)
+    print(summary.render())  # noqa: T201
+    print(f"\npredictions: {workdir / 'predictions' / 'data'}  manifest: {workdir / 'predictions' / '_SUCCESS'}")  # noqa: T201
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``pipeline bench``."""
+    from pipeline.bench import main as bench_main
+
+    return bench_main(args)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "plan": cmd_plan,
+    "demo": cmd_demo,
+    "config": cmd_config,
+    "models": cmd_models,
+    "bench": cmd_bench,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)  # noqa: T201
+        return 130

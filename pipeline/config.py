@@ -1,0 +1,311 @@
+"""The one configuration loader: YAML file, then environment, then ``--set``.
+
+Precedence, lowest first: the defaults below, the YAML file, environment
+variables named ``PIPELINE_<SECTION>__<KEY>`` (``__`` separates nesting, e.g.
+``PIPELINE_OUTPUT__URI=s3://bucket/run``), then ``--set section.key=value``.
+Everything is validated before any Ray work; the first problem becomes a
+:class:`~pipeline.errors.ConfigError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+ENV_PREFIX = "PIPELINE_"
+ENV_NESTING = "__"
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://")
+
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class JobConfig(_Section):
+    """Identity of the job: the name dashboards filter on and the run id resume keys on."""
+
+    name: str = Field(default="image-classify", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class InputConfig(_Section):
+    """Where the images are: a directory or prefix, or a Parquet/CSV manifest of URIs."""
+
+    uri: str = ""
+    manifest_column: str = "uri"
+    extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
+    recursive: bool = True
+    limit: int | None = Field(default=None, ge=1)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_given(cls, value: str) -> str:
+        if not value.strip():
+            msg = "input.uri is required: a directory, an s3:// prefix, or a .parquet/.csv manifest"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_lowercase(cls, value: list[str]) -> list[str]:
+        return [ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in value]
+
+    @property
+    def is_manifest(self) -> bool:
+        """True when the input is a manifest file rather than a directory or prefix."""
+        return self.uri.lower().endswith((".parquet", ".csv"))
+
+
+class ModelConfig(_Section):
+    """Which torchvision architecture, which weights, and how many classes to report."""
+
+    name: str = "resnet50"
+    weights: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    random_init: bool = False
+    num_classes: int = Field(default=1000, ge=2)
+    labels: str | None = None
+    top_k: int = Field(default=5, ge=1, le=100)
+
+
+class PreprocessConfig(_Section):
+    """Decode and crop on CPU workers; the crop travels to inference as uint8."""
+
+    resize_size: int | None = Field(default=None, ge=8, le=4096)
+    crop_size: int | None = Field(default=None, ge=8, le=4096)
+    max_image_pixels: int = Field(default=89_478_485, ge=1)
+    reduced_decode: bool = True
+    fetch_threads: int = Field(default=16, ge=1, le=256)
+    batch_size: int = Field(default=32, ge=1)
+
+
+class InferenceConfig(_Section):
+    """How the model runs inside each actor."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    torch_threads: int | None = Field(default=None, ge=1)
+    max_oom_retries: int = Field(default=4, ge=0, le=16)
+
+
+class OutputConfig(_Section):
+    """Where the Parquet parts and the commit manifest go."""
+
+    uri: str = "./output"
+    rows_per_file: int = Field(default=50_000, ge=1)
+    mode: Literal["error", "overwrite"] = "error"
+    max_failure_fraction: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class StorageConfig(_Section):
+    """Object-storage client settings; credentials come from the standard AWS chain only."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    max_attempts: int = Field(default=10, ge=1, le=50)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    anonymous: bool = False
+
+
+class ResourcesConfig(_Section):
+    """How the stages map onto the Ray cluster."""
+
+    ray_address: str | None = None
+    placement: Literal["local", "worker_groups"] = "local"
+    cpu_group_resource: str = "cpu_group"
+    gpu_group_resource: str = "gpu_group"
+    decode_num_cpus: float = Field(default=1.0, gt=0)
+    decode_concurrency: int | None = Field(default=None, ge=1)
+    actor_num_cpus: float | None = Field(default=None, ge=0)
+    actor_num_gpus: float | None = Field(default=None, ge=0)
+    min_actors: int = Field(default=1, ge=1)
+    max_actors: int = Field(default=1, ge=1)
+    object_store_memory_bytes: int | None = Field(default=None, ge=75 * 1024 * 1024)
+    stall_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class LoggingConfig(_Section):
+    """structlog output: JSON lines in production, readable console locally."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    progress: Literal["auto", "on", "off"] = "auto"
+
+
+class MetricsConfig(_Section):
+    """Driver-side job metrics and where they are pushed."""
+
+    pushgateway_url: str | None = None
+    push_interval_s: float = Field(default=15.0, gt=0)
+    summary_path: str | None = None
+
+
+class Config(_Section):
+    """The whole job configuration."""
+
+    job: JobConfig = Field(default_factory=JobConfig)
+    input: InputConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as it would be written back to YAML."""
+        return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        """sha256 of the settings that change results (not the run id or logging)."""
+        data = self.to_dict()
+        data["job"].pop("run_id", None)
+        for volatile in ("logging", "metrics"):
+            data.pop(volatile, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _parse_scalar(text: str) -> Any:
+    """YAML-parse one override value so ``--set a.b=3`` gives an int, ``=null`` None."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = [key for key in dotted.split(".") if key]
+    if not keys:
+        raise ConfigError(source, dotted, "expected section.key=value")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(dotted, child, f"'{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
+    """``PIPELINE_OUTPUT__URI=x`` -> ``("output.uri", "x")``, in a stable order."""
+    overrides = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and ENV_NESTING in name:
+            dotted = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTING, ".")
+            overrides.append((dotted, _parse_scalar(environ[name])))
+    return overrides
+
+
+def _error_from_validation(exc: ValidationError, data: Mapping[str, Any]) -> ConfigError:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        section = data
+        for part in first["loc"][:-1]:
+            section = section.get(str(part), {}) if isinstance(section, Mapping) else {}
+        model: type[BaseModel] = Config
+        for part in first["loc"][:-1]:
+            field = model.model_fields.get(str(part))
+            annotation = field.annotation if field else None
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                model = annotation
+        allowed = ", ".join(sorted(model.model_fields))
+        return ConfigError(key, first.get("input"), f"unknown key; allowed keys here: {allowed}")
+    message = first["msg"]
+    if first["type"] == "missing":
+        return ConfigError(key, None, "this key is required")
+    return ConfigError(key, first.get("input"), message[:1].lower() + message[1:])
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+    *,
+    check_paths: bool = True,
+) -> Config:
+    """Build and validate the configuration; raise :class:`ConfigError` on the first problem."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError("--config", str(path), "expected an existing YAML file")
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError("--config", str(path), f"not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError("--config", str(path), "expected a mapping of sections at the top")
+        data = loaded or {}
+    for dotted, value in env_overrides(os.environ if environ is None else environ):
+        _set_path(data, dotted, value, "environment")
+    for item in overrides:
+        dotted, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError("--set", item, "expected section.key=value")
+        _set_path(data, dotted.strip(), _parse_scalar(text), "--set")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise _error_from_validation(exc, data) from None
+    _check_semantics(config, check_paths=check_paths)
+    return config
+
+
+def _check_semantics(config: Config, *, check_paths: bool) -> None:
+    """Checks that need more than one field or a look at the outside world."""
+    from pipeline.model import known_architectures  # torchvision import is slow; only here
+
+    if config.model.name not in known_architectures():
+        raise ConfigError(
+            "model.name",
+            config.model.name,
+            "not a torchvision classification model; see `pipeline models` for the list",
+        )
+    if config.model.weights is None and not config.model.random_init:
+        raise ConfigError(
+            "model.weights",
+            None,
+            "set a weights file (.safetensors or .pt) or model.random_init: true for a demo",
+        )
+    if config.model.weights is not None and config.model.random_init:
+        raise ConfigError("model.random_init", True, "must be false when model.weights is set")
+    if config.resources.min_actors > config.resources.max_actors:
+        raise ConfigError(
+            "resources.min_actors",
+            config.resources.min_actors,
+            f"must be <= resources.max_actors ({config.resources.max_actors})",
+        )
+    preprocess = config.preprocess
+    if preprocess.crop_size and preprocess.resize_size and preprocess.crop_size > preprocess.resize_size:
+        raise ConfigError(
+            "preprocess.crop_size",
+            preprocess.crop_size,
+            f"must be <= preprocess.resize_size ({preprocess.resize_size})",
+        )
+    if check_paths:
+        for key, value in (("input.uri", config.input.uri), ("model.weights", config.model.weights)):
+            if value and not value.startswith(REMOTE_SCHEMES) and not Path(value).exists():
+                raise ConfigError(key, value, "no such file or directory")
+
+
+def dump_yaml(config: Config) -> str:
+    """The resolved configuration as YAML (for ``pipeline config --show``)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

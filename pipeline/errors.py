@@ -1,0 +1,74 @@
+"""Every exception the pipeline raises on purpose, in one module.
+
+Kept apart so any module can import it without import loops. Callers catch
+:class:`PipelineError` for the family, or a subclass for the case.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Root of every error the pipeline raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(PipelineError):
+    """Raised before any work when the configuration is invalid.
+
+    The message names the key, the offending value and what is allowed.
+    """
+
+    exit_code = 2
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"config key '{key}': got {value!r}; {allowed}")
+
+
+class InputError(PipelineError):
+    """Raised when the input location cannot be listed or holds no inputs."""
+
+    exit_code = 2
+
+
+class ModelError(PipelineError):
+    """Raised when a model cannot be built or its weights cannot be trusted.
+
+    Covers unknown architectures, missing weight files, checksum mismatches
+    and checkpoints whose tensors do not fit the architecture.
+    """
+
+    exit_code = 2
+
+
+class OutputExistsError(PipelineError):
+    """Raised when the output location already holds a committed run.
+
+    Re-running a committed run needs ``--overwrite``.
+    """
+
+    exit_code = 3
+
+
+class StorageError(PipelineError):
+    """Raised when object storage cannot be reached or refuses an operation."""
+
+    exit_code = 4
+
+
+class FailureBudgetExceededError(PipelineError):
+    """Raised after a run whose failed-row fraction is above the configured maximum.
+
+    The rows are written, but the run is not committed.
+    """
+
+    exit_code = 5
+
+
+class JobFailedError(PipelineError):
+    """Raised when the Ray Data job itself fails (worker loss beyond retries, a stall)."""
+
+    exit_code = 6

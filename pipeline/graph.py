@@ -1,0 +1,226 @@
+"""The one place the Ray Data graph is built, and the resource plan it runs with.
+
+    listing (driver) -> read row_id/uri -> [checkpoint filter on resume]
+      -> decode_batch (CPU tasks) -> Classify (actor pool) -> write_parquet
+
+The read emits only ids and URIs, so on resume Ray Data's checkpoint filter
+drops finished rows before any bytes are fetched. Resources are computed from
+the cluster the driver sees, never copied from a tutorial: the inference pool
+never reserves every CPU, or the decode stage would starve.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from ray.data.datasource import Datasource, ReadTask
+from ray.data.datasource.filename_provider import FilenameProvider
+
+from pipeline import storage
+from pipeline.decode import DecodeSettings
+from pipeline.inference import CPU_AUTO_BATCH, CUDA_AUTO_BATCH, InferenceSettings
+from pipeline.stages import Classify, RunLabels, decode_batch
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from pipeline.config import Config
+    from pipeline.model import ModelSpec
+
+READ_ROWS_PER_TASK = 256
+LOCAL_DECODE_NUM_CPUS = 0.25
+GROUP_RESOURCE_SHARE = 0.001
+
+
+class UriListDatasource(Datasource):  # type: ignore[misc]  # Ray ships no type information
+    """A Ray Data read over a fixed listing: one block of ``row_id``/``uri`` per read task."""
+
+    def __init__(self, uris: list[str], rows_per_task: int = READ_ROWS_PER_TASK) -> None:
+        super().__init__()
+        self._uris = uris
+        self._rows_per_task = rows_per_task
+
+    def get_name(self) -> str:
+        """Name shown in Ray Data's progress and stats."""
+        return "ListImages"
+
+    def estimate_inmemory_data_size(self) -> int:
+        """Ids and URIs only; the bytes are fetched later."""
+        return sum(len(uri) + storage.ROW_ID_HEX_CHARS for uri in self._uris)
+
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+    ) -> list[ReadTask]:
+        """Split the listing into tasks of at most ``rows_per_task`` rows."""
+        from ray.data.block import BlockMetadata
+
+        del data_context
+        chunk = max(1, min(self._rows_per_task, math.ceil(len(self._uris) / max(1, parallelism))))
+        tasks = []
+        for start in range(0, len(self._uris), chunk):
+            uris = self._uris[start : start + chunk]
+
+            def read(uris: list[str] = uris) -> list[pa.Table]:
+                return [pa.table({"row_id": [storage.row_id(u) for u in uris], "uri": uris})]
+
+            size = sum(len(uri) + storage.ROW_ID_HEX_CHARS for uri in uris)
+            metadata = BlockMetadata(num_rows=len(uris), size_bytes=size, input_files=None, exec_stats=None)
+            tasks.append(ReadTask(read, metadata, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+class PartFilenames(FilenameProvider):  # type: ignore[misc]  # Ray ships no type information
+    """``part-<run id>-<write id>-<task>.parquet``: stable per run, unique per attempt."""
+
+    def __init__(self, run_id: str) -> None:
+        self._run_id = run_id
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        """One name per write task; Ray appends ``-<n>`` when a task writes several files."""
+        return f"part-{self._run_id}-{write_uuid}-{task_index:06d}.parquet"
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """How each stage is placed and sized; printed by ``pipeline plan``."""
+
+    cluster_cpus: float
+    cluster_gpus: float
+    inference_device: str
+    decode_num_cpus: float
+    decode_concurrency: int | None
+    decode_batch_size: int
+    decode_resources: dict[str, float]
+    actor_num_cpus: float
+    actor_num_gpus: float
+    actor_resources: dict[str, float]
+    min_actors: int
+    max_actors: int
+    inference_batch_size: int
+    calls_in_flight_per_actor: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for printing and the manifest."""
+        return asdict(self)
+
+
+def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
+    """Size the stages for the cluster the driver sees."""
+    res = config.resources
+    cpus = float(cluster.get("CPU", 0))
+    gpus = float(cluster.get("GPU", 0))
+    device = config.inference.device
+    if device == "auto":
+        device = "cuda" if gpus > 0 else "cpu"
+    groups = res.placement == "worker_groups"
+    actor_gpus = res.actor_num_gpus if res.actor_num_gpus is not None else (1.0 if device == "cuda" else 0.0)
+    actor_cpus = res.actor_num_cpus if res.actor_num_cpus is not None else 1.0
+    if not groups and device == "cpu" and cpus > 0:
+        # Leave at least a quarter of the CPUs (and never less than one decode task) to decode.
+        actor_cpus = min(actor_cpus, max(0.0, cpus - max(LOCAL_DECODE_NUM_CPUS, cpus / 4)))
+    decode_cpus = res.decode_num_cpus
+    if "decode_num_cpus" not in res.model_fields_set and not groups and device == "cpu":
+        decode_cpus = LOCAL_DECODE_NUM_CPUS  # decode shares cores with torch threads
+    if config.inference.batch_size != "auto":
+        batch = int(config.inference.batch_size)
+    else:
+        batch = CUDA_AUTO_BATCH if device == "cuda" else CPU_AUTO_BATCH
+    return ResourcePlan(
+        cluster_cpus=cpus,
+        cluster_gpus=gpus,
+        inference_device=device,
+        decode_num_cpus=decode_cpus,
+        decode_concurrency=res.decode_concurrency,
+        decode_batch_size=config.preprocess.batch_size,
+        decode_resources={res.cpu_group_resource: GROUP_RESOURCE_SHARE} if groups else {},
+        actor_num_cpus=actor_cpus,
+        actor_num_gpus=actor_gpus,
+        actor_resources={res.gpu_group_resource: GROUP_RESOURCE_SHARE} if groups else {},
+        min_actors=res.min_actors,
+        max_actors=res.max_actors,
+        inference_batch_size=batch,
+        calls_in_flight_per_actor=2 if device == "cuda" else 1,
+    )
+
+
+def decode_settings(config: Config, spec: ModelSpec) -> DecodeSettings:
+    """Decode settings from the config and the model's documented preprocessing."""
+    prep = spec.preprocessing
+    return DecodeSettings(
+        resize_size=prep.resize_size,
+        crop_size=prep.crop_size,
+        interpolation=prep.interpolation,
+        max_image_pixels=config.preprocess.max_image_pixels,
+        reduced_decode=config.preprocess.reduced_decode,
+    )
+
+
+def inference_settings(config: Config, plan: ResourcePlan) -> InferenceSettings:
+    """Per-actor inference settings; the device is the one the plan placed the actors for."""
+    inf = config.inference
+    return InferenceSettings(
+        device=plan.inference_device if inf.device == "auto" else inf.device,
+        precision=inf.precision,
+        batch_size=inf.batch_size,
+        channels_last=inf.channels_last,
+        compile=inf.compile,
+        torch_threads=inf.torch_threads,
+        max_oom_retries=inf.max_oom_retries,
+    )
+
+
+def build_dataset(
+    config: Config,
+    uris: list[str],
+    spec: ModelSpec,
+    state_dict_ref: Any,
+    plan: ResourcePlan,
+    run_id: str,
+    progress: Any = None,
+) -> ray.data.Dataset:
+    """The whole graph up to (not including) the write."""
+    import ray.data
+
+    labels = RunLabels(pipeline=config.job.name, run_id=run_id)
+    input_fs = storage.fsspec_filesystem(uris[0], config.storage)
+    dataset = ray.data.read_datasource(UriListDatasource(uris))
+    dataset = dataset.map_batches(
+        decode_batch,
+        batch_size=plan.decode_batch_size,
+        batch_format="numpy",
+        num_cpus=plan.decode_num_cpus,
+        concurrency=plan.decode_concurrency,
+        resources=plan.decode_resources or None,
+        fn_kwargs={
+            "fs": input_fs,
+            "settings": decode_settings(config, spec),
+            "fetch_threads": config.preprocess.fetch_threads,
+            "labels": labels,
+        },
+    )
+    compute = ray.data.ActorPoolStrategy(
+        min_size=plan.min_actors,
+        max_size=plan.max_actors,
+        max_tasks_in_flight_per_actor=2,
+        max_concurrent_calls_per_actor=plan.calls_in_flight_per_actor,
+    )
+    return dataset.map_batches(
+        Classify,
+        batch_size=plan.inference_batch_size,
+        batch_format="numpy",
+        compute=compute,
+        num_cpus=plan.actor_num_cpus,
+        num_gpus=plan.actor_num_gpus,
+        resources=plan.actor_resources or None,
+        fn_constructor_kwargs={
+            "spec": spec,
+            "state_dict_ref": state_dict_ref,
+            "settings": inference_settings(config, plan),
+            "top_k": config.model.top_k,
+            "labels": labels,
+            "progress": progress,
+        },
+    )

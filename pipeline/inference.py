@@ -1,0 +1,215 @@
+"""The inference hot path: uint8 crops in, top-k ids and scores out.
+
+Conversion to float, normalisation and the NHWC->NCHW change happen on the
+device; the model runs in ``channels_last`` under autocast (bf16/fp16) unless
+fp32 is asked for. On CUDA, host batches are pinned and copied on a side stream
+while the previous micro-batch computes. An out-of-memory error halves the
+micro-batch and retries; the smaller size is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.model import ModelSpec, build_model
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    import torch
+
+CPU_AUTO_BATCH = 32
+CUDA_AUTO_BATCH = 512
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Resolved per-actor settings (from :class:`pipeline.config.InferenceConfig`)."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    torch_threads: int | None = None
+    max_oom_retries: int = 4
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` is CUDA when this process sees a GPU, else CPU."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
+    import torch
+
+    with contextlib.suppress(AttributeError, RuntimeError):
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # noqa: SLF001
+    return False
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """``auto`` is bf16 where the hardware has it, fp16 on older GPUs, fp32 otherwise."""
+    import torch
+
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA OOM, a host allocation failure, or oneDNN's equivalent message."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class Predictor:
+    """A model on a device, ready to classify uint8 NHWC batches."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        state_dict: dict[str, torch.Tensor] | None,
+        settings: InferenceSettings,
+        *,
+        top_k: int = 5,
+        seed: int = 0,
+    ) -> None:
+        import torch
+
+        started = time.perf_counter()
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self.spec = spec
+        self.settings = settings
+        self.top_k = min(top_k, spec.num_classes)
+        self.device = torch.device(resolve_device(settings.device))
+        self.precision = resolve_precision(settings.precision, self.device.type)
+        if state_dict is None:
+            torch.manual_seed(seed)  # every actor of a random-init run holds the same weights
+        model = build_model(spec.name, spec.num_classes, state_dict).to(self.device)
+        if settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if settings.compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        self.model = model
+        prep = spec.preprocessing
+        self._mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        auto = CUDA_AUTO_BATCH if self.device.type == "cuda" else CPU_AUTO_BATCH
+        self.batch_size = auto if settings.batch_size == "auto" else int(settings.batch_size)
+        self._copy_stream = torch.cuda.Stream() if self.device.type == "cuda" else None
+        self.oom_backoffs = 0
+        self.warm_up(auto_size=settings.batch_size == "auto")
+        self.load_seconds = time.perf_counter() - started
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        import torch
+
+        if self._dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._dtype)
+
+    def _to_device(self, images: np.ndarray) -> torch.Tensor:
+        import torch
+
+        host = torch.from_numpy(np.ascontiguousarray(images))
+        if self.device.type != "cuda":
+            return host
+        host = host.pin_memory()
+        assert self._copy_stream is not None  # noqa: S101  # set together with the CUDA device
+        with torch.cuda.stream(self._copy_stream):
+            on_device = host.to(self.device, non_blocking=True)
+        return on_device
+
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        if self._copy_stream is not None:
+            torch.cuda.current_stream().wait_stream(self._copy_stream)
+            batch.record_stream(torch.cuda.current_stream())
+        x = batch.permute(0, 3, 1, 2).float()
+        x = (x - self._mean) / self._std
+        if self.settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            logits = self.model(x)
+        probabilities = torch.softmax(logits.float(), dim=1)
+        scores, ids = torch.topk(probabilities, self.top_k, dim=1)
+        return ids, scores
+
+    def _chunks(self, images: np.ndarray, size: int) -> Iterator[np.ndarray]:
+        for start in range(0, len(images), size):
+            yield images[start : start + size]
+
+    def _run_pipelined(self, images: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copy micro-batch i+1 while micro-batch i computes (two in flight on CUDA)."""
+        chunks = list(self._chunks(images, size))
+        ids_out, scores_out = [], []
+        pending = self._to_device(chunks[0])
+        for index in range(len(chunks)):
+            current = pending
+            if index + 1 < len(chunks):
+                pending = self._to_device(chunks[index + 1])
+            ids, scores = self._forward(current)
+            ids_out.append(ids.cpu().numpy())
+            scores_out.append(scores.cpu().numpy())
+        return np.concatenate(ids_out).astype(np.int32), np.concatenate(scores_out).astype(np.float32)
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k class ids (int32) and softmax scores (float32) for an N x H x W x 3 uint8 array."""
+        if len(images) == 0:
+            return np.zeros((0, self.top_k), np.int32), np.zeros((0, self.top_k), np.float32)
+        return self.with_oom_backoff(lambda size: self._run_pipelined(images, size))
+
+    def with_oom_backoff(
+        self, run: Callable[[int], tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run with the current micro-batch size; on OOM halve it and retry."""
+        import torch
+
+        for _ in range(self.settings.max_oom_retries + 1):
+            try:
+                return run(self.batch_size)
+            except Exception as exc:
+                if not is_out_of_memory(exc) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                self.oom_backoffs += 1
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        return run(self.batch_size)
+
+    def warm_up(self, *, auto_size: bool) -> None:
+        """One forward pass at the working batch size (compile, cuDNN autotune, OOM probe)."""
+        crop = self.spec.preprocessing.crop_size
+        size = self.batch_size if auto_size and self.device.type == "cuda" else min(self.batch_size, 2)
+        dummy = np.zeros((size, crop, crop, 3), dtype=np.uint8)
+        self.with_oom_backoff(lambda s: self._run_pipelined(dummy[:s], s))
+
+    def gpu_stats(self) -> tuple[float, int] | None:
+        """(utilisation 0-1, allocated bytes) on CUDA, else None."""
+        import torch
+
+        if self.device.type != "cuda":
+            return None
+        utilization = 0.0
+        with contextlib.suppress(Exception):
+            utilization = torch.cuda.utilization(self.device) / 100.0
+        return utilization, int(torch.cuda.memory_allocated(self.device))

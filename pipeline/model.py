@@ -1,0 +1,199 @@
+"""Building a torchvision classifier and loading weights we can trust.
+
+Weights come from a local path or any fsspec URI (``s3://...``), as safetensors or
+as a torch file loaded with ``weights_only=True`` (never arbitrary pickle). An
+optional sha256 pin refuses a file that changed. Preprocessing parameters and
+labels follow the chosen architecture's documented default weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pipeline.config import ModelConfig, PreprocessConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@functools.cache
+def known_architectures() -> frozenset[str]:
+    """Names of torchvision's image classification architectures."""
+    import torchvision
+
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the model's input; resolved once on the driver."""
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything an inference actor needs to rebuild the model, and what the manifest records."""
+
+    name: str
+    num_classes: int
+    weights_uri: str | None
+    weights_sha256: str
+    random_init: bool
+    labels: tuple[str, ...]
+    preprocessing: Preprocessing
+
+
+def _default_weights_meta(name: str) -> tuple[Preprocessing, list[str] | None]:
+    """Transforms and categories of the architecture's documented default weights."""
+    import torchvision
+
+    try:
+        weights_enum = torchvision.models.get_model_weights(name)
+        default = weights_enum.DEFAULT
+    except (ValueError, AttributeError, KeyError):
+        return Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"), None
+    transforms = default.transforms()
+    resize = transforms.resize_size
+    crop = transforms.crop_size
+    preprocessing = Preprocessing(
+        resize_size=int(resize[0] if isinstance(resize, list | tuple) else resize),
+        crop_size=int(crop[0] if isinstance(crop, list | tuple) else crop),
+        mean=tuple(float(v) for v in transforms.mean),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in transforms.std),  # type: ignore[arg-type]
+        interpolation=str(transforms.interpolation.value),
+    )
+    return preprocessing, list(default.meta.get("categories") or []) or None
+
+
+def _read_uri(uri: str, storage_options: dict[str, Any]) -> bytes:
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb", **storage_options) as handle:
+            return bytes(handle.read())
+    except FileNotFoundError as exc:
+        raise ModelError(f"model weights not found at {uri}") from exc
+    except OSError as exc:
+        raise ModelError(f"model weights at {uri} could not be read: {type(exc).__name__}") from exc
+
+
+def _load_state_dict(blob: bytes, uri: str) -> dict[str, torch.Tensor]:
+    import torch
+
+    if blob[:8] and uri.endswith(".safetensors"):
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            return load_safetensors(blob)
+        except Exception as exc:
+            raise ModelError(f"{uri} is not a valid safetensors file: {exc}") from exc
+    try:
+        loaded = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(
+            f"{uri} could not be loaded as a torch state dict with weights_only=True "
+            f"(arbitrary pickles are refused): {str(exc).splitlines()[0]}"
+        ) from exc
+    if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ModelError(f"{uri} does not hold a state dict of tensors")
+    return loaded
+
+
+def resolve_spec(
+    model: ModelConfig, preprocess: PreprocessConfig, storage_options: dict[str, Any]
+) -> tuple[ModelSpec, dict[str, torch.Tensor] | None]:
+    """Check the weights on the driver (checksum, shape) before any Ray work.
+
+    Returns the spec and the verified state dict (``None`` for random init),
+    so the caller can hand the tensors to the actors through the object store.
+    """
+    defaults, categories = _default_weights_meta(model.name)
+    preprocessing = Preprocessing(
+        resize_size=preprocess.resize_size or defaults.resize_size,
+        crop_size=preprocess.crop_size or defaults.crop_size,
+        mean=defaults.mean,
+        std=defaults.std,
+        interpolation=defaults.interpolation,
+    )
+    labels = _labels(model, categories, storage_options)
+    state_dict = None
+    if model.weights is None:
+        digest = "random-init"
+    else:
+        blob = _read_uri(model.weights, storage_options)
+        digest = hashlib.sha256(blob).hexdigest()
+        if model.sha256 is not None and digest != model.sha256.lower():
+            raise ModelError(
+                f"config key 'model.sha256': weights at {model.weights} have sha256 {digest}, "
+                f"expected {model.sha256.lower()}; refusing to load them"
+            )
+        state_dict = _load_state_dict(blob, model.weights)
+        build_model(model.name, model.num_classes, state_dict)  # fails here, not on the cluster
+    spec = ModelSpec(
+        name=model.name,
+        num_classes=model.num_classes,
+        weights_uri=model.weights,
+        weights_sha256=digest,
+        random_init=model.weights is None,
+        labels=tuple(labels),
+        preprocessing=preprocessing,
+    )
+    return spec, state_dict
+
+
+def _labels(model: ModelConfig, categories: list[str] | None, storage_options: dict[str, Any]) -> list[str]:
+    if model.labels is not None:
+        names = [line.strip() for line in _read_uri(model.labels, storage_options).decode().splitlines()]
+        names = [name for name in names if name]
+        if len(names) != model.num_classes:
+            raise ModelError(
+                f"config key 'model.labels': {model.labels} has {len(names)} labels, "
+                f"model.num_classes is {model.num_classes}"
+            )
+        return names
+    if categories is not None and len(categories) == model.num_classes:
+        return categories
+    return [f"class_{index}" for index in range(model.num_classes)]
+
+
+def build_model(
+    name: str, num_classes: int, state_dict: dict[str, torch.Tensor] | None
+) -> torch.nn.Module:
+    """The architecture with the given weights (random init when ``state_dict`` is None), in eval mode."""
+    import torch
+    import torchvision
+
+    try:
+        module = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"cannot build torchvision model {name!r}: {exc}") from exc
+    if state_dict is not None:
+        try:
+            module.load_state_dict(state_dict, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).split("\n\t")[0]
+            detail = "; ".join(line.strip() for line in str(exc).split("\n\t")[1:3])
+            raise ModelError(
+                f"checkpoint does not match architecture {name!r} with {num_classes} classes: "
+                f"{first} {detail}".strip()
+            ) from exc
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(requires_grad=False)
+    return module.to(torch.float32)

@@ -1,0 +1,56 @@
+"""The output contract: one row per input, its columns, and the failure reasons.
+
+Every input appears exactly once in the output, either with ``status == "ok"``
+and its predictions, or with ``status == "failed"`` and a ``reason`` from
+:class:`FailureReason` (plus a short ``error`` detail). Consumers find failures
+with one filter: ``status = 'failed'``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import pyarrow as pa
+
+
+class FailureReason(StrEnum):
+    """Why a row has no predictions."""
+
+    NOT_FOUND = "not_found"
+    PERMISSION_DENIED = "permission_denied"
+    UNREADABLE = "unreadable"
+    EMPTY_FILE = "empty_file"
+    NOT_AN_IMAGE = "not_an_image"
+    TRUNCATED = "truncated"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    DECODE_ERROR = "decode_error"
+    MODEL_ERROR = "model_error"
+
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+# Columns that travel between stages but are not written.
+IMAGE_COLUMN = "image"
+BYTES_COLUMN = "data"
+
+
+def output_schema() -> pa.Schema:
+    """The Parquet schema every part file has."""
+    return pa.schema(
+        [
+            pa.field("row_id", pa.string(), nullable=False),
+            pa.field("uri", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("reason", pa.string()),
+            pa.field("error", pa.string()),
+            pa.field("top_k_ids", pa.list_(pa.int32())),
+            pa.field("top_k_labels", pa.list_(pa.string())),
+            pa.field("top_k_scores", pa.list_(pa.float32())),
+            pa.field("label", pa.string()),
+            pa.field("score", pa.float32()),
+            pa.field("model_name", pa.string(), nullable=False),
+            pa.field("model_sha256", pa.string(), nullable=False),
+            pa.field("run_id", pa.string(), nullable=False),
+        ]
+    )

@@ -1,0 +1,172 @@
+"""The per-batch work of each stage, as Ray Data calls it.
+
+``decode_batch`` runs in CPU tasks: fetch bytes (a thread pool hides storage
+latency), decode, crop. ``Classify`` is the inference actor: the model is
+loaded once per actor, failed rows pass through untouched, and the output is
+the Parquet schema of :mod:`pipeline.schema`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import storage
+from pipeline.decode import DecodeSettings, decode
+from pipeline.inference import InferenceSettings, Predictor
+from pipeline.metrics import STAGE_DECODE, STAGE_INFERENCE, worker_metrics
+from pipeline.schema import IMAGE_COLUMN, STATUS_FAILED, STATUS_OK, FailureReason, output_schema
+
+if TYPE_CHECKING:
+    import fsspec
+
+    from pipeline.model import ModelSpec
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    """The labels every worker metric and output row carries."""
+
+    pipeline: str
+    run_id: str
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    fs: fsspec.AbstractFileSystem,
+    settings: DecodeSettings,
+    fetch_threads: int,
+    labels: RunLabels,
+) -> dict[str, np.ndarray]:
+    """Fetch and decode one batch of ``row_id``/``uri`` rows into uint8 crops."""
+    started = time.perf_counter()
+    uris = [str(uri) for uri in batch["uri"]]
+    crop = settings.crop_size
+    images = np.zeros((len(uris), crop, crop, 3), dtype=np.uint8)
+    status = np.full(len(uris), STATUS_OK, dtype=object)
+    reasons = np.full(len(uris), None, dtype=object)
+    errors = np.full(len(uris), None, dtype=object)
+    with ThreadPoolExecutor(max_workers=min(fetch_threads, max(1, len(uris)))) as pool:
+        fetched = list(pool.map(lambda uri: storage.fetch(fs, uri), uris))
+    for index, (data, fetch_reason, detail) in enumerate(fetched):
+        result = decode(data, settings) if fetch_reason is None else None
+        if result is not None and result.crop is not None:
+            images[index] = result.crop
+            continue
+        status[index] = STATUS_FAILED
+        reasons[index] = str(fetch_reason or (result.reason if result else FailureReason.DECODE_ERROR))
+        errors[index] = detail or (result.detail if result else "")
+    failed = Counter(reason for reason in reasons if reason is not None)
+    metrics = worker_metrics(labels.pipeline, labels.run_id)
+    metrics.count_rows(STAGE_DECODE, len(uris) - sum(failed.values()), failed)
+    metrics.observe_batch(STAGE_DECODE, time.perf_counter() - started, len(uris))
+    return {
+        "row_id": batch["row_id"],
+        "uri": batch["uri"],
+        IMAGE_COLUMN: images,
+        "status": status,
+        "reason": reasons,
+        "error": errors,
+    }
+
+
+def _strings(values: np.ndarray) -> np.ndarray:
+    """A string column as objects, with Arrow nulls (NaN after conversion) back to None."""
+    return np.array([value if isinstance(value, str) else None for value in values], dtype=object)
+
+
+class Classify:
+    """Inference actor: one model per actor, one forward pass per batch of good rows."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        state_dict_ref: Any,
+        settings: InferenceSettings,
+        top_k: int,
+        labels: RunLabels,
+        progress: Any = None,
+    ) -> None:
+        import ray
+
+        state_dict = ray.get(state_dict_ref) if state_dict_ref is not None else None
+        self.spec = spec
+        self.labels = labels
+        self.predictor = Predictor(spec, state_dict, settings, top_k=top_k)
+        self.progress = progress
+        self.metrics = worker_metrics(labels.pipeline, labels.run_id)
+        self.metrics.model_load_seconds.set(self.predictor.load_seconds)
+        self._label_array = np.array(spec.labels, dtype=object)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """Classify the rows whose status is ok; return the output rows of the whole batch."""
+        started = time.perf_counter()
+        count = len(batch["row_id"])
+        status = _strings(batch["status"])
+        reasons = _strings(batch["reason"])
+        errors = _strings(batch["error"])
+        good = np.flatnonzero(status == STATUS_OK)
+        k = self.predictor.top_k
+        ids = np.zeros((count, k), dtype=np.int32)
+        scores = np.zeros((count, k), dtype=np.float32)
+        if len(good):
+            try:
+                ids[good], scores[good] = self.predictor.predict(np.asarray(batch[IMAGE_COLUMN])[good])
+            except Exception as exc:
+                status[good] = STATUS_FAILED
+                reasons[good] = str(FailureReason.MODEL_ERROR)
+                errors[good] = f"{type(exc).__name__}: {exc}"[:200]
+        ok_mask = status == STATUS_OK
+        failed = Counter(str(reason) for reason in reasons[~ok_mask])
+        self.metrics.count_rows(STAGE_INFERENCE, int(ok_mask.sum()), failed)
+        self.metrics.observe_batch(STAGE_INFERENCE, time.perf_counter() - started, len(good))
+        stats = self.predictor.gpu_stats()
+        if stats is not None:
+            self.metrics.gpu_utilization.set(stats[0])
+            self.metrics.gpu_memory_used.set(stats[1])
+        if self.progress is not None:
+            self.progress.add.remote(int(ok_mask.sum()), dict(failed))
+        return self._table(batch, status, reasons, errors, ids, scores, ok_mask)
+
+    def _table(
+        self,
+        batch: dict[str, np.ndarray],
+        status: np.ndarray,
+        reasons: np.ndarray,
+        errors: np.ndarray,
+        ids: np.ndarray,
+        scores: np.ndarray,
+        ok_mask: np.ndarray,
+    ) -> pa.Table:
+        count, k = ids.shape
+        offsets = pa.array(np.arange(0, (count + 1) * k, k, dtype=np.int32))
+        mask = pa.array(~ok_mask)
+        label_values = self._label_array[ids.reshape(-1)]
+
+        def lists(values: pa.Array) -> pa.Array:
+            return pa.ListArray.from_arrays(offsets, values, mask=mask)
+
+        top1_labels = np.where(ok_mask, label_values.reshape(count, k)[:, 0], None)
+        columns = {
+            "row_id": pa.array(batch["row_id"], pa.string()),
+            "uri": pa.array(batch["uri"], pa.string()),
+            "status": pa.array(status, pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+            "error": pa.array(errors, pa.string()),
+            "top_k_ids": lists(pa.array(ids.reshape(-1), pa.int32())),
+            "top_k_labels": lists(pa.array(label_values, pa.string())),
+            "top_k_scores": lists(pa.array(scores.reshape(-1), pa.float32())),
+            "label": pa.array(top1_labels, pa.string()),
+            "score": pa.array(scores[:, 0], pa.float32(), mask=~ok_mask),
+            "model_name": pa.array([self.spec.name] * count, pa.string()),
+            "model_sha256": pa.array([self.spec.weights_sha256] * count, pa.string()),
+            "run_id": pa.array([self.labels.run_id] * count, pa.string()),
+        }
+        return pa.Table.from_pydict(columns, schema=output_schema())
