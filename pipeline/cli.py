@@ -47,9 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="dry run: config, inputs found, stages and resources")
     _add_config_args(plan)
-    plan.add_argument("--target-images-per-hour", type=float, help="size the CPU and GPU groups for this rate")
-    plan.add_argument("--decode-rate", type=float, help="measured decode img/s per core (from pipeline bench)")
-    plan.add_argument("--model-rate", type=float, help="measured model img/s per GPU/actor (from pipeline bench)")
+    plan.add_argument(
+        "--target-images-per-hour", type=float, help="size the CPU and GPU groups for this rate"
+    )
+    plan.add_argument(
+        "--decode-rate", type=float, help="measured decode img/s per core (from pipeline bench)"
+    )
+    plan.add_argument(
+        "--model-rate", type=float, help="measured model img/s per GPU/actor (from pipeline bench)"
+    )
 
     demo = commands.add_parser("demo", help="make a sample data set and run the job on it locally")
     demo.add_argument("--images", type=int, default=300, help="number of good sample images")
@@ -71,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workdir", default="bench-output")
     bench.add_argument("--json", dest="json_path", default=None, help="write the results here")
     bench.add_argument("--naive-images", type=int, default=None, help="images for the naive baseline")
-    bench.add_argument("--memory-check", action="store_true", help="also run 4x images to compare peak memory")
+    bench.add_argument(
+        "--memory-check", action="store_true", help="also run 4x images to compare peak memory"
+    )
     return parser
 
 
@@ -96,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.job.run_id = args.run_id
     _configure_logging(config)
     summary = run_job(config, overwrite=args.overwrite)
-    print(summary.render())  # noqa: T201
+    print(summary.render())
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")
     return 0
@@ -107,12 +115,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     from pipeline.config import Config, dump_yaml
 
     if args.schema:
-        print(json.dumps(Config.model_json_schema(), indent=2))  # noqa: T201
+        print(json.dumps(Config.model_json_schema(), indent=2))
         return 0
     if args.config is None:
         raise PipelineError("pipeline config needs --config FILE (or --schema)")
     config = _load(args)
-    print(dump_yaml(config), end="")  # noqa: T201
+    print(dump_yaml(config), end="")
     return 0
 
 
@@ -120,7 +128,7 @@ def cmd_models(_: argparse.Namespace) -> int:
     """``pipeline models``."""
     from pipeline.model import known_architectures
 
-    print("\n".join(sorted(known_architectures())))  # noqa: T201
+    print("\n".join(sorted(known_architectures())))
     return 0
 
 
@@ -130,7 +138,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     config = _load(args)
     _configure_logging(config)
-    print_plan(config, target=args.target_images_per_hour, decode_rate=args.decode_rate, model_rate=args.model_rate)
+    print_plan(
+        config, target=args.target_images_per_hour, decode_rate=args.decode_rate, model_rate=args.model_rate
+    )
     return 0
 
 
@@ -143,7 +153,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).resolve()
     data = workdir / "images"
     if not data.exists():
-        print(f"making {args.images} sample images (and 3 broken files) under {data} ...")  # noqa: T201
+        print(f"making {args.images} sample images (and 3 broken files) under {data} ...")
         samples.make_images(data, args.images)
     config = load_config(
         None,
@@ -157,8 +167,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     logs.configure(config.logging.format, config.logging.level)
     summary = run_job(config, overwrite=True)
-    print(summary.render())  # noqa: T201
-    print(f"\npredictions: {workdir / 'predictions' / 'data'}  manifest: {workdir / 'predictions' / '_SUCCESS'}")  # noqa: T201
+    print(summary.render())
+    print(
+        f"\npredictions: {workdir / 'predictions' / 'data'}  manifest: {workdir / 'predictions' / '_SUCCESS'}"
+    )
     return 0
 
 
@@ -185,8 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)  # noqa: T201
+        print("interrupted", file=sys.stderr)
         return 130

@@ -144,7 +144,7 @@ class LoggingConfig(_Section):
 
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
-    progress: Literal["auto", "on", "off"] = "auto"
+    progress: bool | Literal["auto"] = "auto"  # YAML reads on/off as booleans
 
 
 class MetricsConfig(_Section):
@@ -213,25 +213,39 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
     return overrides
 
 
-def _error_from_validation(exc: ValidationError, data: Mapping[str, Any]) -> ConfigError:
-    first = exc.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
+def _field_path(loc: tuple[int | str, ...]) -> tuple[list[str], type[BaseModel]]:
+    """The leading part of a pydantic error location that names config keys, and the model there.
+
+    Union members (``int``, ``literal['auto']``) that pydantic appends are dropped.
+    """
+    model: type[BaseModel] = Config
+    path: list[str] = []
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        path.append(str(part))
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return path, model
+
+
+def _error_from_validation(exc: ValidationError) -> ConfigError:
+    errors = exc.errors()
+    first = errors[0]
+    path, model = _field_path(first["loc"])
     if first["type"] == "extra_forbidden":
-        section = data
-        for part in first["loc"][:-1]:
-            section = section.get(str(part), {}) if isinstance(section, Mapping) else {}
-        model: type[BaseModel] = Config
-        for part in first["loc"][:-1]:
-            field = model.model_fields.get(str(part))
-            annotation = field.annotation if field else None
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                model = annotation
+        key = ".".join([*path, str(first["loc"][-1])])
         allowed = ", ".join(sorted(model.model_fields))
         return ConfigError(key, first.get("input"), f"unknown key; allowed keys here: {allowed}")
-    message = first["msg"]
+    key = ".".join(path)
     if first["type"] == "missing":
         return ConfigError(key, None, "this key is required")
-    return ConfigError(key, first.get("input"), message[:1].lower() + message[1:])
+    # A union field reports one error per member: say all of them.
+    messages = [e["msg"] for e in errors if ".".join(_field_path(e["loc"])[0]) == key]
+    message = " or ".join(dict.fromkeys(m[:1].lower() + m[1:] for m in messages))
+    return ConfigError(key, first.get("input"), message)
 
 
 def load_config(
@@ -264,7 +278,7 @@ def load_config(
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise _error_from_validation(exc, data) from None
+        raise _error_from_validation(exc) from None
     _check_semantics(config, check_paths=check_paths)
     return config
 
@@ -286,7 +300,7 @@ def _check_semantics(config: Config, *, check_paths: bool) -> None:
             "set a weights file (.safetensors or .pt) or model.random_init: true for a demo",
         )
     if config.model.weights is not None and config.model.random_init:
-        raise ConfigError("model.random_init", True, "must be false when model.weights is set")
+        raise ConfigError("model.random_init", value=True, allowed="must be false when model.weights is set")
     if config.resources.min_actors > config.resources.max_actors:
         raise ConfigError(
             "resources.min_actors",

@@ -85,8 +85,7 @@ def resize_and_crop(image: Image.Image, settings: DecodeSettings) -> np.ndarray:
         image = ImageOps.pad(image, (max(width, crop), max(height, crop)), color=(0, 0, 0))
         width, height = image.size
         top, left = round((height - crop) / 2.0), round((width - crop) / 2.0)
-    array = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
-    return np.ascontiguousarray(array)
+    return np.array(image.crop((left, top, left + crop, top + crop)), dtype=np.uint8)  # owned, writable
 
 
 def decode(data: bytes | None, settings: DecodeSettings) -> Decoded:
@@ -96,7 +95,7 @@ def decode(data: bytes | None, settings: DecodeSettings) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > settings.max_image_pixels:
                 return Decoded(

@@ -35,11 +35,11 @@ LOCAL_DECODE_NUM_CPUS = 0.25
 GROUP_RESOURCE_SHARE = 0.001
 
 
-class UriListDatasource(Datasource):  # type: ignore[misc]  # Ray ships no type information
+class UriListDatasource(Datasource):
     """A Ray Data read over a fixed listing: one block of ``row_id``/``uri`` per read task."""
 
     def __init__(self, uris: list[str], rows_per_task: int = READ_ROWS_PER_TASK) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._uris = uris
         self._rows_per_task = rows_per_task
 
@@ -72,7 +72,7 @@ class UriListDatasource(Datasource):  # type: ignore[misc]  # Ray ships no type 
         return tasks
 
 
-class PartFilenames(FilenameProvider):  # type: ignore[misc]  # Ray ships no type information
+class PartFilenames(FilenameProvider):
     """``part-<run id>-<write id>-<task>.parquet``: stable per run, unique per attempt."""
 
     def __init__(self, run_id: str) -> None:
@@ -207,7 +207,7 @@ def build_dataset(
         max_tasks_in_flight_per_actor=2,
         max_concurrent_calls_per_actor=plan.calls_in_flight_per_actor,
     )
-    return dataset.map_batches(
+    classified: ray.data.Dataset = dataset.map_batches(
         Classify,
         batch_size=plan.inference_batch_size,
         batch_format="numpy",
@@ -224,3 +224,4 @@ def build_dataset(
             "progress": progress,
         },
     )
+    return classified

@@ -114,7 +114,9 @@ class Predictor:
         self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         auto = CUDA_AUTO_BATCH if self.device.type == "cuda" else CPU_AUTO_BATCH
         self.batch_size = auto if settings.batch_size == "auto" else int(settings.batch_size)
-        self._copy_stream = torch.cuda.Stream() if self.device.type == "cuda" else None
+        self._copy_stream = (
+            torch.cuda.Stream() if self.device.type == "cuda" else None  # type: ignore[no-untyped-call]
+        )
         self.oom_backoffs = 0
         self.warm_up(auto_size=settings.batch_size == "auto")
         self.load_seconds = time.perf_counter() - started
@@ -129,14 +131,15 @@ class Predictor:
     def _to_device(self, images: np.ndarray) -> torch.Tensor:
         import torch
 
-        host = torch.from_numpy(np.ascontiguousarray(images))
+        if not (images.flags.writeable and images.flags.c_contiguous):
+            images = np.array(images)  # torch refuses to alias read-only buffers
+        host = torch.from_numpy(images)
         if self.device.type != "cuda":
             return host
         host = host.pin_memory()
         assert self._copy_stream is not None  # noqa: S101  # set together with the CUDA device
         with torch.cuda.stream(self._copy_stream):
-            on_device = host.to(self.device, non_blocking=True)
-        return on_device
+            return host.to(self.device, non_blocking=True)
 
     def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         import torch

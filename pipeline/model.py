@@ -172,9 +172,7 @@ def _labels(model: ModelConfig, categories: list[str] | None, storage_options: d
     return [f"class_{index}" for index in range(model.num_classes)]
 
 
-def build_model(
-    name: str, num_classes: int, state_dict: dict[str, torch.Tensor] | None
-) -> torch.nn.Module:
+def build_model(name: str, num_classes: int, state_dict: dict[str, torch.Tensor] | None) -> torch.nn.Module:
     """The architecture with the given weights (random init when ``state_dict`` is None), in eval mode."""
     import torch
     import torchvision
@@ -196,4 +194,5 @@ def build_model(
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(requires_grad=False)
-    return module.to(torch.float32)
+    result: torch.nn.Module = module.to(torch.float32)
+    return result

@@ -7,6 +7,7 @@ million images.
 
 from __future__ import annotations
 
+import logging
 import json
 import math
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
     from pipeline.config import Config
 
 
-def size_groups(target_per_hour: float, decode_rate_per_core: float, model_rate_per_actor: float) -> dict[str, Any]:
+def size_groups(
+    target_per_hour: float, decode_rate_per_core: float, model_rate_per_actor: float
+) -> dict[str, Any]:
     """CPU cores and inference actors (GPUs) needed for a target, and what they give.
 
     A GPU job runs at ``min(actors * f, cores * d)`` (DESIGN.md); we size each
@@ -39,7 +42,9 @@ def size_groups(target_per_hour: float, decode_rate_per_core: float, model_rate_
     }
 
 
-def print_plan(config: Config, *, target: float | None, decode_rate: float | None, model_rate: float | None) -> None:
+def print_plan(
+    config: Config, *, target: float | None, decode_rate: float | None, model_rate: float | None
+) -> None:
     """Print the resolved config, the inputs found and the stages as they would run."""
     import ray
 
@@ -47,15 +52,15 @@ def print_plan(config: Config, *, target: float | None, decode_rate: float | Non
     started = not ray.is_initialized()
     if started:
         address = config.resources.ray_address
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR", configure_logging=False)
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, configure_logging=False)
     try:
-        plan = plan_resources(config, ray.cluster_resources())
+        plan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
     finally:
         if started:
             ray.shutdown()
-    print("# resolved config")  # noqa: T201
-    print(dump_yaml(config))  # noqa: T201
-    print(f"# inputs found: {len(listing)}")  # noqa: T201
+    print("# resolved config")
+    print(dump_yaml(config))
+    print(f"# inputs found: {len(listing)}")
     stages = {
         "list": {"where": "driver", "rows": len(listing)},
         "decode": {
@@ -75,11 +80,11 @@ def print_plan(config: Config, *, target: float | None, decode_rate: float | Non
         },
         "write": {"uri": config.output.uri, "rows_per_file": config.output.rows_per_file},
     }
-    print("# stages on this cluster " + json.dumps({"CPU": plan.cluster_cpus, "GPU": plan.cluster_gpus}))  # noqa: T201
-    print(json.dumps(stages, indent=2))  # noqa: T201
+    print("# stages on this cluster " + json.dumps({"CPU": plan.cluster_cpus, "GPU": plan.cluster_gpus}))
+    print(json.dumps(stages, indent=2))
     if target is not None:
         if not (decode_rate and model_rate):
-            print("# sizing needs --decode-rate and --model-rate (measure them with `pipeline bench`)")  # noqa: T201
+            print("# sizing needs --decode-rate and --model-rate (measure them with `pipeline bench`)")
             return
-        print("# sizing for the target")  # noqa: T201
-        print(json.dumps(size_groups(target, decode_rate, model_rate), indent=2))  # noqa: T201
+        print("# sizing for the target")
+        print(json.dumps(size_groups(target, decode_rate, model_rate), indent=2))

@@ -32,15 +32,20 @@ def photo_like(rng: np.random.Generator, width: int, height: int) -> Image.Image
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(3, 12))):
         x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
-        x1, y1 = x0 + int(rng.integers(10, max(11, width // 2))), y0 + int(rng.integers(10, max(11, height // 2)))
+        x1, y1 = (
+            x0 + int(rng.integers(10, max(11, width // 2))),
+            y0 + int(rng.integers(10, max(11, height // 2))),
+        )
         colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
-        if rng.random() < 0.5:
+        if rng.integers(0, 2):
             draw.ellipse((x0, y0, x1, y1), fill=colour)
         else:
             draw.rectangle((x0, y0, x1, y1), fill=colour)
     image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.5, 2.0))))
     noise = rng.normal(0, 6, size=(height, width, 3))
-    return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(
+        np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8), "RGB"
+    )
 
 
 def jpeg_bytes(image: Image.Image, quality: int = 88) -> bytes:
@@ -55,7 +60,14 @@ def make_images(
     count: int,
     *,
     seed: int = 0,
-    sizes: tuple[tuple[int, int], ...] = ((320, 240), (640, 480), (500, 375), (800, 600), (1024, 768), (375, 500)),
+    sizes: tuple[tuple[int, int], ...] = (
+        (320, 240),
+        (640, 480),
+        (500, 375),
+        (800, 600),
+        (1024, 768),
+        (375, 500),
+    ),
     png_every: int = 10,
     broken: bool = True,
 ) -> list[Path]:
@@ -89,4 +101,11 @@ def make_images(
 
 def imagenet_sized(root: Path, count: int, *, seed: int = 0) -> list[Path]:
     """JPEGs at typical ImageNet sizes (around 500x375), for benchmarks."""
-    return make_images(root, count, seed=seed, sizes=((500, 375), (375, 500), (500, 333), (640, 480)), png_every=0, broken=False)
+    return make_images(
+        root,
+        count,
+        seed=seed,
+        sizes=((500, 375), (375, 500), (500, 333), (640, 480)),
+        png_every=0,
+        broken=False,
+    )

@@ -1,0 +1,255 @@
+"""``pipeline bench``: one run, the same images and model, five numbers side by side.
+
+(a) model-only img/s at the chosen precision and batch size, on the whole machine;
+(b) decode + preprocess img/s on one core;
+(c) the ideal pipelined img/s for this machine, from (a) and (b) (DESIGN.md):
+    CPU-only ``1 / (1/f + 1/(c*d))``, GPU ``min(f, c*d)``;
+(d) the pipeline end to end (and in steady state, start-up excluded);
+(e) a naive baseline: model loaded per batch, one image at a time.
+
+Prints a table and writes JSON with rates, ratios (d/c, d/e), peak memory and the
+top-1 agreement of the chosen precision with fp32 on the same images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+
+from pipeline import samples
+from pipeline.config import Config, load_config
+from pipeline.decode import decode
+from pipeline.graph import decode_settings
+from pipeline.inference import InferenceSettings, Predictor, resolve_device, resolve_precision
+from pipeline.model import build_model, resolve_spec
+
+MODEL_ONLY_SECONDS = 8.0
+
+
+@dataclass
+class MemorySampler:
+    """Peak memory (PSS, so the shared object store counts once) of this process and its children.
+
+    An embedded Ray cluster's processes (raylet, GCS, workers) are all children of the driver.
+    """
+
+    interval_s: float = 0.25
+    peak_bytes: int = 0
+    _stop: threading.Event | None = None
+    _thread: threading.Thread | None = None
+
+    def _sample(self) -> int:
+        import psutil
+
+        total = 0
+        for process in psutil.process_iter(["name", "cmdline", "memory_info"]):
+            try:
+                cmd = " ".join(process.info["cmdline"] or [])
+                if (
+                    process.pid == os.getpid()
+                    or "ray" in cmd
+                    or (process.info["name"] or "").startswith("ray")
+                ):
+                    total += process.info["memory_info"].rss
+            except (psutil.Error, TypeError):
+                continue
+        return total
+
+    def __enter__(self) -> Self:
+        self._stop = threading.Event()
+
+        def loop() -> None:
+            assert self._stop is not None  # noqa: S101  # set before the thread starts
+            while not self._stop.is_set():
+                self.peak_bytes = max(self.peak_bytes, self._sample())
+                self._stop.wait(self.interval_s)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._stop is not None  # noqa: S101
+        assert self._thread is not None  # noqa: S101
+        self._stop.set()
+        self._thread.join()
+
+
+def _config(images: Path, out: Path, args: argparse.Namespace, precision: str) -> Config:
+    overrides = [
+        f"input.uri={images}",
+        f"output.uri={out}",
+        f"model.name={args.model}",
+        "model.random_init=true",
+        f"inference.precision={precision}",
+        "logging.progress=false",
+        "logging.level=warning",
+        "job.name=bench",
+    ]
+    if args.batch_size:
+        overrides.append(f"inference.batch_size={args.batch_size}")
+    return load_config(None, overrides, environ={})
+
+
+def measure_decode(paths: list[Path], config: Config) -> tuple[float, list[np.ndarray]]:
+    """(b): decode + preprocess img/s on one core, and the crops for the model runs."""
+    spec, _ = resolve_spec(config.model, config.preprocess, {})
+    settings = decode_settings(config, spec)
+    blobs = [path.read_bytes() for path in paths]
+    started = time.perf_counter()
+    crops = [decode(blob, settings).crop for blob in blobs]
+    seconds = time.perf_counter() - started
+    return len(blobs) / seconds, [crop for crop in crops if crop is not None]
+
+
+def measure_model(config: Config, crops: list[np.ndarray], precision: str) -> tuple[float, np.ndarray, int]:
+    """(a): model-only img/s on this machine at the given precision; also the top-1 ids."""
+    spec, _ = resolve_spec(config.model, config.preprocess, {})
+    inf = config.inference
+    settings = InferenceSettings(
+        precision=precision, batch_size=inf.batch_size, channels_last=inf.channels_last
+    )
+    predictor = Predictor(spec, None, settings, top_k=1, seed=0)
+    images = np.stack(crops)
+    batch = np.resize(images, (predictor.batch_size, *images.shape[1:]))
+    predictor.predict(batch)  # warm-up at the working size
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < MODEL_ONLY_SECONDS or done < 2 * predictor.batch_size:
+        predictor.predict(batch)
+        done += len(batch)
+    rate = done / (time.perf_counter() - started)
+    ids, _ = predictor.predict(images)
+    return rate, ids[:, 0], predictor.batch_size
+
+
+def measure_naive(config: Config, paths: list[Path]) -> float:
+    """(e): the tutorial script: load the model for every batch of one image, fp32."""
+    import torch
+
+    spec, _ = resolve_spec(config.model, config.preprocess, {})
+    settings = decode_settings(config, spec)
+    mean = torch.tensor(spec.preprocessing.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.preprocessing.std).view(1, 3, 1, 1)
+    started = time.perf_counter()
+    for path in paths:
+        crop = decode(path.read_bytes(), settings).crop
+        if crop is None:
+            continue
+        model = build_model(spec.name, spec.num_classes, None)
+        x = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+        with torch.inference_mode():
+            model((x - mean) / std).argmax(1)
+    return len(paths) / (time.perf_counter() - started)
+
+
+def measure_pipeline(config: Config) -> dict[str, Any]:
+    """(d): the real job on an embedded Ray cluster, with peak memory."""
+    from pipeline.job import run_job
+
+    with MemorySampler() as memory:
+        summary = run_job(config, overwrite=True)
+    manifest = json.loads((Path(config.output.uri) / "_SUCCESS").read_text(encoding="utf-8"))
+    return {
+        "resource_plan": manifest["resource_plan"],
+        "end_to_end_images_per_second": summary.images_per_second,
+        "steady_images_per_second": summary.steady_images_per_second,
+        "seconds": summary.seconds,
+        "rows": summary.inputs,
+        "peak_memory_bytes": memory.peak_bytes,
+    }
+
+
+def ideal_rate(model_rate: float, decode_per_core: float, cores: int, device: str) -> float:
+    """(c): the perfectly pipelined rate of this machine."""
+    if device == "cuda":
+        return min(model_rate, cores * decode_per_core)
+    return 1.0 / (1.0 / model_rate + 1.0 / (cores * decode_per_core))
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run every measurement, print the table, write the JSON."""
+    workdir = Path(args.workdir).resolve()
+    images = workdir / f"images-{args.images}"
+    if not images.exists():
+        samples.imagenet_sized(images, args.images)
+    paths = sorted(images.rglob("*.jpg"))
+    config = _config(images, workdir / "out", args, args.precision)
+    device = resolve_device(config.inference.device)
+    precision = resolve_precision(config.inference.precision, device)
+    cores = os.cpu_count() or 1
+
+    decode_rate, crops = measure_decode(paths, config)
+    model_rate, ids, batch_size = measure_model(config, crops, precision)
+    _, fp32_ids, _ = measure_model(config, crops, "fp32") if precision != "fp32" else (0, ids, 0)
+    naive_rate = measure_naive(config, paths[: args.naive_images or min(32, len(paths))])
+    ideal = ideal_rate(model_rate, decode_rate, cores, device)
+    pipeline = measure_pipeline(config)
+    memory_check = None
+    if args.memory_check:
+        big = workdir / f"images-{4 * args.images}"
+        if not big.exists():
+            samples.imagenet_sized(big, 4 * args.images, seed=1)
+        bigger = measure_pipeline(_config(big, workdir / "out-4x", args, args.precision))
+        memory_check = {
+            "images": 4 * args.images,
+            "peak_memory_bytes": bigger["peak_memory_bytes"],
+            "growth_ratio": bigger["peak_memory_bytes"] / pipeline["peak_memory_bytes"],
+        }
+    result = {
+        "machine": {"cores": cores, "device": device},
+        "model": args.model,
+        "precision": precision,
+        "batch_size": batch_size,
+        "images": len(paths),
+        "a_model_only_images_per_second": model_rate,
+        "b_decode_images_per_second_per_core": decode_rate,
+        "c_ideal_images_per_second": ideal,
+        "d_pipeline_end_to_end_images_per_second": pipeline["end_to_end_images_per_second"],
+        "d_pipeline_steady_images_per_second": pipeline["steady_images_per_second"],
+        "e_naive_images_per_second": naive_rate,
+        "ratio_end_to_end_to_ideal": pipeline["end_to_end_images_per_second"] / ideal,
+        "ratio_steady_to_ideal": pipeline["steady_images_per_second"] / ideal,
+        "ratio_end_to_end_to_naive": pipeline["end_to_end_images_per_second"] / naive_rate,
+        "peak_memory_bytes": pipeline["peak_memory_bytes"],
+        "top1_agreement_with_fp32": float(np.mean(ids == fp32_ids)),
+        "pipeline_seconds": pipeline["seconds"],
+        "resource_plan": pipeline["resource_plan"],
+        "memory_check": memory_check,
+    }
+    _print_table(result)
+    path = Path(args.json_path) if args.json_path else workdir / "bench.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"\nJSON: {path}")  # noqa: T201
+    return 0
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    rows = [
+        ("(a) model only", result["a_model_only_images_per_second"], "img/s, whole machine"),
+        ("(b) decode", result["b_decode_images_per_second_per_core"], "img/s per core"),
+        ("(c) ideal", result["c_ideal_images_per_second"], "img/s, pipelined"),
+        ("(d) pipeline end to end", result["d_pipeline_end_to_end_images_per_second"], "img/s"),
+        ("(d) pipeline steady", result["d_pipeline_steady_images_per_second"], "img/s"),
+        ("(e) naive baseline", result["e_naive_images_per_second"], "img/s"),
+        ("d/c end to end", result["ratio_end_to_end_to_ideal"], ""),
+        ("d/c steady", result["ratio_steady_to_ideal"], ""),
+        ("d/e", result["ratio_end_to_end_to_naive"], ""),
+        ("top-1 vs fp32", result["top1_agreement_with_fp32"], result["precision"]),
+        ("peak memory", result["peak_memory_bytes"] / 2**20, "MiB"),
+    ]
+    if result["memory_check"]:
+        rows.append(("4x images memory growth", result["memory_check"]["growth_ratio"], "ratio"))
+    title = f"{result['model']} {result['precision']} batch {result['batch_size']}"
+    print(f"{title}, {result['images']} images")  # noqa: T201
+    print(f"{result['machine']['cores']} cores, {result['machine']['device']}")  # noqa: T201
+    for name, value, unit in rows:
+        print(f"  {name:<26} {value:10.3f}  {unit}")  # noqa: T201

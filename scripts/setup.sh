@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up .venv with the pipeline installed. `scripts/setup.sh dev` adds the test tools:
+# dev extras, the Helm library (helm-sdkpy) and, as root, Debian's Prometheus and Pushgateway.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-run}"
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null || python=python3
+
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+fi
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+
+if [ "$mode" = dev ]; then
+  "${pip[@]}" -e '.[dev]'
+  # helm-sdkpy bundles Helm v4's Go library; it declares Python >= 3.12 but works on 3.11.
+  .venv/bin/python -c 'import helm_sdkpy' 2>/dev/null || "${pip[@]}" --ignore-requires-python 'helm-sdkpy'
+  if ! command -v promtool >/dev/null || ! command -v prometheus-pushgateway >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq && apt-get install -y -qq prometheus prometheus-pushgateway >/dev/null
+      # The Debian packages start services we do not want; tests start their own servers.
+      for service in prometheus prometheus-pushgateway prometheus-node-exporter; do
+        (service "$service" stop || true) >/dev/null 2>&1
+      done
+    else
+      echo "note: prometheus/promtool/pushgateway missing and not root: those tests will skip" >&2
+    fi
+  fi
+else
+  "${pip[@]}" -e .
+fi

@@ -1,0 +1,143 @@
+"""Configuration: precedence, validation before any work, and clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import env_overrides, load_config
+from pipeline.errors import ConfigError
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, sample_images: Path, weights_file: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"uri": str(sample_images)},
+                "model": {"name": "resnet18", "weights": str(weights_file)},
+                "output": {"uri": str(tmp_path / "out")},
+            }
+        )
+    )
+    return path
+
+
+def _edit(path: Path, section: str, key: str, value: object) -> Path:
+    data = yaml.safe_load(path.read_text())
+    data.setdefault(section, {})[key] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class TestPrecedence:
+    def test_set_beats_environment_beats_file(self, config_file):
+        """--set overrides PIPELINE_ env vars, which override the file."""
+        env = {"PIPELINE_OUTPUT__ROWS_PER_FILE": "7", "PIPELINE_MODEL__TOP_K": "3"}
+        config = load_config(config_file, ["model.top_k=2"], environ=env)
+        assert config.output.rows_per_file == 7
+        assert config.model.top_k == 2
+
+    def test_env_names_map_to_dotted_keys(self):
+        """PIPELINE_SECTION__KEY maps to section.key with YAML-typed values."""
+        assert env_overrides({"PIPELINE_INFERENCE__BATCH_SIZE": "64", "OTHER": "x"}) == [
+            ("inference.batch_size", 64)
+        ]
+
+    def test_show_prints_resolved_config(self, config_file, capsys):
+        """`pipeline config --show` prints the resolved YAML, overrides applied."""
+        assert main(["config", "--config", str(config_file), "--show", "--set", "job.name=nightly"]) == 0
+        shown = yaml.safe_load(capsys.readouterr().out)
+        assert shown["job"]["name"] == "nightly"
+        assert shown["inference"]["precision"] == "auto"
+
+    def test_example_config_is_valid(self, sample_images):
+        """The commented example config in the repository loads (paths pointed at test data)."""
+        example = Path(__file__).parents[2] / "examples" / "config.yaml"
+        config = load_config(
+            example,
+            [f"input.uri={sample_images}", "model.random_init=true", "model.weights=null"],
+            environ={},
+        )
+        assert config.model.name == "resnet50"
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("section", "key", "value", "expected"),
+        [
+            (
+                "model",
+                "nmae",
+                "resnet18",
+                "config key 'model.nmae': got 'resnet18'; unknown key; allowed keys here:",
+            ),
+            ("inference", "batch_size", "lots", "config key 'inference.batch_size'"),
+            (
+                "output",
+                "rows_per_file",
+                -1,
+                "config key 'output.rows_per_file': got -1; input should be greater than or equal to 1",
+            ),
+            (
+                "input",
+                "uri",
+                "/does/not/exist",
+                "config key 'input.uri': got '/does/not/exist'; no such file or directory",
+            ),
+            (
+                "model",
+                "name",
+                "resnet9000",
+                "config key 'model.name': got 'resnet9000'; not a torchvision classification model",
+            ),
+        ],
+    )
+    def test_bad_value_is_named_with_exit_code_2(self, config_file, capsys, section, key, value, expected):
+        """Each bad key or value stops before any work, names key and value, and exits 2."""
+        _edit(config_file, section, key, value)
+        assert main(["run", "--config", str(config_file)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ")
+        assert expected in err
+
+    def test_sha256_mismatch_is_refused(self, config_file, capsys, weights_file):
+        """A weights file whose checksum differs from model.sha256 is refused before Ray starts."""
+        actual = hashlib.sha256(weights_file.read_bytes()).hexdigest()
+        _edit(config_file, "model", "sha256", "0" * 64)
+        assert main(["run", "--config", str(config_file)]) == 2
+        err = capsys.readouterr().err
+        assert "model.sha256" in err
+        assert actual in err
+        assert "refusing" in err
+
+    def test_missing_input_key(self, tmp_path, capsys):
+        """A config without input.uri says the key is required."""
+        path = tmp_path / "c.yaml"
+        path.write_text("model: {random_init: true}\n")
+        assert main(["config", "--config", str(path), "--show"]) == 2
+        assert "config key 'input': got None; this key is required" in capsys.readouterr().err
+
+    def test_weights_or_random_init_required(self, config_file):
+        """Random weights only when asked for explicitly."""
+        with pytest.raises(ConfigError, match=r"model\.weights"):
+            load_config(config_file, ["model.weights=null"], environ={})
+
+    def test_exit_code_from_the_console_script(self, config_file):
+        """The installed entry point exits 2 with the message on stderr."""
+        _edit(config_file, "inference", "precision", "fp8")
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline", "run", "--config", str(config_file)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert "config key 'inference.precision': got 'fp8'" in result.stderr

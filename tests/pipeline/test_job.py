@@ -1,0 +1,134 @@
+"""The job end to end on the real Ray Data path, checked against plain torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load_file
+
+from pipeline import storage
+from pipeline.decode import decode
+from pipeline.graph import decode_settings
+from pipeline.job import run_job
+from pipeline.model import resolve_spec
+from pipeline.output import DATA_DIR, FAILURES, MANIFEST, OutputLocation
+
+pytestmark = pytest.mark.slow
+
+
+def _read_output(out: Path) -> dict[str, dict]:
+    table = pq.read_table(out / DATA_DIR)
+    return {row["uri"]: row for row in table.to_pylist()}
+
+
+def _reference(config, uris: list[str], weights: Path) -> dict[str, tuple[int, float]]:
+    """Top-1 id and score per good image, computed in one process with plain torch in fp32."""
+    spec, _ = resolve_spec(config.model, config.preprocess, {})
+    settings = decode_settings(config, spec)
+    model = torchvision.models.get_model(config.model.name, weights=None, num_classes=1000)
+    model.load_state_dict(load_file(str(weights)))
+    model.eval()
+    mean = torch.tensor(spec.preprocessing.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.preprocessing.std).view(1, 3, 1, 1)
+    expected = {}
+    for uri in uris:
+        crop = decode(Path(uri).read_bytes(), settings).crop
+        if crop is None:
+            continue
+        x = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+        with torch.inference_mode():
+            probabilities = torch.softmax(model((x - mean) / std), dim=1)
+        score, index = probabilities.max(dim=1)
+        expected[uri] = (int(index), float(score))
+    return expected
+
+
+class TestRunJob:
+    def test_predictions_match_single_process_torch(
+        self, ray_session, sample_images, make_config, weights_file
+    ):
+        """Every good row's top-1 id is identical to plain torch's and its score within 1e-4 (fp32)."""
+        config = make_config(sample_images)
+        summary = run_job(config)
+        rows = _read_output(Path(config.output.uri))
+        uris = storage.list_inputs(config.input, config.storage).uris
+        expected = _reference(config, uris, weights_file)
+        assert len(expected) == 40
+        for uri, (index, score) in expected.items():
+            row = rows[uri]
+            assert row["status"] == "ok", row
+            assert row["top_k_ids"][0] == index, uri
+            assert row["score"] == pytest.approx(score, abs=1e-4), uri
+            assert row["top_k_scores"] == sorted(row["top_k_scores"], reverse=True)
+            assert len(row["top_k_ids"]) == config.model.top_k
+        assert summary.succeeded == 40
+
+    def test_nothing_is_lost(self, ray_session, sample_images, make_config):
+        """Output rows equal input files, each row id once, and every broken file has a reason."""
+        config = make_config(sample_images)
+        summary = run_job(config)
+        out = Path(config.output.uri)
+        table = pq.read_table(out / DATA_DIR)
+        files = sorted(str(p) for p in sample_images.rglob("*") if p.is_file())
+        assert sorted(table.column("uri").to_pylist()) == files
+        ids = table.column("row_id").to_pylist()
+        assert len(ids) == len(set(ids)) == len(files)
+        assert ids == [storage.row_id(uri) for uri in table.column("uri").to_pylist()]
+        rows = _read_output(out)
+        expected_reasons = {
+            "empty.jpg": "empty_file",
+            "not-an-image.jpg": "not_an_image",
+            "truncated.jpg": "truncated",
+        }
+        for name, reason in expected_reasons.items():
+            row = rows[str(sample_images / "broken" / name)]
+            assert (row["status"], row["reason"]) == ("failed", reason)
+            assert row["error"]
+            assert row["top_k_ids"] is None
+        failures = pq.read_table(out / FAILURES)
+        assert failures.num_rows == 3
+        assert summary.failed_by_reason == {"empty_file": 1, "not_an_image": 1, "truncated": 1}
+        assert summary.succeeded + summary.failed == summary.inputs == len(files)
+
+    def test_manifest_is_written_last_with_counts(self, ray_session, sample_images, make_config):
+        """The _SUCCESS manifest records counts, config hash, model checksum and versions."""
+        config = make_config(sample_images)
+        run_job(config)
+        location = OutputLocation.open(config.output.uri, config.storage)
+        manifest = location.read_json(MANIFEST)
+        assert manifest["counts"] == {"inputs": 43, "succeeded": 40, "failed": 3}
+        assert manifest["config_hash"] == config.config_hash()
+        assert len(manifest["model"]["sha256"]) == 64
+        assert manifest["model"]["random_init"] is False
+        assert set(manifest["versions"]) >= {"pipeline", "ray", "torch", "torchvision", "python"}
+        parts = list((Path(config.output.uri) / DATA_DIR).glob("part-*.parquet"))
+        manifest_mtime = (Path(config.output.uri) / MANIFEST).stat().st_mtime
+        assert parts
+        assert all(part.stat().st_mtime <= manifest_mtime for part in parts)
+
+    def test_random_init_is_flagged(self, ray_session, sample_images, make_config):
+        """A random-init run says so in the manifest's warnings and model metadata."""
+        config = make_config(sample_images, model__weights="null", model__random_init="true", input__limit=8)
+        run_job(config)
+        manifest = OutputLocation.open(config.output.uri, config.storage).read_json(MANIFEST)
+        assert manifest["model"]["random_init"] is True
+        assert manifest["model"]["sha256"] == "random-init"
+        assert manifest["warnings"]
+
+    def test_bf16_agrees_with_fp32(self, ray_session, sample_images, make_config, tmp_path):
+        """The mixed-precision path keeps top-1 agreement with fp32 on at least 90% of images."""
+        fp32 = make_config(sample_images, output__uri=str(tmp_path / "fp32"))
+        bf16 = make_config(sample_images, output__uri=str(tmp_path / "bf16"), inference__precision="bf16")
+        run_job(fp32)
+        run_job(bf16)
+        a, b = _read_output(tmp_path / "fp32"), _read_output(tmp_path / "bf16")
+        good = [uri for uri, row in a.items() if row["status"] == "ok"]
+        agree = np.mean([a[u]["top_k_ids"][0] == b[u]["top_k_ids"][0] for u in good])
+        score_error = max(abs(a[u]["score"] - b[u]["score"]) for u in good)
+        assert agree >= 0.9
+        assert score_error < 0.05
