@@ -41,7 +41,7 @@ class MemorySampler:
     An embedded Ray cluster's processes (raylet, GCS, workers) are all children of the driver.
     """
 
-    interval_s: float = 0.25
+    interval_s: float = 0.5
     peak_bytes: int = 0
     _stop: threading.Event | None = None
     _thread: threading.Thread | None = None
@@ -49,17 +49,12 @@ class MemorySampler:
     def _sample(self) -> int:
         import psutil
 
+        me = psutil.Process()
         total = 0
-        for process in psutil.process_iter(["name", "cmdline", "memory_info"]):
+        for process in [me, *me.children(recursive=True)]:
             try:
-                cmd = " ".join(process.info["cmdline"] or [])
-                if (
-                    process.pid == os.getpid()
-                    or "ray" in cmd
-                    or (process.info["name"] or "").startswith("ray")
-                ):
-                    total += process.info["memory_info"].rss
-            except (psutil.Error, TypeError):
+                total += process.memory_full_info().pss
+            except psutil.Error:
                 continue
         return total
 
