@@ -31,8 +31,6 @@ from pipeline.graph import decode_settings
 from pipeline.inference import InferenceSettings, Predictor, resolve_device, resolve_precision
 from pipeline.model import build_model, resolve_spec
 
-MODEL_ONLY_SECONDS = 8.0
-
 
 @dataclass
 class MemorySampler:
@@ -105,7 +103,9 @@ def measure_decode(paths: list[Path], config: Config) -> tuple[float, list[np.nd
     return len(blobs) / seconds, [crop for crop in crops if crop is not None]
 
 
-def measure_model(config: Config, crops: list[np.ndarray], precision: str) -> tuple[float, np.ndarray, int]:
+def measure_model(
+    config: Config, crops: list[np.ndarray], precision: str, seconds: float
+) -> tuple[float, np.ndarray, int]:
     """(a): model-only img/s on this machine at the given precision; also the top-1 ids."""
     spec, _ = resolve_spec(config.model, config.preprocess, {})
     inf = config.inference
@@ -117,7 +117,7 @@ def measure_model(config: Config, crops: list[np.ndarray], precision: str) -> tu
     batch = np.resize(images, (predictor.batch_size, *images.shape[1:]))
     predictor.predict(batch)  # warm-up at the working size
     done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < MODEL_ONLY_SECONDS or done < 2 * predictor.batch_size:
+    while time.perf_counter() - started < seconds or done < 2 * predictor.batch_size:
         predictor.predict(batch)
         done += len(batch)
     rate = done / (time.perf_counter() - started)
@@ -182,8 +182,10 @@ def main(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
 
     decode_rate, crops = measure_decode(paths, config)
-    model_rate, ids, batch_size = measure_model(config, crops, precision)
-    _, fp32_ids, _ = measure_model(config, crops, "fp32") if precision != "fp32" else (0, ids, 0)
+    model_rate, ids, batch_size = measure_model(config, crops, precision, args.model_seconds)
+    _, fp32_ids, _ = (
+        measure_model(config, crops, "fp32", args.model_seconds) if precision != "fp32" else (0, ids, 0)
+    )
     naive_rate = measure_naive(config, paths[: args.naive_images or min(32, len(paths))])
     ideal = ideal_rate(model_rate, decode_rate, cores, device)
     pipeline = measure_pipeline(config)

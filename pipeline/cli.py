@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--memory-check", action="store_true", help="also run 4x images to compare peak memory"
     )
+    bench.add_argument("--model-seconds", type=float, default=8.0, help="how long to time the model alone")
     return parser
 
 

@@ -101,6 +101,7 @@ class ResourcePlan:
     max_actors: int
     inference_batch_size: int
     calls_in_flight_per_actor: int
+    torch_threads: int | None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for printing and the manifest."""
@@ -143,6 +144,9 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
         max_actors=res.max_actors,
         inference_batch_size=batch,
         calls_in_flight_per_actor=2 if device == "cuda" else 1,
+        # Ray pins OMP threads to an actor's num_cpus; a local CPU model should use every
+        # core, sharing them with the light decode tasks (DESIGN.md's pipelined ideal).
+        torch_threads=max(1, int(cpus)) if device == "cpu" and not groups else None,
     )
 
 
@@ -159,15 +163,19 @@ def decode_settings(config: Config, spec: ModelSpec) -> DecodeSettings:
 
 
 def inference_settings(config: Config, plan: ResourcePlan) -> InferenceSettings:
-    """Per-actor inference settings; the device is the one the plan placed the actors for."""
+    """Per-actor inference settings.
+
+    The device stays ``auto`` unless configured: the actor decides from what torch sees
+    on its node, so a GPU the cluster declares but the node lacks falls back to CPU.
+    """
     inf = config.inference
     return InferenceSettings(
-        device=plan.inference_device if inf.device == "auto" else inf.device,
+        device=inf.device,
         precision=inf.precision,
         batch_size=inf.batch_size,
         channels_last=inf.channels_last,
         compile=inf.compile,
-        torch_threads=inf.torch_threads,
+        torch_threads=inf.torch_threads or plan.torch_threads,
         max_oom_retries=inf.max_oom_retries,
     )
 

@@ -118,7 +118,9 @@ class Predictor:
             torch.cuda.Stream() if self.device.type == "cuda" else None  # type: ignore[no-untyped-call]
         )
         self.oom_backoffs = 0
-        self.warm_up(auto_size=settings.batch_size == "auto")
+        # Auto on CUDA: probe the working size now, halving on OOM (the largest that fits).
+        probe_full = settings.batch_size == "auto" and self.device.type == "cuda"
+        self.warm_up(self.batch_size if probe_full else min(self.batch_size, 2))
         self.load_seconds = time.perf_counter() - started
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -199,10 +201,9 @@ class Predictor:
                     torch.cuda.empty_cache()
         return run(self.batch_size)
 
-    def warm_up(self, *, auto_size: bool) -> None:
-        """One forward pass at the working batch size (compile, cuDNN autotune, OOM probe)."""
+    def warm_up(self, size: int) -> None:
+        """Forward passes on ``size`` blank images (compile, cuDNN autotune, OOM probe)."""
         crop = self.spec.preprocessing.crop_size
-        size = self.batch_size if auto_size and self.device.type == "cuda" else min(self.batch_size, 2)
         dummy = np.zeros((size, crop, crop, 3), dtype=np.uint8)
         self.with_oom_backoff(lambda s: self._run_pipelined(dummy[:s], s))
 

@@ -7,8 +7,8 @@ million images.
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +52,9 @@ def print_plan(
     started = not ray.is_initialized()
     if started:
         address = config.resources.ray_address
-        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, configure_logging=False)
+        ray.init(
+            address=address, include_dashboard=False, logging_level=logging.ERROR, configure_logging=False
+        )
     try:
         plan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
     finally:

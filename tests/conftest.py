@@ -6,7 +6,14 @@ test session, shared), real files, and weights loaded by the real loader.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -70,3 +77,114 @@ def make_config(tmp_path: Path, weights_file: Path) -> Callable[..., Config]:
         return load_config(None, [f"{k}={v}" for k, v in items.items() if v is not None], environ={})
 
     return build
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalCluster:
+    """A multi-node Ray cluster of ``ray start --block`` processes on loopback.
+
+    Each node runs in its own process group, so a test can stop one node (SIGKILL to
+    the group) and teardown never touches Ray processes it did not start.
+    """
+
+    def __init__(self, temp_dir: Path) -> None:
+        self.temp_dir = temp_dir
+        self.port = free_port()
+        self.dashboard_port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = (self.temp_dir / f"{name}.log").open("wb")
+        self.nodes[name] = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ray"), "start", "--block", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+
+    def start_head(self, *extra: str) -> None:
+        """Head node with no CPUs (it does no work) and the dashboard / Jobs API."""
+        self._start(
+            "head",
+            [
+                "--head",
+                "--num-cpus=0",
+                f"--port={self.port}",
+                f"--dashboard-port={self.dashboard_port}",
+                "--dashboard-host=127.0.0.1",
+                "--include-dashboard=true",
+                f"--temp-dir={self.temp_dir / 'ray'}",
+                "--disable-usage-stats",
+                *extra,
+            ],
+        )
+        self.wait_for_nodes(1)
+
+    def add_node(self, name: str, *args: str) -> None:
+        """A worker node, e.g. ``add_node("cpu", "--num-cpus=1", '--resources={"cpu_group": 1000}')``."""
+        before = len(self.alive_nodes())
+        self._start(name, [f"--address={self.address}", *args])
+        self.wait_for_nodes(before + 1)
+
+    def stop_node(self, name: str) -> None:
+        """SIGKILL a node's whole process group (raylet, workers), as a lost machine would."""
+        process = self.nodes.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def alive_nodes(self) -> list[dict[str, object]]:
+        """Nodes the dashboard reports alive."""
+        from ray.util.state import list_nodes
+
+        try:
+            return [n.__dict__ for n in list_nodes(address=self.dashboard_url) if n.state == "ALIVE"]
+        except Exception:  # the dashboard is still starting
+            return []
+
+    def wait_for_nodes(self, count: int, timeout: float = 120.0) -> None:
+        """Block until ``count`` nodes are alive."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.alive_nodes()) >= count:
+                return
+            for name, process in self.nodes.items():
+                if process.poll() is not None:
+                    log = (self.temp_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"ray node {name} exited: {log}")
+            time.sleep(1)
+        raise TimeoutError(f"{count} Ray nodes not alive after {timeout}s")
+
+    def stop(self) -> None:
+        """Stop every node this cluster started, workers first."""
+        for name in [n for n in self.nodes if n != "head"] + [n for n in self.nodes if n == "head"]:
+            self.stop_node(name)
+
+
+@pytest.fixture
+def local_cluster() -> Iterator[LocalCluster]:
+    """A fresh multi-node cluster (head only at first); always torn down."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))  # short: Ray's socket paths have a limit
+    cluster = LocalCluster(temp_dir)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,62 @@
+"""`pipeline bench` runs end to end at a small size (a smoke test: no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FIELDS = {
+    "a_model_only_images_per_second",
+    "b_decode_images_per_second_per_core",
+    "c_ideal_images_per_second",
+    "d_pipeline_end_to_end_images_per_second",
+    "d_pipeline_steady_images_per_second",
+    "e_naive_images_per_second",
+    "ratio_end_to_end_to_ideal",
+    "ratio_steady_to_ideal",
+    "ratio_end_to_end_to_naive",
+    "peak_memory_bytes",
+    "top1_agreement_with_fp32",
+    "precision",
+    "batch_size",
+    "resource_plan",
+}
+
+
+def test_bench_writes_every_field(tmp_path):
+    """The JSON has every field the issue lists, each a real measurement (positive rate, 0-1 agreement)."""
+    out = tmp_path / "bench.json"
+    args = [
+        "--images",
+        "24",
+        "--naive-images",
+        "3",
+        "--model",
+        "resnet18",
+        "--model-seconds",
+        "1",
+        "--batch-size",
+        "8",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", *args, "--workdir", str(tmp_path), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert set(data) >= FIELDS
+    for key in FIELDS:
+        if key.endswith("per_second"):
+            assert data[key] > 0, key
+    assert 0.0 <= data["top1_agreement_with_fp32"] <= 1.0
+    assert data["peak_memory_bytes"] > 100 * 2**20
+    assert data["images"] == 24
+    assert "(c) ideal" in result.stdout

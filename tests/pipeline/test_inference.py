@@ -1,0 +1,91 @@
+"""The inference hot path: precision, batch-size back-off on out-of-memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.inference import InferenceSettings, Predictor, resolve_precision
+from pipeline.model import ModelSpec, Preprocessing
+
+SPEC = ModelSpec(
+    name="resnet18",
+    num_classes=1000,
+    weights_uri=None,
+    weights_sha256="random-init",
+    random_init=True,
+    labels=tuple(f"class_{i}" for i in range(1000)),
+    preprocessing=Preprocessing(72, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear"),
+)
+
+
+def _images(count: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(count, 64, 64, 3), dtype=np.uint8)
+
+
+def _inject_oom_above(monkeypatch: pytest.MonkeyPatch, predictor: Predictor, limit: int) -> list[int]:
+    """Make the forward pass raise torch.OutOfMemoryError for batches larger than ``limit``."""
+    seen: list[int] = []
+    forward = predictor._forward
+
+    def forward_with_limit(batch: torch.Tensor):
+        seen.append(len(batch))
+        if len(batch) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return forward(batch)
+
+    monkeypatch.setattr(predictor, "_forward", forward_with_limit)
+    return seen
+
+
+class TestPredictor:
+    def test_out_of_memory_halves_the_batch_and_keeps_results(self, monkeypatch):
+        """An OOM in a batch is retried at half size until it fits; results equal the unbroken run."""
+        predictor = Predictor(SPEC, None, InferenceSettings(precision="fp32", batch_size=32), top_k=3)
+        images = _images(32)
+        expected_ids, expected_scores = predictor.predict(images)
+        seen = _inject_oom_above(monkeypatch, predictor, limit=8)
+        ids, scores = predictor.predict(images)
+        assert predictor.batch_size == 8
+        assert predictor.oom_backoffs == 2
+        assert seen[:3] == [32, 16, 8]
+        np.testing.assert_array_equal(ids, expected_ids)
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+    def test_warm_up_probe_picks_largest_batch_that_fits(self, monkeypatch):
+        """The automatic batch size is the largest power-of-two step that survives the warm-up probe."""
+        predictor = Predictor(SPEC, None, InferenceSettings(precision="fp32", batch_size="auto"), top_k=1)
+        assert predictor.batch_size == 32  # the CPU default
+        _inject_oom_above(monkeypatch, predictor, limit=5)
+        predictor.warm_up(predictor.batch_size)
+        assert predictor.batch_size == 4
+
+    def test_non_oom_errors_are_not_retried(self, monkeypatch):
+        """Other errors propagate at once (the actor marks the rows model_error)."""
+        predictor = Predictor(SPEC, None, InferenceSettings(precision="fp32", batch_size=8), top_k=1)
+
+        def broken(batch):
+            raise ValueError("shape mismatch")
+
+        monkeypatch.setattr(predictor, "_forward", broken)
+        with pytest.raises(ValueError, match="shape mismatch"):
+            predictor.predict(_images(4))
+        assert predictor.batch_size == 8
+
+    def test_bf16_agrees_with_fp32_within_tolerance(self):
+        """bf16 autocast keeps top-1 on >= 90% of images and softmax scores within 0.05 of fp32."""
+        images = _images(24)
+        fp32 = Predictor(SPEC, None, InferenceSettings(precision="fp32", batch_size=8), top_k=1)
+        bf16 = Predictor(SPEC, None, InferenceSettings(precision="bf16", batch_size=8), top_k=1)
+        ids32, scores32 = fp32.predict(images)
+        ids16, scores16 = bf16.predict(images)
+        assert np.mean(ids32 == ids16) >= 0.9
+        assert np.max(np.abs(scores32 - scores16)) < 0.05
+
+    def test_auto_precision_follows_the_hardware(self):
+        """auto is fp32 on a CPU without native bf16, and never fp16 on CPU."""
+        chosen = resolve_precision("auto", "cpu")
+        assert chosen in {"bf16", "fp32"}
+        assert resolve_precision("fp16", "cpu") == "fp16"
+        assert resolve_precision("fp32", "cuda") == "fp32"
