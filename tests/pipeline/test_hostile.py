@@ -1,0 +1,152 @@
+"""Hostile inputs: every awkward file is classified or recorded with a precise reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.decode import DecodeSettings, decode, resize_and_crop
+from pipeline.errors import FailureBudgetExceededError, ModelError
+from pipeline.job import run_job
+from pipeline.model import build_model
+from pipeline.output import DATA_DIR, MANIFEST
+from pipeline.samples import hostile_corpus
+
+SETTINGS = DecodeSettings(256, 224, "bilinear", 89_478_485, reduced_decode=True)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> tuple[Path, dict[str, tuple[str, str | None]]]:
+    root = tmp_path_factory.mktemp("hostile")
+    return root, hostile_corpus(root)
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+class TestDecode:
+    def test_exif_orientation_is_honoured(self, hostile):
+        """An orientation-6 JPEG decodes like the image rotated for display, not as stored."""
+        root, _ = hostile
+        stored = Image.open(root / "exif-rotated.jpg")
+        stored.load()
+        upright = resize_and_crop(stored.convert("RGB").transpose(Image.Transpose.ROTATE_270), SETTINGS)
+        as_stored = resize_and_crop(stored.convert("RGB"), SETTINGS)
+        crop = decode((root / "exif-rotated.jpg").read_bytes(), SETTINGS).crop
+        assert crop is not None
+        assert _diff(crop, upright) < 3 < _diff(crop, as_stored)
+
+    def test_animated_gif_uses_first_frame(self, hostile):
+        """An animated GIF is classified on its first frame."""
+        root, _ = hostile
+        gif = Image.open(root / "animated.gif")
+        first = resize_and_crop(gif.convert("RGB"), SETTINGS)
+        gif.seek(1)
+        second = resize_and_crop(gif.convert("RGB"), SETTINGS)
+        crop = decode((root / "animated.gif").read_bytes(), SETTINGS).crop
+        assert crop is not None
+        assert _diff(crop, first) < 1 < _diff(crop, second)
+
+    def test_sixteen_bit_png_is_scaled_not_clipped(self, hostile):
+        """A 16-bit grayscale PNG keeps its tones (not all white from clipping)."""
+        root, _ = hostile
+        crop = decode((root / "gray16.png").read_bytes(), SETTINGS).crop
+        assert crop is not None
+        assert 20 < crop.mean() < 235
+        assert crop.std() > 10
+
+    def test_transparency_is_composited_on_white(self, hostile):
+        """Fully transparent pixels become white, opaque ones keep their colour."""
+        root, _ = hostile
+        crop = decode((root / "alpha.png").read_bytes(), SETTINGS).crop
+        assert crop is not None
+        assert crop[:5].mean() > 240  # alpha ~0 at the top of the gradient
+        assert crop[-5:].mean() < 235
+
+    def test_bomb_is_rejected_from_the_header(self, hostile):
+        """A 60000x60000 declared image is refused before any pixel is allocated."""
+        root, _ = hostile
+        result = decode((root / "bomb.png").read_bytes(), SETTINGS)
+        assert result.reason == "too_many_pixels"
+        assert "60000x60000" in result.detail
+
+
+@pytest.mark.slow
+class TestHostileRun:
+    def _manifest(self, tmp_path: Path, uris: list[str]) -> Path:
+        path = tmp_path / "inputs.parquet"
+        pq.write_table(pa.table({"uri": uris}), path)
+        return path
+
+    def test_each_hostile_file_has_its_outcome(
+        self, ray_session, hostile, sample_images, make_config, tmp_path
+    ):
+        """Each hostile file gets its expected status and reason; good ones are classified as when alone."""
+        root, expected = hostile
+        good = sorted(str(p) for p in sample_images.glob("shard-*/*"))[:12]
+        hostile_uris = [str(root / name) for name in expected]
+        mixed = make_config(
+            self._manifest(tmp_path, good + hostile_uris), output__uri=str(tmp_path / "mixed"), model__top_k=3
+        )
+        summary = run_job(mixed)
+        rows = {row["uri"]: row for row in pq.read_table(tmp_path / "mixed" / DATA_DIR).to_pylist()}
+        assert len(rows) == summary.inputs == len(good) + len(expected)
+        for name, (status, reason) in expected.items():
+            row = rows[str(root / name)]
+            assert (row["status"], row["reason"]) == (status, reason), name
+            if status == "ok":
+                assert len(row["top_k_ids"]) == 3
+            else:
+                assert row["error"]
+        (tmp_path / "alone-inputs").mkdir()
+        alone = make_config(
+            self._manifest(tmp_path / "alone-inputs", good),
+            output__uri=str(tmp_path / "alone"),
+            model__top_k=3,
+        )
+        run_job(alone)
+        baseline = {row["uri"]: row for row in pq.read_table(tmp_path / "alone" / DATA_DIR).to_pylist()}
+        for uri in good:
+            assert rows[uri]["top_k_ids"] == baseline[uri]["top_k_ids"]
+            assert rows[uri]["score"] == pytest.approx(baseline[uri]["score"], abs=1e-5)
+
+    def test_failure_budget_stops_the_commit(self, ray_session, hostile, make_config, tmp_path):
+        """Above output.max_failure_fraction the job fails with a clear message and writes no manifest."""
+        root, expected = hostile
+        config = make_config(
+            self._manifest(tmp_path, [str(root / name) for name in expected]),
+            output__max_failure_fraction="0.2",
+        )
+        with pytest.raises(FailureBudgetExceededError, match=r"above output.max_failure_fraction=0.2"):
+            run_job(config)
+        assert not (Path(config.output.uri) / MANIFEST).exists()
+        assert pq.read_table(Path(config.output.uri) / DATA_DIR).num_rows == len(expected)
+
+
+class TestModelSafety:
+    def test_pickled_code_is_refused(self, tmp_path):
+        """A checkpoint that needs arbitrary unpickling is refused (weights_only)."""
+        from pipeline.model import _load_state_dict
+
+        class Payload:
+            def __reduce__(self):
+                return (print, ("pwned",))
+
+        path = tmp_path / "evil.pt"
+        torch.save({"weights": Payload()}, path)
+        with pytest.raises(ModelError, match="weights_only=True"):
+            _load_state_dict(path.read_bytes(), str(path))
+
+    def test_checkpoint_for_another_architecture(self, weights_file):
+        """resnet18 weights given for resnet34 fail with a message naming the architecture."""
+        from safetensors.torch import load_file
+
+        with pytest.raises(ModelError, match=r"does not match architecture 'resnet34'"):
+            build_model("resnet34", 1000, load_file(str(weights_file)))
