@@ -16,7 +16,7 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 if [ "$mode" = dev ]; then
   "${pip[@]}" -e '.[dev]'
   # helm-sdkpy bundles Helm v4's Go library; it declares Python >= 3.12 but works on 3.11.
-  .venv/bin/python -c 'import helm_sdkpy' 2>/dev/null || "${pip[@]}" --ignore-requires-python 'helm-sdkpy'
+  .venv/bin/python -c 'import helm_sdkpy' 2>/dev/null || "${pip[@]}" --ignore-requires-python 'helm-sdkpy==0.1.32'
   if ! command -v promtool >/dev/null || ! command -v prometheus-pushgateway >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
       export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,94 @@
+"""deploy/kuberay/*.yaml, derived from the chart rendered with deploy/kuberay/chart-values.yaml.
+
+The plain manifests are the chart's objects without Helm's bookkeeping: the chart label and
+"managed-by: Helm" go, the RayJob gets a generateName (each `kubectl create` is a new run), and
+a RayCronJob wraps the same RayJob spec on the chart's schedule, its entrypoint writing each
+run under "<output.uri>/<UTC date>" (the Argo schedule's dated output, done in the shell).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+from deploy_manifests import KUBERAY_DIR, Release, walk_dicts
+
+VALUES_FILE = KUBERAY_DIR / "chart-values.yaml"
+HEADER = """\
+# Generated from deploy/helm/batch-inference with deploy/kuberay/chart-values.yaml; do not edit
+# by hand: change the chart, then BATCH_INFERENCE_WRITE_KUBERAY=1 .venv/bin/python -m pytest
+# tests/deploy/test_kuberay_manifests.py (the test checks this file equals the chart's rendering).
+"""
+PLAIN_FILES = {
+    "serviceaccount.yaml": "ServiceAccount",
+    "configmap.yaml": "ConfigMap",
+    "networkpolicy.yaml": "NetworkPolicy",
+    "podmonitor.yaml": "PodMonitor",
+    "rayjob.yaml": "RayJob",
+}
+DATED_OUTPUT = "$(date -u +%Y-%m-%d)"
+
+
+def chart_values() -> dict[str, Any]:
+    """deploy/kuberay/chart-values.yaml."""
+    values: dict[str, Any] = yaml.safe_load(VALUES_FILE.read_text(encoding="utf-8"))
+    return values
+
+
+def _without_helm(obj: dict[str, Any]) -> dict[str, Any]:
+    plain = copy.deepcopy(obj)
+    for node in walk_dicts(plain):
+        labels = node.get("labels")
+        if isinstance(labels, dict) and "helm.sh/chart" in labels:
+            del labels["helm.sh/chart"]
+            labels["app.kubernetes.io/managed-by"] = "kubectl"
+    return plain
+
+
+def expected_manifests(release: Release) -> dict[str, dict[str, Any]]:
+    """File name -> the object that file must hold."""
+    files = {
+        name: _without_helm(release.pipeline_config() if kind == "ConfigMap" else release.one(kind))
+        for name, kind in PLAIN_FILES.items()
+    }
+    rayjob = files["rayjob.yaml"]
+    name = rayjob["metadata"].pop("name")
+    rayjob["metadata"]["generateName"] = name.rsplit("-", 1)[0] + "-"
+    config = yaml.safe_load(files["configmap.yaml"]["data"]["config.yaml"])
+    job_template = copy.deepcopy(rayjob["spec"])
+    output = f"{config['output']['uri'].rstrip('/')}/{DATED_OUTPUT}"
+    job_template["entrypoint"] = f"{job_template['entrypoint']} --set output.uri={output}"
+    files["raycronjob.yaml"] = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCronJob",
+        "metadata": {
+            "name": rayjob["metadata"]["generateName"].rstrip("-"),
+            "labels": rayjob["metadata"]["labels"],
+        },
+        "spec": {
+            "schedule": chart_values()["schedule"]["cron"],
+            "timeZone": "Etc/UTC",
+            "jobTemplate": job_template,
+        },
+    }
+    return files
+
+
+class _BlockStyleDumper(yaml.SafeDumper):
+    """Writes multi-line strings (config.yaml, runtimeEnvYAML) as readable ``|`` blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockStyleDumper.add_representer(str, _represent_str)
+
+
+def write(files: dict[str, dict[str, Any]]) -> None:
+    """Write the manifests (regeneration after a chart change)."""
+    for name, obj in files.items():
+        text = HEADER + yaml.dump(obj, Dumper=_BlockStyleDumper, sort_keys=False, width=200)
+        (KUBERAY_DIR / name).write_text(text, encoding="utf-8")
