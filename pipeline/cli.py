@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--model-rate", type=float, help="measured model img/s per GPU/actor (from pipeline bench)"
     )
+    plan.add_argument("--from-bench", help="take both rates from a `pipeline bench` JSON file")
 
     demo = commands.add_parser("demo", help="make a sample data set and run the job on it locally")
     demo.add_argument("--images", type=int, default=300, help="number of good sample images")
@@ -139,9 +140,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     config = _load(args)
     _configure_logging(config)
-    print_plan(
-        config, target=args.target_images_per_hour, decode_rate=args.decode_rate, model_rate=args.model_rate
-    )
+    decode_rate, model_rate = args.decode_rate, args.model_rate
+    if args.from_bench:
+        bench = json.loads(Path(args.from_bench).read_text(encoding="utf-8"))
+        decode_rate = decode_rate or bench["b_decode_images_per_second_per_core"]
+        model_rate = model_rate or bench["a_model_only_images_per_second"]
+    print_plan(config, target=args.target_images_per_hour, decode_rate=decode_rate, model_rate=model_rate)
     return 0
 
 

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 READ_ROWS_PER_TASK = 256
 LOCAL_DECODE_NUM_CPUS = 0.25
 GROUP_RESOURCE_SHARE = 0.001
+# Listing rows and writing small Parquet tables are light: full-CPU tasks for them would
+# hold cores the decode stage needs, and on small clusters starve it for good.
+READ_NUM_CPUS = 0.1
+WRITE_NUM_CPUS = 0.25
 
 
 class UriListDatasource(Datasource):
@@ -94,6 +98,7 @@ class ResourcePlan:
     decode_concurrency: int | None
     decode_batch_size: int
     decode_resources: dict[str, float]
+    io_num_cpus: tuple[float, float]
     actor_num_cpus: float
     actor_num_gpus: float
     actor_resources: dict[str, float]
@@ -137,6 +142,7 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
         decode_concurrency=res.decode_concurrency,
         decode_batch_size=config.preprocess.batch_size,
         decode_resources={res.cpu_group_resource: GROUP_RESOURCE_SHARE} if groups else {},
+        io_num_cpus=(READ_NUM_CPUS, WRITE_NUM_CPUS),
         actor_num_cpus=actor_cpus,
         actor_num_gpus=actor_gpus,
         actor_resources={res.gpu_group_resource: GROUP_RESOURCE_SHARE} if groups else {},
@@ -194,7 +200,11 @@ def build_dataset(
 
     labels = RunLabels(pipeline=config.job.name, run_id=run_id)
     input_fs = storage.fsspec_filesystem(uris[0], config.storage)
-    dataset = ray.data.read_datasource(UriListDatasource(uris))
+    dataset = ray.data.read_datasource(
+        UriListDatasource(uris),
+        num_cpus=plan.io_num_cpus[0],
+        ray_remote_args={"resources": plan.decode_resources} if plan.decode_resources else None,
+    )
     dataset = dataset.map_batches(
         decode_batch,
         batch_size=plan.decode_batch_size,
@@ -233,3 +243,21 @@ def build_dataset(
         },
     )
     return classified
+
+
+def write_parquet(
+    dataset: ray.data.Dataset,
+    data_uri: str,
+    filesystem: Any,
+    run_id: str,
+    rows_per_file: int,
+    plan: ResourcePlan,
+) -> None:
+    """The graph's last stage: Parquet parts under ``data_uri`` (checkpointed by Ray Data)."""
+    dataset.write_parquet(
+        data_uri,
+        filesystem=filesystem,
+        filename_provider=PartFilenames(run_id.replace(".", "_")),  # Ray refuses dots in part names
+        min_rows_per_file=rows_per_file,
+        ray_remote_args={"num_cpus": plan.io_num_cpus[1], "resources": plan.decode_resources},
+    )

@@ -86,7 +86,7 @@ def print_plan(
     print(json.dumps(stages, indent=2))
     if target is not None:
         if not (decode_rate and model_rate):
-            print("# sizing needs --decode-rate and --model-rate (measure them with `pipeline bench`)")
+            print("# sizing needs --from-bench FILE or --decode-rate and --model-rate (see `pipeline bench`)")
             return
         print("# sizing for the target")
         print(json.dumps(size_groups(target, decode_rate, model_rate), indent=2))

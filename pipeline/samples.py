@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -128,7 +129,7 @@ def _png_with_declared_size(width: int, height: int) -> bytes:
     )
 
 
-def _save(image: Image.Image, path: Path, **options: object) -> Path:
+def _save(image: Image.Image, path: Path, **options: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, **options)
     return path

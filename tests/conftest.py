@@ -7,6 +7,7 @@ test session, shared), real files, and weights loaded by the real loader.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -188,3 +189,24 @@ def local_cluster() -> Iterator[LocalCluster]:
     finally:
         cluster.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+_RELIABILITY: list[dict[str, object]] = []
+
+
+@pytest.fixture
+def reliability() -> list[dict[str, object]]:
+    """Where fault and hostile-input tests record what they tried, for the end-of-run report."""
+    return _RELIABILITY
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the reliability summary: inputs tried, faults injected, rows lost and duplicated."""
+    if not _RELIABILITY:
+        return
+    terminalreporter.section("reliability summary")
+    for record in _RELIABILITY:
+        terminalreporter.write_line(json.dumps(record, sort_keys=True))
+    lost = sum(int(r.get("rows_lost", 0)) for r in _RELIABILITY)  # type: ignore[call-overload]
+    duplicated = sum(int(r.get("rows_duplicated", 0)) for r in _RELIABILITY)  # type: ignore[call-overload]
+    terminalreporter.write_line(f"TOTAL rows lost: {lost}, rows duplicated: {duplicated}")

@@ -86,7 +86,7 @@ class TestHostileRun:
         return path
 
     def test_each_hostile_file_has_its_outcome(
-        self, ray_session, hostile, sample_images, make_config, tmp_path
+        self, ray_session, hostile, sample_images, make_config, tmp_path, reliability
     ):
         """Each hostile file gets its expected status and reason; good ones are classified as when alone."""
         root, expected = hostile
@@ -113,6 +113,16 @@ class TestHostileRun:
         )
         run_job(alone)
         baseline = {row["uri"]: row for row in pq.read_table(tmp_path / "alone" / DATA_DIR).to_pylist()}
+        reliability.append(
+            {
+                "scenario": "hostile inputs",
+                "inputs": len(rows),
+                "inputs_by_kind": {name: reason or status for name, (status, reason) in expected.items()},
+                "faults": 0,
+                "rows_lost": len(set(good + hostile_uris) - set(rows)),
+                "rows_duplicated": summary.inputs - len(rows),
+            }
+        )
         for uri in good:
             assert rows[uri]["top_k_ids"] == baseline[uri]["top_k_ids"]
             assert rows[uri]["score"] == pytest.approx(baseline[uri]["score"], abs=1e-5)
