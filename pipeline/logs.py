@@ -1,57 +1,100 @@
 """structlog set-up: JSON lines in production, readable console locally.
 
-Every line carries the run id and stage (bound by the caller); secrets are
-redacted twice: by key name, and by value for the secrets present in the
-environment (AWS keys, tokens), wherever they appear in a line.
+Every line carries the run id and stage (bound by the caller, or for a whole
+process with :func:`bind_run`). Bad inputs are logged sampled, never one line
+per image (:class:`BadInputSampler`). Secrets are redacted three ways, wherever
+they appear in a line: by key name (``password=...``), by value for the secrets
+present in the environment (AWS keys, tokens), and by shape (credentials in
+URLs, signed-URL query parameters).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import numbers
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
 REDACTED = "***"
-SECRET_KEY_PATTERN = re.compile(r"(secret|token|password|passwd|credential|api[_-]?key|access[_-]?key)", re.I)
+SECRET_KEY_PATTERN = re.compile(
+    r"(secret|token|password|passwd|credential|api[_-]?key|access[_-]?key|private[_-]?key|authorization|cookie)",
+    re.IGNORECASE,
+)
+#: Environment variables whose values are secrets whatever their length above MIN_SECRET_LENGTH.
 SECRET_ENV_NAMES = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_ACCESS_KEY_ID",
     "RAY_AUTH_TOKEN",
-    "PIPELINE_SECRETS",
 )
+#: Comma-separated extra secret values (for secrets that reach the job some other way).
+EXTRA_SECRETS_ENV = "PIPELINE_SECRETS"
 MIN_SECRET_LENGTH = 6
+#: Other variables whose names end like a secret (``HF_TOKEN``, ``DB_PASSWORD``, ``OPENAI_API_KEY``)
+#: count when at least this long and not a file path (``AWS_WEB_IDENTITY_TOKEN_FILE`` and
+#: ``GOOGLE_APPLICATION_CREDENTIALS`` name files, which are no secret and appear in configs).
+SECRET_ENV_NAME_PATTERN = re.compile(
+    r"(?:^|_)(token|secret|password|passwd|api_?key|access_key|private_key|credentials?)$", re.IGNORECASE
+)
+MIN_NAMED_SECRET_LENGTH = 8
+_URL_USERINFO = re.compile(r"(?<=://)[^/\s@:]+:[^/\s@]+@")
+_SIGNED_URL_PARAM = re.compile(
+    r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential"
+    r"|sig|signature|token|access_token|api_key|apikey|password)=)[^&\s\"'#]+"
+)
 
 
 def secret_values(environ: Mapping[str, str]) -> list[str]:
-    """Values in the environment that must never be printed."""
+    """Values in the environment that must never be printed, longest first."""
     values = [environ[name] for name in SECRET_ENV_NAMES if len(environ.get(name, "")) >= MIN_SECRET_LENGTH]
-    return sorted(set(values), key=len, reverse=True)
+    values += [
+        value
+        for name, value in environ.items()
+        if SECRET_ENV_NAME_PATTERN.search(name)
+        and len(value) >= MIN_NAMED_SECRET_LENGTH
+        and not value.startswith("/")
+    ]
+    values += [item.strip() for item in environ.get(EXTRA_SECRETS_ENV, "").split(",")]
+    return sorted({value for value in values if len(value) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
 
 
 class Redactor:
-    """structlog processor that masks secret keys and known secret values."""
+    """structlog processor that masks secret keys, known secret values and URL credentials."""
 
     def __init__(self, secrets: list[str]) -> None:
         self._secrets = secrets
 
+    def scrub_text(self, text: str) -> str:
+        """``text`` with every known secret and URL credential replaced by ``***``."""
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        text = _URL_USERINFO.sub(REDACTED + "@", text)
+        return _SIGNED_URL_PARAM.sub(lambda match: match.group(1) + REDACTED, text)
+
     def _scrub(self, value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in self._secrets:
-                value = value.replace(secret, REDACTED)
+        if value is None or isinstance(value, bool | numbers.Number):
             return value
+        if isinstance(value, str):
+            return self.scrub_text(value)
         if isinstance(value, Mapping):
-            return {k: REDACTED if SECRET_KEY_PATTERN.search(str(k)) else self._scrub(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
+            return {
+                k: REDACTED if SECRET_KEY_PATTERN.search(str(k)) else self._scrub(v) for k, v in value.items()
+            }
+        if isinstance(value, list | tuple | set | frozenset):
             return [self._scrub(item) for item in value]
-        return value
+        # Anything else (exceptions, paths, objects) is rendered as text here, where it can be
+        # scrubbed, rather than by the renderer's repr() after this processor has run.
+        return self.scrub_text(str(value))
 
     def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        """Mask one event in place (structlog processor protocol)."""
         for key in list(event_dict):
             event_dict[key] = REDACTED if SECRET_KEY_PATTERN.search(key) else self._scrub(event_dict[key])
         return event_dict
@@ -61,7 +104,9 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     """Configure structlog for this process; ``auto`` is console on a TTY, JSON otherwise."""
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -78,5 +123,56 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 
 
 def get_logger(**bound: Any) -> Any:
-    """A logger with fixed fields (e.g. ``stage``)."""
+    """A logger with fixed fields (e.g. ``run_id``, ``stage``)."""
     return structlog.get_logger().bind(**bound)
+
+
+def bind_run(run_id: str, pipeline: str | None = None) -> None:
+    """Put the run id (and pipeline) on every line this process logs from now on."""
+    structlog.contextvars.bind_contextvars(run_id=run_id, **({"pipeline": pipeline} if pipeline else {}))
+
+
+def unbind_run() -> None:
+    """Undo :func:`bind_run`."""
+    structlog.contextvars.unbind_contextvars("run_id", "pipeline")
+
+
+class BadInputSampler:
+    """Warn about bad inputs without a line per image.
+
+    Per (stage, reason), the first ``first`` occurrences are logged with their URI, then
+    every ``every``-th with the running count, so a run with a million broken files still
+    logs a handful of lines per reason. The run's final summary has the exact counts.
+    """
+
+    def __init__(self, logger: Any, *, first: int = 3, every: int = 1000) -> None:
+        self._logger = logger
+        self._first = first
+        self._every = every
+        self._seen: Counter[tuple[str, str]] = Counter()
+
+    def record(self, stage: str, reason: str, uri: str, detail: str = "") -> bool:
+        """Count one bad input; log it if it is sampled. Returns whether it was logged."""
+        key = (stage, str(reason))
+        self._seen[key] += 1
+        seen = self._seen[key]
+        if seen > self._first and seen % self._every:
+            return False
+        self._logger.warning(
+            "bad input",
+            stage=stage,
+            reason=str(reason),
+            uri=uri,
+            detail=(detail or "")[:200],
+            seen_in_this_worker=seen,
+            sampled=f"first {self._first}, then every {self._every}",
+        )
+        return True
+
+
+@functools.cache
+def bad_input_sampler(pipeline: str, run_id: str) -> BadInputSampler:
+    """The sampler of this worker process (configures JSON/console logging if nothing has)."""
+    if not structlog.is_configured():
+        configure("auto")
+    return BadInputSampler(get_logger(run_id=run_id, pipeline=pipeline))

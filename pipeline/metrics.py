@@ -1,19 +1,26 @@
 """The one metrics module: worker-side Ray metrics and driver-side job metrics.
 
 Worker side (decode tasks, inference actors) uses ``ray.util.metrics``; Ray's
-per-node metrics endpoint exports them with a ``ray_`` prefix (counters get
-``_total``), e.g. ``ray_pipeline_rows_total``. Driver side uses
-``prometheus_client`` with an injected registry, pushed to a Pushgateway while
-the job runs and once at the end, success or failure, grouped by
-``pipeline=<job.name>`` so "no successful run in 26 h" can alert.
+per-node metrics endpoint exports them with a ``ray_`` prefix, counters with a
+``_total`` suffix (``pipeline_rows`` -> ``ray_pipeline_rows_total``), and adds its
+own labels (``SessionName``, ``NodeAddress``, ``WorkerId``, ...). The driver
+also records one Ray gauge, ``pipeline_run_info``, so a dashboard can find the
+Ray session (and with it Ray's and Ray Data's own metrics) of a run.
+
+Driver side uses ``prometheus_client`` with an injected registry, pushed
+(push-add) to a Pushgateway when the run starts, every ``push_interval_s``
+while it runs, and once at the end, success or failure, under
+``job="batch-inference"`` grouped by ``pipeline=<job.name>`` so "no successful
+run in 26 h" can alert. A Pushgateway that cannot be reached never fails the job.
 
 Labels are bounded: pipeline name, run id, stage, outcome, reason. Never a
-per-image id.
+per-image id. docs/observability.md lists every metric.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,18 +29,43 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import pushadd_to_gateway
 
+from pipeline.schema import FailureReason
+
 if TYPE_CHECKING:
     from ray.util.metrics import Counter, Histogram
     from ray.util.metrics import Gauge as RayGauge
 
 PUSH_JOB_NAME = "batch-inference"
+PUSH_TIMEOUT_S = 5.0
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+ETA_UNKNOWN = -1.0
 
 STAGE_FETCH = "fetch"
 STAGE_DECODE = "decode"
 STAGE_INFERENCE = "inference"
 STAGE_WRITE = "write"
+
+#: The stage whose task first marks a row failed with each reason. Later stages pass
+#: failed rows through (and count them as rows out with outcome "failed"), but a
+#: failure is counted in ``pipeline_failures`` once, by the stage that caused it.
+#: Fetching happens inside the decode task, so fetch reasons are reported there.
+FAILING_STAGE: Mapping[str, str] = {
+    FailureReason.NOT_FOUND: STAGE_DECODE,
+    FailureReason.PERMISSION_DENIED: STAGE_DECODE,
+    FailureReason.UNREADABLE: STAGE_DECODE,
+    FailureReason.EMPTY_FILE: STAGE_DECODE,
+    FailureReason.NOT_AN_IMAGE: STAGE_DECODE,
+    FailureReason.TRUNCATED: STAGE_DECODE,
+    FailureReason.TOO_MANY_PIXELS: STAGE_DECODE,
+    FailureReason.DECODE_ERROR: STAGE_DECODE,
+    FailureReason.MODEL_ERROR: STAGE_INFERENCE,
+}
+
+
+def failing_stage(reason: str) -> str:
+    """The stage that counts a failure with this reason (decode for reasons not in the table)."""
+    return FAILING_STAGE.get(reason, STAGE_DECODE)
 
 
 @dataclass(frozen=True)
@@ -50,17 +82,29 @@ class WorkerMetrics:
     gpu_memory_used: RayGauge
 
     def count_rows(self, stage: str, ok: int, failed_by_reason: Mapping[str, int]) -> None:
-        """Add one batch's outcome counts for a stage."""
-        if ok:
+        """Add one batch's rows leaving ``stage`` by outcome, and the failures this stage caused.
+
+        ``failed_by_reason`` may include rows that failed upstream and pass through: they
+        count as rows out with outcome ``failed`` but not again as failures.
+        """
+        if ok > 0:
             self.rows.inc(ok, tags={"stage": stage, "outcome": "ok"})
+        failed = sum(failed_by_reason.values())
+        if failed > 0:
+            self.rows.inc(failed, tags={"stage": stage, "outcome": "failed"})
         for reason, count in failed_by_reason.items():
-            self.rows.inc(count, tags={"stage": stage, "outcome": "failed"})
-            self.failures.inc(count, tags={"stage": stage, "reason": reason})
+            if count > 0 and failing_stage(reason) == stage:
+                self.failures.inc(count, tags={"stage": stage, "reason": str(reason)})
 
     def observe_batch(self, stage: str, seconds: float, size: int) -> None:
-        """Record one batch's latency and size for a stage."""
+        """Record one batch's latency and size (rows the stage worked on) for a stage."""
         self.stage_seconds.observe(seconds, tags={"stage": stage})
         self.batch_size.observe(size, tags={"stage": stage})
+
+    def observe_gpu(self, utilization: float, memory_used_bytes: int) -> None:
+        """Record the GPU busy fraction (0-1) and allocated bytes an actor sees."""
+        self.gpu_utilization.set(utilization)
+        self.gpu_memory_used.set(memory_used_bytes)
 
 
 @functools.cache
@@ -82,7 +126,11 @@ def worker_metrics(pipeline: str, run_id: str) -> WorkerMetrics:
             Counter("pipeline_rows", "Rows leaving a stage, by outcome.", (*keys, "stage", "outcome"))
         ),
         failures=with_defaults(
-            Counter("pipeline_failures", "Rows that failed, by stage and reason.", (*keys, "stage", "reason"))
+            Counter(
+                "pipeline_failures",
+                "Rows that failed, by the stage that failed them and the reason.",
+                (*keys, "stage", "reason"),
+            )
         ),
         stage_seconds=with_defaults(
             Histogram(
@@ -94,14 +142,16 @@ def worker_metrics(pipeline: str, run_id: str) -> WorkerMetrics:
         ),
         batch_size=with_defaults(
             Histogram(
-                "pipeline_batch_size",
-                "Rows per batch processed by a stage.",
+                "pipeline_batch_size_rows",
+                "Rows per batch a stage worked on (inference: images through the model).",
                 list(BATCH_SIZE_BUCKETS),
                 (*keys, "stage"),
             )
         ),
         model_load_seconds=with_defaults(
-            RayGauge("pipeline_model_load_seconds", "Seconds an inference actor took to load its model.", keys)
+            RayGauge(
+                "pipeline_model_load_seconds", "Seconds an inference actor took to load its model.", keys
+            )
         ),
         gpu_utilization=with_defaults(
             RayGauge("pipeline_gpu_utilization_ratio", "GPU busy fraction seen by an actor (0-1).", keys)
@@ -110,6 +160,27 @@ def worker_metrics(pipeline: str, run_id: str) -> WorkerMetrics:
             RayGauge("pipeline_gpu_memory_used_bytes", "GPU memory allocated by an actor.", keys)
         ),
     )
+
+
+@functools.cache
+def _ray_run_info(pipeline: str, run_id: str) -> RayGauge:
+    from ray.util.metrics import Gauge as RayGauge
+
+    gauge = RayGauge(
+        "pipeline_run_info",
+        "1 while a run's driver is connected to this Ray cluster; joins a run to the Ray session.",
+        ("pipeline", "run_id"),
+    )
+    gauge.set_default_tags({"pipeline": pipeline, "run_id": run_id})
+    return gauge
+
+
+def _ray_connected() -> bool:
+    try:
+        import ray
+    except ImportError:  # pragma: no cover  # ray is a dependency; keep the driver metrics usable
+        return False
+    return bool(ray.is_initialized())
 
 
 @dataclass
@@ -122,24 +193,65 @@ class JobMetrics:
     success_registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     pushgateway_url: str | None = None
     push_interval_s: float = 15.0
+    push_failures: int = 0
     _last_push: float = 0.0
+    _done: int = 0
+    _ray_info_failed: bool = False
 
     def __post_init__(self) -> None:
         labels = ("run_id",)
         reg = self.registry
-        self.info = Gauge("pipeline_job_info", "Run identity; value is always 1.", (*labels, "model", "version"), registry=reg)
-        self.status = Gauge("pipeline_job_status", "1 for the job's current status.", (*labels, "status"), registry=reg)
-        self.rows = Gauge("pipeline_job_rows", "Rows of the run by outcome (input, ok, failed).", (*labels, "outcome"), registry=reg)
-        self.failed = Gauge("pipeline_job_failed_rows", "Failed rows of the run by reason.", (*labels, "reason"), registry=reg)
-        self.done = Gauge("pipeline_job_progress_rows_done", "Rows finished so far (all outcomes).", labels, registry=reg)
-        self.total = Gauge("pipeline_job_progress_rows_total", "Rows this run has to finish.", labels, registry=reg)
-        self.eta = Gauge("pipeline_job_eta_seconds", "Estimated seconds to finish at the current rate.", labels, registry=reg)
-        self.throughput = Gauge("pipeline_job_throughput_images_per_second", "Images per second so far.", labels, registry=reg)
-        self.started = Gauge("pipeline_job_start_timestamp_seconds", "Unix time the run started.", labels, registry=reg)
-        self.duration = Gauge("pipeline_job_duration_seconds", "Seconds the run took (so far while running).", labels, registry=reg)
+        self.info = Gauge(
+            "pipeline_job_info",
+            "Run identity; value is always 1.",
+            (*labels, "model", "version"),
+            registry=reg,
+        )
+        self.status = Gauge(
+            "pipeline_job_status",
+            "1 for the run's current status, 0 for the others.",
+            (*labels, "status"),
+            registry=reg,
+        )
+        self.rows = Gauge(
+            "pipeline_job_rows",
+            "Rows of the run by outcome (input, ok, failed).",
+            (*labels, "outcome"),
+            registry=reg,
+        )
+        self.failed = Gauge(
+            "pipeline_job_failed_rows", "Failed rows of the run by reason.", (*labels, "reason"), registry=reg
+        )
+        self.done = Gauge(
+            "pipeline_job_progress_rows_done", "Rows finished so far (all outcomes).", labels, registry=reg
+        )
+        self.total = Gauge(
+            "pipeline_job_progress_rows_expected", "Rows this run has to finish.", labels, registry=reg
+        )
+        self.eta = Gauge(
+            "pipeline_job_eta_seconds",
+            "Estimated seconds to finish at the current rate (-1: unknown).",
+            labels,
+            registry=reg,
+        )
+        self.throughput = Gauge(
+            "pipeline_job_throughput_images_per_second",
+            "Rows finished per second since the start.",
+            labels,
+            registry=reg,
+        )
+        self.started = Gauge(
+            "pipeline_job_start_timestamp_seconds", "Unix time the run started.", labels, registry=reg
+        )
+        self.duration = Gauge(
+            "pipeline_job_duration_seconds",
+            "Seconds the run took (so far, while running).",
+            labels,
+            registry=reg,
+        )
         self.last_success = Gauge(
             "pipeline_job_last_success_timestamp_seconds",
-            "Unix time of the last committed run.",
+            "Unix time the last committed run finished.",
             registry=self.success_registry,  # pushed only on success: a failure keeps the old value
         )
 
@@ -152,37 +264,61 @@ class JobMetrics:
         """Record the run's identity and size, and push."""
         self.info.labels(self.run_id, model, version).set(1)
         self.started.labels(self.run_id).set(time.time())
+        # Push-add replaces a metric only when the push has samples of it: give every family a
+        # sample of this run, so the previous run's series leave the Pushgateway now.
+        self.rows.labels(self.run_id, "input").set(total)
+        self.rows.labels(self.run_id, "ok").set(0)
+        self.rows.labels(self.run_id, "failed").set(0)
+        for reason in FailureReason:
+            self.failed.labels(self.run_id, str(reason)).set(0)
         self.total.labels(self.run_id).set(total)
         self.done.labels(self.run_id).set(0)
+        self.eta.labels(self.run_id).set(ETA_UNKNOWN)
+        self.throughput.labels(self.run_id).set(0)
+        self.duration.labels(self.run_id).set(0)
         self.set_status("running")
         self.push(force=True)
 
     def progress(self, done: int, total: int, rate: float, elapsed: float) -> None:
         """Update progress gauges; push at most every ``push_interval_s``."""
+        self._mark_ray_session()
+        self._done = done
         self.done.labels(self.run_id).set(done)
         self.total.labels(self.run_id).set(total)
         self.throughput.labels(self.run_id).set(rate)
-        self.eta.labels(self.run_id).set((total - done) / rate if rate > 0 else -1)
+        self.eta.labels(self.run_id).set(max(0.0, total - done) / rate if rate > 0 else ETA_UNKNOWN)
         self.duration.labels(self.run_id).set(elapsed)
         self.push()
 
-    def finish(self, *, succeeded: bool, inputs: int, ok: int, failed_by_reason: Mapping[str, int], seconds: float) -> None:
+    def finish(
+        self, *, succeeded: bool, inputs: int, ok: int, failed_by_reason: Mapping[str, int], seconds: float
+    ) -> None:
         """Record the final outcome and push it (last success only when committed)."""
+        self._mark_ray_session()
+        failed = sum(failed_by_reason.values())
         self.rows.labels(self.run_id, "input").set(inputs)
         self.rows.labels(self.run_id, "ok").set(ok)
-        self.rows.labels(self.run_id, "failed").set(sum(failed_by_reason.values()))
+        self.rows.labels(self.run_id, "failed").set(failed)
         for reason, count in failed_by_reason.items():
             self.failed.labels(self.run_id, reason).set(count)
         self.duration.labels(self.run_id).set(seconds)
-        self.done.labels(self.run_id).set(ok + sum(failed_by_reason.values()))
-        self.eta.labels(self.run_id).set(0)
+        # A run that failed before its output was tallied keeps the last progress seen.
+        self._done = max(self._done, ok + failed)
+        self.done.labels(self.run_id).set(self._done)
+        self.eta.labels(self.run_id).set(0 if succeeded else ETA_UNKNOWN)
+        if seconds > 0 and math.isfinite(seconds):
+            self.throughput.labels(self.run_id).set(self._done / seconds)
         self.set_status("succeeded" if succeeded else "failed")
         if succeeded:
             self.last_success.set(time.time())
         self.push(force=True, include_last_success=succeeded)
 
     def push(self, *, force: bool = False, include_last_success: bool = False) -> None:
-        """POST (push-add) to the Pushgateway, so metrics not sent keep their old value."""
+        """POST (push-add) to the Pushgateway, so metrics not sent keep their old value.
+
+        A failed push is logged (first failure, then every tenth) and counted in
+        ``push_failures``; it never fails the job.
+        """
         if not self.pushgateway_url:
             return
         now = time.monotonic()
@@ -190,12 +326,38 @@ class JobMetrics:
             return
         self._last_push = now
         grouping = {"pipeline": self.pipeline}
-        pushadd_to_gateway(self.pushgateway_url, job=PUSH_JOB_NAME, registry=self.registry, grouping_key=grouping, timeout=10)
-        if include_last_success:
-            pushadd_to_gateway(
-                self.pushgateway_url,
-                job=PUSH_JOB_NAME,
-                registry=self.success_registry,
-                grouping_key=grouping,
-                timeout=10,
+        registries = [self.registry, self.success_registry] if include_last_success else [self.registry]
+        try:
+            for registry in registries:
+                pushadd_to_gateway(
+                    self.pushgateway_url,
+                    job=PUSH_JOB_NAME,
+                    registry=registry,
+                    grouping_key=grouping,
+                    timeout=PUSH_TIMEOUT_S,
+                )
+        except OSError as exc:  # URLError, HTTPError, timeouts, refused connections
+            self.push_failures += 1
+            if self.push_failures % 10 == 1:
+                from pipeline.logs import get_logger
+
+                get_logger(run_id=self.run_id, stage="metrics").warning(
+                    "pushgateway push failed",
+                    pushgateway=self.pushgateway_url,
+                    error=f"{type(exc).__name__}: {exc}",
+                    failures=self.push_failures,
+                )
+
+    def _mark_ray_session(self) -> None:
+        """Export ``ray_pipeline_run_info`` from the driver once Ray is connected (never fails the job)."""
+        if self._ray_info_failed or not _ray_connected():
+            return
+        try:
+            _ray_run_info(self.pipeline, self.run_id).set(1)
+        except Exception as exc:  # e.g. a Ray client connection without a metrics agent
+            self._ray_info_failed = True
+            from pipeline.logs import get_logger
+
+            get_logger(run_id=self.run_id, stage="metrics").warning(
+                "ray_pipeline_run_info not exported", error=f"{type(exc).__name__}: {exc}"
             )

@@ -20,6 +20,7 @@ import pyarrow as pa
 from pipeline import storage
 from pipeline.decode import DecodeSettings, decode
 from pipeline.inference import InferenceSettings, Predictor
+from pipeline.logs import bad_input_sampler
 from pipeline.metrics import STAGE_DECODE, STAGE_INFERENCE, worker_metrics
 from pipeline.schema import IMAGE_COLUMN, STATUS_FAILED, STATUS_OK, FailureReason, output_schema
 
@@ -64,6 +65,10 @@ def decode_batch(
         reasons[index] = str(fetch_reason or (result.reason if result else FailureReason.DECODE_ERROR))
         errors[index] = detail or (result.detail if result else "")
     failed = Counter(reason for reason in reasons if reason is not None)
+    if failed:
+        sampler = bad_input_sampler(labels.pipeline, labels.run_id)
+        for bad in np.flatnonzero(status == STATUS_FAILED):
+            sampler.record(STAGE_DECODE, str(reasons[bad]), uris[bad], str(errors[bad] or ""))
     metrics = worker_metrics(labels.pipeline, labels.run_id)
     metrics.count_rows(STAGE_DECODE, len(uris) - sum(failed.values()), failed)
     metrics.observe_batch(STAGE_DECODE, time.perf_counter() - started, len(uris))
@@ -123,14 +128,16 @@ class Classify:
                 status[good] = STATUS_FAILED
                 reasons[good] = str(FailureReason.MODEL_ERROR)
                 errors[good] = f"{type(exc).__name__}: {exc}"[:200]
+                bad_input_sampler(self.labels.pipeline, self.labels.run_id).record(
+                    STAGE_INFERENCE, FailureReason.MODEL_ERROR, str(batch["uri"][good[0]]), errors[good[0]]
+                )
         ok_mask = status == STATUS_OK
         failed = Counter(str(reason) for reason in reasons[~ok_mask])
         self.metrics.count_rows(STAGE_INFERENCE, int(ok_mask.sum()), failed)
         self.metrics.observe_batch(STAGE_INFERENCE, time.perf_counter() - started, len(good))
         stats = self.predictor.gpu_stats()
         if stats is not None:
-            self.metrics.gpu_utilization.set(stats[0])
-            self.metrics.gpu_memory_used.set(stats[1])
+            self.metrics.observe_gpu(*stats)
         if self.progress is not None:
             self.progress.add.remote(int(ok_mask.sum()), dict(failed))
         return self._table(batch, status, reasons, errors, ids, scores, ok_mask)

@@ -89,6 +89,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Every port a node listens on is a free one: another Ray instance on the machine (the
+# in-process test cluster, another test run) would hold the defaults.
+NODE_PORT_FLAGS = (
+    "node-manager-port",
+    "object-manager-port",
+    "metrics-export-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+)
+NODE_OBJECT_STORE_BYTES = 150 * 1024 * 1024
+
+
 class LocalCluster:
     """A multi-node Ray cluster of ``ray start --block`` processes on loopback.
 
@@ -112,8 +125,18 @@ class LocalCluster:
 
     def _start(self, name: str, args: list[str]) -> None:
         log = (self.temp_dir / f"{name}.log").open("wb")
+        ports = [f"--{flag}={free_port()}" for flag in NODE_PORT_FLAGS]
         self.nodes[name] = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ray"), "start", "--block", *args],
+            [
+                str(Path(sys.executable).parent / "ray"),
+                "start",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--object-store-memory={NODE_OBJECT_STORE_BYTES}",
+                "--disable-usage-stats",
+                *ports,
+                *args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -131,8 +154,8 @@ class LocalCluster:
                 f"--dashboard-port={self.dashboard_port}",
                 "--dashboard-host=127.0.0.1",
                 "--include-dashboard=true",
+                f"--ray-client-server-port={free_port()}",
                 f"--temp-dir={self.temp_dir / 'ray'}",
-                "--disable-usage-stats",
                 *extra,
             ],
         )

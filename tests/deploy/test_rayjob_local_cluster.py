@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from deploy_ray_cluster import LocalRayCluster
 from PIL import Image
 from ray.autoscaler._private.kuberay.autoscaling_config import _get_custom_resources
 from ray.job_submission import JobSubmissionClient
@@ -59,27 +58,18 @@ def submit_when_ready(client: JobSubmissionClient, **job: Any) -> str:
 
 
 @pytest.fixture
-def cluster(releases: dict[str, Release]):
+def cluster(releases: dict[str, Release], local_cluster):
     """Head (num-cpus 0) + a CPU node and a GPU node advertising the chart's group resources."""
     spec = releases["default"].one("RayJob")["spec"]["rayClusterSpec"]
     groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
-    ray = LocalRayCluster()
-    try:
-        ray.start_head(spec["headGroupSpec"]["rayStartParams"])
-        ray.add_worker(
-            num_cpus=1, resources=_get_custom_resources({}, groups["cpu"]["rayStartParams"], "cpu")
-        )
-        ray.add_worker(
-            num_cpus=1,
-            num_gpus=int(
-                groups["gpu"]["rayStartParams"]["num-gpus"]
-            ),  # declared, not present: torch uses the CPU
-            resources=_get_custom_resources({}, groups["gpu"]["rayStartParams"], "gpu"),
-        )
-        ray.wait_for_nodes(3)
-        yield ray
-    finally:
-        ray.stop()
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    local_cluster.start_head()
+    cpu = _get_custom_resources({}, groups["cpu"]["rayStartParams"], "cpu")
+    gpu = _get_custom_resources({}, groups["gpu"]["rayStartParams"], "gpu")
+    num_gpus = int(groups["gpu"]["rayStartParams"]["num-gpus"])  # declared, not present: torch uses the CPU
+    local_cluster.add_node("cpu", "--num-cpus=1", f"--resources={json.dumps(cpu)}")
+    local_cluster.add_node("gpu", "--num-cpus=1", f"--num-gpus={num_gpus}", f"--resources={json.dumps(gpu)}")
+    return local_cluster
 
 
 @pytest.mark.slow

@@ -1,0 +1,248 @@
+"""pipeline.metrics: worker-side Ray metrics and the driver's pushed job metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from monitoring_parts import free_port, http_get
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
+
+from pipeline.metrics import (
+    ETA_UNKNOWN,
+    FAILING_STAGE,
+    PUSH_JOB_NAME,
+    STAGE_DECODE,
+    STAGE_INFERENCE,
+    JobMetrics,
+    WorkerMetrics,
+    worker_metrics,
+)
+from pipeline.schema import FailureReason
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+
+class RecordingMetric:
+    """Stands in for a ray.util.metrics object and keeps what was recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, dict[str, str]]] = []
+
+    def inc(self, value: float, tags: dict[str, str] | None = None) -> None:
+        assert value > 0, "Ray rejects increments <= 0"
+        self.calls.append((value, tags or {}))
+
+    observe = set = inc
+
+    def totals(self, *keys: str) -> dict[tuple[str, ...], float]:
+        """Sum of recorded values by the given tag keys."""
+        out: dict[tuple[str, ...], float] = {}
+        for value, tags in self.calls:
+            key = tuple(tags[k] for k in keys)
+            out[key] = out.get(key, 0) + value
+        return out
+
+
+def recording_worker_metrics() -> WorkerMetrics:
+    names = (
+        "rows",
+        "failures",
+        "stage_seconds",
+        "batch_size",
+        "model_load_seconds",
+        "gpu_utilization",
+        "gpu_memory_used",
+    )
+    return WorkerMetrics(tags={"pipeline": "p", "run_id": "r"}, **{name: RecordingMetric() for name in names})  # type: ignore[arg-type]
+
+
+class TestWorkerMetrics:
+    def test_failures_are_counted_once_by_the_stage_that_caused_them(self) -> None:
+        """A decode failure passing through inference is a failed row out of both stages, but one failure."""
+        metrics = recording_worker_metrics()
+        metrics.count_rows(STAGE_DECODE, 20, {FailureReason.EMPTY_FILE: 1})
+        metrics.count_rows(STAGE_INFERENCE, 19, {FailureReason.EMPTY_FILE: 1, FailureReason.MODEL_ERROR: 1})
+        rows: Any = metrics.rows
+        failures: Any = metrics.failures
+        assert rows.totals("stage", "outcome") == {
+            ("decode", "ok"): 20,
+            ("decode", "failed"): 1,
+            ("inference", "ok"): 19,
+            ("inference", "failed"): 2,
+        }
+        assert failures.totals("stage", "reason") == {
+            ("decode", "empty_file"): 1,
+            ("inference", "model_error"): 1,
+        }
+
+    def test_zero_counts_are_not_recorded(self) -> None:
+        """An all-ok or empty batch records no zero increments, which Ray would reject."""
+        metrics = recording_worker_metrics()
+        metrics.count_rows(STAGE_DECODE, 0, {})
+        metrics.count_rows(STAGE_DECODE, 0, {FailureReason.TRUNCATED: 0})
+        assert metrics.rows.calls == [] == metrics.failures.calls  # type: ignore[attr-defined]
+
+    def test_every_failure_reason_has_a_failing_stage(self) -> None:
+        """A new FailureReason must say which stage counts it, or failures would go uncounted or doubled."""
+        assert set(FAILING_STAGE) == set(FailureReason)
+
+    def test_ray_metric_names_and_labels(self) -> None:
+        """The Ray metrics are named as docs/observability.md says and carry the pipeline and run id."""
+        metrics = worker_metrics("names-test", "run-1")
+        info = {
+            metric.info["name"]: metric.info
+            for metric in (
+                metrics.rows,
+                metrics.failures,
+                metrics.stage_seconds,
+                metrics.batch_size,
+                metrics.model_load_seconds,
+                metrics.gpu_utilization,
+                metrics.gpu_memory_used,
+            )
+        }
+        assert set(info) == {
+            "pipeline_rows",
+            "pipeline_failures",
+            "pipeline_stage_batch_seconds",
+            "pipeline_batch_size_rows",
+            "pipeline_model_load_seconds",
+            "pipeline_gpu_utilization_ratio",
+            "pipeline_gpu_memory_used_bytes",
+        }
+        for name, item in info.items():
+            assert item["default_tags"] == {"pipeline": "names-test", "run_id": "run-1"}, name
+            assert {"pipeline", "run_id"} <= set(item["tag_keys"]), name
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+class TestJobMetrics:
+    def test_start_records_identity_size_and_running(self) -> None:
+        """start() sets info, total, zero progress, unknown ETA and status running."""
+        metrics = JobMetrics("p", "r1")
+        metrics.start("resnet50", "0.1.0", 100)
+        reg = metrics.registry
+        assert sample(reg, "pipeline_job_info", run_id="r1", model="resnet50", version="0.1.0") == 1
+        assert sample(reg, "pipeline_job_progress_rows_expected", run_id="r1") == 100
+        assert sample(reg, "pipeline_job_progress_rows_done", run_id="r1") == 0
+        assert sample(reg, "pipeline_job_eta_seconds", run_id="r1") == ETA_UNKNOWN
+        assert sample(reg, "pipeline_job_status", run_id="r1", status="running") == 1
+        assert sample(reg, "pipeline_job_status", run_id="r1", status="failed") == 0
+        assert abs(sample(reg, "pipeline_job_start_timestamp_seconds", run_id="r1") - time.time()) < 60  # type: ignore[operator]
+
+    def test_progress_sets_rate_and_eta(self) -> None:
+        """progress() sets done, rate and an ETA from the remaining rows at that rate."""
+        metrics = JobMetrics("p", "r1")
+        metrics.progress(done=40, total=100, rate=4.0, elapsed=10.0)
+        reg = metrics.registry
+        assert sample(reg, "pipeline_job_progress_rows_done", run_id="r1") == 40
+        assert sample(reg, "pipeline_job_throughput_images_per_second", run_id="r1") == 4.0
+        assert sample(reg, "pipeline_job_eta_seconds", run_id="r1") == 15.0
+        metrics.progress(done=0, total=100, rate=0.0, elapsed=12.0)
+        assert sample(reg, "pipeline_job_eta_seconds", run_id="r1") == ETA_UNKNOWN
+
+    def test_finish_success_records_outcome_and_last_success(self) -> None:
+        """finish() of a committed run sets rows by outcome and reason, status succeeded and last success."""
+        metrics = JobMetrics("p", "r1")
+        metrics.start("m", "v", 10)
+        metrics.finish(succeeded=True, inputs=10, ok=8, failed_by_reason={"truncated": 2}, seconds=5.0)
+        reg = metrics.registry
+        assert [
+            sample(reg, "pipeline_job_rows", run_id="r1", outcome=o) for o in ("input", "ok", "failed")
+        ] == [10, 8, 2]
+        assert sample(reg, "pipeline_job_failed_rows", run_id="r1", reason="truncated") == 2
+        assert sample(reg, "pipeline_job_failed_rows", run_id="r1", reason="model_error") == 0
+        assert sample(reg, "pipeline_job_progress_rows_done", run_id="r1") == 10
+        assert sample(reg, "pipeline_job_status", run_id="r1", status="succeeded") == 1
+        assert sample(reg, "pipeline_job_eta_seconds", run_id="r1") == 0
+        last = metrics.success_registry.get_sample_value("pipeline_job_last_success_timestamp_seconds")
+        assert last is not None
+        assert abs(last - time.time()) < 60
+
+    def test_failed_run_keeps_its_progress_and_no_last_success(self) -> None:
+        """A run failing before its output is tallied keeps its last progress and sets no last success."""
+        metrics = JobMetrics("p", "r1")
+        metrics.start("m", "v", 10)
+        metrics.progress(done=6, total=10, rate=1.0, elapsed=6.0)
+        metrics.finish(succeeded=False, inputs=10, ok=0, failed_by_reason={}, seconds=7.0)
+        reg = metrics.registry
+        assert sample(reg, "pipeline_job_progress_rows_done", run_id="r1") == 6
+        assert sample(reg, "pipeline_job_status", run_id="r1", status="failed") == 1
+        assert sample(reg, "pipeline_job_eta_seconds", run_id="r1") == ETA_UNKNOWN
+        # never set (the gauge's initial 0); it is pushed only after a success (TestPushgateway)
+        assert metrics.success_registry.get_sample_value("pipeline_job_last_success_timestamp_seconds") == 0
+
+    def test_unreachable_pushgateway_never_fails_the_job(self) -> None:
+        """Push errors are counted and logged once per ten, never raised."""
+        metrics = JobMetrics("p", "r1", pushgateway_url=f"http://127.0.0.1:{free_port()}", push_interval_s=0)
+        with capture_logs() as logs:
+            metrics.start("m", "v", 10)
+            for done in range(1, 11):
+                metrics.progress(done=done, total=10, rate=1.0, elapsed=float(done))
+            metrics.finish(succeeded=True, inputs=10, ok=10, failed_by_reason={}, seconds=10.0)
+        assert metrics.push_failures == 12
+        warnings = [log for log in logs if log["event"] == "pushgateway push failed"]
+        assert [w["failures"] for w in warnings] == [1, 11]
+        assert all(w["run_id"] == "r1" and w["stage"] == "metrics" for w in warnings)
+
+
+def pushed(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The Pushgateway's /metrics, as {name: {sorted labels: value}} for the batch-inference job."""
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(http_get(f"{url}/metrics").decode()):
+        for s in family.samples:
+            if s.labels.get("job") == PUSH_JOB_NAME:
+                labels = tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("job", "instance")))
+                out.setdefault(s.name, {})[labels] = s.value
+    return out
+
+
+@pytest.mark.slow
+class TestPushgateway:
+    def test_failed_run_after_a_success_keeps_the_last_success(self, pushgateway: str) -> None:
+        """Push-add: a failed run replaces the previous run's series but keeps the last-success timestamp."""
+        first = JobMetrics("nightly", "run-1", pushgateway_url=pushgateway)
+        first.start("m", "v", 5)
+        first.finish(succeeded=True, inputs=5, ok=4, failed_by_reason={"truncated": 1}, seconds=3.0)
+        after_first = pushed(pushgateway)
+        (success_time,) = after_first["pipeline_job_last_success_timestamp_seconds"].values()
+        assert (
+            after_first["pipeline_job_rows"][
+                (("outcome", "ok"), ("pipeline", "nightly"), ("run_id", "run-1"))
+            ]
+            == 4
+        )
+
+        second = JobMetrics("nightly", "run-2", pushgateway_url=pushgateway)
+        second.start("m", "v", 5)
+        assert (
+            pushed(pushgateway)["pipeline_job_status"][
+                (("pipeline", "nightly"), ("run_id", "run-2"), ("status", "running"))
+            ]
+            == 1
+        )
+        second.finish(succeeded=False, inputs=5, ok=0, failed_by_reason={}, seconds=1.0)
+        after_second = pushed(pushgateway)
+        assert after_second["pipeline_job_last_success_timestamp_seconds"] == {
+            (("pipeline", "nightly"),): success_time
+        }
+        status = after_second["pipeline_job_status"]
+        assert status[(("pipeline", "nightly"), ("run_id", "run-2"), ("status", "failed"))] == 1
+        for name, series in after_second.items():
+            assert not any(("run_id", "run-1") in labels for labels in series), f"{name} still has run-1"
+
+    def test_pipelines_are_grouped_apart(self, pushgateway: str) -> None:
+        """Two pipelines push to their own groups: one's run does not replace the other's."""
+        for name in ("alpha", "beta"):
+            metrics = JobMetrics(name, f"{name}-run", pushgateway_url=pushgateway)
+            metrics.start("m", "v", 1)
+            metrics.finish(succeeded=True, inputs=1, ok=1, failed_by_reason={}, seconds=1.0)
+        last = pushed(pushgateway)["pipeline_job_last_success_timestamp_seconds"]
+        assert set(last) == {(("pipeline", "alpha"),), (("pipeline", "beta"),)}
