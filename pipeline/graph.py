@@ -203,7 +203,7 @@ def build_dataset(
     dataset = ray.data.read_datasource(
         UriListDatasource(uris),
         num_cpus=plan.io_num_cpus[0],
-        ray_remote_args={"resources": plan.decode_resources} if plan.decode_resources else None,
+        resources=plan.decode_resources or None,
     )
     dataset = dataset.map_batches(
         decode_batch,

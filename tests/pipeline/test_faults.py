@@ -33,6 +33,7 @@ def many_images(tmp_path_factory) -> Path:
 
 
 def _write_config(tmp_path: Path, images: Path, weights: Path, **resources: object) -> Path:
+    """A worker_groups config with small batches and parts, so a fault lands mid-run."""
     config = tmp_path / "config.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -98,7 +99,7 @@ def test_killed_inference_actor_is_replaced(local_cluster, many_images, weights_
     local_cluster.start_head()
     local_cluster.add_node("cpu", "--num-cpus=1", '--resources={"cpu_group": 1000}')
     local_cluster.add_node("gpu", "--num-cpus=1", "--num-gpus=1", '--resources={"gpu_group": 1000}')
-    config = _write_config(tmp_path, many_images, weights_file)
+    config = _write_config(tmp_path, many_images, weights_file, ray_address=local_cluster.address)
     job = _start_job(local_cluster, config, tmp_path)
     try:
         _wait_for_parts(tmp_path / "out", job)
@@ -122,7 +123,7 @@ def test_lost_worker_node(local_cluster, many_images, weights_file, tmp_path, re
     local_cluster.add_node("cpu-a", "--num-cpus=1", '--resources={"cpu_group": 1000}')
     local_cluster.add_node("cpu-b", "--num-cpus=1", '--resources={"cpu_group": 1000}')
     local_cluster.add_node("gpu", "--num-cpus=1", "--num-gpus=1", '--resources={"gpu_group": 1000}')
-    config = _write_config(tmp_path, many_images, weights_file)
+    config = _write_config(tmp_path, many_images, weights_file, ray_address=local_cluster.address)
     job = _start_job(local_cluster, config, tmp_path)
     try:
         _wait_for_parts(tmp_path / "out", job)
