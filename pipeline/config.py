@@ -174,11 +174,17 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
     def config_hash(self) -> str:
-        """sha256 of the settings that change results (not the run id or logging)."""
+        """sha256 of the settings that change results.
+
+        Left out: the run id, and what only changes how or where the job runs (storage
+        client, cluster resources, logging, metrics, write mode), so a resumed run may
+        use other retry settings or a bigger cluster.
+        """
         data = self.to_dict()
         data["job"].pop("run_id", None)
-        for volatile in ("logging", "metrics"):
-            data.pop(volatile, None)
+        data["output"].pop("mode", None)
+        for operational in ("storage", "resources", "logging", "metrics"):
+            data.pop(operational, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

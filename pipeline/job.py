@@ -7,6 +7,7 @@ inputs, and the model weights (checksum and architecture).
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
@@ -17,15 +18,16 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 import pyarrow as pa
+from prometheus_client import CollectorRegistry
 
 from pipeline import __version__, output, storage
 from pipeline.errors import FailureBudgetExceededError, JobFailedError, PipelineError
-from pipeline.logs import get_logger
+from pipeline.logs import bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
 from pipeline.model import ModelSpec, resolve_spec
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+    from collections.abc import Callable
 
     from pipeline.config import Config
     from pipeline.graph import ResourcePlan
@@ -50,6 +52,7 @@ class RunSummary:
     resumed: bool = False
     seconds: float = 0.0
     images_per_second: float = 0.0
+    steady_images_per_second: float = 0.0
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,12 +85,24 @@ class ProgressTracker:
     def __init__(self) -> None:
         self.ok = 0
         self.failed: dict[str, int] = {}
+        self.first: tuple[float, int] | None = None  # when the first batch landed, and its rows
+        self.last = 0.0
 
     def add(self, ok: int, failed: dict[str, int]) -> None:
         """Add one batch's outcome."""
         self.ok += ok
         for reason, count in failed.items():
             self.failed[reason] = self.failed.get(reason, 0) + count
+        self.last = time.time()
+        if self.first is None:
+            self.first = (self.last, ok + sum(failed.values()))
+
+    def steady_rate(self) -> float:
+        """Rows per second from the first batch's landing to the last's: start-up excluded."""
+        if self.first is None or self.last <= self.first[0]:
+            return 0.0
+        rows = self.ok + sum(self.failed.values()) - self.first[1]
+        return rows / (self.last - self.first[0])
 
     def get(self) -> tuple[int, dict[str, int]]:
         """Totals so far."""
@@ -149,12 +164,12 @@ def _connect_ray(config: Config) -> bool:
         return False
     address = config.resources.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         return True
     ray.init(
         object_store_memory=config.resources.object_store_memory_bytes,
         include_dashboard=False,
-        logging_level="WARNING",
+        logging_level=logging.WARNING,
         configure_logging=False,
     )
     return True
@@ -167,7 +182,7 @@ def _configure_data_context(config: Config, location: output.OutputLocation, *, 
     ctx = DataContext.get_current()
     ctx.checkpoint_config = CheckpointConfig(
         id_column="row_id",
-        checkpoint_path=location.uri_of(output.CHECKPOINT_DIR),
+        checkpoint_path=location.uri_of(location.new_checkpoint_dir()),  # empty: we restored, Ray only writes
         delete_checkpoint_on_success=False,
         override_filesystem=storage.arrow_filesystem(location.uri, config.storage),
     )
@@ -178,31 +193,25 @@ def _configure_data_context(config: Config, location: output.OutputLocation, *, 
 
 
 def _execute(
-    dataset: Any,
-    location: output.OutputLocation,
+    write_output: Callable[[], None],
     config: Config,
-    run_id: str,
     tracker: Any,
     total: int,
     metrics: JobMetrics,
     bar: ProgressBar,
-) -> int:
-    """Run the write in a thread; poll progress, push metrics, detect stalls."""
-    import ray
+) -> tuple[int, float]:
+    """Run the write in a thread; poll progress, push metrics, detect stalls.
 
-    from pipeline.graph import PartFilenames
+    Returns the rows processed and the steady-state rate.
+    """
+    import ray
 
     failure: list[BaseException] = []
 
     def write() -> None:
         try:
-            dataset.write_parquet(
-                location.uri_of(output.DATA_DIR),
-                filesystem=storage.arrow_filesystem(location.uri, config.storage),
-                filename_provider=PartFilenames(run_id),
-                min_rows_per_file=config.output.rows_per_file,
-            )
-        except BaseException as exc:  # noqa: BLE001  # re-raised in the driver thread
+            write_output()
+        except BaseException as exc:  # re-raised in the driver thread
             failure.append(exc)
 
     writer = threading.Thread(target=write, name="ray-data-write", daemon=True)
@@ -231,7 +240,7 @@ def _execute(
         exc = failure[0]
         raise JobFailedError(f"the Ray Data job failed: {_root_cause(exc)}") from exc
     ok, failed = ray.get(tracker.get.remote())
-    return ok + sum(failed.values())
+    return int(ok) + int(sum(failed.values())), float(ray.get(tracker.steady_rate.remote()))
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -239,6 +248,19 @@ def _root_cause(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     named = [line for line in lines if _EXCEPTION_LINE.match(line) and "UserCodeException" not in line]
     return (named[0] if named else " | ".join(lines[-3:]))[:600] or type(exc).__name__
+
+
+def _claim_output(
+    location: output.OutputLocation, config: Config, config_hash: str, *, overwrite: bool
+) -> tuple[str, bool]:
+    """Decide the run id and whether this run resumes; clear the output for ``--overwrite``."""
+    state = output.inspect(location)
+    resume_id = output.check_can_start(state, config.job.run_id, config_hash, overwrite=overwrite)
+    run_id = config.job.run_id or resume_id or new_run_id()
+    if overwrite and (state.committed or state.started or state.has_data):
+        get_logger(run_id=run_id, stage="driver").warning("overwriting existing output", output=location.uri)
+        location.clear()
+    return run_id, resume_id is not None and location.exists(output.INPUTS)
 
 
 def run_job(
@@ -252,40 +274,50 @@ def run_job(
     started_wall, started = time.time(), time.monotonic()
     location = output.OutputLocation.open(config.output.uri, config.storage)
     config_hash = config.config_hash()
-    state = output.inspect(location)
-    resume_id = output.check_can_start(state, config.job.run_id, config_hash, overwrite=overwrite)
-    run_id = config.job.run_id or resume_id or new_run_id()
+    overwrite = overwrite or config.output.mode == "overwrite"
+    run_id, resumed = _claim_output(location, config, config_hash, overwrite=overwrite)
+    bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
     log = get_logger(run_id=run_id, stage="driver")
-    if overwrite and (state.committed or state.started):
-        log.warning("overwriting existing output", output=location.uri)
-        location.clear()
-    resumed = resume_id is not None and location.exists(output.INPUTS)
     uris = location.read_inputs() if resumed else storage.list_inputs(config.input, config.storage).uris
     opts = storage.storage_options(config.storage)
-    spec, state_dict = resolve_spec(config.model, config.preprocess, opts if config.storage.endpoint_url else {})
+    spec, state_dict = resolve_spec(
+        config.model, config.preprocess, opts if config.storage.endpoint_url else {}
+    )
     if spec.random_init:
         log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
     log.info("run starting", inputs=len(uris), output=location.uri, resumed=resumed, model=spec.name)
     if not resumed:
         location.prepare()
-        location.write_table(output.INPUTS, pa.table({"row_id": [storage.row_id(u) for u in uris], "uri": uris}))
-        location.write_json(output.RUN_STATE, {"run_id": run_id, "config_hash": config_hash, "started_at": started_wall})
+        location.write_table(
+            output.INPUTS, pa.table({"row_id": [storage.row_id(u) for u in uris], "uri": uris})
+        )
+        location.write_json(
+            output.RUN_STATE, {"run_id": run_id, "config_hash": config_hash, "started_at": started_wall}
+        )
     metrics = JobMetrics(
         pipeline=config.job.name,
         run_id=run_id,
         pushgateway_url=config.metrics.pushgateway_url,
         push_interval_s=config.metrics.push_interval_s,
-        **({"registry": registry} if registry is not None else {}),
+        registry=registry or CollectorRegistry(),
     )
-    summary = RunSummary(run_id=run_id, status="failed", output_uri=location.uri, inputs=len(uris), resumed=resumed)
+    summary = RunSummary(
+        run_id=run_id, status="failed", output_uri=location.uri, inputs=len(uris), resumed=resumed
+    )
     stream = progress_stream or sys.stderr
-    show = config.logging.progress == "on" or (config.logging.progress == "auto" and stream.isatty())
+    show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
     metrics.start(spec.name, __version__, len(uris))
     started_ray = _connect_ray(config)
     try:
         bar = ProgressBar(len(uris), stream, enabled=show)
-        result, plan, summary.processed_this_run = _run_on_ray(config, location, uris, spec, state_dict, run_id, metrics, bar)
-        summary.succeeded, summary.failed, summary.failed_by_reason = result.ok, result.failed, result.failed_by_reason
+        result, plan, summary.processed_this_run, summary.steady_images_per_second = _run_on_ray(
+            config, location, uris, spec, state_dict, run_id, metrics, bar
+        )
+        summary.succeeded, summary.failed, summary.failed_by_reason = (
+            result.ok,
+            result.failed,
+            result.failed_by_reason,
+        )
         summary.seconds = time.monotonic() - started
         summary.images_per_second = summary.processed_this_run / summary.seconds if summary.seconds else 0.0
         _commit(config, location, spec, summary, result, plan, config_hash, started_wall)
@@ -304,12 +336,13 @@ def run_job(
             failed_by_reason=summary.failed_by_reason,
             seconds=summary.seconds,
         )
-        location.write_json(f"_summary-{run_id}.json", summary.as_dict())
+        output.write_summary(location, run_id, summary.as_dict())  # best effort: never hides the error
         log.info("run finished", **{k: v for k, v in summary.as_dict().items() if k != "run_id"})
         if started_ray:
             import ray
 
             ray.shutdown()
+        unbind_run()
     return summary
 
 
@@ -322,20 +355,45 @@ def _run_on_ray(
     run_id: str,
     metrics: JobMetrics,
     bar: ProgressBar,
-) -> tuple[output.Tally, ResourcePlan, int]:
+) -> tuple[output.Tally, ResourcePlan, int, float]:
     """Plan, build and execute the graph, then read the output back."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pipeline.graph import build_dataset, plan_resources
+    from pipeline.graph import build_dataset, plan_resources, write_parquet
 
-    plan: ResourcePlan = plan_resources(config, ray.cluster_resources())
+    plan: ResourcePlan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
     get_logger(run_id=run_id, stage="driver").info("resource plan", **plan.as_dict())
+    todo = output.restore_checkpoint(location, uris, run_id)  # inputs that no committed part holds
+    if not todo:  # every part was written before the last attempt stopped: only the commit is left
+        return output.tally(location, config.storage, {storage.row_id(uri) for uri in uris}), plan, 0, 0.0
     _configure_data_context(config, location, show_progress=False)  # our own bar is clearer
-    tracker = ray.remote(num_cpus=0)(ProgressTracker).remote()
+    # On the driver's node: a lost worker node must not take the progress counts with it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    remote = ray.remote(num_cpus=0, scheduling_strategy=here)  # type: ignore[call-overload]  # stub omits node affinity
+    tracker = remote(ProgressTracker).remote()
     state_ref = ray.put(state_dict) if state_dict is not None else None
-    dataset = build_dataset(config, uris, spec, state_ref, plan, run_id, progress=tracker)
-    processed = _execute(dataset, location, config, run_id, tracker, len(uris), metrics, bar)
-    return output.tally(location, config.storage, {storage.row_id(uri) for uri in uris}), plan, processed
+    dataset = build_dataset(config, todo, spec, state_ref, plan, run_id, progress=tracker)
+    try:
+        processed, steady = _execute(
+            lambda: write_parquet(
+                dataset,
+                location.uri_of(output.DATA_DIR),
+                storage.arrow_filesystem(location.uri, config.storage),
+                run_id,
+                config.output.rows_per_file,
+                plan,
+            ),
+            config,
+            tracker,
+            len(todo),
+            metrics,
+            bar,
+        )
+    finally:
+        ray.data.DataContext.get_current().checkpoint_config = None  # later datasets must not inherit it
+    result = output.tally(location, config.storage, {storage.row_id(uri) for uri in uris})
+    return result, plan, processed, steady
 
 
 def _commit(

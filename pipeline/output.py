@@ -5,43 +5,58 @@ Under ``output.uri``::
     _run.json            run id and config hash, written when a run starts
     _inputs.parquet      the run's inputs (row_id, uri), fixed at its start
     _checkpoint/         Ray Data's checkpoint (ids already written)
+    _summary-<run>.json  what the last attempt of a run did (also on failure)
     data/part-*.parquet  one row per input: predictions, or status=failed + reason
     failures.parquet     the failed rows alone (dead-letter view), written at commit
     _SUCCESS             the manifest, JSON, written last: no _SUCCESS, no commit
 
-Before the manifest is written, the committed parts are read back and checked:
-every input exactly once, nothing else.
+Before the manifest is written, the parts are read back and checked: every
+input exactly once, nothing else. The manifest lists the part files it covers.
+Every storage call here raises :class:`~pipeline.errors.StorageError` on failure,
+naming the URI and never a credential.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.errors import JobFailedError, OutputExistsError
+from pipeline.errors import JobFailedError, OutputExistsError, StorageError
 from pipeline.schema import STATUS_FAILED, STATUS_OK
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import fsspec
 
     from pipeline.config import StorageConfig
 
 MANIFEST = "_SUCCESS"
+MANIFEST_VERSION = 1
 RUN_STATE = "_run.json"
 INPUTS = "_inputs.parquet"
 CHECKPOINT_DIR = "_checkpoint"
 DATA_DIR = "data"
 FAILURES = "failures.parquet"
+SUMMARY_TEMPLATE = "_summary-{run_id}.json"
+PENDING_CHECKPOINT_SUFFIX = ".pending.parquet"  # Ray Data's two-phase checkpoint commit
+ATTEMPT_PREFIX = "attempt-"
+_ATTEMPT = re.compile(rf"^{ATTEMPT_PREFIX}(\d+)$")
+_PART_NUMBER = re.compile(r"-\d+\.parquet$")
+TALLY_COLUMNS = ["row_id", "uri", "status", "reason", "error"]
 
 
 @dataclass(frozen=True)
@@ -50,12 +65,13 @@ class OutputLocation:
 
     uri: str
     fs: fsspec.AbstractFileSystem
+    storage_config: StorageConfig | None = field(default=None, compare=False)
 
     @classmethod
     def open(cls, uri: str, storage_config: StorageConfig) -> OutputLocation:
         """Resolve ``uri`` and its filesystem."""
         uri = storage.normalise(uri)
-        return cls(uri, storage.fsspec_filesystem(uri, storage_config))
+        return cls(uri, storage.fsspec_filesystem(uri, storage_config), storage_config)
 
     def uri_of(self, name: str) -> str:
         """Full URI of a name under the output."""
@@ -65,40 +81,88 @@ class OutputLocation:
         """Filesystem path (no scheme) of a name under the output."""
         return posixpath.join(storage.fs_path(self.uri), name)
 
+    def _errors(self, action: str, name: str | None = None) -> AbstractContextManager[None]:
+        return storage.translate_errors(action, self.uri_of(name) if name else self.uri, self.storage_config)
+
     def exists(self, name: str) -> bool:
         """Whether a file or directory exists under the output."""
-        return bool(self.fs.exists(self.path_of(name)))
+        with self._errors("check", name):
+            return bool(self.fs.exists(self.path_of(name)))
 
     def read_json(self, name: str) -> dict[str, Any]:
         """Load a JSON file under the output."""
-        data = json.loads(self.fs.cat_file(self.path_of(name)))
+        with self._errors("read", name):
+            data = json.loads(self.fs.cat_file(self.path_of(name)))
         if not isinstance(data, dict):
             raise JobFailedError(f"{self.uri_of(name)} is not a JSON object")
         return data
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
-        """Write a JSON file in one put (atomic on object stores)."""
-        self.fs.pipe_file(self.path_of(name), json.dumps(data, indent=2, sort_keys=True).encode())
+        """Write a JSON file in one put (atomic on object stores); secrets are scrubbed first."""
+        text = storage.scrub(json.dumps(data, indent=2, sort_keys=True))
+        with self._errors("write", name):
+            self.fs.pipe_file(self.path_of(name), text.encode())
 
     def write_table(self, name: str, table: pa.Table) -> None:
         """Write one Parquet file under the output."""
-        with self.fs.open(self.path_of(name), "wb") as handle:
+        with self._errors("write", name), self.fs.open(self.path_of(name), "wb") as handle:
             pq.write_table(table, handle)
 
     def read_inputs(self) -> list[str]:
         """The URIs fixed at the run's start."""
-        with self.fs.open(self.path_of(INPUTS), "rb") as handle:
+        with self._errors("read", INPUTS), self.fs.open(self.path_of(INPUTS), "rb") as handle:
             return [str(uri) for uri in pq.read_table(handle, columns=["uri"]).column("uri").to_pylist()]
+
+    def list_files(self, name: str) -> list[str]:
+        """Names (relative to the output) of the files under a directory; empty if there is none."""
+        root = storage.fs_path(self.uri)
+        with self._errors("list", name):
+            if not self.fs.exists(self.path_of(name)):
+                return []
+            paths = self.fs.find(self.path_of(name))
+        return sorted(posixpath.relpath(str(path), root) for path in paths)
 
     def clear(self) -> None:
         """Remove everything under the output (``--overwrite``)."""
         root = storage.fs_path(self.uri)
-        if self.fs.exists(root):
-            self.fs.rm(root, recursive=True)
+        with self._errors("remove"):
+            if self.fs.exists(root):
+                self.fs.rm(root, recursive=True)
 
     def prepare(self) -> None:
         """Create the output directory where the filesystem has directories."""
-        self.fs.makedirs(self.path_of(DATA_DIR), exist_ok=True)
+        with self._errors("create", DATA_DIR):
+            self.fs.makedirs(self.path_of(DATA_DIR), exist_ok=True)
+
+    def new_checkpoint_dir(self) -> str:
+        """A fresh ``_checkpoint/attempt-<n>`` folder (name relative to the output) for this attempt.
+
+        Each attempt gives Ray Data an empty checkpoint path, so Ray only writes
+        checkpoints (two-phase, per part) and never restores: :func:`restore_checkpoint`
+        has done that already, over every earlier attempt's folder.
+        """
+        root = self.path_of(CHECKPOINT_DIR)
+        with self._errors("list", CHECKPOINT_DIR):
+            entries = self.fs.ls(root, detail=False) if self.fs.exists(root) else []
+        attempts = [
+            int(match.group(1))
+            for entry in entries
+            if (match := _ATTEMPT.match(posixpath.basename(str(entry).rstrip("/"))))
+        ]
+        return f"{CHECKPOINT_DIR}/{ATTEMPT_PREFIX}{max(attempts, default=0) + 1:03d}"
+
+    def arrow_fs(self) -> pyarrow.fs.FileSystem:
+        """A pyarrow view of this location's filesystem."""
+        return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(self.fs))
+
+    def delete(self, names: Iterable[str]) -> int:
+        """Delete files (names relative to the output); return how many."""
+        count = 0
+        for name in names:
+            with self._errors("delete", name):
+                self.fs.rm_file(self.path_of(name))
+            count += 1
+        return count
 
 
 @dataclass(frozen=True)
@@ -107,13 +171,15 @@ class RunState:
 
     committed: dict[str, Any] | None
     started: dict[str, Any] | None
+    has_data: bool = False
 
 
 def inspect(location: OutputLocation) -> RunState:
     """Read the manifest and run state, if any."""
     committed = location.read_json(MANIFEST) if location.exists(MANIFEST) else None
     started = location.read_json(RUN_STATE) if location.exists(RUN_STATE) else None
-    return RunState(committed, started)
+    has_data = committed is None and started is None and location.exists(DATA_DIR)
+    return RunState(committed, started, has_data)
 
 
 def check_can_start(state: RunState, run_id: str | None, config_hash: str, *, overwrite: bool) -> str | None:
@@ -127,6 +193,12 @@ def check_can_start(state: RunState, run_id: str | None, config_hash: str, *, ov
             "Pass --overwrite to run it again from scratch."
         )
     if state.started is None:
+        if state.has_data:
+            raise OutputExistsError(
+                f"output holds a {DATA_DIR}/ folder but no {RUN_STATE}: it was not written by this "
+                "pipeline, or by a run whose state is lost; choose another output.uri, or pass "
+                "--overwrite to delete it"
+            )
         return None
     previous = str(state.started.get("run_id"))
     if run_id is not None and run_id != previous:
@@ -150,6 +222,7 @@ class Tally:
     ok: int
     failed_by_reason: dict[str, int]
     failures: pa.Table
+    files: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -157,35 +230,144 @@ class Tally:
         return sum(self.failed_by_reason.values())
 
 
-def tally(location: OutputLocation, storage_config: StorageConfig, expected_ids: set[str]) -> Tally:
-    """Read the parts back and prove every input is there exactly once."""
+def tally(location: OutputLocation, storage_config: StorageConfig, expected_ids: Iterable[str]) -> Tally:
+    """Read the parts back and prove every input is there exactly once.
+
+    Reads one part at a time and keeps only the ids and the failed rows, so the
+    driver holds a few bytes per input, not the predictions.
+    """
     data_uri = location.uri_of(DATA_DIR)
-    dataset = pads.dataset(
-        storage.fs_path(data_uri),
-        filesystem=storage.arrow_filesystem(data_uri, storage_config),
-        format="parquet",
-    )
-    table = dataset.to_table(columns=["row_id", "uri", "status", "reason", "error"])
-    ids = table.column("row_id")
-    unique = pc.count_distinct(ids).as_py()
-    if unique != table.num_rows:
-        raise JobFailedError(f"output has {table.num_rows - unique} duplicated rows; not committing")
-    found = set(ids.to_pylist())
-    missing, extra = expected_ids - found, found - expected_ids
+    root = storage.fs_path(location.uri)
+    ids: list[pa.ChunkedArray] = []
+    failures: list[pa.Table] = []
+    files: list[dict[str, Any]] = []
+    ok = 0
+    try:
+        with storage.translate_errors("read back the parts under", data_uri, storage_config):
+            dataset = pads.dataset(
+                storage.fs_path(data_uri), filesystem=location.arrow_fs(), format="parquet"
+            )
+            fragments = list(dataset.get_fragments())
+    except FileNotFoundError:
+        fragments = []
+    if not fragments:
+        raise JobFailedError(f"no part files under {data_uri}; not committing")
+    failure_schema = pa.schema([dataset.schema.field(name) for name in TALLY_COLUMNS])
+    with storage.translate_errors("read back the parts under", data_uri, storage_config):
+        for fragment in fragments:
+            table = fragment.to_table(columns=TALLY_COLUMNS)
+            files.append({"path": posixpath.relpath(fragment.path, root), "rows": table.num_rows})
+            ids.append(table.column("row_id"))
+            statuses = table.column("status")
+            ok += int(pc.sum(pc.equal(statuses, STATUS_OK)).as_py() or 0)
+            failures.append(table.filter(pc.equal(statuses, STATUS_FAILED)))
+    found = pa.chunked_array(
+        [chunk for column in ids for chunk in column.chunks], pa.string()
+    ).combine_chunks()
+    rows = len(found)
+    unique = pc.count_distinct(found).as_py() if rows else 0
+    if unique != rows:
+        raise JobFailedError(f"output has {rows - unique} duplicated rows; not committing")
+    expected = pa.array(sorted(set(expected_ids)), pa.string())
+    missing = len(expected) - int(pc.sum(pc.is_in(expected, value_set=found)).as_py() or 0)
+    extra = rows - int(pc.sum(pc.is_in(found, value_set=expected)).as_py() or 0)
     if missing or extra:
         raise JobFailedError(
-            f"output does not match the inputs: {len(missing)} missing, {len(extra)} unexpected; not committing"
+            f"output does not match the inputs: {missing} missing, {extra} unexpected; not committing"
         )
-    statuses = table.column("status")
-    failures = table.filter(pc.equal(statuses, STATUS_FAILED))
-    ok = int(pc.sum(pc.equal(statuses, STATUS_OK)).as_py() or 0)
-    by_reason = Counter(str(reason) for reason in failures.column("reason").to_pylist())
-    return Tally(rows=table.num_rows, ok=ok, failed_by_reason=dict(sorted(by_reason.items())), failures=failures)
+    failed = pa.concat_tables([failure_schema.empty_table(), *failures], promote_options="permissive")
+    if ok + failed.num_rows != rows:
+        raise JobFailedError(
+            f"output has {rows - ok - failed.num_rows} rows with an unknown status; not committing"
+        )
+    by_reason = Counter(str(reason) for reason in failed.column("reason").to_pylist())
+    return Tally(
+        rows=rows,
+        ok=ok,
+        failed_by_reason=dict(sorted(by_reason.items())),
+        failures=failed,
+        files=sorted(files, key=lambda item: str(item["path"])),
+    )
 
 
 def commit(location: OutputLocation, result: Tally, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write the dead-letter table, then the manifest last."""
+    """Write the dead-letter table, then the manifest last (listing the parts it covers)."""
     location.write_table(FAILURES, result.failures)
-    manifest = {**manifest, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    layout = {**manifest.get("layout", {}), "files": result.files, "failed_rows": result.failed}
+    manifest = {
+        **manifest,
+        "manifest_version": MANIFEST_VERSION,
+        "layout": layout,
+        "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     location.write_json(MANIFEST, manifest)
     return manifest
+
+
+def _part_base(name: str) -> str:
+    """``part-<run>-<write>-<task>`` of ``part-<run>-<write>-<task>-<n>.parquet`` (Ray's numbering)."""
+    return _PART_NUMBER.sub("", posixpath.basename(name))
+
+
+def restore_checkpoint(location: OutputLocation, uris: list[str], run_id: str | None = None) -> list[str]:
+    """Make the output consistent after a crash; return the inputs no committed part holds.
+
+    Ray Data writes each part in two phases: ``<part>.pending.parquet`` (the part's
+    ids), then the part files ``<part>-<n>.parquet``, then renames the pending file
+    to ``<part>.parquet``. So a committed checkpoint proves its parts are complete,
+    and every other part is the leftover of a write that did not finish. This:
+
+    1. deletes every part under ``data/`` that no committed checkpoint covers
+       (what Ray's own restore does for pending checkpoints, and also safe when a
+       crash cut a rename, a copy and a delete on object stores, between its halves);
+    2. deletes the pending checkpoint files;
+    3. reads the committed ids and returns the inputs that are not among them.
+
+    Ray's restore is not used because it runs its id filter in an actor pool that
+    reserves a whole CPU per actor (not configurable in Ray 2.60): on a small node
+    next to the inference actors, the read and decode stages can never be scheduled
+    and a resumed run stalls at 0 rows. Filtering the listing on the driver also
+    means no bytes are fetched, and no task started, for finished inputs.
+    """
+    from pipeline.logs import get_logger
+
+    checkpoints = location.list_files(CHECKPOINT_DIR)
+    pending = {name for name in checkpoints if name.endswith(PENDING_CHECKPOINT_SUFFIX)}
+    committed = [name for name in checkpoints if name.endswith(".parquet") and name not in pending]
+    covered = {posixpath.basename(name).removesuffix(".parquet") for name in committed}
+    orphans = [name for name in location.list_files(DATA_DIR) if _part_base(name) not in covered]
+    deleted_parts = location.delete(orphans)
+    dropped_pending = location.delete(sorted(pending))
+    todo = uris
+    if committed:
+        with storage.translate_errors("read the checkpoint under", location.uri_of(CHECKPOINT_DIR)):
+            dataset = pads.dataset(
+                [location.path_of(name) for name in committed],
+                filesystem=location.arrow_fs(),
+                format="parquet",
+            )
+            done = dataset.to_table(columns=["row_id"]).column("row_id").combine_chunks()
+        ids = pa.array([storage.row_id(uri) for uri in uris], pa.string())
+        keep = pc.invert(pc.is_in(ids, value_set=done)).to_pylist()
+        todo = [uri for uri, wanted in zip(uris, keep, strict=True) if wanted]
+    if checkpoints or orphans:
+        get_logger(run_id=run_id, stage="driver").info(
+            "checkpoint restored",
+            written=len(uris) - len(todo),
+            to_do=len(todo),
+            unfinished_parts_deleted=deleted_parts,
+            pending_checkpoints_dropped=dropped_pending,
+        )
+    return todo
+
+
+def write_summary(location: OutputLocation, run_id: str, summary: dict[str, Any]) -> bool:
+    """Write ``_summary-<run id>.json``; best effort, so a storage outage cannot hide the run's own error."""
+    from pipeline.logs import get_logger
+
+    try:
+        location.write_json(SUMMARY_TEMPLATE.format(run_id=run_id), summary)
+    except StorageError as exc:
+        get_logger(run_id=run_id, stage="driver").warning("run summary not written", error=str(exc))
+        return False
+    return True

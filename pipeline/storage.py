@@ -3,26 +3,57 @@
 One fsspec filesystem per URI scheme, built from :class:`StorageConfig`. S3
 credentials come only from the standard AWS chain (environment, profile, web
 identity / IRSA): the config has no credential fields, so none can leak into
-logs or the manifest.
+logs or the manifest, and the filesystem objects pickled to Ray workers carry
+only the endpoint, region, timeouts and retry settings.
+
+Storage failures are sorted in two kinds. Transient ones (throttling, 5xx,
+timeouts, refused connections) are retried by botocore and, once the retries
+are spent, raised: the job fails and can be resumed, rather than committing rows
+lost to an outage. Object-level ones (not found, permission denied) become a
+row's failure reason. Errors raised to the user name the URI and endpoint, never
+a credential.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import InputError, StorageError
+from pipeline.errors import InputError, PipelineError, StorageError
 from pipeline.schema import FailureReason
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import fsspec
     import pyarrow.fs
 
     from pipeline.config import InputConfig, StorageConfig
 
 ROW_ID_HEX_CHARS = 20
+RETRY_MODE = "standard"
+MAX_DETAIL_CHARS = 300
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "RequestTimeout",
+        "ServiceUnavailable",
+        "InternalError",
+    }
+)
+HTTP_CLIENT_ERROR = 400
+HTTP_SERVER_ERROR = 500
+RETRYABLE_STATUS = frozenset({408, 429})
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 
 
 def is_remote(uri: str) -> bool:
@@ -38,7 +69,14 @@ def normalise(uri: str) -> str:
 
 
 def storage_options(storage: StorageConfig) -> dict[str, Any]:
-    """fsspec options for S3; retries use botocore's adaptive mode (handles 503 SlowDown)."""
+    """Options for fsspec's S3 filesystem: endpoint, region, timeouts and botocore's retries.
+
+    Retries use botocore's ``standard`` mode: exponential backoff with jitter on
+    throttling (503 SlowDown), 5xx answers, timeouts and refused connections, at
+    most ``max_attempts`` tries per request. Listings are never cached, because
+    other processes (Ray workers) write under the same prefixes. No credentials:
+    botocore finds them itself (environment, profile, web identity / IRSA).
+    """
     client_kwargs: dict[str, Any] = {}
     if storage.endpoint_url:
         client_kwargs["endpoint_url"] = storage.endpoint_url
@@ -48,11 +86,11 @@ def storage_options(storage: StorageConfig) -> dict[str, Any]:
         "anon": storage.anonymous,
         "client_kwargs": client_kwargs,
         "config_kwargs": {
-            "retries": {"max_attempts": storage.max_attempts, "mode": "adaptive"},
+            "retries": {"max_attempts": storage.max_attempts, "mode": RETRY_MODE},
             "connect_timeout": storage.connect_timeout_s,
             "read_timeout": storage.read_timeout_s,
         },
-        "retries": storage.max_attempts,
+        "use_listings_cache": False,
     }
 
 
@@ -114,8 +152,12 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
         raise InputError(f"input {uri} does not exist") from exc
     except PermissionError as exc:
         raise InputError(f"input {uri} cannot be listed: permission denied") from exc
-    except OSError as exc:
-        raise StorageError(f"input {uri} cannot be listed: {type(exc).__name__}: {exc}") from exc
+    except PipelineError:
+        raise
+    except Exception as exc:
+        if not is_storage_error(exc):
+            raise
+        raise storage_error("list inputs at", uri, exc, storage) from exc
     if source.limit is not None:
         uris = uris[: source.limit]
     if not uris:
@@ -158,7 +200,12 @@ def _read_manifest(uri: str, column: str, fs: fsspec.AbstractFileSystem) -> list
 
 
 def fetch(fs: fsspec.AbstractFileSystem, uri: str) -> tuple[bytes | None, FailureReason | None, str]:
-    """Read one object; a failure becomes a reason and a short detail, never an exception."""
+    """Read one object; an object-level failure becomes a reason and a short detail.
+
+    Transient storage failures (throttling, 5xx, timeouts, connection errors)
+    that outlast botocore's retries are raised instead: the task fails and the
+    run stays uncommitted and resumable, rather than committing the rows as lost.
+    """
     try:
         return bytes(fs.cat_file(fs_path(uri))), None, ""
     except FileNotFoundError:
@@ -167,5 +214,115 @@ def fetch(fs: fsspec.AbstractFileSystem, uri: str) -> tuple[bytes | None, Failur
         return None, FailureReason.PERMISSION_DENIED, "permission denied"
     except IsADirectoryError:
         return None, FailureReason.UNREADABLE, "is a directory"
-    except OSError as exc:
-        return None, FailureReason.UNREADABLE, f"{type(exc).__name__}: {exc}"[:200]
+    except Exception as exc:
+        if not is_object_error(exc):
+            raise
+        return None, FailureReason.UNREADABLE, describe(exc)[:200]
+
+
+def _botocore_errors() -> tuple[type[BaseException], ...]:
+    """``(BotoCoreError, ClientError)`` where botocore is installed (it comes with s3fs)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - only S3 needs botocore
+        return ()
+    return (BotoCoreError, ClientError)
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the storage layer (I/O, botocore), not from our code."""
+    return isinstance(exc, (OSError, *_botocore_errors()))
+
+
+def _response_code(exc: BaseException) -> tuple[str, int]:
+    """The S3 error code and HTTP status of ``exc`` or its cause, where it carries a response."""
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            return code, status
+    return "", 0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Throttling, server errors, timeouts and connection failures: worth trying again later."""
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    code, status = _response_code(exc)
+    if code or status:
+        return code in TRANSIENT_CODES or status >= HTTP_SERVER_ERROR or status in RETRYABLE_STATUS
+    botocore = _botocore_errors()
+    if botocore and isinstance(exc, botocore[0]):  # BotoCoreError: connection, timeout, protocol
+        return not type(exc).__name__.startswith(("NoCredentials", "PartialCredentials", "NoRegion"))
+    return isinstance(exc, OSError) and exc.errno in (errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET)
+
+
+def is_object_error(exc: BaseException) -> bool:
+    """Whether a failed read concerns the object itself (its row's problem), not the storage service."""
+    if not is_storage_error(exc) or is_transient(exc):
+        return False
+    _, status = _response_code(exc)
+    if status:
+        return HTTP_CLIENT_ERROR <= status < HTTP_SERVER_ERROR
+    botocore = _botocore_errors()
+    return not (botocore and isinstance(exc, botocore[0]))
+
+
+def redact_url(text: str) -> str:
+    """Remove ``user:password@`` from any URL in ``text``."""
+    return _URL_USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def scrub(text: str) -> str:
+    """``text`` without URL credentials or the secret values present in the environment."""
+    from pipeline.logs import REDACTED, secret_values
+
+    text = redact_url(text)
+    for secret in secret_values(os.environ):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line, credential-free description: exception type and first line of its message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    message = lines[0] if lines else ""
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return scrub(text)[:MAX_DETAIL_CHARS]
+
+
+def _endpoint_note(storage: StorageConfig | None, uri: str) -> str:
+    if storage is None or not is_remote(uri):
+        return ""
+    if storage.endpoint_url:
+        return f" (endpoint {redact_url(storage.endpoint_url)}, {storage.max_attempts} attempts)"
+    return f" ({storage.max_attempts} attempts)"
+
+
+def storage_error(
+    action: str, uri: str, exc: BaseException, storage: StorageConfig | None = None
+) -> StorageError:
+    """A :class:`StorageError` naming what failed, where, and why, without credentials."""
+    if is_transient(exc):
+        hint = "storage unreachable or refusing requests"
+    elif is_storage_error(exc):
+        hint = "storage refused the request"
+    else:
+        hint = "failed"
+    return StorageError(
+        f"cannot {action} {redact_url(uri)}{_endpoint_note(storage, uri)}: {hint}: {describe(exc)}"
+    )
+
+
+@contextmanager
+def translate_errors(action: str, uri: str, storage: StorageConfig | None = None) -> Iterator[None]:
+    """Turn failures of the wrapped storage calls (not ``FileNotFoundError``) into StorageError."""
+    try:
+        yield
+    except (PipelineError, FileNotFoundError):
+        raise
+    except Exception as exc:
+        raise storage_error(action, uri, exc, storage) from exc

@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
-.venv/bin/ruff check pipeline tests benchmarks
-.venv/bin/ruff format --check pipeline tests benchmarks
+.venv/bin/ruff check pipeline tests deploy
+.venv/bin/ruff format --check pipeline tests deploy
 .venv/bin/mypy
 set +e
 .venv/bin/python -m pytest "$@"

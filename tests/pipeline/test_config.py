@@ -141,3 +141,26 @@ class TestErrors:
         )
         assert result.returncode == 2
         assert "config key 'inference.precision': got 'fp8'" in result.stderr
+
+
+class TestConfigHash:
+    def test_operational_settings_do_not_change_the_hash(self, config_file):
+        """Retry settings, cluster sizing, logging and write mode leave the hash (and resume) alone."""
+        base = load_config(config_file, environ={}).config_hash()
+        other = load_config(
+            config_file,
+            [
+                "storage.max_attempts=3",
+                "resources.max_actors=4",
+                "logging.level=debug",
+                "output.mode=overwrite",
+            ],
+            environ={},
+        ).config_hash()
+        assert other == base
+
+    def test_result_settings_change_the_hash(self, config_file):
+        """A different model, crop or top-k is a different run."""
+        base = load_config(config_file, environ={}).config_hash()
+        for override in ("model.top_k=3", "preprocess.crop_size=200", "model.name=resnet34"):
+            assert load_config(config_file, [override], environ={}).config_hash() != base, override

@@ -1,0 +1,75 @@
+"""``python -m pipeline run`` as a subprocess against S3: exit codes, messages, and credentials kept out."""
+
+from __future__ import annotations
+
+import secrets
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from storage_s3 import free_port, get_bytes, job_environment, list_keys, read_json, upload_images
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(
+    config_path: Path, env: dict[str, str], timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run the job to the end; stdout and stderr are captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout_s,
+        check=False,
+        cwd=config_path.parent,
+    )
+
+
+def unique_credentials() -> tuple[str, str]:
+    """A key id and secret used by no other test, so finding them anywhere means a leak."""
+    key_id = "AKIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
+    return key_id, secrets.token_urlsafe(30)
+
+
+class TestCli:
+    def test_unreachable_endpoint_exits_4_quickly(self, bucket, s3, s3_config, write_config):
+        """With nothing listening at the endpoint the run exits 4 with a clear one-line error, quickly."""
+        dead = f"http://127.0.0.1:{free_port()}"
+        config = s3_config(
+            bucket, storage__endpoint_url=dead, storage__max_attempts=2, storage__connect_timeout_s=1
+        )
+        started = time.monotonic()
+        result = run_cli(write_config(config), job_environment())
+        assert time.monotonic() - started < 60
+        assert result.returncode == 4, result.stderr[-3000:]
+        error = result.stderr.strip().splitlines()[-1]
+        assert error.startswith(
+            f"error: cannot check s3://{bucket}/out/_SUCCESS (endpoint {dead}, 2 attempts)"
+        )
+        assert "storage unreachable" in error
+        assert "Traceback" not in result.stderr
+        assert list_keys(s3, bucket, "out/") == []
+
+    def test_credentials_appear_in_no_log_or_output(self, bucket, s3, s3_config, write_config):
+        """The run's credentials are nowhere in its stdout/stderr or in any file under the output prefix."""
+        upload_images(s3, bucket, "in", 10)
+        key_id, secret = unique_credentials()
+        config = s3_config(bucket, logging__level="debug", logging__format="json")
+        env = job_environment(AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
+        result = run_cli(write_config(config), env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert read_json(s3, bucket, "out/_SUCCESS")["counts"]["inputs"] == 12
+        keys = list_keys(s3, bucket, "out/")
+        assert {"out/_SUCCESS", "out/_run.json", "out/_inputs.parquet", "out/failures.parquet"} <= set(keys)
+        assert any(key.startswith("out/_summary-") for key in keys)
+        assert any(key.startswith("out/_checkpoint/") for key in keys)
+        for credential in (key_id, secret):
+            assert credential not in result.stdout
+            assert credential not in result.stderr
+            for key in keys:
+                assert credential.encode() not in get_bytes(s3, bucket, key), key

@@ -1,0 +1,172 @@
+"""Crash and resume: ``python -m pipeline run`` killed with SIGKILL mid-run, then run again.
+
+The job runs as a subprocess in its own session, with its own Ray cluster, so the
+kill takes the driver and every Ray process it started, as a lost pod would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from storage_s3 import (
+    FAKE_ACCESS_KEY_ID,
+    FAKE_SECRET_ACCESS_KEY,
+    get_bytes,
+    job_environment,
+    list_keys,
+    read_json,
+    read_parts,
+    upload_images,
+)
+
+from pipeline import storage
+
+pytestmark = pytest.mark.slow
+
+IMAGES = 240
+KILL_AFTER_COMMITTED_PARTS = 2  # of about four: Ray reads a small listing in 2 x CPUs blocks
+DEADLINE_S = 300.0
+PENDING = ".pending.parquet"
+
+
+def start_job(config_path: Path, log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``python -m pipeline run`` in a new session (its own process group), output to a file."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "run", "--config", str(config_path), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=job_environment(),
+            cwd=config_path.parent,
+        )
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the job's whole process group and wait until none of it is left."""
+    with contextlib.suppress(ProcessLookupError):  # already gone: the caller's checks will say why
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"processes of group {process.pid} survived SIGKILL")
+
+
+def committed_checkpoints(s3: Any, bucket: str) -> list[str]:
+    """Checkpoint files whose two-phase commit finished (under ``_checkpoint/attempt-<n>/``)."""
+    keys = list_keys(s3, bucket, "out/_checkpoint/")
+    return [key for key in keys if key.endswith(".parquet") and not key.endswith(PENDING)]
+
+
+def wait_for_parts(s3: Any, bucket: str, process: subprocess.Popen[bytes], log_path: Path) -> list[str]:
+    """Poll until some parts are committed (not a fixed sleep); fail if the job ends first."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text()[-3000:]
+            pytest.fail(f"job ended (rc {process.returncode}) before it could be killed:\n{tail}")
+        done = committed_checkpoints(s3, bucket)
+        if len(done) >= KILL_AFTER_COMMITTED_PARTS:
+            return done
+        time.sleep(0.1)
+    pytest.fail(f"no committed parts within {DEADLINE_S:.0f}s:\n{log_path.read_text()[-3000:]}")
+
+
+def copy_object(s3: Any, bucket: str, source: str, target: str) -> None:
+    """Server-side copy of one object."""
+    s3.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source})
+
+
+def fake_crash_leftovers(s3: Any, bucket: str, committed: list[str], run_id: str) -> tuple[str, str]:
+    """Leave what two other crash windows leave; return (orphan part key, part whose rename was cut).
+
+    1. A task wrote its pending checkpoint and its part, then died before committing: the
+       part's rows are also written elsewhere, so it must be deleted on restore (Ray does).
+    2. A commit (copy, then delete, on S3) was cut between the two: both the pending and the
+       committed checkpoint exist, and the part is good, so it must survive (we reconcile).
+    """
+    first, second = committed[0], committed[1]
+    folder, name = first.rsplit("/", 1)
+    base = name.removesuffix(".parquet")
+    part = next(
+        key for key in list_keys(s3, bucket, "out/data/") if key.rsplit("/", 1)[1].startswith(f"{base}-")
+    )
+    orphan_base = f"part-{run_id}-{'f' * 32}-999999"
+    orphan = f"out/data/{orphan_base}-0.parquet"
+    copy_object(s3, bucket, part, orphan)
+    copy_object(s3, bucket, first, f"{folder}/{orphan_base}{PENDING}")
+    cut_base = second.rsplit("/", 1)[1].removesuffix(".parquet")
+    copy_object(s3, bucket, second, f"{second.rsplit('/', 1)[0]}/{cut_base}{PENDING}")
+    return orphan, cut_base
+
+
+class TestCrashAndResume:
+    def test_killed_run_resumes_without_duplicates(self, s3, bucket, s3_config, write_config, tmp_path):
+        """After SIGKILL mid-run, a second run processes only the rest; every input appears exactly once."""
+        uris = upload_images(s3, bucket, "in", IMAGES, seed=7)
+        config = s3_config(
+            bucket,
+            output__rows_per_file=8,
+            preprocess__batch_size=4,
+            preprocess__resize_size=160,  # slower inference: seconds between parts, room to kill in between
+            preprocess__crop_size=160,
+            inference__batch_size=4,
+            inference__torch_threads=1,
+            resources__object_store_memory_bytes=150 * 1024 * 1024,
+        )
+        config_path = write_config(config)
+        first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+
+        first = start_job(config_path, first_log)
+        try:
+            committed = wait_for_parts(s3, bucket, first, first_log)
+        finally:
+            kill_group(first)
+        keys = list_keys(s3, bucket, "out/")
+        assert "out/_SUCCESS" not in keys
+        run_id = read_json(s3, bucket, "out/_run.json")["run_id"]
+        orphan, cut_base = fake_crash_leftovers(s3, bucket, committed, run_id)
+        late = upload_images(s3, bucket, "in/late", 1, seed=99, broken=False)  # not in _inputs.parquet
+
+        second = start_job(config_path, second_log)
+        assert second.wait(timeout=DEADLINE_S) == 0, second_log.read_text()[-3000:]
+
+        manifest = read_json(s3, bucket, "out/_SUCCESS")
+        assert manifest["run_id"] == run_id
+        assert manifest["resumed"] is True
+        assert 0 < manifest["processed_this_run"] < len(uris)
+        assert manifest["counts"] == {"inputs": len(uris), "succeeded": IMAGES, "failed": 2}
+        table = read_parts(s3, bucket, "out")
+        ids = table.column("row_id").to_pylist()
+        assert len(ids) == len(set(ids)) == len(uris)
+        assert sorted(table.column("uri").to_pylist()) == uris  # the listing fixed at the start, not `late`
+        assert set(ids) == {storage.row_id(uri) for uri in uris}
+        assert late[0] not in table.column("uri").to_pylist()
+        data_keys = list_keys(s3, bucket, "out/data/")
+        assert orphan not in data_keys
+        assert any(key.rsplit("/", 1)[1].startswith(cut_base) for key in data_keys)
+        assert sorted(f"out/{item['path']}" for item in manifest["layout"]["files"]) == data_keys
+        assert sum(item["rows"] for item in manifest["layout"]["files"]) == len(uris)
+        assert not [key for key in list_keys(s3, bucket, "out/_checkpoint/") if key.endswith(PENDING)]
+        failures = pq.read_table(pa.BufferReader(get_bytes(s3, bucket, "out/failures.parquet")))
+        assert sorted(failures.column("reason").to_pylist()) == ["empty_file", "not_an_image"]
+        for log in (first_log, second_log):
+            text = log.read_text(errors="replace")
+            assert FAKE_ACCESS_KEY_ID not in text
+            assert FAKE_SECRET_ACCESS_KEY not in text
