@@ -94,7 +94,7 @@ def _config(images: Path, out: Path, args: argparse.Namespace, precision: str) -
 
 def measure_decode(paths: list[Path], config: Config) -> tuple[float, list[np.ndarray]]:
     """(b): decode + preprocess img/s on one core, and the crops for the model runs."""
-    spec, _ = resolve_spec(config.model, config.preprocess, {})
+    spec, _ = resolve_spec(config.model, config.preprocess)
     settings = decode_settings(config, spec)
     blobs = [path.read_bytes() for path in paths]
     started = time.perf_counter()
@@ -107,7 +107,7 @@ def measure_model(
     config: Config, crops: list[np.ndarray], precision: str, seconds: float
 ) -> tuple[float, np.ndarray, int]:
     """(a): model-only img/s on this machine at the given precision; also the top-1 ids."""
-    spec, _ = resolve_spec(config.model, config.preprocess, {})
+    spec, _ = resolve_spec(config.model, config.preprocess)
     inf = config.inference
     settings = InferenceSettings(
         precision=precision, batch_size=inf.batch_size, channels_last=inf.channels_last
@@ -129,7 +129,7 @@ def measure_naive(config: Config, paths: list[Path]) -> float:
     """(e): the tutorial script: load the model for every batch of one image, fp32."""
     import torch
 
-    spec, _ = resolve_spec(config.model, config.preprocess, {})
+    spec, _ = resolve_spec(config.model, config.preprocess)
     settings = decode_settings(config, spec)
     mean = torch.tensor(spec.preprocessing.mean).view(1, 3, 1, 1)
     std = torch.tensor(spec.preprocessing.std).view(1, 3, 1, 1)

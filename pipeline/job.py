@@ -279,10 +279,7 @@ def run_job(
     bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
     log = get_logger(run_id=run_id, stage="driver")
     uris = location.read_inputs() if resumed else storage.list_inputs(config.input, config.storage).uris
-    opts = storage.storage_options(config.storage)
-    spec, state_dict = resolve_spec(
-        config.model, config.preprocess, opts if config.storage.endpoint_url else {}
-    )
+    spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage)
     if spec.random_init:
         log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
     log.info("run starting", inputs=len(uris), output=location.uri, resumed=resumed, model=spec.name)
@@ -393,7 +390,8 @@ def _run_on_ray(
     finally:
         ray.data.DataContext.get_current().checkpoint_config = None  # later datasets must not inherit it
     result = output.tally(location, config.storage, {storage.row_id(uri) for uri in uris})
-    return result, plan, processed, steady
+    # A batch retried after an actor died is reported to the tracker twice: cap the count.
+    return result, plan, min(processed, len(todo)), steady
 
 
 def _commit(

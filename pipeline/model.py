@@ -12,14 +12,14 @@ import functools
 import hashlib
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ModelError
 
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.config import ModelConfig, PreprocessConfig
+    from pipeline.config import ModelConfig, PreprocessConfig, StorageConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -79,12 +79,13 @@ def _default_weights_meta(name: str) -> tuple[Preprocessing, list[str] | None]:
     return preprocessing, list(default.meta.get("categories") or []) or None
 
 
-def _read_uri(uri: str, storage_options: dict[str, Any]) -> bytes:
-    import fsspec
+def _read_uri(uri: str, storage_config: StorageConfig | None) -> bytes:
+    from pipeline import storage
+    from pipeline.config import StorageConfig
 
+    fs = storage.fsspec_filesystem(uri, storage_config or StorageConfig())
     try:
-        with fsspec.open(uri, "rb", **storage_options) as handle:
-            return bytes(handle.read())
+        return bytes(fs.cat_file(storage.fs_path(storage.normalise(uri))))
     except FileNotFoundError as exc:
         raise ModelError(f"model weights not found at {uri}") from exc
     except OSError as exc:
@@ -116,7 +117,7 @@ def _load_state_dict(blob: bytes, uri: str) -> dict[str, torch.Tensor]:
 
 
 def resolve_spec(
-    model: ModelConfig, preprocess: PreprocessConfig, storage_options: dict[str, Any]
+    model: ModelConfig, preprocess: PreprocessConfig, storage_config: StorageConfig | None = None
 ) -> tuple[ModelSpec, dict[str, torch.Tensor] | None]:
     """Check the weights on the driver (checksum, shape) before any Ray work.
 
@@ -131,12 +132,12 @@ def resolve_spec(
         std=defaults.std,
         interpolation=defaults.interpolation,
     )
-    labels = _labels(model, categories, storage_options)
+    labels = _labels(model, categories, storage_config)
     state_dict = None
     if model.weights is None:
         digest = "random-init"
     else:
-        blob = _read_uri(model.weights, storage_options)
+        blob = _read_uri(model.weights, storage_config)
         digest = hashlib.sha256(blob).hexdigest()
         if model.sha256 is not None and digest != model.sha256.lower():
             raise ModelError(
@@ -157,9 +158,11 @@ def resolve_spec(
     return spec, state_dict
 
 
-def _labels(model: ModelConfig, categories: list[str] | None, storage_options: dict[str, Any]) -> list[str]:
+def _labels(
+    model: ModelConfig, categories: list[str] | None, storage_config: StorageConfig | None
+) -> list[str]:
     if model.labels is not None:
-        names = [line.strip() for line in _read_uri(model.labels, storage_options).decode().splitlines()]
+        names = [line.strip() for line in _read_uri(model.labels, storage_config).decode().splitlines()]
         names = [name for name in names if name]
         if len(names) != model.num_classes:
             raise ModelError(

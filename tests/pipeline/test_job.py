@@ -28,7 +28,7 @@ def _read_output(out: Path) -> dict[str, dict]:
 
 def _reference(config, uris: list[str], weights: Path) -> dict[str, tuple[int, float]]:
     """Top-1 id and score per good image, computed in one process with plain torch in fp32."""
-    spec, _ = resolve_spec(config.model, config.preprocess, {})
+    spec, _ = resolve_spec(config.model, config.preprocess)
     settings = decode_settings(config, spec)
     model = torchvision.models.get_model(config.model.name, weights=None, num_classes=1000)
     model.load_state_dict(load_file(str(weights)))
