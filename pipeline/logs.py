@@ -100,10 +100,30 @@ class Redactor:
         return event_dict
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of writing.
+
+    A logger that kept the ``sys.stderr`` of its configuration would write to a closed
+    file once that stream is replaced (test capture, a redirecting wrapper).
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure structlog for this process; ``auto`` is console on a TTY, JSON otherwise."""
-    stream = stream or sys.stderr
-    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    """Configure structlog for this process; ``auto`` is console on a TTY, JSON otherwise.
+
+    Without ``stream``, lines go to the process's current standard error.
+    """
+    target: Any = stream if stream is not None else _CurrentStderr()
+    use_json = fmt == "json" or (fmt == "auto" and not target.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -117,7 +137,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(target),
         cache_logger_on_first_use=False,
     )
 

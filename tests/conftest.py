@@ -233,3 +233,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     lost = sum(int(r.get("rows_lost", 0)) for r in _RELIABILITY)  # type: ignore[call-overload]
     duplicated = sum(int(r.get("rows_duplicated", 0)) for r in _RELIABILITY)  # type: ignore[call-overload]
     terminalreporter.write_line(f"TOTAL rows lost: {lost}, rows duplicated: {duplicated}")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Each test starts and ends with structlog's defaults: no test inherits another's stream."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
