@@ -92,6 +92,19 @@ def _check_exactly_once(out: Path, images: Path, job: subprocess.Popen[bytes], t
     return {"inputs": len(inputs), "rows_lost": lost, "rows_duplicated": duplicated}
 
 
+def _run_with_fault(cluster, images: Path, weights: Path, tmp_path: Path, inject) -> dict:
+    """Start the job on ``cluster``, call ``inject()`` once parts exist, check exactly-once."""
+    config = _write_config(tmp_path, images, weights, ray_address=cluster.address)
+    job = _start_job(cluster, config, tmp_path)
+    try:
+        _wait_for_parts(tmp_path / "out", job)
+        inject()
+        return _check_exactly_once(tmp_path / "out", images, job, tmp_path)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+
+
 def test_killed_inference_actor_is_replaced(local_cluster, many_images, weights_file, tmp_path, reliability):
     """SIGKILL of the inference actor's process mid-run: Ray restarts it, the run commits, nothing lost."""
     from ray.util.state import list_actors
@@ -99,10 +112,8 @@ def test_killed_inference_actor_is_replaced(local_cluster, many_images, weights_
     local_cluster.start_head()
     local_cluster.add_node("cpu", "--num-cpus=1", '--resources={"cpu_group": 1000}')
     local_cluster.add_node("gpu", "--num-cpus=1", "--num-gpus=1", '--resources={"gpu_group": 1000}')
-    config = _write_config(tmp_path, many_images, weights_file, ray_address=local_cluster.address)
-    job = _start_job(local_cluster, config, tmp_path)
-    try:
-        _wait_for_parts(tmp_path / "out", job)
+
+    def kill_actor() -> None:
         actors = [
             a
             for a in list_actors(address=local_cluster.dashboard_url, detail=True)
@@ -110,10 +121,8 @@ def test_killed_inference_actor_is_replaced(local_cluster, many_images, weights_
         ]
         assert actors, "no live inference actor found"
         os.kill(actors[0].pid, signal.SIGKILL)
-        result = _check_exactly_once(tmp_path / "out", many_images, job, tmp_path)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+
+    result = _run_with_fault(local_cluster, many_images, weights_file, tmp_path, kill_actor)
     reliability.append({"scenario": "inference actor SIGKILL", "faults": 1, **result})
 
 
@@ -123,15 +132,9 @@ def test_lost_worker_node(local_cluster, many_images, weights_file, tmp_path, re
     local_cluster.add_node("cpu-a", "--num-cpus=1", '--resources={"cpu_group": 1000}')
     local_cluster.add_node("cpu-b", "--num-cpus=1", '--resources={"cpu_group": 1000}')
     local_cluster.add_node("gpu", "--num-cpus=1", "--num-gpus=1", '--resources={"gpu_group": 1000}')
-    config = _write_config(tmp_path, many_images, weights_file, ray_address=local_cluster.address)
-    job = _start_job(local_cluster, config, tmp_path)
-    try:
-        _wait_for_parts(tmp_path / "out", job)
-        local_cluster.stop_node("cpu-b")
-        result = _check_exactly_once(tmp_path / "out", many_images, job, tmp_path)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+    result = _run_with_fault(
+        local_cluster, many_images, weights_file, tmp_path, lambda: local_cluster.stop_node("cpu-b")
+    )
     reliability.append({"scenario": "worker node lost", "faults": 1, **result})
 
 
