@@ -171,3 +171,16 @@ print("ROWS", summary.succeeded, summary.failed)
             "rows_duplicated": 0,
         }
     )
+
+
+def test_job_that_cannot_progress_fails_clearly(ray_session, sample_images, make_config):
+    """Stages that no node can host (no worker groups here) fail after stall_timeout_s, not hang."""
+    from pipeline.errors import JobFailedError
+    from pipeline.job import run_job
+
+    config = make_config(
+        sample_images, resources__placement="worker_groups", resources__stall_timeout_s="8", input__limit=8
+    )
+    with pytest.raises(JobFailedError, match=r"no progress for 8s at 0/8 rows \(resources.stall_timeout_s\)"):
+        run_job(config)
+    assert not (Path(config.output.uri) / "_SUCCESS").exists()
