@@ -175,7 +175,7 @@ def _connect_ray(config: Config) -> bool:
     return True
 
 
-def _configure_data_context(config: Config, location: output.OutputLocation, *, show_progress: bool) -> None:
+def _configure_data_context(location: output.OutputLocation, *, show_progress: bool) -> None:
     from ray.data import DataContext
     from ray.data.checkpoint import CheckpointConfig
 
@@ -184,7 +184,7 @@ def _configure_data_context(config: Config, location: output.OutputLocation, *, 
         id_column="row_id",
         checkpoint_path=location.uri_of(location.new_checkpoint_dir()),  # empty: we restored, Ray only writes
         delete_checkpoint_on_success=False,
-        override_filesystem=storage.arrow_filesystem(location.uri, config.storage),
+        override_filesystem=location.arrow_fs(),
     )
     ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *RETRIED_IO_ERRORS]))
     ctx.enable_progress_bars = show_progress
@@ -353,34 +353,52 @@ def _run_on_ray(
     metrics: JobMetrics,
     bar: ProgressBar,
 ) -> tuple[output.Tally, ResourcePlan, int, float]:
-    """Plan, build and execute the graph, then read the output back."""
+    """Plan, restore, write what is left, then read the output back."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pipeline.graph import build_dataset, plan_resources, write_parquet
+    from pipeline.graph import plan_resources
 
     plan: ResourcePlan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
     get_logger(run_id=run_id, stage="driver").info("resource plan", **plan.as_dict())
     todo = output.restore_checkpoint(location, uris, run_id)  # inputs that no committed part holds
-    if not todo:  # every part was written before the last attempt stopped: only the commit is left
-        return output.tally(location, config.storage, {storage.row_id(uri) for uri in uris}), plan, 0, 0.0
-    _configure_data_context(config, location, show_progress=False)  # our own bar is clearer
+    processed, steady = 0, 0.0
+    if todo:  # else every part was written before the last attempt stopped: only the commit is left
+        processed, steady = _write_with_progress(
+            config, location, todo, spec, state_dict, run_id, plan, metrics, bar
+        )
+    result = output.tally(location, config.storage, {storage.row_id(uri) for uri in uris})
+    # A batch retried after an actor died is reported to the tracker twice: cap the count.
+    return result, plan, min(processed, len(todo)), steady
+
+
+def _write_with_progress(
+    config: Config,
+    location: output.OutputLocation,
+    todo: list[str],
+    spec: ModelSpec,
+    state_dict: Any,
+    run_id: str,
+    plan: ResourcePlan,
+    metrics: JobMetrics,
+    bar: ProgressBar,
+) -> tuple[int, float]:
+    """Build the graph over the unfinished inputs and run it to the last part."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from pipeline.graph import build_dataset, write_parquet
+
+    _configure_data_context(location, show_progress=False)  # our own bar is clearer
     # On the driver's node: a lost worker node must not take the progress counts with it.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     remote = ray.remote(num_cpus=0, scheduling_strategy=here)  # type: ignore[call-overload]  # stub omits node affinity
     tracker = remote(ProgressTracker).remote()
     state_ref = ray.put(state_dict) if state_dict is not None else None
     dataset = build_dataset(config, todo, spec, state_ref, plan, run_id, progress=tracker)
+    data_uri, filesystem = location.uri_of(output.DATA_DIR), location.arrow_fs()
     try:
-        processed, steady = _execute(
-            lambda: write_parquet(
-                dataset,
-                location.uri_of(output.DATA_DIR),
-                storage.arrow_filesystem(location.uri, config.storage),
-                run_id,
-                config.output.rows_per_file,
-                plan,
-            ),
+        return _execute(
+            lambda: write_parquet(dataset, data_uri, filesystem, run_id, config.output.rows_per_file, plan),
             config,
             tracker,
             len(todo),
@@ -389,9 +407,6 @@ def _run_on_ray(
         )
     finally:
         ray.data.DataContext.get_current().checkpoint_config = None  # later datasets must not inherit it
-    result = output.tally(location, config.storage, {storage.row_id(uri) for uri in uris})
-    # A batch retried after an actor died is reported to the tracker twice: cap the count.
-    return result, plan, min(processed, len(todo)), steady
 
 
 def _commit(
