@@ -4,6 +4,11 @@ The crop stays uint8 until it reaches the inference device: a quarter of the
 bytes of float32 through the object store. Large JPEGs are decoded at reduced
 scale (``Image.draft``) when that still leaves the short side at least the
 resize size. Any failure becomes a :class:`FailureReason`, never an exception.
+
+With ``keep_jpeg`` (``preprocess.decode_device: gpu``) only the header is read
+here: a baseline RGB or grey JPEG that needs no EXIF rotation is checked (size,
+pixel limit) and left encoded for :mod:`pipeline.device_decode`; everything else
+is decoded here as before.
 """
 
 from __future__ import annotations
@@ -38,15 +43,31 @@ class DecodeSettings:
     interpolation: str
     max_image_pixels: int
     reduced_decode: bool
+    keep_jpeg: bool = False
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """The result for one input: a crop, or a reason and a detail."""
+    """The result for one input: a crop, JPEG bytes left for the device, or a reason and a detail."""
 
     crop: np.ndarray | None
     reason: FailureReason | None = None
     detail: str = ""
+    encoded: bytes | None = None
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def device_decodable(image: Image.Image) -> bool:
+    """True for what nvJPEG decodes as PIL would: baseline, RGB or grey, upright."""
+    return (
+        image.format == "JPEG"
+        and image.mode in ("RGB", "L")
+        and not image.info.get("progressive")
+        and not image.info.get("progression")
+        and image.getexif().get(_EXIF_ORIENTATION, 1) == 1
+    )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -105,6 +126,8 @@ def decode(data: bytes | None, settings: DecodeSettings) -> Decoded:
                 )
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
+            if settings.keep_jpeg and device_decodable(image):
+                return Decoded(None, encoded=data)
             if settings.reduced_decode and image.format == "JPEG":
                 scale = settings.resize_size / min(width, height)
                 if scale < 1:

@@ -30,9 +30,13 @@ class FailureReason(StrEnum):
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 
-# Columns that travel between stages but are not written.
+# Columns that travel between stages but are not written: the uint8 crop, or (when JPEGs
+# are decoded on the inference device) bytes and what they hold.
 IMAGE_COLUMN = "image"
 BYTES_COLUMN = "data"
+ENCODING_COLUMN = "encoding"
+ENCODING_JPEG = "jpeg"  # the file's own bytes, decoded by the inference actor
+ENCODING_RAW = "raw"  # a crop decoded on the CPU worker: crop_size x crop_size x 3 uint8
 
 
 def output_schema() -> pa.Schema:

@@ -22,7 +22,17 @@ from pipeline.decode import DecodeSettings, decode
 from pipeline.inference import InferenceSettings, Predictor
 from pipeline.logs import bad_input_sampler
 from pipeline.metrics import STAGE_DECODE, STAGE_INFERENCE, worker_metrics
-from pipeline.schema import IMAGE_COLUMN, STATUS_FAILED, STATUS_OK, FailureReason, output_schema
+from pipeline.schema import (
+    BYTES_COLUMN,
+    ENCODING_COLUMN,
+    ENCODING_JPEG,
+    ENCODING_RAW,
+    IMAGE_COLUMN,
+    STATUS_FAILED,
+    STATUS_OK,
+    FailureReason,
+    output_schema,
+)
 
 if TYPE_CHECKING:
     import fsspec
@@ -46,11 +56,17 @@ def decode_batch(
     fetch_threads: int,
     labels: RunLabels,
 ) -> dict[str, np.ndarray]:
-    """Fetch and decode one batch of ``row_id``/``uri`` rows into uint8 crops."""
+    """Fetch and decode one batch of ``row_id``/``uri`` rows into uint8 crops.
+
+    With ``settings.keep_jpeg`` the rows carry bytes instead (:data:`BYTES_COLUMN`):
+    JPEGs left for the inference device, or the raw crop of what was decoded here.
+    """
     started = time.perf_counter()
     uris = [str(uri) for uri in batch["uri"]]
     crop = settings.crop_size
-    images = np.zeros((len(uris), crop, crop, 3), dtype=np.uint8)
+    images = np.zeros((0 if settings.keep_jpeg else len(uris), crop, crop, 3), dtype=np.uint8)
+    encoded = np.full(len(uris), b"", dtype=object)
+    encodings = np.full(len(uris), None, dtype=object)
     status = np.full(len(uris), STATUS_OK, dtype=object)
     reasons = np.full(len(uris), None, dtype=object)
     errors = np.full(len(uris), None, dtype=object)
@@ -58,8 +74,14 @@ def decode_batch(
         fetched = list(pool.map(lambda uri: storage.fetch(fs, uri), uris))
     for index, (data, fetch_reason, detail) in enumerate(fetched):
         result = decode(data, settings) if fetch_reason is None else None
+        if result is not None and result.encoded is not None:
+            encoded[index], encodings[index] = result.encoded, ENCODING_JPEG
+            continue
         if result is not None and result.crop is not None:
-            images[index] = result.crop
+            if settings.keep_jpeg:
+                encoded[index], encodings[index] = result.crop.tobytes(), ENCODING_RAW
+            else:
+                images[index] = result.crop
             continue
         status[index] = STATUS_FAILED
         reasons[index] = str(fetch_reason or (result.reason if result else FailureReason.DECODE_ERROR))
@@ -72,10 +94,13 @@ def decode_batch(
     metrics = worker_metrics(labels.pipeline, labels.run_id)
     metrics.count_rows(STAGE_DECODE, len(uris) - sum(failed.values()), failed)
     metrics.observe_batch(STAGE_DECODE, time.perf_counter() - started, len(uris))
+    pixels = (
+        {BYTES_COLUMN: encoded, ENCODING_COLUMN: encodings} if settings.keep_jpeg else {IMAGE_COLUMN: images}
+    )
     return {
         "row_id": batch["row_id"],
         "uri": batch["uri"],
-        IMAGE_COLUMN: images,
+        **pixels,
         "status": status,
         "reason": reasons,
         "error": errors,
@@ -98,6 +123,7 @@ class Classify:
         top_k: int,
         labels: RunLabels,
         progress: Any = None,
+        device_decode: DecodeSettings | None = None,
     ) -> None:
         import ray
 
@@ -106,6 +132,7 @@ class Classify:
         self.labels = labels
         self.predictor = Predictor(spec, state_dict, settings, top_k=top_k)
         self.progress = progress
+        self.device_decode = device_decode  # set: the rows carry JPEG bytes to decode here
         self.metrics = worker_metrics(labels.pipeline, labels.run_id)
         self.metrics.model_load_seconds.set(self.predictor.load_seconds)
         self._label_array = np.array(spec.labels, dtype=object)
@@ -123,7 +150,8 @@ class Classify:
         scores = np.zeros((count, k), dtype=np.float32)
         if len(good):
             try:
-                ids[good], scores[good] = self.predictor.predict(np.asarray(batch[IMAGE_COLUMN])[good])
+                good, images = self._images(batch, good, status, reasons, errors)
+                ids[good], scores[good] = self.predictor.predict(images)
             except Exception as exc:
                 status[good] = STATUS_FAILED
                 reasons[good] = str(FailureReason.MODEL_ERROR)
@@ -141,6 +169,30 @@ class Classify:
         if self.progress is not None:
             self.progress.add.remote(int(ok_mask.sum()), dict(failed))
         return self._table(batch, status, reasons, errors, ids, scores, ok_mask)
+
+    def _images(
+        self,
+        batch: dict[str, np.ndarray],
+        good: np.ndarray,
+        status: np.ndarray,
+        reasons: np.ndarray,
+        errors: np.ndarray,
+    ) -> tuple[np.ndarray, Any]:
+        """The crops of the ``good`` rows; rows whose JPEG fails to decode here are marked failed."""
+        if self.device_decode is None:
+            return good, np.asarray(batch[IMAGE_COLUMN])[good]
+        from pipeline.device_decode import device_crops
+
+        crops, failures = device_crops(
+            batch[BYTES_COLUMN][good], batch[ENCODING_COLUMN][good], self.device_decode, self.predictor.device
+        )
+        for offset, failure in failures.items():
+            row = good[offset]
+            status[row], reasons[row], errors[row] = STATUS_FAILED, str(failure.reason), failure.detail
+            bad_input_sampler(self.labels.pipeline, self.labels.run_id).record(
+                STAGE_INFERENCE, str(failure.reason), str(batch["uri"][row]), failure.detail
+            )
+        return np.delete(good, list(failures)), crops
 
     def _table(
         self,
