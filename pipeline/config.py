@@ -88,6 +88,9 @@ class PreprocessConfig(_Section):
     reduced_decode: bool = True
     fetch_threads: int = Field(default=16, ge=1, le=256)
     batch_size: int = Field(default=32, ge=1)
+    # gpu: JPEGs travel to the inference actor as bytes and are decoded there (nvJPEG),
+    # for clusters short of CPUs; the CPU workers read only headers (pipeline.device_decode).
+    decode_device: Literal["cpu", "gpu"] = "cpu"
 
 
 class InferenceConfig(_Section):
@@ -133,8 +136,9 @@ class ResourcesConfig(_Section):
     decode_concurrency: int | None = Field(default=None, ge=1)
     actor_num_cpus: float | None = Field(default=None, ge=0)
     actor_num_gpus: float | None = Field(default=None, ge=0)
-    min_actors: int = Field(default=1, ge=1)
-    max_actors: int = Field(default=1, ge=1)
+    # None: 1, or on a local CPU-only run 2 model copies from 256 images (pipeline.graph).
+    min_actors: int | None = Field(default=None, ge=1)
+    max_actors: int | None = Field(default=None, ge=1)
     object_store_memory_bytes: int | None = Field(default=None, ge=75 * 1024 * 1024)
     stall_timeout_s: float = Field(default=600.0, gt=0)
 
@@ -307,7 +311,12 @@ def _check_semantics(config: Config, *, check_paths: bool) -> None:
         )
     if config.model.weights is not None and config.model.random_init:
         raise ConfigError("model.random_init", value=True, allowed="must be false when model.weights is set")
-    if config.resources.min_actors > config.resources.max_actors:
+    actors = config.resources
+    if (
+        actors.min_actors is not None
+        and actors.max_actors is not None
+        and actors.min_actors > actors.max_actors
+    ):
         raise ConfigError(
             "resources.min_actors",
             config.resources.min_actors,

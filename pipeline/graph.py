@@ -32,6 +32,14 @@ if TYPE_CHECKING:
 
 READ_ROWS_PER_TASK = 256
 LOCAL_DECODE_NUM_CPUS = 0.25
+# A local CPU run splits the cores between two model copies unless the actor counts are
+# set. One actor whose threads span every core stalls whenever any other process takes
+# one of them (each layer waits for its slowest thread): on the 2-core test machine it
+# kept 157% of 200% busy; two single-thread actors kept 198% busy and ran ~25% faster.
+# A second copy costs about 7 CPU-seconds to start (a worker importing torch and building
+# the model): worth it from a few hundred images, not for a handful.
+LOCAL_CPU_ACTORS = 2
+LOCAL_SECOND_ACTOR_MIN_ROWS = 256
 GROUP_RESOURCE_SHARE = 0.001
 # Listing rows and writing small Parquet tables are light: full-CPU tasks for them would
 # hold cores the decode stage needs, and on small clusters starve it for good.
@@ -113,8 +121,8 @@ class ResourcePlan:
         return asdict(self)
 
 
-def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
-    """Size the stages for the cluster the driver sees."""
+def plan_resources(config: Config, cluster: dict[str, float], rows: int | None = None) -> ResourcePlan:
+    """Size the stages for the cluster the driver sees and the ``rows`` to process (if known)."""
     res = config.resources
     cpus = float(cluster.get("CPU", 0))
     gpus = float(cluster.get("GPU", 0))
@@ -122,13 +130,20 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
     if device == "auto":
         device = "cuda" if gpus > 0 else "cpu"
     groups = res.placement == "worker_groups"
+    local_cpu = not groups and device == "cpu" and cpus > 0
     actor_gpus = res.actor_num_gpus if res.actor_num_gpus is not None else (1.0 if device == "cuda" else 0.0)
     actor_cpus = res.actor_num_cpus if res.actor_num_cpus is not None else 1.0
-    if not groups and device == "cpu" and cpus > 0:
+    min_actors = res.min_actors or 1
+    max_actors = res.max_actors or min_actors
+    if local_cpu and res.min_actors is None and res.max_actors is None:
+        worth_two = rows is None or rows >= LOCAL_SECOND_ACTOR_MIN_ROWS
+        min_actors = max_actors = max(1, min(LOCAL_CPU_ACTORS if worth_two else 1, int(cpus)))
+    if local_cpu:
         # Leave at least a quarter of the CPUs (and never less than one decode task) to decode.
-        actor_cpus = min(actor_cpus, max(0.0, cpus - max(LOCAL_DECODE_NUM_CPUS, cpus / 4)))
+        free = max(0.0, cpus - max(LOCAL_DECODE_NUM_CPUS, cpus / 4))
+        actor_cpus = min(actor_cpus, free / max_actors)
     decode_cpus = res.decode_num_cpus
-    if "decode_num_cpus" not in res.model_fields_set and not groups and device == "cpu":
+    if "decode_num_cpus" not in res.model_fields_set and local_cpu:
         decode_cpus = LOCAL_DECODE_NUM_CPUS  # decode shares cores with torch threads
     if config.inference.batch_size != "auto":
         batch = int(config.inference.batch_size)
@@ -146,13 +161,13 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
         actor_num_cpus=actor_cpus,
         actor_num_gpus=actor_gpus,
         actor_resources={res.gpu_group_resource: GROUP_RESOURCE_SHARE} if groups else {},
-        min_actors=res.min_actors,
-        max_actors=res.max_actors,
+        min_actors=min_actors,
+        max_actors=max_actors,
         inference_batch_size=batch,
         calls_in_flight_per_actor=2 if device == "cuda" else 1,
-        # Ray pins OMP threads to an actor's num_cpus; a local CPU model should use every
-        # core, sharing them with the light decode tasks (DESIGN.md's pipelined ideal).
-        torch_threads=max(1, int(cpus)) if device == "cpu" and not groups else None,
+        # Ray pins OMP threads to an actor's num_cpus; local CPU models share every core
+        # between them, and with the light decode tasks (DESIGN.md's pipelined ideal).
+        torch_threads=max(1, int(cpus) // max_actors) if local_cpu else None,
     )
 
 
@@ -165,6 +180,7 @@ def decode_settings(config: Config, spec: ModelSpec) -> DecodeSettings:
         interpolation=prep.interpolation,
         max_image_pixels=config.preprocess.max_image_pixels,
         reduced_decode=config.preprocess.reduced_decode,
+        keep_jpeg=config.preprocess.decode_device == "gpu",
     )
 
 
@@ -186,6 +202,20 @@ def inference_settings(config: Config, plan: ResourcePlan) -> InferenceSettings:
     )
 
 
+def actor_remote_options(plan: ResourcePlan, settings: InferenceSettings) -> dict[str, Any]:
+    """Ray options of the inference actors besides CPUs and GPUs: group resources, thread count.
+
+    Ray starts a worker with OMP_NUM_THREADS = its whole num_cpus (at least 1); torch
+    started at 1 thread and widened by ``set_num_threads`` ran 3-12% slower than torch
+    started at the right width. The variable is set only where the two differ: another
+    runtime_env means a freshly spawned worker rather than one Ray prestarted.
+    """
+    options: dict[str, Any] = {"resources": plan.actor_resources or None}
+    if settings.torch_threads and settings.torch_threads != max(1, int(plan.actor_num_cpus)):
+        options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(settings.torch_threads)}}
+    return options
+
+
 def build_dataset(
     config: Config,
     uris: list[str],
@@ -199,6 +229,7 @@ def build_dataset(
     import ray.data
 
     labels = RunLabels(pipeline=config.job.name, run_id=run_id)
+    decoding = decode_settings(config, spec)
     input_fs = storage.fsspec_filesystem(uris[0], config.storage)
     dataset = ray.data.read_datasource(
         UriListDatasource(uris),
@@ -214,11 +245,12 @@ def build_dataset(
         resources=plan.decode_resources or None,
         fn_kwargs={
             "fs": input_fs,
-            "settings": decode_settings(config, spec),
+            "settings": decoding,
             "fetch_threads": config.preprocess.fetch_threads,
             "labels": labels,
         },
     )
+    settings = inference_settings(config, plan)
     compute = ray.data.ActorPoolStrategy(
         min_size=plan.min_actors,
         max_size=plan.max_actors,
@@ -232,15 +264,16 @@ def build_dataset(
         compute=compute,
         num_cpus=plan.actor_num_cpus,
         num_gpus=plan.actor_num_gpus,
-        resources=plan.actor_resources or None,
         fn_constructor_kwargs={
             "spec": spec,
             "state_dict_ref": state_dict_ref,
-            "settings": inference_settings(config, plan),
+            "settings": settings,
             "top_k": config.model.top_k,
             "labels": labels,
             "progress": progress,
+            "device_decode": decoding if decoding.keep_jpeg else None,
         },
+        **actor_remote_options(plan, settings),
     )
     return classified
 

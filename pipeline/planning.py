@@ -56,7 +56,7 @@ def print_plan(
             address=address, include_dashboard=False, logging_level=logging.ERROR, configure_logging=False
         )
     try:
-        plan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
+        plan = plan_resources(config, ray.cluster_resources(), len(listing))  # type: ignore[no-untyped-call]
     finally:
         if started:
             ray.shutdown()

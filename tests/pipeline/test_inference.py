@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.inference import InferenceSettings, Predictor, resolve_precision
+from pipeline.inference import CPU_AUTO_BATCH, InferenceSettings, Predictor, resolve_precision
 from pipeline.model import ModelSpec, Preprocessing
 
 SPEC = ModelSpec(
@@ -56,7 +56,7 @@ class TestPredictor:
     def test_warm_up_probe_picks_largest_batch_that_fits(self, monkeypatch):
         """The automatic batch size is the largest power-of-two step that survives the warm-up probe."""
         predictor = Predictor(SPEC, None, InferenceSettings(precision="fp32", batch_size="auto"), top_k=1)
-        assert predictor.batch_size == 32  # the CPU default
+        assert predictor.batch_size == CPU_AUTO_BATCH == 8
         _inject_oom_above(monkeypatch, predictor, limit=5)
         predictor.warm_up(predictor.batch_size)
         assert predictor.batch_size == 4

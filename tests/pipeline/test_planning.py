@@ -50,7 +50,7 @@ def test_plan_prints_inputs_stages_and_sizing(ray_session, sample_images, make_c
     assert "# inputs found: 43" in out
     stages = json.loads(out.split("# stages on this cluster", 1)[1].split("\n", 1)[1].split("# sizing", 1)[0])
     assert set(stages) == {"list", "decode", "inference", "write"}
-    assert stages["inference"]["batch_size"] == 32
+    assert stages["inference"]["batch_size"] == 8  # the CPU default
     sizing = json.loads(out.split("# sizing for the target", 1)[1])
     assert sizing["inference_actors"] == 2
     assert sizing["decode_cores"] == 10

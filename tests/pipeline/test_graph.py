@@ -1,0 +1,67 @@
+"""The resource plan: computed from the cluster, never starving decode, threads matched to actors."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.graph import actor_remote_options, inference_settings, plan_resources
+
+
+def _config(tmp_path, *overrides: str):
+    return load_config(None, [f"input.uri={tmp_path}", "model.random_init=true", *overrides], environ={})
+
+
+class TestPlanResources:
+    def test_two_core_machine_splits_cores_between_two_actors(self, tmp_path):
+        """Two cores: two single-thread CPU actors, 0.75 CPU each, leaving room for decode tasks."""
+        plan = plan_resources(_config(tmp_path), {"CPU": 2.0})
+        assert (plan.inference_device, plan.min_actors, plan.max_actors) == ("cpu", 2, 2)
+        assert plan.torch_threads == 1
+        assert plan.actor_num_cpus == pytest.approx(0.75)
+        assert plan.decode_num_cpus == 0.25
+        assert plan.cluster_cpus - plan.max_actors * plan.actor_num_cpus >= plan.decode_num_cpus
+        assert plan.inference_batch_size == 8
+
+    def test_a_handful_of_images_gets_one_actor(self, tmp_path):
+        """Below a few hundred rows a second model copy costs more to start than it saves."""
+        few = plan_resources(_config(tmp_path), {"CPU": 2.0}, rows=43)
+        many = plan_resources(_config(tmp_path), {"CPU": 2.0}, rows=512)
+        assert (few.max_actors, few.torch_threads) == (1, 2)
+        assert (many.max_actors, many.torch_threads) == (2, 1)
+
+    def test_bigger_machine_gives_each_actor_half_the_cores(self, tmp_path):
+        """Sixteen cores: two actors of eight threads each."""
+        plan = plan_resources(_config(tmp_path), {"CPU": 16.0})
+        assert (plan.max_actors, plan.torch_threads, plan.actor_num_cpus) == (2, 8, 1.0)
+
+    def test_configured_actor_counts_are_kept(self, tmp_path):
+        """resources.max_actors set by the user wins: one actor then uses every core."""
+        plan = plan_resources(_config(tmp_path, "resources.max_actors=1"), {"CPU": 2.0})
+        assert (plan.min_actors, plan.max_actors, plan.torch_threads) == (1, 1, 2)
+        assert plan.actor_num_cpus == 1.0  # a reservation; its threads share the cores with decode
+
+    def test_gpu_worker_groups(self, tmp_path):
+        """Worker groups with GPUs: a GPU per actor, group resources, big batches, two calls in flight."""
+        config = _config(tmp_path, "resources.placement=worker_groups", "resources.max_actors=4")
+        plan = plan_resources(config, {"CPU": 32.0, "GPU": 4.0})
+        assert (plan.inference_device, plan.actor_num_gpus, plan.max_actors) == ("cuda", 1.0, 4)
+        assert plan.actor_resources == {"gpu_group": 0.001}
+        assert plan.decode_resources == {"cpu_group": 0.001}
+        assert (plan.inference_batch_size, plan.calls_in_flight_per_actor) == (512, 2)
+        assert plan.torch_threads is None
+
+
+class TestActorOptions:
+    def test_thread_count_travels_in_the_worker_environment(self, tmp_path):
+        """When torch threads differ from the actor's CPUs, OMP_NUM_THREADS is set for its worker."""
+        config = _config(tmp_path, "resources.max_actors=1")
+        plan = plan_resources(config, {"CPU": 2.0})
+        options = actor_remote_options(plan, inference_settings(config, plan))
+        assert options["runtime_env"] == {"env_vars": {"OMP_NUM_THREADS": "2"}}
+
+    def test_no_runtime_env_when_ray_already_matches(self, tmp_path):
+        """One thread per fractional-CPU actor is Ray's default: no runtime_env, prestarted workers serve."""
+        config = _config(tmp_path)
+        plan = plan_resources(config, {"CPU": 2.0})
+        assert actor_remote_options(plan, inference_settings(config, plan)) == {"resources": None}
