@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 POLL_INTERVAL_S = 1.0
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
+# Ray keeps at most num_cpus idle workers and kills the rest after a second idle, so on a
+# small machine each read, decode and write task respawned a worker (about 1.5 CPU-seconds
+# of imports each, taken from the model). The embedded cluster keeps a few more.
+EMBEDDED_WORKERS_SOFT_LIMIT = 16
 RETRIED_IO_ERRORS = ("SlowDown", "503", "Service Unavailable", "RequestTimeout", "Connection reset")
 
 
@@ -53,6 +57,9 @@ class RunSummary:
     seconds: float = 0.0
     images_per_second: float = 0.0
     steady_images_per_second: float = 0.0
+    # Where the wall time went, in seconds from the start of run_job: Ray connected (or the
+    # embedded cluster started), first classified batch, last part written, commit done.
+    timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,6 +81,8 @@ class RunSummary:
             f"  seconds    {self.seconds:.1f}",
             f"  images/s   {self.images_per_second:.1f}",
         ]
+        if self.timings:
+            lines.append("  timeline   " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
         if self.error:
             lines.append(f"  error      {self.error}")
         return "\n".join(lines)
@@ -107,6 +116,10 @@ class ProgressTracker:
     def get(self) -> tuple[int, dict[str, int]]:
         """Totals so far."""
         return self.ok, dict(self.failed)
+
+    def first_landed_at(self) -> float | None:
+        """Wall-clock time the first batch landed (None before it did)."""
+        return self.first[0] if self.first else None
 
 
 class ProgressBar:
@@ -156,7 +169,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def _connect_ray(config: Config) -> bool:
+def connect_ray(config: Config) -> bool:
     """Join the configured cluster, or start an embedded one; True if we started it."""
     import ray
 
@@ -171,6 +184,7 @@ def _connect_ray(config: Config) -> bool:
         include_dashboard=False,
         logging_level=logging.WARNING,
         configure_logging=False,
+        _system_config={"num_workers_soft_limit": EMBEDDED_WORKERS_SOFT_LIMIT},
     )
     return True
 
@@ -304,11 +318,12 @@ def run_job(
     stream = progress_stream or sys.stderr
     show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
     metrics.start(spec.name, __version__, len(uris))
-    started_ray = _connect_ray(config)
+    started_ray = connect_ray(config)
+    summary.timings["ray_ready"] = time.monotonic() - started
     try:
         bar = ProgressBar(len(uris), stream, enabled=show)
         result, plan, summary.processed_this_run, summary.steady_images_per_second = _run_on_ray(
-            config, location, uris, spec, state_dict, run_id, metrics, bar
+            config, location, uris, spec, state_dict, run_id, metrics, bar, summary.timings, started_wall
         )
         summary.succeeded, summary.failed, summary.failed_by_reason = (
             result.ok,
@@ -318,6 +333,7 @@ def run_job(
         summary.seconds = time.monotonic() - started
         summary.images_per_second = summary.processed_this_run / summary.seconds if summary.seconds else 0.0
         _commit(config, location, spec, summary, result, plan, config_hash, started_wall)
+        summary.timings["committed"] = time.monotonic() - started
     except PipelineError as exc:
         summary.error = str(exc)
         raise
@@ -352,20 +368,26 @@ def _run_on_ray(
     run_id: str,
     metrics: JobMetrics,
     bar: ProgressBar,
+    timings: dict[str, float],
+    started_wall: float,
 ) -> tuple[output.Tally, ResourcePlan, int, float]:
-    """Plan, restore, write what is left, then read the output back."""
+    """Plan, restore, write what is left, then read the output back; note the timings."""
     import ray
 
     from pipeline.graph import plan_resources
 
-    plan: ResourcePlan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
-    get_logger(run_id=run_id, stage="driver").info("resource plan", **plan.as_dict())
+    cluster = ray.cluster_resources()  # type: ignore[no-untyped-call]
     todo = output.restore_checkpoint(location, uris, run_id)  # inputs that no committed part holds
+    plan: ResourcePlan = plan_resources(config, cluster, rows=len(todo))
+    get_logger(run_id=run_id, stage="driver").info("resource plan", **plan.as_dict())
     processed, steady = 0, 0.0
     if todo:  # else every part was written before the last attempt stopped: only the commit is left
-        processed, steady = _write_with_progress(
+        processed, steady, first_landed = _write_with_progress(
             config, location, todo, spec, state_dict, run_id, plan, metrics, bar
         )
+        if first_landed is not None:
+            timings["first_batch"] = first_landed - started_wall
+        timings["written"] = time.time() - started_wall
     result = output.tally(location, config.storage, {storage.row_id(uri) for uri in uris})
     # A batch retried after an actor died is reported to the tracker twice: cap the count.
     return result, plan, min(processed, len(todo)), steady
@@ -381,8 +403,11 @@ def _write_with_progress(
     plan: ResourcePlan,
     metrics: JobMetrics,
     bar: ProgressBar,
-) -> tuple[int, float]:
-    """Build the graph over the unfinished inputs and run it to the last part."""
+) -> tuple[int, float, float | None]:
+    """Build the graph over the unfinished inputs and run it to the last part.
+
+    Returns the rows processed, the steady-state rate and when the first batch landed.
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -397,7 +422,7 @@ def _write_with_progress(
     dataset = build_dataset(config, todo, spec, state_ref, plan, run_id, progress=tracker)
     data_uri, filesystem = location.uri_of(output.DATA_DIR), location.arrow_fs()
     try:
-        return _execute(
+        processed, steady = _execute(
             lambda: write_parquet(dataset, data_uri, filesystem, run_id, config.output.rows_per_file, plan),
             config,
             tracker,
@@ -405,6 +430,7 @@ def _write_with_progress(
             metrics,
             bar,
         )
+        return processed, steady, ray.get(tracker.first_landed_at.remote())
     finally:
         ray.data.DataContext.get_current().checkpoint_config = None  # later datasets must not inherit it
 
@@ -452,6 +478,7 @@ def _commit(
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(summary.seconds, 3),
         "images_per_second": round(summary.images_per_second, 3),
+        "timings_s": {name: round(seconds, 3) for name, seconds in summary.timings.items()},
         "layout": {"data": output.DATA_DIR, "failures": output.FAILURES, "rows": result.rows},
     }
     output.commit(location, result, manifest)
