@@ -1,10 +1,12 @@
 """``pipeline bench``: one run, the same images and model, five numbers side by side.
 
-(a) model-only img/s at the chosen precision and batch size, on the whole machine;
+(a) model-only img/s at the chosen precision and batch size, on the whole machine, with
+    the model copies laid out as the job's actors are; timed before and after (d), averaged;
 (b) decode + preprocess img/s on one core;
 (c) the ideal pipelined img/s for this machine, from (a) and (b) (DESIGN.md):
     CPU-only ``1 / (1/f + 1/(c*d))``, GPU ``min(f, c*d)``;
-(d) the pipeline end to end (and in steady state, start-up excluded);
+(d) the pipeline end to end on a running Ray cluster (listing to committed manifest), in
+    steady state (start-up excluded), and with the embedded cluster's start added;
 (e) a naive baseline: model loaded per batch, one image at a time.
 
 Prints a table and writes JSON with rates, ratios (d/c, d/e), peak memory and the
@@ -27,7 +29,7 @@ import numpy as np
 from pipeline import samples
 from pipeline.config import Config, load_config
 from pipeline.decode import decode
-from pipeline.graph import decode_settings
+from pipeline.graph import ResourcePlan, decode_settings, plan_resources
 from pipeline.inference import InferenceSettings, Predictor, resolve_device, resolve_precision
 from pipeline.model import build_model, resolve_spec
 
@@ -37,9 +39,14 @@ class MemorySampler:
     """Peak memory (PSS, so the shared object store counts once) of this process and its children.
 
     An embedded Ray cluster's processes (raylet, GCS, workers) are all children of the driver.
+    Reading PSS walks every mapping of every process: about 60 ms of CPU per sample with
+    two ResNet-50 actors, which at two samples a second took a quarter of a core from the
+    job it measures. So a sample waits at least ``budget`` times its own cost.
     """
 
     interval_s: float = 0.5
+    budget: float = 50.0
+    samples: int = 0
     peak_bytes: int = 0
     _stop: threading.Event | None = None
     _thread: threading.Thread | None = None
@@ -62,8 +69,10 @@ class MemorySampler:
         def loop() -> None:
             assert self._stop is not None  # noqa: S101  # set before the thread starts
             while not self._stop.is_set():
+                started = time.thread_time()
                 self.peak_bytes = max(self.peak_bytes, self._sample())
-                self._stop.wait(self.interval_s)
+                self.samples += 1
+                self._stop.wait(max(self.interval_s, self.budget * (time.thread_time() - started)))
 
         self._thread = threading.Thread(target=loop, daemon=True)
         self._thread.start()
@@ -103,26 +112,76 @@ def measure_decode(paths: list[Path], config: Config) -> tuple[float, list[np.nd
     return len(blobs) / seconds, [crop for crop in crops if crop is not None]
 
 
-def measure_model(
-    config: Config, crops: list[np.ndarray], precision: str, seconds: float
-) -> tuple[float, np.ndarray, int]:
-    """(a): model-only img/s on this machine at the given precision; also the top-1 ids."""
+def model_predictor(config: Config, precision: str, torch_threads: int | None = None) -> Predictor:
+    """The model as the inference actor runs it, at the given precision, in this process."""
     spec, _ = resolve_spec(config.model, config.preprocess)
     inf = config.inference
     settings = InferenceSettings(
-        precision=precision, batch_size=inf.batch_size, channels_last=inf.channels_last
+        precision=precision,
+        batch_size=inf.batch_size,
+        channels_last=inf.channels_last,
+        torch_threads=torch_threads,
     )
-    predictor = Predictor(spec, None, settings, top_k=1, seed=0)
-    images = np.stack(crops)
-    batch = np.resize(images, (predictor.batch_size, *images.shape[1:]))
-    predictor.predict(batch)  # warm-up at the working size
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or done < 2 * predictor.batch_size:
-        predictor.predict(batch)
-        done += len(batch)
-    rate = done / (time.perf_counter() - started)
-    ids, _ = predictor.predict(images)
-    return rate, ids[:, 0], predictor.batch_size
+    return Predictor(spec, None, settings, top_k=1, seed=0)
+
+
+def _time_model_process(
+    config: Config,
+    precision: str,
+    torch_threads: int | None,
+    images: np.ndarray,
+    seconds: float,
+    start_together: Any,
+    results: Any,
+) -> None:
+    """One model copy in its own process, as one inference actor: warm up, wait, time."""
+    if torch_threads:
+        os.environ["OMP_NUM_THREADS"] = str(torch_threads)  # as the actor's worker starts
+    try:
+        predictor = model_predictor(config, precision, torch_threads)
+        batch = np.resize(images, (predictor.batch_size, *images.shape[1:]))
+        predictor.predict(batch)  # warm-up at the working size
+        start_together.wait()
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds or done < 2 * predictor.batch_size:
+            predictor.predict(batch)
+            done += len(batch)
+        results.put((done / (time.perf_counter() - started), predictor.batch_size))
+    except BaseException as exc:
+        start_together.abort()
+        results.put((exc, 0))
+
+
+def measure_model(
+    config: Config, precision: str, images: np.ndarray, seconds: float, plan: ResourcePlan
+) -> tuple[float, int]:
+    """(a): model-only img/s on the whole machine, and the batch size it ran at.
+
+    The model copies are laid out as the job's inference actors are (``max_actors``
+    processes of ``torch_threads`` threads), run at the same time, and summed.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    copies = plan.max_actors if plan.inference_device == "cpu" else 1
+    start_together, results = context.Barrier(copies), context.Queue()
+    args = (config, precision, plan.torch_threads, images, seconds, start_together, results)
+    processes = [context.Process(target=_time_model_process, args=args) for _ in range(copies)]
+    for process in processes:
+        process.start()
+    measured = [results.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join()
+    for rate, _ in measured:
+        if isinstance(rate, BaseException):
+            raise rate
+    return sum(rate for rate, _ in measured), measured[0][1]
+
+
+def top1(config: Config, images: np.ndarray, precision: str) -> np.ndarray:
+    """Top-1 class ids of ``images`` at ``precision`` (same seed, so the same weights)."""
+    ids, _ = model_predictor(config, precision).predict(images)
+    return ids[:, 0]
 
 
 def measure_naive(config: Config, paths: list[Path]) -> float:
@@ -146,17 +205,33 @@ def measure_naive(config: Config, paths: list[Path]) -> float:
 
 
 def measure_pipeline(config: Config) -> dict[str, Any]:
-    """(d): the real job on an embedded Ray cluster, with peak memory."""
-    from pipeline.job import run_job
+    """(d): the real job, with peak memory.
+
+    The embedded Ray cluster is started first and timed on its own, then the job runs on
+    it as a RayJob runs on a KubeRay cluster that is already up: end to end is the job,
+    listing to committed manifest; ``cold`` adds the cluster's start.
+    """
+    import ray
+
+    from pipeline.job import connect_ray, run_job
 
     with MemorySampler() as memory:
-        summary = run_job(config, overwrite=True)
+        started = time.perf_counter()
+        connect_ray(config)
+        ray_start = time.perf_counter() - started
+        try:
+            summary = run_job(config, overwrite=True)
+        finally:
+            ray.shutdown()
     manifest = json.loads((Path(config.output.uri) / "_SUCCESS").read_text(encoding="utf-8"))
     return {
         "resource_plan": manifest["resource_plan"],
-        "end_to_end_images_per_second": summary.images_per_second,
+        "end_to_end_images_per_second": summary.inputs / summary.seconds,
+        "cold_start_images_per_second": summary.inputs / (ray_start + summary.seconds),
         "steady_images_per_second": summary.steady_images_per_second,
         "seconds": summary.seconds,
+        "ray_start_seconds": ray_start,
+        "timeline_seconds": summary.timings,
         "rows": summary.inputs,
         "peak_memory_bytes": memory.peak_bytes,
     }
@@ -182,13 +257,20 @@ def main(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
 
     decode_rate, crops = measure_decode(paths, config)
-    model_rate, ids, batch_size = measure_model(config, crops, precision, args.model_seconds)
-    _, fp32_ids, _ = (
-        measure_model(config, crops, "fp32", args.model_seconds) if precision != "fp32" else (0, ids, 0)
-    )
+    sample = np.stack(crops)
+    del crops
+    ids = top1(config, sample, precision)
+    agreement = float(np.mean(ids == (ids if precision == "fp32" else top1(config, sample, "fp32"))))
+    sample = sample[:64].copy()  # enough to time the model; the rest must not count in (d)'s memory
     naive_rate = measure_naive(config, paths[: args.naive_images or min(32, len(paths))])
-    ideal = ideal_rate(model_rate, decode_rate, cores, device)
+    # (a) is timed just before and just after (d) and averaged: on a shared machine the
+    # speed drifts by several percent over a minute, and (d) runs between the two.
+    plan = plan_resources(config, {"CPU": cores, "GPU": 1.0 if device == "cuda" else 0.0}, len(paths))
+    model_before, batch_size = measure_model(config, precision, sample, args.model_seconds, plan)
     pipeline = measure_pipeline(config)
+    model_after, _ = measure_model(config, precision, sample, args.model_seconds, plan)
+    model_rate = (model_before + model_after) / 2
+    ideal = ideal_rate(model_rate, decode_rate, cores, device)
     memory_check = None
     if args.memory_check:
         big = workdir / f"images-{4 * args.images}"
@@ -207,17 +289,22 @@ def main(args: argparse.Namespace) -> int:
         "batch_size": batch_size,
         "images": len(paths),
         "a_model_only_images_per_second": model_rate,
+        "a_model_only_before_and_after_d": [model_before, model_after],
         "b_decode_images_per_second_per_core": decode_rate,
         "c_ideal_images_per_second": ideal,
         "d_pipeline_end_to_end_images_per_second": pipeline["end_to_end_images_per_second"],
         "d_pipeline_steady_images_per_second": pipeline["steady_images_per_second"],
+        "d_pipeline_cold_start_images_per_second": pipeline["cold_start_images_per_second"],
         "e_naive_images_per_second": naive_rate,
         "ratio_end_to_end_to_ideal": pipeline["end_to_end_images_per_second"] / ideal,
+        "ratio_cold_start_to_ideal": pipeline["cold_start_images_per_second"] / ideal,
         "ratio_steady_to_ideal": pipeline["steady_images_per_second"] / ideal,
         "ratio_end_to_end_to_naive": pipeline["end_to_end_images_per_second"] / naive_rate,
         "peak_memory_bytes": pipeline["peak_memory_bytes"],
-        "top1_agreement_with_fp32": float(np.mean(ids == fp32_ids)),
+        "top1_agreement_with_fp32": agreement,
         "pipeline_seconds": pipeline["seconds"],
+        "ray_start_seconds": pipeline["ray_start_seconds"],
+        "pipeline_timeline_seconds": pipeline["timeline_seconds"],
         "resource_plan": pipeline["resource_plan"],
         "memory_check": memory_check,
     }
@@ -236,8 +323,10 @@ def _print_table(result: dict[str, Any]) -> None:
         ("(c) ideal", result["c_ideal_images_per_second"], "img/s, pipelined"),
         ("(d) pipeline end to end", result["d_pipeline_end_to_end_images_per_second"], "img/s"),
         ("(d) pipeline steady", result["d_pipeline_steady_images_per_second"], "img/s"),
+        ("(d) with cluster start", result["d_pipeline_cold_start_images_per_second"], "img/s"),
         ("(e) naive baseline", result["e_naive_images_per_second"], "img/s"),
         ("d/c end to end", result["ratio_end_to_end_to_ideal"], ""),
+        ("d/c with cluster start", result["ratio_cold_start_to_ideal"], ""),
         ("d/c steady", result["ratio_steady_to_ideal"], ""),
         ("d/e", result["ratio_end_to_end_to_naive"], ""),
         ("top-1 vs fp32", result["top1_agreement_with_fp32"], result["precision"]),

@@ -16,8 +16,10 @@ FIELDS = {
     "c_ideal_images_per_second",
     "d_pipeline_end_to_end_images_per_second",
     "d_pipeline_steady_images_per_second",
+    "d_pipeline_cold_start_images_per_second",
     "e_naive_images_per_second",
     "ratio_end_to_end_to_ideal",
+    "ratio_cold_start_to_ideal",
     "ratio_steady_to_ideal",
     "ratio_end_to_end_to_naive",
     "peak_memory_bytes",
@@ -25,6 +27,8 @@ FIELDS = {
     "precision",
     "batch_size",
     "resource_plan",
+    "ray_start_seconds",
+    "pipeline_timeline_seconds",
 }
 
 
@@ -57,6 +61,12 @@ def test_bench_writes_every_field(tmp_path):
         if key.endswith("per_second"):
             assert data[key] > 0, key
     assert 0.0 <= data["top1_agreement_with_fp32"] <= 1.0
+    assert len(data["a_model_only_before_and_after_d"]) == 2
+    assert data["a_model_only_images_per_second"] == sum(data["a_model_only_before_and_after_d"]) / 2
+    timeline = data["pipeline_timeline_seconds"]
+    assert 0 < timeline["first_batch"] <= timeline["written"] <= timeline["committed"]
+    assert timeline["committed"] <= data["pipeline_seconds"]
+    assert data["ratio_cold_start_to_ideal"] < data["ratio_end_to_end_to_ideal"]
     assert data["peak_memory_bytes"] > 100 * 2**20
     assert data["images"] == 24
     assert "(c) ideal" in result.stdout
