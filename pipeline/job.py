@@ -414,8 +414,9 @@ def _write_with_progress(
     from pipeline.graph import build_dataset, write_parquet
 
     _configure_data_context(location, show_progress=False)  # our own bar is clearer
-    # On the driver's node: a lost worker node must not take the progress counts with it.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    # On the driver's node, hard: a lost worker node must not take the progress counts with
+    # it. A soft affinity to a head with no CPUs put the tracker on a worker node.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     remote = ray.remote(num_cpus=0, scheduling_strategy=here)  # type: ignore[call-overload]  # stub omits node affinity
     tracker = remote(ProgressTracker).remote()
     state_ref = ray.put(state_dict) if state_dict is not None else None

@@ -132,9 +132,22 @@ def test_lost_worker_node(local_cluster, many_images, weights_file, tmp_path, re
     local_cluster.add_node("cpu-a", "--num-cpus=1", '--resources={"cpu_group": 1000}')
     local_cluster.add_node("cpu-b", "--num-cpus=1", '--resources={"cpu_group": 1000}')
     local_cluster.add_node("gpu", "--num-cpus=1", "--num-gpus=1", '--resources={"gpu_group": 1000}')
-    result = _run_with_fault(
-        local_cluster, many_images, weights_file, tmp_path, lambda: local_cluster.stop_node("cpu-b")
-    )
+
+    def lose_node() -> None:
+        # The progress tracker must sit on the driver's node (the head), or losing a node
+        # that happens to host it fails the run: check that first, then lose the node.
+        from ray.util.state import list_actors, list_nodes
+
+        head = [n.node_id for n in list_nodes(address=local_cluster.dashboard_url) if n.is_head_node]
+        trackers = [
+            a.node_id
+            for a in list_actors(address=local_cluster.dashboard_url, detail=True)
+            if a.class_name == "ProgressTracker" and a.state == "ALIVE"
+        ]
+        assert trackers == head, f"progress tracker on {trackers}, driver's node is {head}"
+        local_cluster.stop_node("cpu-b")
+
+    result = _run_with_fault(local_cluster, many_images, weights_file, tmp_path, lose_node)
     reliability.append({"scenario": "worker node lost", "faults": 1, **result})
 
 
