@@ -193,16 +193,21 @@ class Predictor:
     def with_oom_backoff(
         self, run: Callable[[int], tuple[np.ndarray, np.ndarray]]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Run with the current micro-batch size; on OOM halve it and retry."""
+        """Run with the current micro-batch size; on OOM halve it and retry.
+
+        Calls running at once (a CPU actor's parallel calls) each halve the size that
+        failed for them, never one another's already smaller size.
+        """
         import torch
 
         for _ in range(self.settings.max_oom_retries + 1):
+            size = self.batch_size
             try:
-                return run(self.batch_size)
+                return run(size)
             except Exception as exc:
-                if not is_out_of_memory(exc) or self.batch_size == 1:
+                if not is_out_of_memory(exc) or size == 1:
                     raise
-                self.batch_size = max(1, self.batch_size // 2)
+                self.batch_size = min(self.batch_size, max(1, size // 2))
                 self.oom_backoffs += 1
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -378,7 +378,7 @@ def _run_on_ray(
 
     cluster = ray.cluster_resources()  # type: ignore[no-untyped-call]
     todo = output.restore_checkpoint(location, uris, run_id)  # inputs that no committed part holds
-    plan: ResourcePlan = plan_resources(config, cluster, rows=len(todo))
+    plan: ResourcePlan = plan_resources(config, cluster)
     get_logger(run_id=run_id, stage="driver").info("resource plan", **plan.as_dict())
     processed, steady = 0, 0.0
     if todo:  # else every part was written before the last attempt stopped: only the commit is left

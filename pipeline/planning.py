@@ -56,7 +56,7 @@ def print_plan(
             address=address, include_dashboard=False, logging_level=logging.ERROR, configure_logging=False
         )
     try:
-        plan = plan_resources(config, ray.cluster_resources(), len(listing))  # type: ignore[no-untyped-call]
+        plan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
     finally:
         if started:
             ray.shutdown()
@@ -78,6 +78,8 @@ def print_plan(
             "num_gpus": plan.actor_num_gpus,
             "batch_size": plan.inference_batch_size,
             "calls_in_flight_per_actor": plan.calls_in_flight_per_actor,
+            "parallel_calls": plan.parallel_calls,
+            "torch_threads_per_call": plan.torch_threads,
             "resources": plan.actor_resources,
         },
         "write": {"uri": config.output.uri, "rows_per_file": config.output.rows_per_file},

@@ -1,4 +1,4 @@
-"""Worker set-up hooks that inject faults into the real pipeline (via Ray's runtime_env).
+"""Worker set-up hooks that inject faults into, or record calls of, the real pipeline.
 
 Named in ``runtime_env={"worker_process_setup_hook": "fault_hooks.oom_above_4"}`` with this
 directory on PYTHONPATH: every Ray worker process runs the hook before any task.
@@ -7,6 +7,8 @@ directory on PYTHONPATH: every Ray worker process runs the hook before any task.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -28,3 +30,19 @@ def oom_above_4() -> None:
         return original(self, batch)
 
     Predictor._forward = forward  # type: ignore[method-assign]
+
+
+def record_predict_calls() -> None:
+    """Append ``pid thread start end`` to FAULT_MARKER for every ``Predictor.predict`` call."""
+    original = Predictor.predict
+    marker = Path(os.environ["FAULT_MARKER"])
+
+    def predict(self: Predictor, images):
+        started = time.monotonic()
+        try:
+            return original(self, images)
+        finally:
+            with marker.open("a") as log:  # one short line per call: appends do not interleave
+                log.write(f"{os.getpid()} {threading.get_ident()} {started} {time.monotonic()}\n")
+
+    Predictor.predict = predict  # type: ignore[method-assign]

@@ -46,6 +46,7 @@ def test_bench_writes_every_field(tmp_path):
         "1",
         "--batch-size",
         "8",
+        "--memory-check",
     ]
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "bench", *args, "--workdir", str(tmp_path), "--json", str(out)],
@@ -69,4 +70,10 @@ def test_bench_writes_every_field(tmp_path):
     assert data["ratio_cold_start_to_ideal"] < data["ratio_end_to_end_to_ideal"]
     assert data["peak_memory_bytes"] > 100 * 2**20
     assert data["images"] == 24
+    check = data["memory_check"]  # the same job over 4x the images
+    assert check["images"] == 96
+    assert check["peak_memory_bytes"] > 100 * 2**20
+    assert check["growth_ratio"] == check["peak_memory_bytes"] / data["peak_memory_bytes"]
+    assert check["end_to_end_images_per_second"] > 0
+    assert check["ratio_end_to_end_to_ideal"] > 0
     assert "(c) ideal" in result.stdout

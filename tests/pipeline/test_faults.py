@@ -1,6 +1,7 @@
 """Faults during a run: a killed inference actor, a lost worker node, out-of-memory batches.
 
 Each scenario must commit with every input exactly once; results go to the reliability report.
+The same worker hooks also record how the local inference actor runs its calls.
 """
 
 from __future__ import annotations
@@ -151,25 +152,31 @@ def test_lost_worker_node(local_cluster, many_images, weights_file, tmp_path, re
     reliability.append({"scenario": "worker node lost", "faults": 1, **result})
 
 
-def test_out_of_memory_batches_are_retried_smaller(many_images, weights_file, tmp_path, reliability):
-    """Every batch over 4 images runs out of memory: the actor halves its batch and all rows succeed."""
-    marker = tmp_path / "oom-injected"
-    config = _write_config(tmp_path, many_images, weights_file)
+def _run_local_with_hook(
+    config: Path, hook: str, marker: Path, *overrides: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the job on a 2-CPU embedded cluster whose every worker first runs ``fault_hooks.<hook>``."""
     script = f"""
 import ray
 from pipeline.config import load_config
 from pipeline.job import run_job
 ray.init(num_cpus=2, include_dashboard=False, runtime_env={{
-    "worker_process_setup_hook": "fault_hooks.oom_above_4",
+    "worker_process_setup_hook": "fault_hooks.{hook}",
     "env_vars": {{"PYTHONPATH": {str(HERE)!r}, "FAULT_MARKER": {str(marker)!r}}},
 }})
-config = load_config({str(config)!r}, ["resources.placement=local", "input.limit=40"])
+config = load_config({str(config)!r}, ["resources.placement=local", *{list(overrides)!r}])
 summary = run_job(config)
 print("ROWS", summary.succeeded, summary.failed)
 """
-    run = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False
-    )
+    command = [sys.executable, "-c", script]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_out_of_memory_batches_are_retried_smaller(many_images, weights_file, tmp_path, reliability):
+    """Every batch over 4 images runs out of memory: the actor halves its batch and all rows succeed."""
+    marker = tmp_path / "oom-injected"
+    config = _write_config(tmp_path, many_images, weights_file)
+    run = _run_local_with_hook(config, "oom_above_4", marker, "input.limit=40")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "ROWS 40 0" in run.stdout
     assert "injected OOM for a batch of 8" in marker.read_text()
@@ -184,6 +191,26 @@ print("ROWS", summary.succeeded, summary.failed)
             "rows_duplicated": 0,
         }
     )
+
+
+def test_local_cpu_actor_runs_two_calls_at_once(many_images, weights_file, tmp_path):
+    """On 2 CPUs the plan's one inference actor runs two model calls at the same time, in two threads.
+
+    Two calls in one process instead of two processes is what saves a second actor's start-up;
+    Ray Data runs an actor's calls one at a time unless told otherwise, so check they overlap.
+    """
+    calls = tmp_path / "calls"
+    config = _write_config(tmp_path, many_images, weights_file)
+    overrides = ("input.limit=64", "preprocess.batch_size=8")
+    run = _run_local_with_hook(config, "record_predict_calls", calls, *overrides)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "ROWS 64 0" in run.stdout
+    records = [line.split() for line in calls.read_text().splitlines()]
+    assert len({pid for pid, *_ in records}) == 1, "one actor process"
+    assert len({thread for _, thread, *_ in records}) >= 2, "calls ran in two threads"
+    spans = [(thread, float(start), float(end)) for _, thread, start, end in records]
+    overlapping = [(a, b) for a in spans for b in spans if a[0] != b[0] and a[1] < b[2] and b[1] < a[2]]
+    assert overlapping, f"no two calls overlapped: {spans}"
 
 
 def test_job_that_cannot_progress_fails_clearly(sample_images, make_config, tmp_path):

@@ -13,33 +13,43 @@ def _config(tmp_path, *overrides: str):
 
 
 class TestPlanResources:
-    def test_two_core_machine_splits_cores_between_two_actors(self, tmp_path):
-        """Two cores: two single-thread CPU actors, 0.75 CPU each, leaving room for decode tasks."""
+    def test_two_core_machine_runs_two_calls_in_one_actor(self, tmp_path):
+        """Two cores: one actor, two single-thread calls at once, leaving room for decode tasks."""
         plan = plan_resources(_config(tmp_path), {"CPU": 2.0})
-        assert (plan.inference_device, plan.min_actors, plan.max_actors) == ("cpu", 2, 2)
-        assert plan.torch_threads == 1
-        assert plan.actor_num_cpus == pytest.approx(0.75)
+        assert (plan.inference_device, plan.min_actors, plan.max_actors) == ("cpu", 1, 1)
+        assert (plan.calls_in_flight_per_actor, plan.parallel_calls, plan.torch_threads) == (2, True, 1)
+        assert plan.actor_num_cpus == pytest.approx(1.5)
         assert plan.decode_num_cpus == 0.25
         assert plan.cluster_cpus - plan.max_actors * plan.actor_num_cpus >= plan.decode_num_cpus
         assert plan.inference_batch_size == 8
 
-    def test_a_handful_of_images_gets_one_actor(self, tmp_path):
-        """Below a few hundred rows a second model copy costs more to start than it saves."""
-        few = plan_resources(_config(tmp_path), {"CPU": 2.0}, rows=43)
-        many = plan_resources(_config(tmp_path), {"CPU": 2.0}, rows=512)
-        assert (few.max_actors, few.torch_threads) == (1, 2)
-        assert (many.max_actors, many.torch_threads) == (2, 1)
+    def test_one_core_runs_one_call(self, tmp_path):
+        """One core has nothing to split: one call, one thread."""
+        plan = plan_resources(_config(tmp_path), {"CPU": 1.0})
+        assert (plan.max_actors, plan.calls_in_flight_per_actor, plan.parallel_calls) == (1, 1, False)
+        assert plan.torch_threads == 1
+        assert plan.actor_num_cpus == pytest.approx(0.75)
 
-    def test_bigger_machine_gives_each_actor_half_the_cores(self, tmp_path):
-        """Sixteen cores: two actors of eight threads each."""
+    def test_bigger_machine_gives_each_call_half_the_cores(self, tmp_path):
+        """Sixteen cores: two calls of eight threads each; a quarter of the CPUs stays with decode."""
         plan = plan_resources(_config(tmp_path), {"CPU": 16.0})
-        assert (plan.max_actors, plan.torch_threads, plan.actor_num_cpus) == (2, 8, 1.0)
+        assert (plan.max_actors, plan.calls_in_flight_per_actor, plan.torch_threads) == (1, 2, 8)
+        assert plan.actor_num_cpus == 12.0
 
     def test_configured_actor_counts_are_kept(self, tmp_path):
-        """resources.max_actors set by the user wins: one actor then uses every core."""
+        """resources.max_actors set by the user wins: one call per actor, the cores split between actors."""
         plan = plan_resources(_config(tmp_path, "resources.max_actors=1"), {"CPU": 2.0})
         assert (plan.min_actors, plan.max_actors, plan.torch_threads) == (1, 1, 2)
-        assert plan.actor_num_cpus == 1.0  # a reservation; its threads share the cores with decode
+        assert (plan.calls_in_flight_per_actor, plan.parallel_calls) == (1, False)
+        two_actors = _config(tmp_path, "resources.min_actors=2", "resources.max_actors=2")
+        two = plan_resources(two_actors, {"CPU": 2.0})
+        assert (two.torch_threads, two.actor_num_cpus) == (1, pytest.approx(0.75))
+
+    def test_configured_actor_cpus_are_kept_within_what_decode_leaves(self, tmp_path):
+        """resources.actor_num_cpus is a reservation: kept when it fits, capped where decode would starve."""
+        small = plan_resources(_config(tmp_path, "resources.actor_num_cpus=0.5"), {"CPU": 2.0})
+        big = plan_resources(_config(tmp_path, "resources.actor_num_cpus=2"), {"CPU": 2.0})
+        assert (small.actor_num_cpus, big.actor_num_cpus) == (0.5, 1.5)
 
     def test_gpu_worker_groups(self, tmp_path):
         """Worker groups with GPUs: a GPU per actor, group resources, big batches, two calls in flight."""
@@ -49,6 +59,7 @@ class TestPlanResources:
         assert plan.actor_resources == {"gpu_group": 0.001}
         assert plan.decode_resources == {"cpu_group": 0.001}
         assert (plan.inference_batch_size, plan.calls_in_flight_per_actor) == (512, 2)
+        assert not plan.parallel_calls  # the device's calls take turns
         assert plan.torch_threads is None
 
 
