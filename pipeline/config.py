@@ -136,7 +136,7 @@ class ResourcesConfig(_Section):
     decode_concurrency: int | None = Field(default=None, ge=1)
     actor_num_cpus: float | None = Field(default=None, ge=0)
     actor_num_gpus: float | None = Field(default=None, ge=0)
-    # None: 1, or on a local CPU-only run 2 model copies from 256 images (pipeline.graph).
+    # None: 1 (a local CPU-only run: one actor running two model calls at once, pipeline.graph).
     min_actors: int | None = Field(default=None, ge=1)
     max_actors: int | None = Field(default=None, ge=1)
     object_store_memory_bytes: int | None = Field(default=None, ge=75 * 1024 * 1024)

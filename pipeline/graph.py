@@ -136,18 +136,18 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
     actor_cpus = res.actor_num_cpus if res.actor_num_cpus is not None else 1.0
     min_actors = res.min_actors or 1
     max_actors = res.max_actors or min_actors
+    decode_cpus = res.decode_num_cpus
+    if "decode_num_cpus" not in res.model_fields_set and local_cpu:
+        decode_cpus = LOCAL_DECODE_NUM_CPUS  # decode shares cores with torch threads
     # Two calls in flight per GPU actor: one batch is assembled while the other computes.
     calls = 2 if device == "cuda" else 1
     if local_cpu:
         if res.min_actors is None and res.max_actors is None:
             calls = max(1, min(LOCAL_CPU_CALLS, int(cpus)))
-        # Leave at least a quarter of the CPUs (and never less than one decode task) to decode.
-        free = max(0.0, cpus - max(LOCAL_DECODE_NUM_CPUS, cpus / 4))
+        # Leave at least a quarter of the CPUs, and never less than one decode task, to decode.
+        free = max(0.0, cpus - max(decode_cpus, cpus / 4))
         wanted = res.actor_num_cpus if res.actor_num_cpus is not None else free / max_actors
         actor_cpus = min(wanted, free / max_actors)
-    decode_cpus = res.decode_num_cpus
-    if "decode_num_cpus" not in res.model_fields_set and local_cpu:
-        decode_cpus = LOCAL_DECODE_NUM_CPUS  # decode shares cores with torch threads
     if config.inference.batch_size != "auto":
         batch = int(config.inference.batch_size)
     else:

@@ -45,6 +45,12 @@ class TestPlanResources:
         two = plan_resources(two_actors, {"CPU": 2.0})
         assert (two.torch_threads, two.actor_num_cpus) == (1, pytest.approx(0.75))
 
+    def test_configured_decode_cpus_always_leave_room_for_one_decode_task(self, tmp_path):
+        """decode_num_cpus set to 1 on 2 CPUs: the actor reserves 1, not 1.5, or no decode task could run."""
+        plan = plan_resources(_config(tmp_path, "resources.decode_num_cpus=1"), {"CPU": 2.0})
+        assert (plan.decode_num_cpus, plan.actor_num_cpus) == (1.0, 1.0)
+        assert plan.cluster_cpus - plan.max_actors * plan.actor_num_cpus >= plan.decode_num_cpus
+
     def test_configured_actor_cpus_are_kept_within_what_decode_leaves(self, tmp_path):
         """resources.actor_num_cpus is a reservation: kept when it fits, capped where decode would starve."""
         small = plan_resources(_config(tmp_path, "resources.actor_num_cpus=0.5"), {"CPU": 2.0})
