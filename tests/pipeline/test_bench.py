@@ -74,6 +74,9 @@ def test_bench_writes_every_field(tmp_path):
     assert check["images"] == 96
     assert check["peak_memory_bytes"] > 100 * 2**20
     assert check["growth_ratio"] == check["peak_memory_bytes"] / data["peak_memory_bytes"]
+    assert len(check["a_model_only_before_and_after_d"]) == 2
+    assert check["c_ideal_images_per_second"] > 0
     assert check["end_to_end_images_per_second"] > 0
-    assert check["ratio_end_to_end_to_ideal"] > 0
+    ratio = check["end_to_end_images_per_second"] / check["c_ideal_images_per_second"]
+    assert check["ratio_end_to_end_to_ideal"] == ratio
     assert "(c) ideal" in result.stdout
