@@ -278,14 +278,20 @@ def main(args: argparse.Namespace) -> int:
     agreement = float(np.mean(ids == (ids if precision == "fp32" else top1(config, sample, "fp32"))))
     sample = sample[:64].copy()  # enough to time the model; the rest must not count in (d)'s memory
     naive_rate = measure_naive(config, paths[: args.naive_images or min(32, len(paths))])
-    # (a) is timed just before and just after (d) and averaged: on a shared machine the
-    # speed drifts by several percent over a minute, and (d) runs between the two.
     plan = plan_resources(config, {"CPU": cores, "GPU": 1.0 if device == "cuda" else 0.0})
-    model_before, batch_size = measure_model(config, precision, sample, args.model_seconds, plan)
-    pipeline = measure_pipeline(config)
-    model_after, _ = measure_model(config, precision, sample, args.model_seconds, plan)
-    model_rate = (model_before + model_after) / 2
-    ideal = ideal_rate(model_rate, decode_rate, cores, device)
+
+    def pipeline_and_model(run_config: Config) -> tuple[dict[str, Any], list[float], float, int]:
+        """(d) on ``run_config``, (a) timed just before and just after it, (c), the batch size.
+
+        On a shared machine the speed drifts by several percent over a minute.
+        """
+        before, batch = measure_model(config, precision, sample, args.model_seconds, plan)
+        pipeline = measure_pipeline(run_config)
+        after, _ = measure_model(config, precision, sample, args.model_seconds, plan)
+        return pipeline, [before, after], ideal_rate((before + after) / 2, decode_rate, cores, device), batch
+
+    pipeline, model_rates, ideal, batch_size = pipeline_and_model(config)
+    model_rate = sum(model_rates) / 2
     memory_check = None
     if args.memory_check:
         big = workdir / f"images-{4 * args.images}"
@@ -293,15 +299,13 @@ def main(args: argparse.Namespace) -> int:
             samples.imagenet_sized(big, 4 * args.images, seed=1)
         # Start-up is paid once: the longer run shows how close the stream itself gets. Its
         # ideal is timed around it too: the machine's speed drifts over the minutes between.
-        big_before, _ = measure_model(config, precision, sample, args.model_seconds, plan)
-        bigger = measure_pipeline(_config(big, workdir / "out-4x", args, args.precision))
-        big_after, _ = measure_model(config, precision, sample, args.model_seconds, plan)
-        big_ideal = ideal_rate((big_before + big_after) / 2, decode_rate, cores, device)
+        big_config = _config(big, workdir / "out-4x", args, args.precision)
+        bigger, big_rates, big_ideal, _ = pipeline_and_model(big_config)
         memory_check = {
             "images": 4 * args.images,
             "peak_memory_bytes": bigger["peak_memory_bytes"],
             "growth_ratio": bigger["peak_memory_bytes"] / pipeline["peak_memory_bytes"],
-            "a_model_only_before_and_after_d": [big_before, big_after],
+            "a_model_only_before_and_after_d": big_rates,
             "c_ideal_images_per_second": big_ideal,
             "end_to_end_images_per_second": bigger["end_to_end_images_per_second"],
             "steady_images_per_second": bigger["steady_images_per_second"],
@@ -315,7 +319,7 @@ def main(args: argparse.Namespace) -> int:
         "batch_size": batch_size,
         "images": len(paths),
         "a_model_only_images_per_second": model_rate,
-        "a_model_only_before_and_after_d": [model_before, model_after],
+        "a_model_only_before_and_after_d": model_rates,
         "b_decode_images_per_second_per_core": decode_rate,
         "c_ideal_images_per_second": ideal,
         "d_pipeline_end_to_end_images_per_second": pipeline["end_to_end_images_per_second"],

@@ -145,9 +145,8 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
         if res.min_actors is None and res.max_actors is None:
             calls = max(1, min(LOCAL_CPU_CALLS, int(cpus)))
         # Leave at least a quarter of the CPUs, and never less than one decode task, to decode.
-        free = max(0.0, cpus - max(decode_cpus, cpus / 4))
-        wanted = res.actor_num_cpus if res.actor_num_cpus is not None else free / max_actors
-        actor_cpus = min(wanted, free / max_actors)
+        share = max(0.0, cpus - max(decode_cpus, cpus / 4)) / max_actors
+        actor_cpus = share if res.actor_num_cpus is None else min(res.actor_num_cpus, share)
     if config.inference.batch_size != "auto":
         batch = int(config.inference.batch_size)
     else:

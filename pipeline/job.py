@@ -376,10 +376,9 @@ def _run_on_ray(
 
     from pipeline.graph import plan_resources
 
-    cluster = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    todo = output.restore_checkpoint(location, uris, run_id)  # inputs that no committed part holds
-    plan: ResourcePlan = plan_resources(config, cluster)
+    plan: ResourcePlan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
     get_logger(run_id=run_id, stage="driver").info("resource plan", **plan.as_dict())
+    todo = output.restore_checkpoint(location, uris, run_id)  # inputs that no committed part holds
     processed, steady = 0, 0.0
     if todo:  # else every part was written before the last attempt stopped: only the commit is left
         processed, steady, first_landed = _write_with_progress(
