@@ -87,7 +87,10 @@ class PreprocessConfig(_Section):
     max_image_pixels: int = Field(default=89_478_485, ge=1)
     reduced_decode: bool = True
     fetch_threads: int = Field(default=16, ge=1, le=256)
-    batch_size: int = Field(default=32, ge=1)
+    # Images per decode call. Each call pays Ray Data's per-batch slicing and format work;
+    # on the 2-core machine 128 ran end to end at 0.85 of the ideal against 0.79 at 32
+    # (interleaved runs, docs/benchmarks.md). Listing blocks hold up to 256 rows.
+    batch_size: int = Field(default=128, ge=1)
     # gpu: JPEGs travel to the inference actor as bytes and are decoded there (nvJPEG),
     # for clusters short of CPUs; the CPU workers read only headers (pipeline.device_decode).
     decode_device: Literal["cpu", "gpu"] = "cpu"
