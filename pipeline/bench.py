@@ -88,14 +88,15 @@ class MemorySampler:
 
 def _config(images: Path, out: Path, args: argparse.Namespace, precision: str) -> Config:
     overrides = [
-        f"input.uri={images}",
-        f"output.uri={out}",
         f"model.name={args.model}",
         "model.random_init=true",
-        f"inference.precision={precision}",
         "logging.progress=false",
         "logging.level=warning",
         "job.name=bench",
+        *args.overrides,  # e.g. preprocess.batch_size=32, to compare a setting against the default
+        f"inference.precision={precision}",
+        f"input.uri={images}",
+        f"output.uri={out}",
     ]
     if args.batch_size:
         overrides.append(f"inference.batch_size={args.batch_size}")
@@ -317,6 +318,7 @@ def main(args: argparse.Namespace) -> int:
         "model": args.model,
         "precision": precision,
         "batch_size": batch_size,
+        "overrides": args.overrides,
         "images": len(paths),
         "a_model_only_images_per_second": model_rate,
         "a_model_only_before_and_after_d": model_rates,

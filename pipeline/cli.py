@@ -21,16 +21,20 @@ if TYPE_CHECKING:
     from pipeline.config import Config
 
 
-def _add_config_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    parser.add_argument("--config", "-c", required=required, help="YAML config file")
+def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set output.uri=s3://bucket/run (repeatable)",
+        help=f"override a config key, e.g. --set {example} (repeatable)",
     )
+
+
+def _add_config_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("--config", "-c", required=required, help="YAML config file")
+    _add_overrides(parser, "output.uri=s3://bucket/run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-check", action="store_true", help="also run 4x images to compare peak memory"
     )
     bench.add_argument("--model-seconds", type=float, default=8.0, help="how long to time the model alone")
+    _add_overrides(bench, "preprocess.batch_size=32 (the bench sets input, output and precision)")
     return parser
 
 

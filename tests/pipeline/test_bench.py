@@ -47,6 +47,8 @@ def test_bench_writes_every_field(tmp_path):
         "--batch-size",
         "8",
         "--memory-check",
+        "--set",
+        "preprocess.batch_size=6",
     ]
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "bench", *args, "--workdir", str(tmp_path), "--json", str(out)],
@@ -70,6 +72,8 @@ def test_bench_writes_every_field(tmp_path):
     assert data["ratio_cold_start_to_ideal"] < data["ratio_end_to_end_to_ideal"]
     assert data["peak_memory_bytes"] > 100 * 2**20
     assert data["images"] == 24
+    assert data["overrides"] == ["preprocess.batch_size=6"]
+    assert data["resource_plan"]["decode_batch_size"] == 6  # --set reached the job
     check = data["memory_check"]  # the same job over 4x the images
     assert check["images"] == 96
     assert check["peak_memory_bytes"] > 100 * 2**20
