@@ -89,7 +89,8 @@ class PreprocessConfig(_Section):
     fetch_threads: int = Field(default=16, ge=1, le=256)
     # Images per decode call. Each call pays Ray Data's per-batch slicing and format work;
     # on the 2-core machine 128 ran end to end at 0.85 of the ideal against 0.79 at 32
-    # (interleaved runs, docs/benchmarks.md). Listing blocks hold up to 256 rows.
+    # (interleaved runs, docs/benchmarks.md). A listing block holds up to
+    # graph.READ_ROWS_PER_TASK rows, cut into calls of this size.
     batch_size: int = Field(default=128, ge=1)
     # gpu: JPEGs travel to the inference actor as bytes and are decoded there (nvJPEG),
     # for clusters short of CPUs; the CPU workers read only headers (pipeline.device_decode).
