@@ -31,7 +31,15 @@ if TYPE_CHECKING:
     from pipeline.model import ModelSpec
 
 READ_ROWS_PER_TASK = 256
-LOCAL_DECODE_NUM_CPUS = 0.25
+# A local CPU run leaves a quarter of the CPUs (or one configured decode task) beside the
+# actors for the light tasks: listing, decode and Parquet writes. Each takes that share, up
+# to one CPU, so on up to 4 cores they run one at a time. Every light task running beside
+# another starts its own Ray worker process: ~1 CPU-s of imports, then wake-ups. Reads at 0.1
+# CPU and decode at 0.25 started five on 2 cores; one at a time ran 0.90 of the ideal end
+# to end against 0.85 (2,048 images; steady state 0.97 against 0.91; docs/benchmarks.md).
+# One decode task on one core decodes ~400 img/s, 20x what a 2-core model classifies.
+LOCAL_LIGHT_CPU_SHARE = 0.25
+MAX_LOCAL_LIGHT_TASK_CPUS = 1.0
 # A local CPU run, unless the actor counts are set, is one actor running two model calls
 # at once, each on half the cores. One call whose threads span every core stalls whenever
 # any other process takes one of them (each layer waits for its slowest thread): on the
@@ -41,8 +49,9 @@ LOCAL_DECODE_NUM_CPUS = 0.25
 # torch, torchvision) and its own copy of the model.
 LOCAL_CPU_CALLS = 2
 GROUP_RESOURCE_SHARE = 0.001
-# Listing rows and writing small Parquet tables are light: full-CPU tasks for them would
-# hold cores the decode stage needs, and on small clusters starve it for good.
+# Elsewhere (worker groups, or a local GPU), listing rows and writing small Parquet tables
+# are light: full-CPU tasks for them would hold cores the decode stage needs, and on small
+# clusters starve it for good.
 READ_NUM_CPUS = 0.1
 WRITE_NUM_CPUS = 0.25
 
@@ -137,15 +146,17 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
     min_actors = res.min_actors or 1
     max_actors = res.max_actors or min_actors
     decode_cpus = res.decode_num_cpus
-    if "decode_num_cpus" not in res.model_fields_set and local_cpu:
-        decode_cpus = LOCAL_DECODE_NUM_CPUS  # decode shares cores with torch threads
+    io_cpus = (READ_NUM_CPUS, WRITE_NUM_CPUS)
     # Two calls in flight per GPU actor: one batch is assembled while the other computes.
     calls = 2 if device == "cuda" else 1
     if local_cpu:
         if res.min_actors is None and res.max_actors is None:
             calls = max(1, min(LOCAL_CPU_CALLS, int(cpus)))
-        # Leave at least a quarter of the CPUs, and never less than one decode task, to decode.
-        share = max(0.0, cpus - max(decode_cpus, cpus / 4)) / max_actors
+        configured = res.decode_num_cpus if "decode_num_cpus" in res.model_fields_set else 0.0
+        light_share = max(configured, cpus * LOCAL_LIGHT_CPU_SHARE)  # never less than one decode task
+        light = min(MAX_LOCAL_LIGHT_TASK_CPUS, light_share)
+        decode_cpus, io_cpus = configured or light, (light, light)
+        share = max(0.0, cpus - light_share) / max_actors
         actor_cpus = share if res.actor_num_cpus is None else min(res.actor_num_cpus, share)
     if config.inference.batch_size != "auto":
         batch = int(config.inference.batch_size)
@@ -159,7 +170,7 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
         decode_concurrency=res.decode_concurrency,
         decode_batch_size=config.preprocess.batch_size,
         decode_resources={res.cpu_group_resource: GROUP_RESOURCE_SHARE} if groups else {},
-        io_num_cpus=(READ_NUM_CPUS, WRITE_NUM_CPUS),
+        io_num_cpus=io_cpus,
         actor_num_cpus=actor_cpus,
         actor_num_gpus=actor_gpus,
         actor_resources={res.gpu_group_resource: GROUP_RESOURCE_SHARE} if groups else {},

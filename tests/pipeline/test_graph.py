@@ -19,9 +19,24 @@ class TestPlanResources:
         assert (plan.inference_device, plan.min_actors, plan.max_actors) == ("cpu", 1, 1)
         assert (plan.calls_in_flight_per_actor, plan.parallel_calls, plan.torch_threads) == (2, True, 1)
         assert plan.actor_num_cpus == pytest.approx(1.5)
-        assert plan.decode_num_cpus == 0.25
-        assert plan.cluster_cpus - plan.max_actors * plan.actor_num_cpus >= plan.decode_num_cpus
         assert plan.inference_batch_size == 8
+
+    def test_local_light_tasks_run_one_at_a_time_up_to_four_cores(self, tmp_path):
+        """Read, decode and write take the share beside the actor: one runs at a time, in one worker.
+
+        Beyond four cores, one light task per core of that quarter.
+        """
+        for cpus, light, at_once in [(1.0, 0.25, 1), (2.0, 0.5, 1), (4.0, 1.0, 1), (16.0, 1.0, 4)]:
+            plan = plan_resources(_config(tmp_path), {"CPU": cpus})
+            left = plan.cluster_cpus - plan.max_actors * plan.actor_num_cpus
+            assert (plan.decode_num_cpus, plan.io_num_cpus) == (light, (light, light)), cpus
+            assert left / light == pytest.approx(at_once), cpus
+
+    def test_light_tasks_elsewhere_stay_small(self, tmp_path):
+        """On worker groups the CPU group decodes at the configured size; listing and writes stay light."""
+        config = _config(tmp_path, "resources.placement=worker_groups")
+        plan = plan_resources(config, {"CPU": 8.0})
+        assert (plan.decode_num_cpus, plan.io_num_cpus) == (1.0, (0.1, 0.25))
 
     def test_one_core_runs_one_call(self, tmp_path):
         """One core has nothing to split: one call, one thread."""
@@ -48,8 +63,10 @@ class TestPlanResources:
     def test_configured_decode_cpus_always_leave_room_for_one_decode_task(self, tmp_path):
         """decode_num_cpus set to 1 on 2 CPUs: the actor reserves 1, not 1.5, or no decode task could run."""
         plan = plan_resources(_config(tmp_path, "resources.decode_num_cpus=1"), {"CPU": 2.0})
-        assert (plan.decode_num_cpus, plan.actor_num_cpus) == (1.0, 1.0)
+        assert (plan.decode_num_cpus, plan.actor_num_cpus, plan.io_num_cpus) == (1.0, 1.0, (1.0, 1.0))
         assert plan.cluster_cpus - plan.max_actors * plan.actor_num_cpus >= plan.decode_num_cpus
+        small = plan_resources(_config(tmp_path, "resources.decode_num_cpus=0.25"), {"CPU": 2.0})
+        assert (small.decode_num_cpus, small.actor_num_cpus, small.io_num_cpus) == (0.25, 1.5, (0.5, 0.5))
 
     def test_configured_actor_cpus_are_kept_within_what_decode_leaves(self, tmp_path):
         """resources.actor_num_cpus is a reservation: kept when it fits, capped where decode would starve."""
