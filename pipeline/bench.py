@@ -30,6 +30,7 @@ import numpy as np
 from pipeline import samples
 from pipeline.config import Config, load_config
 from pipeline.decode import decode
+from pipeline.errors import ConfigError
 from pipeline.graph import ResourcePlan, decode_settings, plan_resources
 from pipeline.inference import InferenceSettings, Predictor, resolve_device, resolve_precision
 from pipeline.model import build_model, resolve_spec
@@ -264,6 +265,15 @@ def main(args: argparse.Namespace) -> int:
     """Run every measurement, print the table, write the JSON."""
     workdir = Path(args.workdir).resolve()
     images = workdir / f"images-{args.images}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Every --set is checked before the images are made (minutes for thousands of them).
+    if _config(workdir, workdir / "out", args, args.precision).preprocess.decode_device == "gpu":
+        raise ConfigError(
+            "preprocess.decode_device",
+            "gpu",
+            "pipeline bench times decode on CPU cores (b) and needs 'cpu'; "
+            "time GPU decode with `pipeline run --set preprocess.decode_device=gpu`",
+        )
     if not images.exists():
         samples.imagenet_sized(images, args.images)
     paths = sorted(images.rglob("*.jpg"))

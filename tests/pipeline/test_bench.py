@@ -84,3 +84,28 @@ def test_bench_writes_every_field(tmp_path):
     ratio = check["end_to_end_images_per_second"] / check["c_ideal_images_per_second"]
     assert check["ratio_end_to_end_to_ideal"] == ratio
     assert "(c) ideal" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("preprocess.decode_device=gpu", "with `pipeline run --set preprocess.decode_device=gpu`"),
+        ("preprocess.batch_size=0", "config key 'preprocess.batch_size': got"),
+    ],
+)
+def test_bench_refuses_a_bad_setting_before_making_images(tmp_path, override, expected):
+    """A --set the bench cannot honour stops it with exit 2 and the key, before any image is made.
+
+    (b) is decode on CPU cores, so GPU decode is refused with a pointer to what times it.
+    """
+    args = ["--set", override, "--images", "8", "--workdir", str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert expected in result.stderr
+    assert list(tmp_path.iterdir()) == []
