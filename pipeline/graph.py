@@ -146,13 +146,15 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
     min_actors = res.min_actors or 1
     max_actors = res.max_actors or min_actors
     decode_cpus = res.decode_num_cpus
+    if not groups and 0 < cpus < decode_cpus:
+        decode_cpus = cpus  # one node has no more: a bigger decode task would never start
     io_cpus = (READ_NUM_CPUS, WRITE_NUM_CPUS)
     # Two calls in flight per GPU actor: one batch is assembled while the other computes.
     calls = 2 if device == "cuda" else 1
     if local_cpu:
         if res.min_actors is None and res.max_actors is None:
             calls = max(1, min(LOCAL_CPU_CALLS, int(cpus)))
-        configured = res.decode_num_cpus if "decode_num_cpus" in res.model_fields_set else 0.0
+        configured = decode_cpus if "decode_num_cpus" in res.model_fields_set else 0.0
         light_share = max(configured, cpus * LOCAL_LIGHT_CPU_SHARE)  # never less than one decode task
         light = min(MAX_LOCAL_LIGHT_TASK_CPUS, light_share)
         decode_cpus, io_cpus = configured or light, (light, light)

@@ -377,7 +377,15 @@ def _run_on_ray(
     from pipeline.graph import plan_resources
 
     plan: ResourcePlan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
-    get_logger(run_id=run_id, stage="driver").info("resource plan", **plan.as_dict())
+    log = get_logger(run_id=run_id, stage="driver")
+    log.info("resource plan", **plan.as_dict())
+    configured = config.resources.decode_num_cpus
+    if "decode_num_cpus" in config.resources.model_fields_set and plan.decode_num_cpus < configured:
+        log.warning(
+            "resources.decode_num_cpus is more than this local cluster's CPUs: capped",
+            configured=configured,
+            used=plan.decode_num_cpus,
+        )
     todo = output.restore_checkpoint(location, uris, run_id)  # inputs that no committed part holds
     processed, steady = 0, 0.0
     if todo:  # else every part was written before the last attempt stopped: only the commit is left

@@ -68,6 +68,13 @@ class TestPlanResources:
         small = plan_resources(_config(tmp_path, "resources.decode_num_cpus=0.25"), {"CPU": 2.0})
         assert (small.decode_num_cpus, small.actor_num_cpus, small.io_num_cpus) == (0.25, 1.5, (0.5, 0.5))
 
+    def test_local_decode_task_bigger_than_the_cluster_is_capped(self, tmp_path):
+        """decode_num_cpus=4 on a 2-CPU local cluster: a 4-CPU task would never start, so it asks for 2."""
+        plan = plan_resources(_config(tmp_path, "resources.decode_num_cpus=4"), {"CPU": 2.0})
+        assert (plan.decode_num_cpus, plan.io_num_cpus, plan.actor_num_cpus) == (2.0, (1.0, 1.0), 0.0)
+        groups = _config(tmp_path, "resources.decode_num_cpus=4", "resources.placement=worker_groups")
+        assert plan_resources(groups, {"CPU": 2.0}).decode_num_cpus == 4.0  # CPU-group nodes may be bigger
+
     def test_configured_actor_cpus_are_kept_within_what_decode_leaves(self, tmp_path):
         """resources.actor_num_cpus is a reservation: kept when it fits, capped where decode would starve."""
         small = plan_resources(_config(tmp_path, "resources.actor_num_cpus=0.5"), {"CPU": 2.0})

@@ -120,6 +120,18 @@ class TestRunJob:
         assert manifest["model"]["sha256"] == "random-init"
         assert manifest["warnings"]
 
+    def test_decode_task_bigger_than_the_local_cluster_still_runs(
+        self, ray_session, sample_images, make_config
+    ):
+        """decode_num_cpus=4 on the 2-CPU test cluster: capped to 2 and logged, where it used to stall."""
+        config = make_config(
+            sample_images, resources__decode_num_cpus=4, resources__stall_timeout_s=120, input__limit=8
+        )
+        summary = run_job(config)
+        manifest = OutputLocation.open(config.output.uri, config.storage).read_json(MANIFEST)
+        assert (summary.status, summary.succeeded + summary.failed) == ("succeeded", 8)
+        assert manifest["resource_plan"]["decode_num_cpus"] == 2.0
+
     def test_bf16_agrees_with_fp32(self, ray_session, sample_images, make_config, tmp_path):
         """The mixed-precision path keeps top-1 agreement with fp32 on at least 90% of images."""
         fp32 = make_config(sample_images, output__uri=str(tmp_path / "fp32"))
