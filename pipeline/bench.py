@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import numpy as np
 from pipeline import samples
 from pipeline.config import Config, load_config
 from pipeline.decode import decode
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, JobFailedError
 from pipeline.graph import ResourcePlan, decode_settings, plan_resources
 from pipeline.inference import InferenceSettings, Predictor, resolve_device, resolve_precision
 from pipeline.model import build_model, resolve_spec
@@ -221,18 +222,17 @@ def measure_naive(config: Config, paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def measure_pipeline(config: Config) -> dict[str, Any]:
-    """(d): the real job, with peak memory.
+def _pipeline_process(config: Config, results: Any) -> None:
+    """(d) in a fresh process, as ``pipeline run`` runs it: one embedded Ray per process.
 
-    The embedded Ray cluster is started first and timed on its own, then the job runs on
-    it as a RayJob runs on a KubeRay cluster that is already up: end to end is the job,
-    listing to committed manifest; ``cold`` adds the cluster's start.
+    Started and shut down twice in one process (the run, then the 4x run), Ray's driver
+    once died with SIGSEGV after the second run, its results already measured.
     """
     import ray
 
     from pipeline.job import connect_ray, run_job
 
-    with MemorySampler() as memory:
+    try:
         started = time.perf_counter()
         connect_ray(config)
         ray_start = time.perf_counter() - started
@@ -240,6 +240,40 @@ def measure_pipeline(config: Config) -> dict[str, Any]:
             summary = run_job(config, overwrite=True)
         finally:
             ray.shutdown()
+        results.put((summary, ray_start, None))
+    except BaseException as exc:  # the message crosses the process boundary, not the object
+        results.put((None, 0.0, f"{type(exc).__name__}: {exc}"))
+
+
+def measure_pipeline(config: Config) -> dict[str, Any]:
+    """(d): the real job, with peak memory.
+
+    The embedded Ray cluster is started first and timed on its own, then the job runs on
+    it as a RayJob runs on a KubeRay cluster that is already up: end to end is the job,
+    listing to committed manifest; ``cold`` adds the cluster's start.
+    """
+    import multiprocessing
+    import queue
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=_pipeline_process, args=(config, results))
+    with MemorySampler() as memory:  # this process, the job's driver and its Ray cluster
+        process.start()
+        while True:
+            try:
+                summary, ray_start, error = results.get(timeout=5)
+                break
+            except queue.Empty:
+                if not process.is_alive():
+                    raise JobFailedError(
+                        f"the pipeline process died (exit code {process.exitcode})"
+                    ) from None
+        process.join()
+    if error is not None:
+        raise JobFailedError(f"the pipeline run failed: {error}")
+    if process.exitcode:
+        sys.stderr.write(f"warning: the pipeline process exited with {process.exitcode} after its results\n")
     manifest = json.loads((Path(config.output.uri) / "_SUCCESS").read_text(encoding="utf-8"))
     return {
         "resource_plan": manifest["resource_plan"],
