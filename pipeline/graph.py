@@ -147,7 +147,7 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
     max_actors = res.max_actors or min_actors
     decode_cpus = res.decode_num_cpus
     if not groups and 0 < cpus < decode_cpus:
-        decode_cpus = cpus  # one node has no more: a bigger decode task would never start
+        decode_cpus = cpus  # the cluster has no more: a bigger decode task would never start
     io_cpus = (READ_NUM_CPUS, WRITE_NUM_CPUS)
     # Two calls in flight per GPU actor: one batch is assembled while the other computes.
     calls = 2 if device == "cuda" else 1
