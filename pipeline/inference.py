@@ -120,14 +120,14 @@ class Predictor:
         import torch
 
         started = time.perf_counter()
-        if resolve_device(settings.device) == "cpu":
-            keep_freed_host_memory()
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         self.spec = spec
         self.settings = settings
         self.top_k = min(top_k, spec.num_classes)
         self.device = torch.device(resolve_device(settings.device))
+        if self.device.type == "cpu":
+            keep_freed_host_memory()  # before the model and its first batches allocate
         self.precision = resolve_precision(settings.precision, self.device.type)
         if state_dict is None:
             torch.manual_seed(seed)  # every actor of a random-init run holds the same weights
