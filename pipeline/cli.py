@@ -1,7 +1,8 @@
 """The ``pipeline`` command: run, plan, demo, config, models, bench.
 
 Exit codes: 0 success, 2 bad config/input/model, 3 output already committed,
-4 storage unreachable, 5 too many failed rows, 6 job failed, 130 interrupted.
+4 storage unreachable, 5 too many failed rows, 6 job failed, 7 output in use by
+another job, 130 interrupted.
 """
 
 from __future__ import annotations

@@ -47,6 +47,9 @@ class InputConfig(_Section):
     extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
     recursive: bool = True
     limit: int | None = Field(default=None, ge=1)
+    # Local inputs (a manifest's paths included) must resolve, symlinks followed, under one
+    # of these folders; others fail with reason outside_allowed_roots. Empty: anywhere.
+    allowed_roots: list[str] = Field(default_factory=list)
 
     @field_validator("uri")
     @classmethod
@@ -85,6 +88,10 @@ class PreprocessConfig(_Section):
     resize_size: int | None = Field(default=None, ge=8, le=4096)
     crop_size: int | None = Field(default=None, ge=8, le=4096)
     max_image_pixels: int = Field(default=89_478_485, ge=1)
+    # An input larger than this fails with reason too_large before more of it is read.
+    max_input_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    # A read of one input still running after this fails its row with reason timeout.
+    max_read_seconds: float = Field(default=300.0, gt=0)
     reduced_decode: bool = True
     fetch_threads: int = Field(default=16, ge=1, le=256)
     # Images per decode call. Each call pays Ray Data's per-batch slicing and format work;
@@ -116,6 +123,9 @@ class OutputConfig(_Section):
     rows_per_file: int = Field(default=50_000, ge=1)
     mode: Literal["error", "overwrite"] = "error"
     max_failure_fraction: float = Field(default=1.0, ge=0.0, le=1.0)
+    # One writer per output: a job holds a lease on it, renewed every third of this. A
+    # crashed job's lease lapses after this long (a job killed on the same host at once).
+    lease_seconds: float = Field(default=120.0, ge=1.0, le=86_400.0)
 
 
 class StorageConfig(_Section):
@@ -191,6 +201,7 @@ class Config(_Section):
         data = self.to_dict()
         data["job"].pop("run_id", None)
         data["output"].pop("mode", None)
+        data["output"].pop("lease_seconds", None)
         for operational in ("storage", "resources", "logging", "metrics"):
             data.pop(operational, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

@@ -68,6 +68,12 @@ class FailureBudgetExceededError(PipelineError):
     exit_code = 5
 
 
+class OutputInUseError(PipelineError):
+    """Raised when another job holds the output's lease: one writer per output at a time."""
+
+    exit_code = 7
+
+
 class JobFailedError(PipelineError):
     """Raised when the Ray Data job itself fails (worker loss beyond retries, a stall)."""
 

@@ -12,6 +12,7 @@ never reserves every CPU, or the decode stage would starve.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -247,7 +248,11 @@ def build_dataset(
 
     labels = RunLabels(pipeline=config.job.name, run_id=run_id)
     decoding = decode_settings(config, spec)
-    input_fs = storage.fsspec_filesystem(uris[0], config.storage)
+    limits = storage.ReadLimits(
+        max_bytes=config.preprocess.max_input_bytes,
+        timeout_s=config.preprocess.max_read_seconds,
+        allowed_roots=tuple(os.path.realpath(storage.normalise(root)) for root in config.input.allowed_roots),
+    )
     dataset = ray.data.read_datasource(
         UriListDatasource(uris),
         num_cpus=plan.io_num_cpus[0],
@@ -261,7 +266,9 @@ def build_dataset(
         concurrency=plan.decode_concurrency,
         resources=plan.decode_resources or None,
         fn_kwargs={
-            "fs": input_fs,
+            "filesystems": storage.Filesystems(config.storage),
+            "limits": limits,
+            "base": storage.manifest_base(config.input),
             "settings": decoding,
             "fetch_threads": config.preprocess.fetch_threads,
             "labels": labels,

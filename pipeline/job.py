@@ -21,7 +21,14 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
 from pipeline import __version__, output, storage
-from pipeline.errors import FailureBudgetExceededError, JobFailedError, PipelineError
+from pipeline.errors import (
+    FailureBudgetExceededError,
+    InputError,
+    JobFailedError,
+    OutputInUseError,
+    PipelineError,
+)
+from pipeline.lease import Lease
 from pipeline.logs import bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
 from pipeline.model import ModelSpec, resolve_spec
@@ -49,6 +56,7 @@ class RunSummary:
     status: str
     output_uri: str
     inputs: int = 0
+    empty_manifest_cells: int = 0  # blank cells of the manifest's URI column, skipped
     succeeded: int = 0
     failed: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
@@ -71,7 +79,12 @@ class RunSummary:
         lines = [
             f"run {self.run_id}: {self.status}",
             f"  output     {self.output_uri}",
-            f"  inputs     {self.inputs}",
+            f"  inputs     {self.inputs}"
+            + (
+                f" ({self.empty_manifest_cells} empty manifest cells skipped)"
+                if self.empty_manifest_cells
+                else ""
+            ),
             f"  succeeded  {self.succeeded}",
             f"  failed     {self.failed}",
         ]
@@ -209,12 +222,13 @@ def _configure_data_context(location: output.OutputLocation, *, show_progress: b
 def _execute(
     write_output: Callable[[], None],
     config: Config,
+    lease: Lease,
     tracker: Any,
     total: int,
     metrics: JobMetrics,
     bar: ProgressBar,
 ) -> tuple[int, float]:
-    """Run the write in a thread; poll progress, push metrics, detect stalls.
+    """Run the write in a thread; poll progress, push metrics, detect stalls and a lost lease.
 
     Returns the rows processed and the steady-state rate.
     """
@@ -244,6 +258,8 @@ def _execute(
         rate = done / elapsed if elapsed > 0 else 0.0
         metrics.progress(done, total, rate, elapsed)
         bar.update(done, rate)
+        if lease.lost is not None:
+            raise OutputInUseError(lease.lost)
         if now - last_change > config.resources.stall_timeout_s and writer.is_alive():
             raise JobFailedError(
                 f"no progress for {config.resources.stall_timeout_s:.0f}s at {done}/{total} rows "
@@ -266,15 +282,17 @@ def _root_cause(exc: BaseException) -> str:
 
 def _claim_output(
     location: output.OutputLocation, config: Config, config_hash: str, *, overwrite: bool
-) -> tuple[str, bool]:
-    """Decide the run id and whether this run resumes; clear the output for ``--overwrite``."""
+) -> tuple[str, bool, bool]:
+    """Decide the run id, whether this run resumes, and whether old output must be cleared first.
+
+    Nothing is deleted here: ``--overwrite`` clears only after the inputs and the model
+    have been checked, just before the first write.
+    """
     state = output.inspect(location)
     resume_id = output.check_can_start(state, config.job.run_id, config_hash, overwrite=overwrite)
     run_id = config.job.run_id or resume_id or new_run_id()
-    if overwrite and (state.committed or state.started or state.has_data):
-        get_logger(run_id=run_id, stage="driver").warning("overwriting existing output", output=location.uri)
-        location.clear()
-    return run_id, resume_id is not None and location.exists(output.INPUTS)
+    clear = overwrite and any(not output.is_lease(name) for name in location.all_files())
+    return run_id, resume_id is not None and location.exists(output.INPUTS), clear
 
 
 def run_job(
@@ -284,26 +302,47 @@ def run_job(
     registry: CollectorRegistry | None = None,
     progress_stream: IO[str] | None = None,
 ) -> RunSummary:
-    """Run the whole job; raise a :class:`PipelineError` on failure (after pushing metrics)."""
-    started_wall, started = time.time(), time.monotonic()
+    """Run the whole job; raise a :class:`PipelineError` on failure (after pushing metrics).
+
+    The output is checked (no input in it, no foreign files) and leased before its
+    state is read, so two jobs on one output never both write; the lease is held
+    until the job ends, committed or not.
+    """
     location = output.OutputLocation.open(config.output.uri, config.storage)
+    output.check_safe_target(location, config.input.uri)
+    with Lease.acquire(location, config.output.lease_seconds) as lease:
+        return _run_leased(
+            config, location, lease, overwrite=overwrite, registry=registry, stream=progress_stream
+        )
+
+
+def _run_leased(
+    config: Config,
+    location: output.OutputLocation,
+    lease: Lease,
+    *,
+    overwrite: bool,
+    registry: CollectorRegistry | None,
+    stream: IO[str] | None,
+) -> RunSummary:
+    started_wall, started = time.time(), time.monotonic()
     config_hash = config.config_hash()
     overwrite = overwrite or config.output.mode == "overwrite"
-    run_id, resumed = _claim_output(location, config, config_hash, overwrite=overwrite)
+    run_id, resumed, clear = _claim_output(location, config, config_hash, overwrite=overwrite)
+    lease.name_run(run_id)
     bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
     log = get_logger(run_id=run_id, stage="driver")
-    uris = location.read_inputs() if resumed else storage.list_inputs(config.input, config.storage).uris
+    listing = _inputs_of_run(config, location, run_id, resumed=resumed)
+    uris = listing.uris
     spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage)
     if spec.random_init:
         log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
+    if clear:  # inputs and model checked: only now is the old output deleted
+        _clear(location, lease, log)
     log.info("run starting", inputs=len(uris), output=location.uri, resumed=resumed, model=spec.name)
     if not resumed:
-        location.prepare()
-        location.write_table(
-            output.INPUTS, pa.table({"row_id": [storage.row_id(u) for u in uris], "uri": uris})
-        )
-        location.write_json(
-            output.RUN_STATE, {"run_id": run_id, "config_hash": config_hash, "started_at": started_wall}
+        output.start_run(
+            location, uris, {"run_id": run_id, "config_hash": config_hash, "started_at": started_wall}
         )
     metrics = JobMetrics(
         pipeline=config.job.name,
@@ -313,9 +352,14 @@ def run_job(
         registry=registry or CollectorRegistry(),
     )
     summary = RunSummary(
-        run_id=run_id, status="failed", output_uri=location.uri, inputs=len(uris), resumed=resumed
+        run_id=run_id,
+        status="failed",
+        output_uri=location.uri,
+        inputs=len(uris),
+        empty_manifest_cells=listing.empty_cells,
+        resumed=resumed,
     )
-    stream = progress_stream or sys.stderr
+    stream = stream or sys.stderr
     show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
     metrics.start(spec.name, __version__, len(uris))
     started_ray = connect_ray(config)
@@ -323,7 +367,17 @@ def run_job(
     try:
         bar = ProgressBar(len(uris), stream, enabled=show)
         result, plan, summary.processed_this_run, summary.steady_images_per_second = _run_on_ray(
-            config, location, uris, spec, state_dict, run_id, metrics, bar, summary.timings, started_wall
+            config,
+            location,
+            lease,
+            uris,
+            spec,
+            state_dict,
+            run_id,
+            metrics,
+            bar,
+            summary.timings,
+            started_wall,
         )
         summary.succeeded, summary.failed, summary.failed_by_reason = (
             result.ok,
@@ -332,6 +386,7 @@ def run_job(
         )
         summary.seconds = time.monotonic() - started
         summary.images_per_second = summary.processed_this_run / summary.seconds if summary.seconds else 0.0
+        lease.check()  # a job that lost the output to another must not commit
         _commit(config, location, spec, summary, result, plan, config_hash, started_wall)
         summary.timings["committed"] = time.monotonic() - started
     except PipelineError as exc:
@@ -359,9 +414,43 @@ def run_job(
     return summary
 
 
+def _clear(location: output.OutputLocation, lease: Lease, log: Any) -> None:
+    """``--overwrite``: delete the pipeline's own files under the output, while still holding it."""
+    lease.check()
+    log.warning("overwriting existing output", output=location.uri, files_deleted=location.clear())
+
+
+def _inputs_of_run(
+    config: Config, location: output.OutputLocation, run_id: str, *, resumed: bool
+) -> storage.Listing:
+    """The run's inputs: listed now, or, on resume, those fixed when the run started.
+
+    A resumed manifest run reads the manifest again (``_inputs.parquet`` keeps URIs with
+    their signatures masked, so it cannot be read from) and must find the same inputs.
+    """
+    if resumed and not config.input.is_manifest:
+        return storage.Listing(location.read_inputs())
+    listing = storage.list_inputs(config.input, config.storage)
+    if resumed:
+        fixed = set(location.read_input_ids())
+        now = {storage.row_id(uri) for uri in listing.uris}
+        if now != fixed:
+            raise InputError(
+                f"manifest {config.input.uri} changed since run {run_id!r} started: "
+                f"{len(now - fixed)} inputs added, {len(fixed - now)} removed; resume with the "
+                "manifest it started with, or pass --overwrite to start again"
+            )
+    if listing.empty_cells:
+        get_logger(run_id=run_id, stage="driver").warning(
+            "manifest cells without a URI skipped", count=listing.empty_cells, manifest=config.input.uri
+        )
+    return listing
+
+
 def _run_on_ray(
     config: Config,
     location: output.OutputLocation,
+    lease: Lease,
     uris: list[str],
     spec: ModelSpec,
     state_dict: Any,
@@ -390,7 +479,7 @@ def _run_on_ray(
     processed, steady = 0, 0.0
     if todo:  # else every part was written before the last attempt stopped: only the commit is left
         processed, steady, first_landed = _write_with_progress(
-            config, location, todo, spec, state_dict, run_id, plan, metrics, bar
+            config, location, lease, todo, spec, state_dict, run_id, plan, metrics, bar
         )
         if first_landed is not None:
             timings["first_batch"] = first_landed - started_wall
@@ -403,6 +492,7 @@ def _run_on_ray(
 def _write_with_progress(
     config: Config,
     location: output.OutputLocation,
+    lease: Lease,
     todo: list[str],
     spec: ModelSpec,
     state_dict: Any,
@@ -433,6 +523,7 @@ def _write_with_progress(
         processed, steady = _execute(
             lambda: write_parquet(dataset, data_uri, filesystem, run_id, config.output.rows_per_file, plan),
             config,
+            lease,
             tracker,
             len(todo),
             metrics,
@@ -466,7 +557,12 @@ def _commit(
         "run_id": summary.run_id,
         "job": config.job.name,
         "status": "committed",
-        "counts": {"inputs": summary.inputs, "succeeded": summary.succeeded, "failed": summary.failed},
+        "counts": {
+            "inputs": summary.inputs,
+            "succeeded": summary.succeeded,
+            "failed": summary.failed,
+            "empty_manifest_cells": summary.empty_manifest_cells,
+        },
         "failed_by_reason": summary.failed_by_reason,
         "processed_this_run": summary.processed_this_run,
         "resumed": summary.resumed,

@@ -22,6 +22,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from pipeline.storage import redact_url
+
 REDACTED = "***"
 SECRET_KEY_PATTERN = re.compile(
     r"(secret|token|password|passwd|credential|api[_-]?key|access[_-]?key|private[_-]?key|authorization|cookie)",
@@ -44,11 +46,6 @@ SECRET_ENV_NAME_PATTERN = re.compile(
     r"(?:^|_)(token|secret|password|passwd|api_?key|access_key|private_key|credentials?)$", re.IGNORECASE
 )
 MIN_NAMED_SECRET_LENGTH = 8
-_URL_USERINFO = re.compile(r"(?<=://)[^/\s@:]+:[^/\s@]+@")
-_SIGNED_URL_PARAM = re.compile(
-    r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential"
-    r"|sig|signature|token|access_token|api_key|apikey|password)=)[^&\s\"'#]+"
-)
 
 
 def secret_values(environ: Mapping[str, str]) -> list[str]:
@@ -75,8 +72,7 @@ class Redactor:
         """``text`` with every known secret and URL credential replaced by ``***``."""
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
-        text = _URL_USERINFO.sub(REDACTED + "@", text)
-        return _SIGNED_URL_PARAM.sub(lambda match: match.group(1) + REDACTED, text)
+        return redact_url(text)
 
     def _scrub(self, value: Any) -> Any:
         if value is None or isinstance(value, bool | numbers.Number):

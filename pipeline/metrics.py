@@ -60,6 +60,12 @@ FAILING_STAGE: Mapping[str, str] = {
     FailureReason.TOO_MANY_PIXELS: STAGE_DECODE,
     FailureReason.DECODE_ERROR: STAGE_DECODE,
     FailureReason.MODEL_ERROR: STAGE_INFERENCE,
+    FailureReason.NOT_A_REGULAR_FILE: STAGE_DECODE,
+    FailureReason.TOO_LARGE: STAGE_DECODE,
+    FailureReason.TIMEOUT: STAGE_DECODE,
+    FailureReason.OUTSIDE_ALLOWED_ROOTS: STAGE_DECODE,
+    FailureReason.UNSUPPORTED_SCHEME: STAGE_DECODE,
+    FailureReason.INVALID_URI: STAGE_DECODE,
 }
 
 

@@ -83,13 +83,18 @@ def _read_uri(uri: str, storage_config: StorageConfig | None) -> bytes:
     from pipeline import storage
     from pipeline.config import StorageConfig
 
-    fs = storage.fsspec_filesystem(uri, storage_config or StorageConfig())
+    config = storage_config or StorageConfig()
+    fs = storage.fsspec_filesystem(uri, config)
     try:
         return bytes(fs.cat_file(storage.fs_path(storage.normalise(uri))))
     except FileNotFoundError as exc:
         raise ModelError(f"model weights not found at {uri}") from exc
-    except OSError as exc:
-        raise ModelError(f"model weights at {uri} could not be read: {type(exc).__name__}") from exc
+    except Exception as exc:
+        if storage.is_transient(exc):  # an outage, not a bad file: exit 4, and worth a retry
+            raise storage.storage_error("read the model weights at", uri, exc, config) from exc
+        if not storage.is_storage_error(exc):
+            raise
+        raise ModelError(f"model weights at {uri} could not be read: {storage.describe(exc)}") from exc
 
 
 def _load_state_dict(blob: bytes, uri: str) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.errors import JobFailedError, OutputExistsError, StorageError
+from pipeline.errors import ConfigError, JobFailedError, OutputExistsError, StorageError
 from pipeline.schema import STATUS_FAILED, STATUS_OK
 
 if TYPE_CHECKING:
@@ -57,6 +57,28 @@ ATTEMPT_PREFIX = "attempt-"
 _ATTEMPT = re.compile(rf"^{ATTEMPT_PREFIX}(\d+)$")
 _PART_NUMBER = re.compile(r"-\d+\.parquet$")
 TALLY_COLUMNS = ["row_id", "uri", "status", "reason", "error"]
+LEASE_DIR = "_lease"  # pipeline.lease: one writer at a time
+# Every name this pipeline writes under an output; nothing else is ever deleted there.
+_OWN_FILES = re.compile(
+    r"^(?:_SUCCESS|_run\.json|_inputs\.parquet|failures\.parquet|_summary-[^/]+\.json"
+    rf"|{CHECKPOINT_DIR}/.+|{LEASE_DIR}/[^/]+|{DATA_DIR}/part-[^/]+\.parquet)$"
+)
+_TEMP_FILE = re.compile(rf"(?:^|/)\.[^/]+{re.escape(storage.TEMP_SUFFIX)}$")
+FOREIGN_EXAMPLES = 3
+
+
+class UnreadableFileError(JobFailedError):
+    """A bookkeeping file under the output is not what this pipeline writes (e.g. cut short)."""
+
+
+def is_own(name: str) -> bool:
+    """Whether ``name`` (relative to the output) is one of the files this pipeline writes."""
+    return bool(_OWN_FILES.match(name) or _TEMP_FILE.search(name))
+
+
+def is_lease(name: str) -> bool:
+    """Whether ``name`` is a lease file."""
+    return name.startswith(f"{LEASE_DIR}/")
 
 
 @dataclass(frozen=True)
@@ -89,29 +111,53 @@ class OutputLocation:
         with self._errors("check", name):
             return bool(self.fs.exists(self.path_of(name)))
 
-    def read_json(self, name: str) -> dict[str, Any]:
-        """Load a JSON file under the output."""
+    def read_bytes(self, name: str) -> bytes:
+        """The bytes of a file under the output (``FileNotFoundError`` if there is none)."""
         with self._errors("read", name):
-            data = json.loads(self.fs.cat_file(self.path_of(name)))
+            return bytes(self.fs.cat_file(self.path_of(name)))
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write a file at once: a reader (or a full disk) never leaves a part of it."""
+        with self._errors("write", name):
+            storage.write_atomic(self.fs, self.uri_of(name), data)
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        """Load a JSON object under the output; :class:`UnreadableFileError` if it is not one."""
+        raw = self.read_bytes(name)
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise UnreadableFileError(
+                f"{self.uri_of(name)} is not valid JSON ({len(raw)} bytes: {exc})"
+            ) from exc
         if not isinstance(data, dict):
-            raise JobFailedError(f"{self.uri_of(name)} is not a JSON object")
+            raise UnreadableFileError(f"{self.uri_of(name)} is not a JSON object")
         return data
 
-    def write_json(self, name: str, data: dict[str, Any]) -> None:
-        """Write a JSON file in one put (atomic on object stores); secrets are scrubbed first."""
-        text = storage.scrub(json.dumps(data, indent=2, sort_keys=True))
-        with self._errors("write", name):
-            self.fs.pipe_file(self.path_of(name), text.encode())
+    def write_json(self, name: str, data: dict[str, Any]) -> bytes:
+        """Write a JSON file at once, secrets scrubbed first; return the bytes written."""
+        text = storage.scrub(json.dumps(data, indent=2, sort_keys=True)).encode()
+        self.write_bytes(name, text)
+        return text
 
     def write_table(self, name: str, table: pa.Table) -> None:
         """Write one Parquet file under the output."""
         with self._errors("write", name), self.fs.open(self.path_of(name), "wb") as handle:
             pq.write_table(table, handle)
 
+    def _read_inputs_column(self, column: str) -> list[str]:
+        with self._errors("read", INPUTS), self.fs.open(self.path_of(INPUTS), "rb") as handle:
+            return [
+                str(value) for value in pq.read_table(handle, columns=[column]).column(column).to_pylist()
+            ]
+
     def read_inputs(self) -> list[str]:
         """The URIs fixed at the run's start."""
-        with self._errors("read", INPUTS), self.fs.open(self.path_of(INPUTS), "rb") as handle:
-            return [str(uri) for uri in pq.read_table(handle, columns=["uri"]).column("uri").to_pylist()]
+        return self._read_inputs_column("uri")
+
+    def read_input_ids(self) -> list[str]:
+        """The row ids fixed at the run's start."""
+        return self._read_inputs_column("row_id")
 
     def list_files(self, name: str) -> list[str]:
         """Names (relative to the output) of the files under a directory; empty if there is none."""
@@ -122,12 +168,24 @@ class OutputLocation:
             paths = self.fs.find(self.path_of(name))
         return sorted(posixpath.relpath(str(path), root) for path in paths)
 
-    def clear(self) -> None:
-        """Remove everything under the output (``--overwrite``)."""
+    def all_files(self) -> list[str]:
+        """Names (relative to the output) of every file under it; empty if there is none."""
         root = storage.fs_path(self.uri)
-        with self._errors("remove"):
-            if self.fs.exists(root):
-                self.fs.rm(root, recursive=True)
+        with self._errors("list"):
+            if not self.fs.exists(root):
+                return []
+            if not self.fs.isdir(root):
+                return [posixpath.basename(root)]
+            paths = self.fs.find(root)
+        return sorted(posixpath.relpath(str(path), root) for path in paths)
+
+    def clear(self) -> int:
+        """Delete this pipeline's own files under the output (``--overwrite``); return how many.
+
+        Only names of the layout above are deleted, never another file, and never the
+        lease the running job holds (``_lease/``).
+        """
+        return self.delete(name for name in self.all_files() if is_own(name) and not is_lease(name))
 
     def prepare(self) -> None:
         """Create the output directory where the filesystem has directories."""
@@ -175,11 +233,53 @@ class RunState:
 
 
 def inspect(location: OutputLocation) -> RunState:
-    """Read the manifest and run state, if any."""
-    committed = location.read_json(MANIFEST) if location.exists(MANIFEST) else None
+    """Read the manifest and run state, if any.
+
+    A manifest that is not valid JSON (cut short by an older version on a full disk) is
+    no commit: the run is treated as unfinished, and resuming it writes a new manifest.
+    """
+    from pipeline.logs import get_logger
+
+    committed = None
+    if location.exists(MANIFEST):
+        try:
+            committed = location.read_json(MANIFEST)
+        except UnreadableFileError as exc:
+            get_logger(stage="driver").warning(
+                "manifest unreadable: the output is NOT committed; this run resumes it and commits again",
+                error=str(exc),
+            )
     started = location.read_json(RUN_STATE) if location.exists(RUN_STATE) else None
     has_data = committed is None and started is None and location.exists(DATA_DIR)
     return RunState(committed, started, has_data)
+
+
+def check_safe_target(location: OutputLocation, input_uri: str) -> None:
+    """Refuse an output that holds the input, or files this pipeline did not write.
+
+    Raised as a config error on ``output.uri`` before anything is written or deleted.
+    An empty or missing output, or one holding only this pipeline's files, is fine.
+    """
+    source = storage.normalise(input_uri)
+    out = location.uri
+    if source == out or source.startswith(out.rstrip("/") + "/"):
+        raise ConfigError(
+            "output.uri",
+            out,
+            f"it holds the input ({source}); writing there would mix predictions with the images "
+            "and --overwrite could delete them: choose a folder or prefix outside the input",
+        )
+    foreign = [name for name in location.all_files() if not is_own(name)]
+    if foreign:
+        examples = ", ".join(foreign[:FOREIGN_EXAMPLES]) + (
+            ", ..." if len(foreign) > FOREIGN_EXAMPLES else ""
+        )
+        raise ConfigError(
+            "output.uri",
+            out,
+            f"it holds {len(foreign)} file(s) this pipeline did not write ({examples}); choose an "
+            "empty folder or prefix (or one this pipeline wrote): nothing there was changed",
+        )
 
 
 def check_can_start(state: RunState, run_id: str | None, config_hash: str, *, overwrite: bool) -> str | None:
@@ -212,6 +312,14 @@ def check_can_start(state: RunState, run_id: str | None, config_hash: str, *, ov
             "resume it with the same configuration, or pass --overwrite to discard it"
         )
     return previous
+
+
+def start_run(location: OutputLocation, uris: list[str], state: dict[str, Any]) -> None:
+    """Fix a new run's inputs (ids of the full URIs; URIs stored with signatures masked), then its state."""
+    location.prepare()
+    ids = [storage.row_id(uri) for uri in uris]
+    location.write_table(INPUTS, pa.table({"row_id": ids, "uri": [storage.redact_url(uri) for uri in uris]}))
+    location.write_json(RUN_STATE, state)
 
 
 @dataclass(frozen=True)
@@ -300,7 +408,9 @@ def commit(location: OutputLocation, result: Tally, manifest: dict[str, Any]) ->
         "layout": layout,
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    location.write_json(MANIFEST, manifest)
+    written = location.write_json(MANIFEST, manifest)
+    if location.read_bytes(MANIFEST) != written:  # a store that acknowledged what it did not keep
+        raise JobFailedError(f"{location.uri_of(MANIFEST)} does not read back as written; not committed")
     return manifest
 
 

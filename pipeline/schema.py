@@ -25,6 +25,12 @@ class FailureReason(StrEnum):
     TOO_MANY_PIXELS = "too_many_pixels"
     DECODE_ERROR = "decode_error"
     MODEL_ERROR = "model_error"
+    NOT_A_REGULAR_FILE = "not_a_regular_file"
+    TOO_LARGE = "too_large"
+    TIMEOUT = "timeout"
+    OUTSIDE_ALLOWED_ROOTS = "outside_allowed_roots"
+    UNSUPPORTED_SCHEME = "unsupported_scheme"
+    INVALID_URI = "invalid_uri"
 
 
 STATUS_OK = "ok"

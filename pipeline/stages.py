@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +34,6 @@ from pipeline.schema import (
 )
 
 if TYPE_CHECKING:
-    import fsspec
-
     from pipeline.model import ModelSpec
 
 
@@ -51,12 +48,17 @@ class RunLabels:
 def decode_batch(
     batch: dict[str, np.ndarray],
     *,
-    fs: fsspec.AbstractFileSystem,
+    filesystems: storage.Filesystems,
+    limits: storage.ReadLimits,
+    base: str | None,
     settings: DecodeSettings,
     fetch_threads: int,
     labels: RunLabels,
 ) -> dict[str, np.ndarray]:
     """Fetch and decode one batch of ``row_id``/``uri`` rows into uint8 crops.
+
+    Each row is read through the filesystem of its own URI's scheme, within ``limits``
+    (size, time, allowed roots); a relative manifest entry is read beside the manifest (``base``).
 
     With ``settings.keep_jpeg`` the rows carry bytes instead (:data:`BYTES_COLUMN`):
     JPEGs left for the inference device, or the raw crop of what was decoded here.
@@ -70,8 +72,7 @@ def decode_batch(
     status = np.full(len(uris), STATUS_OK, dtype=object)
     reasons = np.full(len(uris), None, dtype=object)
     errors = np.full(len(uris), None, dtype=object)
-    with ThreadPoolExecutor(max_workers=min(fetch_threads, max(1, len(uris)))) as pool:
-        fetched = list(pool.map(lambda uri: storage.fetch(fs, uri), uris))
+    fetched = storage.fetch_all(filesystems, uris, limits, fetch_threads, base)
     for index, (data, fetch_reason, detail) in enumerate(fetched):
         result = decode(data, settings) if fetch_reason is None else None
         if result is not None and result.encoded is not None:
@@ -215,7 +216,7 @@ class Classify:
         top1_labels = np.where(ok_mask, label_values.reshape(count, k)[:, 0], None)
         columns = {
             "row_id": pa.array(batch["row_id"], pa.string()),
-            "uri": pa.array(batch["uri"], pa.string()),
+            "uri": pa.array([storage.redact_url(str(uri)) for uri in batch["uri"]], pa.string()),
             "status": pa.array(status, pa.string()),
             "reason": pa.array(reasons, pa.string()),
             "error": pa.array(errors, pa.string()),

@@ -19,7 +19,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import posixpath
 import re
+import stat
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +57,13 @@ TRANSIENT_CODES = frozenset(
 )
 HTTP_CLIENT_ERROR = 400
 HTTP_SERVER_ERROR = 500
+HTTP_PRECONDITION_FAILED = 412
 RETRYABLE_STATUS = frozenset({408, 429})
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+_SIGNED_URL_PARAM = re.compile(
+    r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential"
+    r"|sig|signature|token|access_token|api_key|apikey|password)=)[^&\s\"'#]+"
+)
 
 
 def is_remote(uri: str) -> bool:
@@ -62,10 +72,29 @@ def is_remote(uri: str) -> bool:
 
 
 def normalise(uri: str) -> str:
-    """Local paths become absolute; remote URIs stay as given, without a trailing slash."""
+    """Local paths become absolute (``..`` folded, symlinks kept); remote URIs lose a trailing slash."""
     if is_remote(uri):
         return uri.rstrip("/")
-    return str(Path(uri.removeprefix("file://")).expanduser().resolve())
+    return os.path.abspath(Path(uri.removeprefix("file://")).expanduser())  # noqa: PTH100  # resolve() follows symlinks
+
+
+def scheme_of(uri: str) -> str:
+    """``s3``, ``https``, ... of a URI; ``""`` for a plain local path, ``file`` for ``file://``."""
+    return uri.split("://", 1)[0].lower() if "://" in uri else ""
+
+
+def manifest_base(source: InputConfig) -> str | None:
+    """The folder a manifest's relative entries are read from (the manifest's own); None for a listing."""
+    if not source.is_manifest:
+        return None
+    return posixpath.dirname(normalise(source.uri))
+
+
+def resolve_entry(uri: str, base: str | None) -> str:
+    """Where to read an input: a relative manifest entry is read beside the manifest."""
+    if base is None or "://" in uri or uri.startswith("/"):
+        return uri
+    return posixpath.join(base, uri)
 
 
 def storage_options(storage: StorageConfig) -> dict[str, Any]:
@@ -120,6 +149,92 @@ def arrow_filesystem(uri: str, storage: StorageConfig) -> pyarrow.fs.FileSystem:
     return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fsspec_filesystem(uri, storage)))
 
 
+MAX_NAMED_INPUTS = 5
+READ_CHUNK_BYTES = 1 << 20
+LOCAL_SCHEMES = ("", "file")
+READABLE_REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs")
+TEMP_SUFFIX = ".tmp"  # files being written: ".<name>.<random>.tmp" beside their final name
+EXCLUSIVE_CREATE_SCHEMES = ("s3", "s3a")
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """``data`` in a durable temporary file beside ``path``; return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    temp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, uri: str, data: bytes) -> None:
+    """Replace the file at ``uri`` with ``data`` at once: a reader sees all of it or none.
+
+    Local: a temporary file beside it, fsync, then a rename over the name (a full disk
+    fails the write and leaves the old file, never a short one). Object stores: one PUT,
+    which is atomic by itself.
+    """
+    if is_remote(uri):
+        fs.pipe_file(fs_path(uri), data)
+        return
+    path = Path(fs_path(uri))
+    temp = _write_temp(path, data)
+    try:
+        temp.replace(path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def create_exclusive(fs: fsspec.AbstractFileSystem, uri: str, data: bytes) -> bool:
+    """Create ``uri`` holding ``data`` only if nothing is there; False if something is.
+
+    Local: a complete temporary file hard-linked to the name (``link`` fails if the name
+    exists, and nobody sees a half-written file). S3: a PUT with ``If-None-Match: *``.
+    """
+    if is_remote(uri):
+        scheme = scheme_of(uri)
+        if scheme not in EXCLUSIVE_CREATE_SCHEMES:
+            raise StorageError(
+                f"cannot lease an output on {scheme}:// ({redact_url(uri)}): the single-writer lease "
+                "needs an exclusive create, which this pipeline implements for local paths and s3://"
+            )
+        try:
+            fs.pipe_file(fs_path(uri), data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if _response_code(exc)[1] == HTTP_PRECONDITION_FAILED or "Precondition" in str(exc):
+                return False
+            raise
+        return True
+    path = Path(fs_path(uri))
+    temp = _write_temp(path, data)
+    try:
+        path.hardlink_to(temp)
+    except FileExistsError:
+        return False
+    finally:
+        temp.unlink()
+    _fsync_dir(path.parent)
+    return True
+
+
 def row_id(uri: str) -> str:
     """Stable id of an input: the same URI gives the same id on every run."""
     return hashlib.sha256(uri.encode()).hexdigest()[:ROW_ID_HEX_CHARS]
@@ -127,9 +242,10 @@ def row_id(uri: str) -> str:
 
 @dataclass(frozen=True)
 class Listing:
-    """The inputs of a run, in a stable order."""
+    """The inputs of a run, in a stable order, each URI as the user gave it."""
 
     uris: list[str]
+    empty_cells: int = 0  # blank cells of a manifest's URI column, skipped
 
     def __len__(self) -> int:
         return len(self.uris)
@@ -143,9 +259,10 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
     """Find every input: walk a directory or prefix, or read a manifest's URI column."""
     uri = normalise(source.uri)
     fs = fsspec_filesystem(uri, storage)
+    empty = 0
     try:
         if source.is_manifest:
-            uris = _read_manifest(uri, source.manifest_column, fs)
+            uris, empty = _read_manifest(uri, source.manifest_column, fs)
         else:
             uris = _walk(uri, fs, source)
     except FileNotFoundError as exc:
@@ -163,12 +280,17 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
     if not uris:
         raise InputError(
             f"no inputs found at {uri} (extensions {', '.join(source.extensions)}, "
-            f"recursive={source.recursive})"
+            f"recursive={source.recursive}{f', {empty} empty manifest cells' if empty else ''})"
         )
-    duplicates = len(uris) - len(set(uris))
-    if duplicates:
-        raise InputError(f"input manifest {uri} lists {duplicates} URIs more than once")
-    return Listing(uris)
+    repeated = [item for item, count in Counter(uris).items() if count > 1]
+    if repeated:
+        named = ", ".join(redact_url(item) for item in repeated[:MAX_NAMED_INPUTS])
+        more = f" and {len(repeated) - MAX_NAMED_INPUTS} more" if len(repeated) > MAX_NAMED_INPUTS else ""
+        raise InputError(
+            f"input manifest {uri} lists {len(repeated)} URIs more than once ({named}{more}); "
+            "each input must appear once, so its output row is unambiguous"
+        )
+    return Listing(uris, empty)
 
 
 def _walk(uri: str, fs: fsspec.AbstractFileSystem, source: InputConfig) -> list[str]:
@@ -182,7 +304,8 @@ def _walk(uri: str, fs: fsspec.AbstractFileSystem, source: InputConfig) -> list[
     return sorted(_with_scheme(uri, path) for path in paths if path.lower().endswith(suffixes))
 
 
-def _read_manifest(uri: str, column: str, fs: fsspec.AbstractFileSystem) -> list[str]:
+def _read_manifest(uri: str, column: str, fs: fsspec.AbstractFileSystem) -> tuple[list[str], int]:
+    """The manifest's URIs exactly as written, and how many of its cells were blank."""
     import pyarrow.csv
     import pyarrow.parquet
 
@@ -196,28 +319,170 @@ def _read_manifest(uri: str, column: str, fs: fsspec.AbstractFileSystem) -> list
             f"manifest {uri} has no column {column!r} (columns: {', '.join(table.column_names)}); "
             "set input.manifest_column"
         )
-    return [normalise(str(value)) for value in table.column(column).to_pylist() if value]
+    values = [None if value is None else str(value) for value in table.column(column).to_pylist()]
+    uris = [value for value in values if value is not None and value.strip()]
+    return uris, len(values) - len(uris)
 
 
-def fetch(fs: fsspec.AbstractFileSystem, uri: str) -> tuple[bytes | None, FailureReason | None, str]:
-    """Read one object; an object-level failure becomes a reason and a short detail.
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds on reading one input, so no input can hang or blow up a worker."""
+
+    max_bytes: int
+    timeout_s: float
+    allowed_roots: tuple[str, ...] = ()  # real paths; empty: local inputs may be anywhere
+
+
+class Filesystems:
+    """One fsspec filesystem per URI scheme (with the configured endpoint), made on first use.
+
+    Each row is read through the filesystem of its own scheme, so a manifest mixing
+    local paths and ``s3://`` URIs reads each from where it is.
+    """
+
+    def __init__(self, storage: StorageConfig) -> None:
+        self.storage = storage
+        self._made: dict[str, fsspec.AbstractFileSystem] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"storage": self.storage, "_made": {}}  # workers make their own clients
+
+    def for_scheme(self, scheme: str) -> fsspec.AbstractFileSystem:
+        """The filesystem serving ``scheme://`` URIs."""
+        if scheme not in self._made:
+            self._made[scheme] = fsspec_filesystem(f"{scheme}://x", self.storage)
+        return self._made[scheme]
+
+
+class _RefusedError(Exception):
+    """An input this pipeline will not or cannot read: its row's reason and detail."""
+
+    def __init__(self, reason: FailureReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def fetch(
+    filesystems: Filesystems, uri: str, limits: ReadLimits, base: str | None = None
+) -> tuple[bytes | None, FailureReason | None, str]:
+    """Read one input; an input-level failure becomes a reason and a short detail.
 
     Transient storage failures (throttling, 5xx, timeouts, connection errors)
     that outlast botocore's retries are raised instead: the task fails and the
     run stays uncommitted and resumable, rather than committing the rows as lost.
     """
     try:
-        return bytes(fs.cat_file(fs_path(uri))), None, ""
+        data = _read(filesystems, uri, limits, base)
+    except _RefusedError as refused:
+        return None, refused.reason, refused.detail
     except FileNotFoundError:
         return None, FailureReason.NOT_FOUND, "vanished between listing and reading"
     except PermissionError:
         return None, FailureReason.PERMISSION_DENIED, "permission denied"
     except IsADirectoryError:
         return None, FailureReason.UNREADABLE, "is a directory"
+    return data, None, ""
+
+
+def _read(filesystems: Filesystems, uri: str, limits: ReadLimits, base: str | None) -> bytes:
+    """The input's bytes through its own scheme's filesystem, or :class:`_RefusedError`."""
+    if "\x00" in uri:
+        raise _RefusedError(FailureReason.INVALID_URI, "contains a NUL byte")
+    target = resolve_entry(uri, base)
+    scheme = scheme_of(target)
+    if scheme in LOCAL_SCHEMES:
+        data = _read_local(target.removeprefix("file://"), limits)
+    elif scheme in READABLE_REMOTE_SCHEMES:
+        data = _read_remote(filesystems.for_scheme(scheme), target, limits)
+    else:
+        raise _RefusedError(
+            FailureReason.UNSUPPORTED_SCHEME, f"{scheme}:// inputs are not read by this pipeline"
+        )
+    if len(data) > limits.max_bytes:
+        raise _RefusedError(FailureReason.TOO_LARGE, f"over preprocess.max_input_bytes={limits.max_bytes}")
+    return data
+
+
+def _read_remote(fs: fsspec.AbstractFileSystem, uri: str, limits: ReadLimits) -> bytes:
+    """At most ``max_bytes + 1`` bytes of an object (one ranged GET)."""
+    try:
+        return bytes(fs.cat_file(fs_path(uri), start=0, end=limits.max_bytes + 1))
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
     except Exception as exc:
         if not is_object_error(exc):
             raise
-        return None, FailureReason.UNREADABLE, describe(exc)[:200]
+        raise _RefusedError(FailureReason.UNREADABLE, describe(exc)[:200]) from exc
+
+
+_FILE_KINDS = {
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFSOCK: "socket",
+}
+
+
+def _read_local(path: str, limits: ReadLimits) -> bytes:
+    """At most ``max_bytes + 1`` bytes of a regular file; never blocks on a FIFO or a device."""
+    real = os.path.realpath(path)
+    roots = limits.allowed_roots
+    if roots and not any(real == root or real.startswith(root + os.sep) for root in roots):
+        raise _RefusedError(FailureReason.OUTSIDE_ALLOWED_ROOTS, "outside input.allowed_roots")
+    try:  # O_NONBLOCK: opening a FIFO does not wait for a writer
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as exc:
+        raise _RefusedError(FailureReason.UNREADABLE, describe(exc)) from exc
+    try:
+        return _read_regular(fd, limits)
+    except IsADirectoryError:
+        raise
+    except OSError as exc:
+        raise _RefusedError(FailureReason.UNREADABLE, describe(exc)) from exc
+    finally:
+        os.close(fd)
+
+
+def _read_regular(fd: int, limits: ReadLimits) -> bytes:
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError
+    if not stat.S_ISREG(info.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "special file")
+        raise _RefusedError(FailureReason.NOT_A_REGULAR_FILE, f"is a {kind}, not a regular file")
+    if info.st_size > limits.max_bytes:
+        detail = f"{info.st_size} bytes, over preprocess.max_input_bytes={limits.max_bytes}"
+        raise _RefusedError(FailureReason.TOO_LARGE, detail)
+    os.set_blocking(fd, True)
+    chunks, left = [], limits.max_bytes + 1
+    while left > 0 and (chunk := os.read(fd, min(left, READ_CHUNK_BYTES))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def fetch_all(
+    filesystems: Filesystems, uris: list[str], limits: ReadLimits, threads: int, base: str | None = None
+) -> list[tuple[bytes | None, FailureReason | None, str]]:
+    """Fetch ``uris`` on a thread pool; a read still running after its time is its row's ``timeout``.
+
+    A hung read (a stuck network filesystem) keeps its thread, but never the batch: the
+    others finish, and the pool is left without waiting for it.
+    """
+    threads = min(threads, max(1, len(uris)))
+    pool = ThreadPoolExecutor(max_workers=threads)
+    futures = [pool.submit(fetch, filesystems, uri, limits, base) for uri in uris]
+    rounds = -(-len(uris) // threads)  # each thread reads this many inputs one after another
+    wait(futures, timeout=limits.timeout_s * rounds)
+    pool.shutdown(wait=False, cancel_futures=True)
+    late = (
+        None,
+        FailureReason.TIMEOUT,
+        f"no answer within {limits.timeout_s:g}s (preprocess.max_read_seconds)",
+    )
+    return [future.result() if future.done() and not future.cancelled() else late for future in futures]
 
 
 def _botocore_errors() -> tuple[type[BaseException], ...]:
@@ -272,8 +537,14 @@ def is_object_error(exc: BaseException) -> bool:
 
 
 def redact_url(text: str) -> str:
-    """Remove ``user:password@`` from any URL in ``text``."""
-    return _URL_USERINFO.sub(r"\g<scheme>***@", text)
+    """``text`` with every URL's ``user:password@`` and signing parameters masked.
+
+    The one redaction of URLs: logs, error messages, the manifest, summaries and the
+    ``uri`` column all go through it. Presigned S3/GCS/Azure URLs keep their path (a
+    reader can still tell which object it was) but lose signatures, credentials and tokens.
+    """
+    text = _URL_USERINFO.sub(r"\g<scheme>***@", text)
+    return _SIGNED_URL_PARAM.sub(lambda match: match.group(1) + "***", text)
 
 
 def scrub(text: str) -> str:

@@ -87,25 +87,28 @@ class TestListing:
         assert FAKE_SECRET_ACCESS_KEY not in str(caught.value)
 
 
+LIMITS = storage.ReadLimits(max_bytes=1 << 20, timeout_s=30)
+
+
 class TestFetch:
     def test_fetch_returns_bytes(self, s3, bucket, moto):
         """An object's bytes come back with no failure reason."""
         s3.put_object(Bucket=bucket, Key="x.jpg", Body=b"jpeg")
-        fs = storage.fsspec_filesystem("s3://b", s3_settings(moto.endpoint))
-        assert storage.fetch(fs, f"s3://{bucket}/x.jpg") == (b"jpeg", None, "")
+        fs = storage.Filesystems(s3_settings(moto.endpoint))
+        assert storage.fetch(fs, f"s3://{bucket}/x.jpg", LIMITS) == (b"jpeg", None, "")
 
     def test_missing_object_is_a_row_failure(self, bucket, moto):
         """An object deleted after listing becomes the row's not_found reason."""
-        fs = storage.fsspec_filesystem("s3://b", s3_settings(moto.endpoint))
-        data, reason, _ = storage.fetch(fs, f"s3://{bucket}/gone.jpg")
+        fs = storage.Filesystems(s3_settings(moto.endpoint))
+        data, reason, _ = storage.fetch(fs, f"s3://{bucket}/gone.jpg", LIMITS)
         assert (data, reason) == (None, FailureReason.NOT_FOUND)
 
     def test_unreachable_storage_is_raised_not_recorded(self):
         """An outage fails the task (the run stays resumable) instead of failing rows for good."""
         endpoint = f"http://127.0.0.1:{free_port()}"
-        fs = storage.fsspec_filesystem("s3://b", s3_settings(endpoint, max_attempts=1, connect_timeout_s=1))
+        fs = storage.Filesystems(s3_settings(endpoint, max_attempts=1, connect_timeout_s=1))
         with pytest.raises(EndpointConnectionError):
-            storage.fetch(fs, "s3://bucket/key.jpg")
+            storage.fetch(fs, "s3://bucket/key.jpg", LIMITS)
 
 
 class TestErrors:
