@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.parquet as pq
 import pytest
 from storage_s3 import free_port, get_bytes, job_environment, list_keys, read_json, upload_images
 
@@ -73,3 +76,42 @@ class TestCli:
             assert credential not in result.stderr
             for key in keys:
                 assert credential.encode() not in get_bytes(s3, bucket, key), key
+
+
+class TestInputsAndWeightsOnS3:
+    def test_unreachable_weights_store_exits_4(self, sample_images, make_config, write_config, tmp_path):
+        """Weights on an S3 endpoint that does not answer: exit 4 with a one-line error, no traceback."""
+        dead = f"http://127.0.0.1:{free_port()}"
+        config = make_config(
+            sample_images,
+            model__weights="s3://models/resnet18.safetensors",
+            storage__endpoint_url=dead,
+            storage__region="us-east-1",
+            storage__max_attempts=1,
+            storage__connect_timeout_s=1,
+        )
+        result = run_cli(write_config(config), job_environment())
+        assert result.returncode == 4, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        assert "cannot read the model weights at s3://models/resnet18.safetensors" in result.stderr
+        assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+    def test_mixed_schemes_in_one_manifest(self, s3, bucket, moto, make_config, write_config, tmp_path):
+        """A local path first, then s3:// URIs: each row is read from its own store."""
+        [s3_image] = upload_images(s3, bucket, "in", 1, broken=False)
+        local = tmp_path / "local.jpg"
+        local.write_bytes(get_bytes(s3, bucket, s3_image.split("/", 3)[3]))
+        missing = f"s3://{bucket}/in/missing.jpg"
+        (tmp_path / bucket / "in").mkdir(parents=True)
+        (tmp_path / bucket / "in" / "missing.jpg").write_bytes(local.read_bytes())  # a local decoy
+        manifest = tmp_path / "manifest.csv"
+        pyarrow.csv.write_csv(pa.table({"uri": [str(local), s3_image, missing]}), manifest)
+        config = make_config(
+            manifest, storage__endpoint_url=moto.endpoint, storage__region="us-east-1", logging__format="json"
+        )
+        result = run_cli(write_config(config), job_environment())
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = {row["uri"]: row for row in pq.read_table(tmp_path / "out" / "data").to_pylist()}
+        assert rows[str(local)]["status"] == "ok"
+        assert rows[s3_image]["status"] == "ok"
+        assert rows[missing]["reason"] == "not_found"
