@@ -27,6 +27,8 @@ PLAIN_FILES = {
     "podmonitor.yaml": "PodMonitor",
     "rayjob.yaml": "RayJob",
 }
+# Files that hold exactly one object; networkpolicy.yaml holds the chart's two NetworkPolicies.
+SINGLE_OBJECT_FILES = ("serviceaccount.yaml", "configmap.yaml", "podmonitor.yaml", "rayjob.yaml")
 DATED_OUTPUT = "$(date -u +%Y-%m-%d)"
 
 
@@ -46,32 +48,43 @@ def _without_helm(obj: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def expected_manifests(release: Release) -> dict[str, dict[str, Any]]:
-    """File name -> the object that file must hold."""
-    files = {
-        name: _without_helm(release.pipeline_config() if kind == "ConfigMap" else release.one(kind))
-        for name, kind in PLAIN_FILES.items()
-    }
-    rayjob = files["rayjob.yaml"]
+def _chart_objects(release: Release, kind: str) -> list[dict[str, Any]]:
+    """The chart's objects of one kind (for ConfigMaps only the pipeline config), without Helm."""
+    objects = [release.pipeline_config()] if kind == "ConfigMap" else release.of_kind(kind)
+    assert objects, f"the chart rendered no {kind}"
+    return [_without_helm(obj) for obj in objects]
+
+
+def expected_manifests(release: Release) -> dict[str, list[dict[str, Any]]]:
+    """File name -> the objects that file must hold, in order (one per YAML document)."""
+    files = {name: _chart_objects(release, kind) for name, kind in PLAIN_FILES.items()}
+    for single in SINGLE_OBJECT_FILES:
+        assert len(files[single]) == 1, (
+            f"{single}: expected one object, the chart rendered {len(files[single])}"
+        )
+    (rayjob,) = files["rayjob.yaml"]
+    (configmap,) = files["configmap.yaml"]
     name = rayjob["metadata"].pop("name")
     rayjob["metadata"]["generateName"] = name.rsplit("-", 1)[0] + "-"
-    config = yaml.safe_load(files["configmap.yaml"]["data"]["config.yaml"])
+    config = yaml.safe_load(configmap["data"]["config.yaml"])
     job_template = copy.deepcopy(rayjob["spec"])
     output = f"{config['output']['uri'].rstrip('/')}/{DATED_OUTPUT}"
     job_template["entrypoint"] = f"{job_template['entrypoint']} --set output.uri={output}"
-    files["raycronjob.yaml"] = {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayCronJob",
-        "metadata": {
-            "name": rayjob["metadata"]["generateName"].rstrip("-"),
-            "labels": rayjob["metadata"]["labels"],
-        },
-        "spec": {
-            "schedule": chart_values()["schedule"]["cron"],
-            "timeZone": "Etc/UTC",
-            "jobTemplate": job_template,
-        },
-    }
+    files["raycronjob.yaml"] = [
+        {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayCronJob",
+            "metadata": {
+                "name": rayjob["metadata"]["generateName"].rstrip("-"),
+                "labels": rayjob["metadata"]["labels"],
+            },
+            "spec": {
+                "schedule": chart_values()["schedule"]["cron"],
+                "timeZone": "Etc/UTC",
+                "jobTemplate": job_template,
+            },
+        }
+    ]
     return files
 
 
@@ -87,8 +100,8 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _BlockStyleDumper.add_representer(str, _represent_str)
 
 
-def write(files: dict[str, dict[str, Any]]) -> None:
-    """Write the manifests (regeneration after a chart change)."""
-    for name, obj in files.items():
-        text = HEADER + yaml.dump(obj, Dumper=_BlockStyleDumper, sort_keys=False, width=200)
+def write(files: dict[str, list[dict[str, Any]]]) -> None:
+    """Write the manifests (regeneration after a chart change), one YAML document per object."""
+    for name, objects in files.items():
+        text = HEADER + yaml.dump_all(objects, Dumper=_BlockStyleDumper, sort_keys=False, width=200)
         (KUBERAY_DIR / name).write_text(text, encoding="utf-8")

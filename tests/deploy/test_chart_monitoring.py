@@ -1,4 +1,7 @@
-"""PodMonitor, NetworkPolicy, and the alert rules and dashboards synced from monitoring/."""
+"""PodMonitor, and the alert rules and dashboards synced from monitoring/.
+
+The NetworkPolicies are tested in test_chart_network.py.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_manifests import CHART, ENVIRONMENTS, REPO, HelmRunner, Release, rayjob_spec_of, validate
+from deploy_manifests import CHART, REPO, HelmRunner, Release, rayjob_spec_of, validate
 
 SYNC_SCRIPT = REPO / "deploy" / "helm" / "sync-monitoring.sh"
 SOURCES = {
@@ -73,35 +76,6 @@ class TestPodMonitor:
     def test_off_in_dev(self, releases: dict[str, Release]) -> None:
         """Dev has no prometheus-operator, so no monitoring objects."""
         assert not {"PodMonitor", "PrometheusRule"} & {obj["kind"] for obj in releases["dev"].objects}
-
-
-class TestNetworkPolicy:
-    """Only the release's own pods, Prometheus and the KubeRay operator reach the Ray pods."""
-
-    @pytest.mark.parametrize("values", ["default", *ENVIRONMENTS])
-    def test_policy_shape(self, releases: dict[str, Release], values: str) -> None:
-        """Ray pods admit only own pods (any port), Prometheus (metrics), the operator (dashboard)."""
-        release = releases[values]
-        policy = release.one("NetworkPolicy")["spec"]
-        assert policy["policyTypes"] == ["Ingress"]
-        assert all(
-            matches(policy["podSelector"]["matchLabels"], labels) for labels in ray_pod_labels(release)
-        )
-        own, prometheus, operator = policy["ingress"]
-        assert "ports" not in own
-        assert "namespaceSelector" not in own["from"][0]
-        submitters = [
-            rayjob_spec_of(obj)["submitterPodTemplate"]["metadata"]["labels"]
-            for obj in release.objects
-            if obj["kind"] in ("RayJob", "CronWorkflow")
-        ]
-        for labels in [*ray_pod_labels(release), *submitters]:
-            assert matches(own["from"][0]["podSelector"]["matchLabels"], labels)
-        assert prometheus["ports"] == [{"port": 8080, "protocol": "TCP"}]
-        assert operator["ports"] == [{"port": 8265, "protocol": "TCP"}]
-        for rule in (prometheus, operator):
-            assert rule["from"][0]["namespaceSelector"]["matchLabels"]
-            assert rule["from"][0]["podSelector"]["matchLabels"]
 
 
 class TestMonitoringFiles:

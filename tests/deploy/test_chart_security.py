@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from deploy_manifests import (
+    CHART,
     ENVIRONMENTS,
     HelmRefused,
     HelmRunner,
@@ -17,6 +18,7 @@ from deploy_manifests import (
     pod_specs,
     rayjob_spec_of,
     scheduled_rayjob,
+    validate_builtin,
 )
 
 ALL_VALUES = ["default", *ENVIRONMENTS]
@@ -55,6 +57,21 @@ def all_containers(release: Release) -> list[dict[str, Any]]:
     return [c for pod in all_pod_specs(release) for c in pod["containers"] + pod.get("initContainers", [])]
 
 
+def workflow_step_patches(release: Release) -> list[dict[str, Any]]:
+    """The podSpecPatch of every scheduled Workflow template, parsed (Argo merges it into the step's pod)."""
+    patches = []
+    for cron in release.of_kind("CronWorkflow"):
+        for template in cron["spec"]["workflowSpec"]["templates"]:
+            assert "podSpecPatch" in template, f"template {template['name']} has no podSpecPatch"
+            patches.append(yaml.safe_load(template["podSpecPatch"]))
+    return patches
+
+
+def workflow_step_containers(release: Release) -> list[dict[str, Any]]:
+    """The settings the chart pins on the scheduled Workflow's step container ("main", argoexec)."""
+    return [container for patch in workflow_step_patches(release) for container in patch["containers"]]
+
+
 def autoscaler_options(release: Release) -> list[dict[str, Any]]:
     """The autoscaler sidecar settings of every RayJob (KubeRay builds that container from them)."""
     return [
@@ -89,6 +106,14 @@ class TestHardening:
                 assert security["seccompProfile"]["type"] == "RuntimeDefault"
                 assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
                 checked += 1
+            for cron in release.of_kind("CronWorkflow"):
+                workflow = cron["spec"]["workflowSpec"]
+                security = workflow["securityContext"]
+                assert security["runAsNonRoot"] is True
+                assert security["runAsUser"] > 0
+                assert security["seccompProfile"]["type"] == "RuntimeDefault"
+                assert not workflow.get("hostNetwork")
+                checked += 1
         assert checked >= 4 * 4  # head, 2 worker groups and the submitter in each RayJob
 
     def test_every_container_is_hardened(self, releases, scheduled, with_credentials_secret) -> None:
@@ -101,6 +126,42 @@ class TestHardening:
             assert names == {"ray-head", "ray-worker", "ray-job-submitter"}
             for options in autoscaler_options(release):
                 assert_hardened_container(options["securityContext"], "autoscaler")
+            steps = workflow_step_containers(release)
+            assert [c["name"] for c in steps] == ["main"] * len(release.of_kind("CronWorkflow"))
+            for container in steps:
+                assert_hardened_container(container["securityContext"], "workflow step")
+
+    def test_workflow_step_is_hardened(self, scheduled: Release) -> None:
+        """The scheduled Workflow's step container ("main", argoexec) gets the Ray containers' hardening."""
+        (container,) = workflow_step_containers(scheduled)
+        assert container["name"] == "main"
+        assert_hardened_container(container["securityContext"], "workflow step")
+        ray_head = next(c for c in all_containers(scheduled) if c["name"] == "ray-head")
+        assert container["securityContext"] == ray_head["securityContext"]
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+
+    def test_workflow_step_patch_is_a_valid_pod_spec(self, scheduled: Release) -> None:
+        """Argo refuses a podSpecPatch that is not a PodSpec: it validates against Kubernetes' schema."""
+        for patch in workflow_step_patches(scheduled):
+            assert set(patch) == {"containers"}
+            validate_builtin(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PodTemplate",
+                    "metadata": {"name": "t"},
+                    "template": {"spec": patch},
+                }
+            )
+
+    def test_workflow_step_resources_follow_values(self, helm: HelmRunner) -> None:
+        """schedule.resources sets the step container's requests and limits."""
+        resources = {"requests": {"cpu": "20m", "memory": "96Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+        release = helm.install(
+            {"schedule": {"enabled": True, "resources": resources}, "rayJob": {"enabled": False}}
+        )
+        (container,) = workflow_step_containers(release)
+        assert container["resources"] == resources
 
     def test_every_container_has_requests_and_limits(
         self, releases, scheduled, with_credentials_secret
@@ -109,6 +170,7 @@ class TestHardening:
         for release in all_releases(releases, scheduled, with_credentials_secret):
             resources = [c["resources"] for c in all_containers(release)]
             resources += [options["resources"] for options in autoscaler_options(release)]
+            resources += [c["resources"] for c in workflow_step_containers(release)]
             for resource in resources:
                 for kind in ("requests", "limits"):
                     assert {"cpu", "memory"} <= set(resource[kind])
@@ -234,16 +296,40 @@ class TestRBAC:
         kinds = {obj["kind"] for obj in releases[values].objects}
         assert not kinds & {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 
-    def test_workflow_role_only_creates_and_watches_rayjobs(self, scheduled: Release) -> None:
-        """The executor may create/get/watch RayJobs and report its result, nothing else, in its namespace."""
+    def test_workflow_role_only_creates_and_gets_rayjobs(self, scheduled: Release) -> None:
+        """Exact verbs per resource: create+get RayJobs (create the run, poll it), create+patch task results.
+
+        argoexec creates the RayJob once and polls it with GET (no list/watch); the RayJob goes with
+        its owner Workflow through the garbage collector (no delete).
+        """
         role = scheduled.one("Role")
-        rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
-        assert rules == {
-            (("ray.io",), ("rayjobs",)): {"create", "get", "list", "watch"},
-            (("argoproj.io",), ("workflowtaskresults",)): {"create", "patch"},
-        }
+        rules = [(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"]]
+        assert sorted(rules) == sorted(
+            [
+                (("argoproj.io",), ("workflowtaskresults",), ("create", "patch")),
+                (("ray.io",), ("rayjobs",), ("create", "get")),
+            ]
+        )
+        assert not any("resourceNames" in r or "nonResourceURLs" in r for r in role["rules"])
         binding = scheduled.one("RoleBinding")
         assert binding["roleRef"]["name"] == role["metadata"]["name"]
         workflow_sa = scheduled.one("CronWorkflow")["spec"]["workflowSpec"]["serviceAccountName"]
         assert [s["name"] for s in binding["subjects"]] == [workflow_sa]
         assert not scheduled.of_kind("ClusterRole")
+
+    def test_every_verb_is_explained_beside_its_rule(self) -> None:
+        """templates/role.yaml names each verb a rule grants in the comment right above that rule."""
+        lines = (CHART / "templates" / "role.yaml").read_text(encoding="utf-8").splitlines()
+        rules = [n for n, line in enumerate(lines) if line.lstrip().startswith("- apiGroups:")]
+        assert len(rules) == 2
+        for start in rules:
+            comment = []
+            above = start - 1
+            while lines[above].lstrip().startswith("#"):
+                comment.insert(0, lines[above])
+                above -= 1
+            (verbs_line,) = [line for line in lines[start : start + 4] if "verbs:" in line]
+            verbs = re.findall(r'"([a-z]+)"', verbs_line)
+            assert verbs
+            for verb in verbs:
+                assert re.search(rf"\b{verb}\b", " ".join(comment)), f"{verb} is not explained above its rule"

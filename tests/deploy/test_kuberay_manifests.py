@@ -11,7 +11,7 @@ from deploy_manifests import KUBERAY_DIR, HelmRunner, Release, validate
 
 
 @pytest.fixture(scope="module")
-def expected(helm: HelmRunner) -> dict[str, dict]:
+def expected(helm: HelmRunner) -> dict[str, list[dict]]:
     """What each deploy/kuberay file must hold, from the chart rendered with chart-values.yaml."""
     release: Release = helm.install(chart_values())
     files = expected_manifests(release)
@@ -20,9 +20,14 @@ def expected(helm: HelmRunner) -> dict[str, dict]:
     return files
 
 
+def load_all(name: str) -> list[dict]:
+    """One manifest file's objects, one per YAML document."""
+    return [doc for doc in yaml.safe_load_all((KUBERAY_DIR / name).read_text(encoding="utf-8")) if doc]
+
+
 def load(name: str) -> dict:
-    """One manifest file's object."""
-    (obj,) = [doc for doc in yaml.safe_load_all((KUBERAY_DIR / name).read_text(encoding="utf-8")) if doc]
+    """The object of a one-object manifest file."""
+    (obj,) = load_all(name)
     return obj
 
 
@@ -30,17 +35,19 @@ class TestKubeRayManifests:
     """The plain manifests are valid and equal to the chart's rendering."""
 
     @pytest.mark.parametrize("name", [*PLAIN_FILES, "raycronjob.yaml"])
-    def test_manifest_equals_chart(self, expected: dict[str, dict], name: str) -> None:
-        """Each file holds exactly the chart's object (regenerate with BATCH_INFERENCE_WRITE_KUBERAY=1)."""
-        assert load(name) == expected[name]
+    def test_manifest_equals_chart(self, expected: dict[str, list[dict]], name: str) -> None:
+        """Each file holds exactly the chart's objects (regenerate with BATCH_INFERENCE_WRITE_KUBERAY=1)."""
+        assert load_all(name) == expected[name]
 
     @pytest.mark.parametrize("name", [*PLAIN_FILES, "raycronjob.yaml"])
     def test_manifest_validates(self, name: str) -> None:
         """Each file validates: built-in kinds with kubernetes-validate, custom resources with their CRDs."""
-        obj = load(name)
-        if "generateName" in obj["metadata"]:
-            obj["metadata"]["name"] = obj["metadata"]["generateName"] + "x7k2q"
-        validate(obj)
+        objects = load_all(name)
+        assert objects
+        for obj in objects:
+            if "generateName" in obj["metadata"]:
+                obj["metadata"]["name"] = obj["metadata"]["generateName"] + "x7k2q"
+            validate(obj)
 
     def test_raycronjob_runs_the_chart_rayjob(self) -> None:
         """The RayCronJob's job is the RayJob's spec; only the entrypoint adds the dated output location."""

@@ -51,6 +51,25 @@ app.kubernetes.io/part-of: batch-inference
 app.kubernetes.io/component: ray
 {{- end }}
 
+{{/*
+The subset of rayPodLabels that selects this release's Ray pods (head and workers) and nothing
+else: not the submitter, not the scheduled Workflow's pod, not another release's Ray pods.
+*/}}
+{{- define "batch-inference.rayPodSelectorLabels" -}}
+{{ include "batch-inference.selectorLabels" . }}
+app.kubernetes.io/component: ray
+{{- end }}
+
+{{/* A label selector from a map of labels; an empty map selects everything ({}). */}}
+{{- define "batch-inference.labelSelector" -}}
+{{- if . }}
+matchLabels:
+  {{- toYaml . | nindent 2 }}
+{{- else -}}
+{}
+{{- end }}
+{{- end }}
+
 {{/* The ServiceAccount every pod of the job runs as. */}}
 {{- define "batch-inference.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
