@@ -58,6 +58,7 @@ TRANSIENT_CODES = frozenset(
 HTTP_CLIENT_ERROR = 400
 HTTP_SERVER_ERROR = 500
 HTTP_PRECONDITION_FAILED = 412
+HTTP_RANGE_NOT_SATISFIABLE = 416
 RETRYABLE_STATUS = frozenset({408, 429})
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 _SIGNED_URL_PARAM = re.compile(
@@ -410,6 +411,9 @@ def _read_remote(fs: fsspec.AbstractFileSystem, uri: str, limits: ReadLimits) ->
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except Exception as exc:
+        code, status = _response_code(exc)
+        if code == "InvalidRange" or status == HTTP_RANGE_NOT_SATISFIABLE:
+            return b""  # a ranged GET of an empty object: the object is empty, not unreadable
         if not is_object_error(exc):
             raise
         raise _RefusedError(FailureReason.UNREADABLE, describe(exc)[:200]) from exc
