@@ -114,9 +114,10 @@ class Lease:
                 acquired_at=now,
                 expires_at=now + duration_s,
             )
-            if storage.create_exclusive(
-                location.fs, location.uri_of(_epoch_name(holder.epoch)), _encode(holder)
-            ):
+            uri = location.uri_of(_epoch_name(holder.epoch))
+            with storage.translate_errors("create", uri, location.storage_config):
+                created = storage.create_exclusive(location.fs, uri, _encode(holder))
+            if created:
                 lease = cls(location, holder, duration_s)
                 for old in epochs:
                     lease._delete_quietly(old)

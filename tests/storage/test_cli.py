@@ -51,9 +51,7 @@ class TestCli:
         assert time.monotonic() - started < 60
         assert result.returncode == 4, result.stderr[-3000:]
         error = result.stderr.strip().splitlines()[-1]
-        assert error.startswith(
-            f"error: cannot check s3://{bucket}/out/_SUCCESS (endpoint {dead}, 2 attempts)"
-        )
+        assert error.startswith(f"error: cannot list s3://{bucket}/out (endpoint {dead}, 2 attempts)")
         assert "storage unreachable" in error
         assert "Traceback" not in result.stderr
         assert list_keys(s3, bucket, "out/") == []
