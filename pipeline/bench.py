@@ -4,7 +4,7 @@
     the model run as the job's actors run it (processes, calls at once, threads); timed
     before and after (d), averaged;
 (b) decode + preprocess img/s on one core;
-(c) the ideal pipelined img/s for this machine, from (a) and (b) (DESIGN.md):
+(c) the ideal pipelined img/s for this machine, from (a) and (b) (docs/benchmarks.md):
     CPU-only ``1 / (1/f + 1/(c*d))``, GPU ``min(f, c*d)``;
 (d) the pipeline end to end on a running Ray cluster (listing to committed manifest), in
     steady state (start-up excluded), and as a whole command (the process's and the

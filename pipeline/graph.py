@@ -184,7 +184,7 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
         # A GPU's calls take turns on the device; CPU calls each run on their own threads.
         parallel_calls=device == "cpu" and calls > 1,
         # Ray pins OMP threads to an actor's num_cpus; local CPU models share every core
-        # between their calls, and with the light decode tasks (DESIGN.md's pipelined ideal).
+        # between their calls, and with the light decode tasks (the CPU-only ideal in docs/benchmarks.md).
         torch_threads=max(1, int(cpus) // (max_actors * calls)) if local_cpu else None,
     )
 

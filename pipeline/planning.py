@@ -25,7 +25,7 @@ def size_groups(
 ) -> dict[str, Any]:
     """CPU cores and inference actors (GPUs) needed for a target, and what they give.
 
-    A GPU job runs at ``min(actors * f, cores * d)`` (DESIGN.md); we size each
+    A GPU job runs at ``min(actors * f, cores * d)`` (docs/benchmarks.md); we size each
     side to the target independently, so they scale independently.
     """
     target = target_per_hour / 3600.0
