@@ -282,8 +282,8 @@ def _root_cause(exc: BaseException) -> str:
 
 def _claim_output(
     location: output.OutputLocation, config: Config, config_hash: str, *, overwrite: bool
-) -> tuple[str, bool, bool]:
-    """Decide the run id, whether this run resumes, and whether old output must be cleared first.
+) -> tuple[str, bool]:
+    """Decide the run id and whether this run resumes.
 
     Nothing is deleted here: ``--overwrite`` clears only after the inputs and the model
     have been checked, just before the first write.
@@ -291,8 +291,7 @@ def _claim_output(
     state = output.inspect(location)
     resume_id = output.check_can_start(state, config.job.run_id, config_hash, overwrite=overwrite)
     run_id = config.job.run_id or resume_id or new_run_id()
-    clear = overwrite and any(not output.is_lease(name) for name in location.all_files())
-    return run_id, resume_id is not None and location.exists(output.INPUTS), clear
+    return run_id, resume_id is not None and location.exists(output.INPUTS)
 
 
 def run_job(
@@ -328,7 +327,7 @@ def _run_leased(
     started_wall, started = time.time(), time.monotonic()
     config_hash = config.config_hash()
     overwrite = overwrite or config.output.mode == "overwrite"
-    run_id, resumed, clear = _claim_output(location, config, config_hash, overwrite=overwrite)
+    run_id, resumed = _claim_output(location, config, config_hash, overwrite=overwrite)
     lease.name_run(run_id)
     bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
     log = get_logger(run_id=run_id, stage="driver")
@@ -337,7 +336,7 @@ def _run_leased(
     spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage)
     if spec.random_init:
         log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
-    if clear:  # inputs and model checked: only now is the old output deleted
+    if overwrite:  # inputs and model checked: only now is the old output deleted
         _clear(location, lease, log)
     log.info("run starting", inputs=len(uris), output=location.uri, resumed=resumed, model=spec.name)
     if not resumed:
@@ -417,7 +416,9 @@ def _run_leased(
 def _clear(location: output.OutputLocation, lease: Lease, log: Any) -> None:
     """``--overwrite``: delete the pipeline's own files under the output, while still holding it."""
     lease.check()
-    log.warning("overwriting existing output", output=location.uri, files_deleted=location.clear())
+    deleted = location.clear()
+    if deleted:
+        log.warning("overwriting existing output", output=location.uri, files_deleted=deleted)
 
 
 def _inputs_of_run(

@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pipeline import storage
@@ -133,12 +133,8 @@ class Lease:
         """Extend the lease; mark it lost if another job has taken the output."""
         self.check()
         now = time.time()
-        self.holder = Holder(
-            **{
-                **asdict(self.holder),
-                "expires_at": now + self.duration_s,
-                "run_id": run_id or self.holder.run_id,
-            }
+        self.holder = replace(
+            self.holder, expires_at=now + self.duration_s, run_id=run_id or self.holder.run_id
         )
         self.location.write_bytes(_epoch_name(self.holder.epoch), _encode(self.holder))
 
@@ -214,9 +210,7 @@ def _read(location: OutputLocation, epoch: int) -> Holder | None:
     try:
         data: dict[str, Any] = json.loads(location.read_bytes(_epoch_name(epoch)))
         return Holder(**data)
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError):
+    except (FileNotFoundError, ValueError, TypeError):
         return None
 
 

@@ -159,25 +159,21 @@ class OutputLocation:
         """The row ids fixed at the run's start."""
         return self._read_inputs_column("row_id")
 
-    def list_files(self, name: str) -> list[str]:
-        """Names (relative to the output) of the files under a directory; empty if there is none."""
-        root = storage.fs_path(self.uri)
-        with self._errors("list", name):
-            if not self.fs.exists(self.path_of(name)):
-                return []
-            paths = self.fs.find(self.path_of(name))
-        return sorted(posixpath.relpath(str(path), root) for path in paths)
+    def list_files(self, name: str = "") -> list[str]:
+        """Names (relative to the output) of the files under one of its folders, or under all of it.
 
-    def all_files(self) -> list[str]:
-        """Names (relative to the output) of every file under it; empty if there is none."""
+        Empty if there is none. An output that is itself a file lists as its own name.
+        """
         root = storage.fs_path(self.uri)
-        with self._errors("list"):
-            if not self.fs.exists(root):
+        path = self.path_of(name) if name else root
+        with self._errors("list", name or None):
+            if not self.fs.exists(path):
                 return []
-            if not self.fs.isdir(root):
-                return [posixpath.basename(root)]
-            paths = self.fs.find(root)
-        return sorted(posixpath.relpath(str(path), root) for path in paths)
+            paths = self.fs.find(path)
+        return sorted(
+            posixpath.relpath(str(found), root) if str(found) != root else posixpath.basename(root)
+            for found in paths
+        )
 
     def clear(self) -> int:
         """Delete this pipeline's own files under the output (``--overwrite``); return how many.
@@ -185,7 +181,7 @@ class OutputLocation:
         Only names of the layout above are deleted, never another file, and never the
         lease the running job holds (``_lease/``).
         """
-        return self.delete(name for name in self.all_files() if is_own(name) and not is_lease(name))
+        return self.delete(name for name in self.list_files() if is_own(name) and not is_lease(name))
 
     def prepare(self) -> None:
         """Create the output directory where the filesystem has directories."""
@@ -269,7 +265,7 @@ def check_safe_target(location: OutputLocation, input_uri: str) -> None:
             f"it holds the input ({source}); writing there would mix predictions with the images "
             "and --overwrite could delete them: choose a folder or prefix outside the input",
         )
-    foreign = [name for name in location.all_files() if not is_own(name)]
+    foreign = [name for name in location.list_files() if not is_own(name)]
     if foreign:
         examples = ", ".join(foreign[:FOREIGN_EXAMPLES]) + (
             ", ..." if len(foreign) > FOREIGN_EXAMPLES else ""

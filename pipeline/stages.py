@@ -100,7 +100,9 @@ def decode_batch(
     )
     return {
         "row_id": batch["row_id"],
-        "uri": batch["uri"],
+        "uri": np.array(
+            [storage.redact_url(uri) for uri in uris], dtype=object
+        ),  # fetched: signatures masked from here on
         **pixels,
         "status": status,
         "reason": reasons,
@@ -216,7 +218,7 @@ class Classify:
         top1_labels = np.where(ok_mask, label_values.reshape(count, k)[:, 0], None)
         columns = {
             "row_id": pa.array(batch["row_id"], pa.string()),
-            "uri": pa.array([storage.redact_url(str(uri)) for uri in batch["uri"]], pa.string()),
+            "uri": pa.array(batch["uri"], pa.string()),
             "status": pa.array(status, pa.string()),
             "reason": pa.array(reasons, pa.string()),
             "error": pa.array(errors, pa.string()),

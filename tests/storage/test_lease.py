@@ -43,7 +43,7 @@ def test_second_holder_is_refused_naming_the_first(location):
     second = lease.Lease.acquire(location, 60)  # released: free again
     assert second.holder.epoch >= 1
     second.release()
-    assert [name for name in location.all_files() if output.is_lease(name)] == []
+    assert [name for name in location.list_files() if output.is_lease(name)] == []
 
 
 def test_exclusive_create_lets_exactly_one_win(location):
