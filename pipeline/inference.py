@@ -3,8 +3,10 @@
 Conversion to float, normalisation and the NHWC->NCHW change happen on the
 device; the model runs in ``channels_last`` under autocast (bf16/fp16) unless
 fp32 is asked for. On CUDA, host batches are pinned and copied on a side stream
-while the previous micro-batch computes. An out-of-memory error halves the
-micro-batch and retries; the smaller size is kept.
+while the previous micro-batch computes: :func:`overlap_schedule` decides the
+order (plain code, tested on CPU) and each micro-batch's compute waits for the
+CUDA event of its own copy only. An out-of-memory error halves the micro-batch
+and retries; the smaller size is kept.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import ctypes
 import ctypes.util
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from pipeline.model import ModelSpec, build_model
+from pipeline.nvml import GpuReading, GpuStats
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -105,6 +108,95 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+#: Micro-batches copied ahead of the one computing: one computes while the next copies.
+COPY_AHEAD = 1
+
+
+Step = tuple[Literal["copy", "compute"], int]
+
+
+def overlap_schedule(chunks: int, ahead: int = COPY_AHEAD) -> Iterator[Step]:
+    """The order to issue the copies and computes of ``chunks`` micro-batches.
+
+    Copy ``i + ahead`` is issued before compute ``i``, so on CUDA it runs on the copy
+    stream while ``i`` computes; compute ``i`` waits only for copy ``i``'s event
+    (:class:`CudaStaging`), never for copies issued after it. At most ``ahead + 1``
+    micro-batches are on the device at once.
+    """
+    copied = 0
+    for index in range(chunks):
+        while copied < min(chunks, index + ahead + 1):
+            yield "copy", copied
+            copied += 1
+        yield "compute", index
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A micro-batch on its way to the device, and the event that marks its copy done (CUDA)."""
+
+    tensor: torch.Tensor
+    ready: Any = None
+
+
+class HostStaging:
+    """CPU: the host array is the batch; nothing to copy or wait for."""
+
+    def stage(self, images: np.ndarray | torch.Tensor) -> Staged:
+        """A tensor view of ``images`` (a device tensor is used as it is)."""
+        import torch
+
+        if isinstance(images, torch.Tensor):
+            return Staged(images)
+        return Staged(torch.from_numpy(_writable(images)))
+
+    def take(self, staged: Staged) -> torch.Tensor:
+        """The tensor, ready for the model."""
+        return staged.tensor
+
+
+class CudaStaging:
+    """CUDA: pinned host memory copied on a side stream, one event per micro-batch."""
+
+    def __init__(self, device: torch.device) -> None:
+        import torch
+
+        self.device = device
+        self.stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+
+    def stage(self, images: np.ndarray | torch.Tensor) -> Staged:
+        """Start the copy of ``images`` on the copy stream; its event is recorded after it."""
+        import torch
+
+        if isinstance(images, torch.Tensor) and images.device.type == "cuda":
+            return Staged(images)  # decoded on the device already
+        host = images if isinstance(images, torch.Tensor) else torch.from_numpy(_writable(images))
+        host = host.pin_memory()
+        with torch.cuda.stream(self.stream):
+            tensor = host.to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            ready.record(self.stream)
+        return Staged(tensor, ready)
+
+    def take(self, staged: Staged) -> torch.Tensor:
+        """Make the compute stream wait for this micro-batch's copy, and no other."""
+        import torch
+
+        if staged.ready is None:
+            return staged.tensor
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_event(staged.ready)
+        staged.tensor.record_stream(compute)  # the allocator must not reuse it before compute ends
+        return staged.tensor
+
+
+def _writable(images: np.ndarray) -> np.ndarray:
+    """A C-contiguous writable array (torch refuses to alias read-only buffers)."""
+    if images.flags.writeable and images.flags.c_contiguous:
+        return images
+    return np.array(images)
+
+
 class Predictor:
     """A model on a device, ready to classify uint8 NHWC batches."""
 
@@ -143,9 +235,10 @@ class Predictor:
         self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         auto = CUDA_AUTO_BATCH if self.device.type == "cuda" else CPU_AUTO_BATCH
         self.batch_size = auto if settings.batch_size == "auto" else int(settings.batch_size)
-        self._copy_stream = (
-            torch.cuda.Stream() if self.device.type == "cuda" else None  # type: ignore[no-untyped-call]
+        self._staging: HostStaging | CudaStaging = (
+            CudaStaging(self.device) if self.device.type == "cuda" else HostStaging()
         )
+        self._gpu_stats = GpuStats.for_device(self.device) if self.device.type == "cuda" else None
         self.oom_backoffs = 0
         # Auto on CUDA: probe the working size now, halving on OOM (the largest that fits).
         probe_full = settings.batch_size == "auto" and self.device.type == "cuda"
@@ -159,27 +252,10 @@ class Predictor:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self._dtype)
 
-    def _to_device(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        import torch
-
-        if isinstance(images, torch.Tensor):  # decoded on the device already
-            return images.to(self.device)
-        if not (images.flags.writeable and images.flags.c_contiguous):
-            images = np.array(images)  # torch refuses to alias read-only buffers
-        host = torch.from_numpy(images)
-        if self.device.type != "cuda":
-            return host
-        host = host.pin_memory()
-        assert self._copy_stream is not None  # noqa: S101  # set together with the CUDA device
-        with torch.cuda.stream(self._copy_stream):
-            return host.to(self.device, non_blocking=True)
-
     def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        if self._copy_stream is not None:
-            torch.cuda.current_stream().wait_stream(self._copy_stream)
-            batch.record_stream(torch.cuda.current_stream())
+        batch = batch.to(self.device)  # a no-op unless a CPU-decoded tensor meets a GPU model
         x = batch.permute(0, 3, 1, 2).float()
         x = (x - self._mean) / self._std
         if self.settings.channels_last:
@@ -195,15 +271,15 @@ class Predictor:
             yield images[start : start + size]
 
     def _run_pipelined(self, images: np.ndarray | torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Copy micro-batch i+1 while micro-batch i computes (two in flight on CUDA)."""
+        """Micro-batches of ``size``, issued in :func:`overlap_schedule`'s order."""
         chunks = list(self._chunks(images, size))
+        staged: dict[int, Staged] = {}
         ids_out, scores_out = [], []
-        pending = self._to_device(chunks[0])
-        for index in range(len(chunks)):
-            current = pending
-            if index + 1 < len(chunks):
-                pending = self._to_device(chunks[index + 1])
-            ids, scores = self._forward(current)
+        for step, index in overlap_schedule(len(chunks)):
+            if step == "copy":
+                staged[index] = self._staging.stage(chunks[index])
+                continue
+            ids, scores = self._forward(self._staging.take(staged.pop(index)))
             ids_out.append(ids.cpu().numpy())
             scores_out.append(scores.cpu().numpy())
         return np.concatenate(ids_out).astype(np.int32), np.concatenate(scores_out).astype(np.float32)
@@ -246,13 +322,6 @@ class Predictor:
         dummy = np.zeros((size, crop, crop, 3), dtype=np.uint8)
         self.with_oom_backoff(lambda s: self._run_pipelined(dummy[:s], s))
 
-    def gpu_stats(self) -> tuple[float, int] | None:
-        """(utilisation 0-1, allocated bytes) on CUDA, else None."""
-        import torch
-
-        if self.device.type != "cuda":
-            return None
-        utilization = 0.0
-        with contextlib.suppress(Exception):
-            utilization = torch.cuda.utilization(self.device) / 100.0
-        return utilization, int(torch.cuda.memory_allocated(self.device))
+    def gpu_stats(self) -> GpuReading | None:
+        """The actor's GPU as NVML sees it (fields NVML cannot give are None); None off CUDA."""
+        return self._gpu_stats.read() if self._gpu_stats is not None else None

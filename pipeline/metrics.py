@@ -46,33 +46,6 @@ STAGE_DECODE = "decode"
 STAGE_INFERENCE = "inference"
 STAGE_WRITE = "write"
 
-#: The stage whose task first marks a row failed with each reason. Later stages pass
-#: failed rows through (and count them as rows out with outcome "failed"), but a
-#: failure is counted in ``pipeline_failures`` once, by the stage that caused it.
-#: Fetching happens inside the decode task, so fetch reasons are reported there.
-FAILING_STAGE: Mapping[str, str] = {
-    FailureReason.NOT_FOUND: STAGE_DECODE,
-    FailureReason.PERMISSION_DENIED: STAGE_DECODE,
-    FailureReason.UNREADABLE: STAGE_DECODE,
-    FailureReason.EMPTY_FILE: STAGE_DECODE,
-    FailureReason.NOT_AN_IMAGE: STAGE_DECODE,
-    FailureReason.TRUNCATED: STAGE_DECODE,
-    FailureReason.TOO_MANY_PIXELS: STAGE_DECODE,
-    FailureReason.DECODE_ERROR: STAGE_DECODE,
-    FailureReason.MODEL_ERROR: STAGE_INFERENCE,
-    FailureReason.NOT_A_REGULAR_FILE: STAGE_DECODE,
-    FailureReason.TOO_LARGE: STAGE_DECODE,
-    FailureReason.TIMEOUT: STAGE_DECODE,
-    FailureReason.OUTSIDE_ALLOWED_ROOTS: STAGE_DECODE,
-    FailureReason.UNSUPPORTED_SCHEME: STAGE_DECODE,
-    FailureReason.INVALID_URI: STAGE_DECODE,
-}
-
-
-def failing_stage(reason: str) -> str:
-    """The stage that counts a failure with this reason (decode for reasons not in the table)."""
-    return FAILING_STAGE.get(reason, STAGE_DECODE)
-
 
 @dataclass(frozen=True)
 class WorkerMetrics:
@@ -87,19 +60,25 @@ class WorkerMetrics:
     gpu_utilization: RayGauge
     gpu_memory_used: RayGauge
 
-    def count_rows(self, stage: str, ok: int, failed_by_reason: Mapping[str, int]) -> None:
-        """Add one batch's rows leaving ``stage`` by outcome, and the failures this stage caused.
+    def count_rows(self, stage: str, ok: int, failed: int) -> None:
+        """Add one batch's rows leaving ``stage`` by outcome.
 
-        ``failed_by_reason`` may include rows that failed upstream and pass through: they
-        count as rows out with outcome ``failed`` but not again as failures.
+        ``failed`` includes rows that failed upstream and pass through; they are counted
+        as failures only once, by :meth:`count_failures` where they failed.
         """
         if ok > 0:
             self.rows.inc(ok, tags={"stage": stage, "outcome": "ok"})
-        failed = sum(failed_by_reason.values())
         if failed > 0:
             self.rows.inc(failed, tags={"stage": stage, "outcome": "failed"})
-        for reason, count in failed_by_reason.items():
-            if count > 0 and failing_stage(reason) == stage:
+
+    def count_failures(self, stage: str, by_reason: Mapping[str, int]) -> None:
+        """Add the rows that failed in ``stage`` (where the failure happened), by reason.
+
+        Decoding counts as ``decode`` wherever it runs: on a CPU worker, or in the
+        inference actor with ``preprocess.decode_device: gpu``.
+        """
+        for reason, count in by_reason.items():
+            if count > 0:
                 self.failures.inc(count, tags={"stage": stage, "reason": str(reason)})
 
     def observe_batch(self, stage: str, seconds: float, size: int) -> None:
@@ -107,10 +86,12 @@ class WorkerMetrics:
         self.stage_seconds.observe(seconds, tags={"stage": stage})
         self.batch_size.observe(size, tags={"stage": stage})
 
-    def observe_gpu(self, utilization: float, memory_used_bytes: int) -> None:
-        """Record the GPU busy fraction (0-1) and allocated bytes an actor sees."""
-        self.gpu_utilization.set(utilization)
-        self.gpu_memory_used.set(memory_used_bytes)
+    def observe_gpu(self, utilization: float | None, memory_used_bytes: int | None) -> None:
+        """Record the GPU busy fraction (0-1) and bytes in use; an unknown figure is not exported."""
+        if utilization is not None:
+            self.gpu_utilization.set(utilization)
+        if memory_used_bytes is not None:
+            self.gpu_memory_used.set(memory_used_bytes)
 
 
 @functools.cache
@@ -160,10 +141,16 @@ def worker_metrics(pipeline: str, run_id: str) -> WorkerMetrics:
             )
         ),
         gpu_utilization=with_defaults(
-            RayGauge("pipeline_gpu_utilization_ratio", "GPU busy fraction seen by an actor (0-1).", keys)
+            RayGauge(
+                "pipeline_gpu_utilization_ratio",
+                "Busy fraction (0-1) of an actor's GPU from NVML; absent where NVML cannot tell.",
+                keys,
+            )
         ),
         gpu_memory_used=with_defaults(
-            RayGauge("pipeline_gpu_memory_used_bytes", "GPU memory allocated by an actor.", keys)
+            RayGauge(
+                "pipeline_gpu_memory_used_bytes", "Bytes in use on an actor's GPU (NVML, else CUDA).", keys
+            )
         ),
     )
 

@@ -93,7 +93,8 @@ def decode_batch(
         for bad in np.flatnonzero(status == STATUS_FAILED):
             sampler.record(STAGE_DECODE, str(reasons[bad]), uris[bad], str(errors[bad] or ""))
     metrics = worker_metrics(labels.pipeline, labels.run_id)
-    metrics.count_rows(STAGE_DECODE, len(uris) - sum(failed.values()), failed)
+    metrics.count_rows(STAGE_DECODE, len(uris) - failed.total(), failed.total())
+    metrics.count_failures(STAGE_DECODE, failed)
     metrics.observe_batch(STAGE_DECODE, time.perf_counter() - started, len(uris))
     pixels = (
         {BYTES_COLUMN: encoded, ENCODING_COLUMN: encodings} if settings.keep_jpeg else {IMAGE_COLUMN: images}
@@ -159,16 +160,17 @@ class Classify:
                 status[good] = STATUS_FAILED
                 reasons[good] = str(FailureReason.MODEL_ERROR)
                 errors[good] = f"{type(exc).__name__}: {exc}"[:200]
+                self.metrics.count_failures(STAGE_INFERENCE, {FailureReason.MODEL_ERROR: len(good)})
                 bad_input_sampler(self.labels.pipeline, self.labels.run_id).record(
                     STAGE_INFERENCE, FailureReason.MODEL_ERROR, str(batch["uri"][good[0]]), errors[good[0]]
                 )
         ok_mask = status == STATUS_OK
         failed = Counter(str(reason) for reason in reasons[~ok_mask])
-        self.metrics.count_rows(STAGE_INFERENCE, int(ok_mask.sum()), failed)
+        self.metrics.count_rows(STAGE_INFERENCE, int(ok_mask.sum()), failed.total())
         self.metrics.observe_batch(STAGE_INFERENCE, time.perf_counter() - started, len(good))
-        stats = self.predictor.gpu_stats()
-        if stats is not None:
-            self.metrics.observe_gpu(*stats)
+        reading = self.predictor.gpu_stats()
+        if reading is not None:
+            self.metrics.observe_gpu(reading.utilization, reading.memory_used_bytes)
         if self.progress is not None:
             self.progress.add.remote(int(ok_mask.sum()), dict(failed))
         return self._table(batch, status, reasons, errors, ids, scores, ok_mask)
@@ -193,8 +195,10 @@ class Classify:
             row = good[offset]
             status[row], reasons[row], errors[row] = STATUS_FAILED, str(failure.reason), failure.detail
             bad_input_sampler(self.labels.pipeline, self.labels.run_id).record(
-                STAGE_INFERENCE, str(failure.reason), str(batch["uri"][row]), failure.detail
+                STAGE_DECODE, str(failure.reason), str(batch["uri"][row]), failure.detail
             )
+        reasons_here = Counter(str(failure.reason) for failure in failures.values())
+        self.metrics.count_failures(STAGE_DECODE, reasons_here)
         return np.delete(good, list(failures)), crops
 
     def _table(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv with the pipeline installed. `scripts/setup.sh dev` adds the test tools:
-# dev extras, the Helm library (helm-sdkpy) and, as root, Debian's Prometheus and Pushgateway.
+# dev extras, the gpu extra (so tests load the real NVML bindings, here without a driver), the Helm library (helm-sdkpy) and, as root, Debian's Prometheus and Pushgateway.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
@@ -14,7 +14,7 @@ fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 
 if [ "$mode" = dev ]; then
-  "${pip[@]}" -e '.[dev]'
+  "${pip[@]}" -e '.[dev,gpu]'
   # helm-sdkpy bundles Helm v4's Go library; it declares Python >= 3.12 but works on 3.11.
   .venv/bin/python -c 'import helm_sdkpy' 2>/dev/null || "${pip[@]}" --ignore-requires-python 'helm-sdkpy==0.1.32'
   if ! command -v promtool >/dev/null || ! command -v prometheus-pushgateway >/dev/null; then

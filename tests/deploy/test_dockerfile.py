@@ -132,6 +132,18 @@ class TestDockerfile:
         chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
         assert chart["appVersion"] == project["version"]
 
+    def test_gpu_flavour_installs_the_gpu_extra(self, dockerfile) -> None:
+        """The GPU image has the NVML bindings (the gpu extra) and checks they import at build time."""
+        global_args, stages = dockerfile
+        builder = next(s for s in stages if s.name == "builder")
+        assert global_args["FLAVOUR"] == "gpu"
+        assert "FLAVOUR" in builder.args("ARG")
+        install = next(run for run in builder.args("RUN") if "/src${extra}" in run)
+        assert 'if [ "${FLAVOUR}" = gpu ]; then extra="[gpu]"' in install
+        assert 'python -c "import pynvml"' in install
+        project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+        assert any(pin.startswith("nvidia-ml-py==") for pin in project["optional-dependencies"]["gpu"])
+
     def test_entrypoint_is_the_chart_entrypoint(self, dockerfile, releases: dict[str, Release]) -> None:
         """ENTRYPOINT + CMD run exactly what the RayJob's entrypoint runs."""
         _, stages = dockerfile

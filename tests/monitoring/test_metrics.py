@@ -12,7 +12,6 @@ from structlog.testing import capture_logs
 
 from pipeline.metrics import (
     ETA_UNKNOWN,
-    FAILING_STAGE,
     PUSH_JOB_NAME,
     STAGE_DECODE,
     STAGE_INFERENCE,
@@ -64,8 +63,10 @@ class TestWorkerMetrics:
     def test_failures_are_counted_once_by_the_stage_that_caused_them(self) -> None:
         """A decode failure passing through inference is a failed row out of both stages, but one failure."""
         metrics = recording_worker_metrics()
-        metrics.count_rows(STAGE_DECODE, 20, {FailureReason.EMPTY_FILE: 1})
-        metrics.count_rows(STAGE_INFERENCE, 19, {FailureReason.EMPTY_FILE: 1, FailureReason.MODEL_ERROR: 1})
+        metrics.count_rows(STAGE_DECODE, 20, 1)
+        metrics.count_failures(STAGE_DECODE, {FailureReason.EMPTY_FILE: 1})
+        metrics.count_rows(STAGE_INFERENCE, 19, 2)
+        metrics.count_failures(STAGE_INFERENCE, {FailureReason.MODEL_ERROR: 1})
         rows: Any = metrics.rows
         failures: Any = metrics.failures
         assert rows.totals("stage", "outcome") == {
@@ -82,13 +83,56 @@ class TestWorkerMetrics:
     def test_zero_counts_are_not_recorded(self) -> None:
         """An all-ok or empty batch records no zero increments, which Ray would reject."""
         metrics = recording_worker_metrics()
-        metrics.count_rows(STAGE_DECODE, 0, {})
-        metrics.count_rows(STAGE_DECODE, 0, {FailureReason.TRUNCATED: 0})
+        metrics.count_rows(STAGE_DECODE, 0, 0)
+        metrics.count_failures(STAGE_DECODE, {FailureReason.TRUNCATED: 0})
         assert metrics.rows.calls == [] == metrics.failures.calls  # type: ignore[attr-defined]
 
-    def test_every_failure_reason_has_a_failing_stage(self) -> None:
-        """A new FailureReason must say which stage counts it, or failures would go uncounted or doubled."""
-        assert set(FAILING_STAGE) == set(FailureReason)
+    def test_an_unknown_gpu_figure_is_not_exported(self) -> None:
+        """No NVML: the utilisation gauge is never set (an absent series, not a fake 0); memory still is."""
+        metrics = recording_worker_metrics()
+        metrics.observe_gpu(None, 3 * 2**30)
+        metrics.observe_gpu(0.75, None)
+        utilization: Any = metrics.gpu_utilization
+        memory: Any = metrics.gpu_memory_used
+        assert [value for value, _ in utilization.calls] == [0.75]
+        assert [value for value, _ in memory.calls] == [3 * 2**30]
+
+    def test_jpegs_that_fail_in_the_actor_are_counted_as_decode_failures(self) -> None:
+        """decode_device gpu: a JPEG the inference actor cannot decode is in pipeline_failures, once."""
+        import numpy as np
+
+        from pipeline import samples
+        from pipeline.decode import DecodeSettings
+        from pipeline.inference import InferenceSettings
+        from pipeline.model import ModelSpec, Preprocessing
+        from pipeline.schema import BYTES_COLUMN, ENCODING_COLUMN, ENCODING_JPEG
+        from pipeline.stages import Classify, RunLabels
+
+        prep = Preprocessing(72, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
+        labels = tuple(map(str, range(10)))
+        spec = ModelSpec("resnet18", 10, None, "random-init", True, labels, prep)  # noqa: FBT003
+        on_device = DecodeSettings(72, 64, "bilinear", 89_478_485, reduced_decode=False, keep_jpeg=True)
+        settings = InferenceSettings(device="cpu", precision="fp32", batch_size=4)
+        classify = Classify(spec, None, settings, 1, RunLabels("p", "r"), device_decode=on_device)
+        classify.metrics = recording_worker_metrics()
+        good = samples.jpeg_bytes(samples.photo_like(np.random.default_rng(1), 120, 90))
+        blobs = [good, good[:1500], good]
+        table = classify(
+            {
+                "row_id": np.array(["a", "b", "c"], dtype=object),
+                "uri": np.array(["a.jpg", "b.jpg", "c.jpg"], dtype=object),
+                BYTES_COLUMN: np.array(blobs, dtype=object),
+                ENCODING_COLUMN: np.array([ENCODING_JPEG] * 3, dtype=object),
+                "status": np.array(["ok"] * 3, dtype=object),
+                "reason": np.array([None] * 3, dtype=object),
+                "error": np.array([None] * 3, dtype=object),
+            }
+        )
+        assert table.column("reason").to_pylist() == [None, "truncated", None]
+        failures: Any = classify.metrics.failures
+        rows: Any = classify.metrics.rows
+        assert failures.totals("stage", "reason") == {("decode", "truncated"): 1}
+        assert rows.totals("stage", "outcome") == {("inference", "ok"): 2, ("inference", "failed"): 1}
 
     def test_ray_metric_names_and_labels(self) -> None:
         """The Ray metrics are named as docs/observability.md says and carry the pipeline and run id."""

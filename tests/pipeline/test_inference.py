@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.inference import CPU_AUTO_BATCH, InferenceSettings, Predictor, resolve_precision
+from pipeline.inference import (
+    CPU_AUTO_BATCH,
+    HostStaging,
+    InferenceSettings,
+    Predictor,
+    Staged,
+    overlap_schedule,
+    resolve_precision,
+)
 from pipeline.model import ModelSpec, Preprocessing
 
 SPEC = ModelSpec(
@@ -93,6 +101,68 @@ class TestPredictor:
         assert chosen in {"bf16", "fp32"}
         assert resolve_precision("fp16", "cpu") == "fp16"
         assert resolve_precision("fp32", "cuda") == "fp32"
+
+
+class TestCopyComputeOverlap:
+    @pytest.mark.parametrize("chunks", [1, 2, 3, 7])
+    def test_the_next_copy_is_issued_before_each_compute_and_two_at_most_are_staged(self, chunks):
+        """Copy i+1 goes out before compute i (so it can overlap); compute i after copy i; <= 2 on device."""
+        steps = list(overlap_schedule(chunks))
+        expected = [("copy", i) for i in range(chunks)] + [("compute", i) for i in range(chunks)]
+        assert sorted(steps) == sorted(expected)
+        position = {step: at for at, step in enumerate(steps)}
+        for index in range(chunks):
+            assert position["copy", index] < position["compute", index]
+            if index + 1 < chunks:
+                assert position["copy", index + 1] < position["compute", index]
+        in_flight = 0
+        for kind, _ in steps:
+            in_flight += 1 if kind == "copy" else -1
+            assert 0 <= in_flight <= 2
+
+    def test_each_compute_waits_for_its_own_copy_only(self, monkeypatch):
+        """The predictor waits on micro-batch i's copy event before computing i, never on a later copy."""
+        log: list[str] = []
+
+        class RecordingStaging(HostStaging):
+            def __init__(self) -> None:
+                self.copies = 0
+
+            def stage(self, images):
+                staged = super().stage(images)
+                log.append(f"copy {self.copies}")
+                self.copies += 1
+                return Staged(staged.tensor, ready=f"event {self.copies - 1}")
+
+            def take(self, staged):
+                log.append(f"wait {staged.ready}")
+                return staged.tensor
+
+        predictor = Predictor(SPEC, None, InferenceSettings(precision="fp32", batch_size=4), top_k=2)
+        images = _images(10)
+        expected = predictor.predict(images)
+        forward = predictor._forward
+
+        def recording_forward(batch):
+            log.append(f"compute {len(batch)}")
+            return forward(batch)
+
+        monkeypatch.setattr(predictor, "_staging", RecordingStaging())
+        monkeypatch.setattr(predictor, "_forward", recording_forward)
+        ids, scores = predictor.predict(images)
+        assert log == [
+            "copy 0",
+            "copy 1",
+            "wait event 0",
+            "compute 4",
+            "copy 2",
+            "wait event 1",
+            "compute 4",
+            "wait event 2",
+            "compute 2",
+        ]
+        np.testing.assert_array_equal(ids, expected[0])
+        np.testing.assert_array_equal(scores, expected[1])
 
 
 # Page faults of five batch-8 ResNet-18 passes at 224x224 after five to warm up, in a
