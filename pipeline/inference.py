@@ -108,27 +108,27 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-#: Micro-batches copied ahead of the one computing: one computes while the next copies.
+#: Micro-batches the host issues beyond the one whose results it waits for.
 COPY_AHEAD = 1
 
-
-Step = tuple[Literal["copy", "compute"], int]
+Step = tuple[Literal["copy", "compute", "collect"], int]
 
 
 def overlap_schedule(chunks: int, ahead: int = COPY_AHEAD) -> Iterator[Step]:
-    """The order to issue the copies and computes of ``chunks`` micro-batches.
+    """The order in which the host issues the work of ``chunks`` micro-batches.
 
-    Copy ``i + ahead`` is issued before compute ``i``, so on CUDA it runs on the copy
-    stream while ``i`` computes; compute ``i`` waits only for copy ``i``'s event
-    (:class:`CudaStaging`), never for copies issued after it. At most ``ahead + 1``
-    micro-batches are on the device at once.
+    Micro-batch ``i`` is copied, then its compute is queued (on CUDA it waits for copy
+    ``i``'s event only, :class:`CudaStaging`); the host waits for (collects) the results
+    of ``i`` only after it has issued the copy and compute of ``i + ahead``. So copy
+    ``i + 1`` runs on the copy stream while ``i`` computes, the GPU always has the next
+    compute queued, and at most ``ahead + 1`` micro-batches are on the device at once.
     """
-    copied = 0
-    for index in range(chunks):
-        while copied < min(chunks, index + ahead + 1):
-            yield "copy", copied
-            copied += 1
-        yield "compute", index
+    for index in range(chunks + ahead):
+        if index < chunks:
+            yield "copy", index
+            yield "compute", index
+        if index >= ahead:
+            yield "collect", index - ahead
 
 
 @dataclass(frozen=True)
@@ -274,14 +274,17 @@ class Predictor:
         """Micro-batches of ``size``, issued in :func:`overlap_schedule`'s order."""
         chunks = list(self._chunks(images, size))
         staged: dict[int, Staged] = {}
+        running: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         ids_out, scores_out = [], []
         for step, index in overlap_schedule(len(chunks)):
             if step == "copy":
                 staged[index] = self._staging.stage(chunks[index])
-                continue
-            ids, scores = self._forward(self._staging.take(staged.pop(index)))
-            ids_out.append(ids.cpu().numpy())
-            scores_out.append(scores.cpu().numpy())
+            elif step == "compute":
+                running[index] = self._forward(self._staging.take(staged.pop(index)))
+            else:
+                ids, scores = running.pop(index)
+                ids_out.append(ids.cpu().numpy())  # waits for this micro-batch's compute
+                scores_out.append(scores.cpu().numpy())
         return np.concatenate(ids_out).astype(np.int32), np.concatenate(scores_out).astype(np.float32)
 
     def predict(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

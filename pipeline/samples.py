@@ -7,6 +7,9 @@ and noise, at varied sizes and aspect ratios, saved as real JPEG/PNG files.
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -100,16 +103,34 @@ def make_images(
     return paths
 
 
-def imagenet_sized(root: Path, count: int, *, seed: int = 0) -> list[Path]:
-    """JPEGs at typical ImageNet sizes (around 500x375), for benchmarks."""
-    return make_images(
-        root,
-        count,
-        seed=seed,
-        sizes=((500, 375), (375, 500), (500, 333), (640, 480)),
-        png_every=0,
-        broken=False,
-    )
+IMAGENET_SIZES = ((500, 375), (375, 500), (500, 333), (640, 480))
+
+
+def _write_imagenet_sized(job: tuple[Path, int, int]) -> None:
+    path, seed, index = job
+    width, height = IMAGENET_SIZES[index % len(IMAGENET_SIZES)]
+    path.write_bytes(jpeg_bytes(photo_like(np.random.default_rng((seed, index)), width, height)))
+
+
+def imagenet_sized(root: Path, count: int, *, seed: int = 0, workers: int | None = None) -> list[Path]:
+    """JPEGs at typical ImageNet sizes (around 500x375), for benchmarks, made on all cores.
+
+    Image ``i`` comes from its own seed ``(seed, i)``: the files are the same whatever the
+    number of workers. About 40 ms an image on one core, so 20,000 take a minute on 16.
+    """
+    paths = [root / f"shard-{index % 4}" / f"img-{index:05d}.jpg" for index in range(count)]
+    for folder in {path.parent for path in paths}:
+        folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(path, seed, index) for index, path in enumerate(paths)]
+    workers = min(workers or os.cpu_count() or 1, max(1, count // 64))
+    if workers == 1:
+        for job in jobs:
+            _write_imagenet_sized(job)
+        return paths
+    context = multiprocessing.get_context("spawn")  # the caller may hold threads (torch, Ray)
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        list(pool.map(_write_imagenet_sized, jobs, chunksize=32))
+    return paths
 
 
 def _png_with_declared_size(width: int, height: int) -> bytes:

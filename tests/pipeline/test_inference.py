@@ -105,20 +105,21 @@ class TestPredictor:
 
 class TestCopyComputeOverlap:
     @pytest.mark.parametrize("chunks", [1, 2, 3, 7])
-    def test_the_next_copy_is_issued_before_each_compute_and_two_at_most_are_staged(self, chunks):
-        """Copy i+1 goes out before compute i (so it can overlap); compute i after copy i; <= 2 on device."""
+    def test_the_next_copy_goes_out_before_the_host_waits_and_two_at_most_are_on_the_device(self, chunks):
+        """Copy i+1 and compute i+1 are issued before the host waits for i; compute i follows copy i."""
         steps = list(overlap_schedule(chunks))
-        expected = [("copy", i) for i in range(chunks)] + [("compute", i) for i in range(chunks)]
+        expected = [(kind, i) for i in range(chunks) for kind in ("copy", "compute", "collect")]
         assert sorted(steps) == sorted(expected)
         position = {step: at for at, step in enumerate(steps)}
         for index in range(chunks):
-            assert position["copy", index] < position["compute", index]
+            assert position["copy", index] < position["compute", index] < position["collect", index]
             if index + 1 < chunks:
-                assert position["copy", index + 1] < position["compute", index]
-        in_flight = 0
+                assert position["compute", index + 1] < position["collect", index]
+        assert [index for kind, index in steps if kind == "collect"] == list(range(chunks))
+        on_device = 0
         for kind, _ in steps:
-            in_flight += 1 if kind == "copy" else -1
-            assert 0 <= in_flight <= 2
+            on_device += {"copy": 1, "compute": 0, "collect": -1}[kind]
+            assert 0 <= on_device <= 2
 
     def test_each_compute_waits_for_its_own_copy_only(self, monkeypatch):
         """The predictor waits on micro-batch i's copy event before computing i, never on a later copy."""
@@ -152,12 +153,12 @@ class TestCopyComputeOverlap:
         ids, scores = predictor.predict(images)
         assert log == [
             "copy 0",
-            "copy 1",
             "wait event 0",
             "compute 4",
-            "copy 2",
+            "copy 1",
             "wait event 1",
             "compute 4",
+            "copy 2",
             "wait event 2",
             "compute 2",
         ]
