@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -164,13 +165,18 @@ def _decode_chunk(blobs: list[bytes]) -> np.ndarray:
     return np.stack([crop for crop in crops if crop is not None])
 
 
+def _decode_pool(workers: int) -> ProcessPoolExecutor:
+    """Decode processes, spawned: forking a process that holds a CUDA context is unsafe."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def _chunks(blobs: list[bytes], size: int) -> list[list[bytes]]:
     return [blobs[start : start + size] for start in range(0, len(blobs), size)]
 
 
 def cpu_decode(blobs: list[bytes], workers: int) -> dict[str, Any]:
     """PIL decode + resize + crop on ``workers`` processes, img/s."""
-    with ProcessPoolExecutor(workers) as pool:
+    with _decode_pool(workers) as pool:
         list(pool.map(_decode_chunk, _chunks(blobs[: workers * 4], 4)))  # start the workers
         started = time.perf_counter()
         decoded = sum(len(crops) for crops in pool.map(_decode_chunk, _chunks(blobs, 32)))
@@ -209,7 +215,7 @@ def decode_then_predict(scale: Scale, blobs: list[bytes], workers: int, batch: i
         _spec(scale.model), None, InferenceSettings(scale.device, precision, batch), top_k=5
     )
     predictor.predict(np.zeros((batch, 224, 224, 3), np.uint8))
-    with ProcessPoolExecutor(workers) as pool:
+    with _decode_pool(workers) as pool:
         list(pool.map(_decode_chunk, _chunks(blobs[: workers * 4], 4)))
         started, done = time.perf_counter(), 0
         for crops in pool.map(_decode_chunk, _chunks(blobs, batch)):  # decoded while the model runs
