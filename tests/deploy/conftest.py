@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
-from deploy_fake_api import BUILTIN_RESOURCES, FakeKubeAPI, crd_resources
-from deploy_manifests import CRD_DIR, ENVIRONMENTS, HelmRunner, Release, environment_values
+from deploy_manifests import HelmRunner, Release, render_values, start_fake_api
+
+if TYPE_CHECKING:
+    from deploy_fake_api import FakeKubeAPI
 
 
 @pytest.fixture(scope="session")
 def fake_kube_api() -> Iterator[FakeKubeAPI]:
     """A Kubernetes API on 127.0.0.1: discovery for built-in kinds and the CRDs; accepts creates."""
-    api = FakeKubeAPI(resources={**BUILTIN_RESOURCES, **crd_resources(CRD_DIR)}).start()
+    api = start_fake_api()
     yield api
     api.stop()
 
@@ -26,10 +29,7 @@ def helm(fake_kube_api: FakeKubeAPI, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="session")
 def releases(helm: HelmRunner) -> dict[str, Release]:
     """The chart installed with its defaults and with each environment's values file."""
-    installed = {"default": helm.install()}
-    for env in ENVIRONMENTS:
-        installed[env] = helm.install(environment_values(env))
-    return installed
+    return {name: helm.install(values) for name, values in render_values().items()}
 
 
 @pytest.fixture(scope="session")

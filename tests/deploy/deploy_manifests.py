@@ -13,23 +13,25 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jsonschema
 import yaml
-
-if TYPE_CHECKING:
-    from deploy_fake_api import FakeKubeAPI
+from deploy_fake_api import BUILTIN_RESOURCES, FakeKubeAPI, crd_resources
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CHART = REPO / "deploy" / "helm" / "batch-inference"
 KUBERAY_DIR = REPO / "deploy" / "kuberay"
 CRD_DIR = HERE / "crds"
+# The stored renders test_chart_renders.py compares with; deploy/helm/render-snapshots.py writes them.
+RENDERS_DIR = HERE / "renders"
 HELM_CLI = HERE / "deploy_helm_cli.py"
 ENVIRONMENTS = ("dev", "staging", "prod")
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion): its schemas are the strictest test.
@@ -85,6 +87,11 @@ def environment_values(env: str, chart: Path = CHART) -> Obj:
     return data or {}
 
 
+def render_values() -> dict[str, Obj]:
+    """Name -> values of the chart's usual renders: its defaults, then each environment's file."""
+    return {"default": {}, **{env: environment_values(env) for env in ENVIRONMENTS}}
+
+
 class HelmRunner:
     """Installs charts into a FakeKubeAPI with helm-sdkpy and returns the rendered objects."""
 
@@ -130,6 +137,22 @@ class HelmRunner:
     def lint(self, chart: Path = CHART) -> Obj:
         """``helm lint CHART``."""
         return self._run("lint", str(self.kubeconfig), str(chart))
+
+
+def start_fake_api() -> FakeKubeAPI:
+    """A fake Kubernetes API serving the built-in kinds and the CRDs under crds/."""
+    return FakeKubeAPI(resources={**BUILTIN_RESOURCES, **crd_resources(CRD_DIR)}).start()
+
+
+@contextmanager
+def standalone_helm() -> Iterator[HelmRunner]:
+    """A HelmRunner on a fake API of its own, for scripts run outside pytest (deploy/helm/*.py)."""
+    api = start_fake_api()
+    try:
+        with tempfile.TemporaryDirectory(prefix="batch-inference-helm-") as workdir:
+            yield HelmRunner(api, Path(workdir))
+    finally:
+        api.stop()
 
 
 # -- schemas --------------------------------------------------------------------------------------
