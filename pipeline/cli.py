@@ -91,10 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace, *, check_paths: bool = True) -> Config:
+def _load(
+    args: argparse.Namespace, *, check_paths: bool = True, flags: dict[str, object] | None = None
+) -> Config:
+    """The config from --config, the environment, --set, then command flags (``None``: not given)."""
     from pipeline.config import load_config
 
-    return load_config(args.config, args.overrides, check_paths=check_paths)
+    given = {key: value for key, value in (flags or {}).items() if value is not None}
+    return load_config(args.config, args.overrides, check_paths=check_paths, flags=given)
 
 
 def _configure_logging(config: Config) -> None:
@@ -107,9 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``pipeline run``."""
     from pipeline.job import run_job
 
-    config = _load(args)
-    if args.run_id:
-        config.job.run_id = args.run_id
+    config = _load(args, flags={"job.run_id": args.run_id})
     _configure_logging(config)
     summary = run_job(config, overwrite=args.overwrite)
     print(summary.render())

@@ -146,7 +146,8 @@ class ResourcesConfig(_Section):
     placement: Literal["local", "worker_groups"] = "local"
     cpu_group_resource: str = "cpu_group"
     gpu_group_resource: str = "gpu_group"
-    decode_num_cpus: float = Field(default=1.0, gt=0)
+    # None: decide (1 CPU per decode task on worker groups; a share of the node locally).
+    decode_num_cpus: float | None = Field(default=None, gt=0)
     decode_concurrency: int | None = Field(default=None, ge=1)
     actor_num_cpus: float | None = Field(default=None, ge=0)
     actor_num_gpus: float | None = Field(default=None, ge=0)
@@ -173,6 +174,12 @@ class MetricsConfig(_Section):
     summary_path: str | None = None
 
 
+#: Preprocessing settings that change the pixels the model sees (the rest are limits and tuning).
+RESULT_PREPROCESS_KEYS = ("resize_size", "crop_size", "reduced_decode", "decode_device")
+#: The precision class a resume must keep: bf16 and fp16 give the same top-1 within tolerance.
+PRECISION_CLASS = {"auto": "auto", "fp32": "fp32", "bf16": "mixed", "fp16": "mixed"}
+
+
 class Config(_Section):
     """The whole job configuration."""
 
@@ -192,19 +199,24 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
     def config_hash(self) -> str:
-        """sha256 of the settings that change results.
+        """sha256 of the settings that change results; a resume must match it.
 
-        Left out: the run id, and what only changes how or where the job runs (storage
-        client, cluster resources, logging, metrics, write mode), so a resumed run may
-        use other retry settings or a bigger cluster.
+        Hashed: which inputs (``input`` but ``allowed_roots``), the model (architecture,
+        weights, labels, top-k), the preprocessing that shapes the pixels, and the
+        precision class (fp32, or mixed: bf16 and fp16 alike). Everything else only
+        changes how, where or with what limits the job runs, so a resume may change it:
+        a smaller batch after an out-of-memory, a higher failure budget after exit 5, more
+        resources, other retry settings.
         """
         data = self.to_dict()
-        data["job"].pop("run_id", None)
-        data["output"].pop("mode", None)
-        data["output"].pop("lease_seconds", None)
-        for operational in ("storage", "resources", "logging", "metrics"):
-            data.pop(operational, None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        data["input"].pop("allowed_roots", None)
+        results = {
+            "input": data["input"],
+            "model": data["model"],
+            "preprocess": {key: data["preprocess"][key] for key in RESULT_PREPROCESS_KEYS},
+            "precision": PRECISION_CLASS[self.inference.precision],
+        }
+        return hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()
 
 
 def _parse_scalar(text: str) -> Any:
@@ -279,8 +291,14 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     *,
     check_paths: bool = True,
+    flags: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Build and validate the configuration; raise :class:`ConfigError` on the first problem."""
+    """Build and validate the configuration; raise :class:`ConfigError` on the first problem.
+
+    Later sources win: the file, the environment, ``overrides`` (``--set``), then ``flags``
+    (command-line options such as ``--run-id``, already typed, by dotted key). Every value
+    is validated the same way, whatever its source.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         file = Path(path)
@@ -300,6 +318,8 @@ def load_config(
         if not sep:
             raise ConfigError("--set", item, "expected section.key=value")
         _set_path(data, dotted.strip(), _parse_scalar(text), "--set")
+    for dotted, value in (flags or {}).items():
+        _set_path(data, dotted, value, "flag")
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from pipeline.model import ModelSpec
 
 READ_ROWS_PER_TASK = 256
+# CPUs per decode task where resources.decode_num_cpus is left to decide, outside a local
+# CPU run (which sizes its light tasks below): one core decodes one image at a time.
+DECODE_NUM_CPUS = 1.0
 # A local CPU run leaves a quarter of the CPUs (or one configured decode task) beside the
 # actors for the light tasks: listing, decode and Parquet writes. Each takes that share, up
 # to one CPU, so on up to 4 cores they run one at a time. Every light task running beside
@@ -146,7 +149,7 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
     actor_cpus = res.actor_num_cpus if res.actor_num_cpus is not None else 1.0
     min_actors = res.min_actors or 1
     max_actors = res.max_actors or min_actors
-    decode_cpus = res.decode_num_cpus
+    decode_cpus = res.decode_num_cpus if res.decode_num_cpus is not None else DECODE_NUM_CPUS
     if not groups and 0 < cpus < decode_cpus:
         decode_cpus = cpus  # the cluster has no more: a bigger decode task would never start
     io_cpus = (READ_NUM_CPUS, WRITE_NUM_CPUS)
@@ -155,7 +158,7 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
     if local_cpu:
         if res.min_actors is None and res.max_actors is None:
             calls = max(1, min(LOCAL_CPU_CALLS, int(cpus)))
-        configured = decode_cpus if "decode_num_cpus" in res.model_fields_set else 0.0
+        configured = decode_cpus if res.decode_num_cpus is not None else 0.0
         light_share = max(configured, cpus * LOCAL_LIGHT_CPU_SHARE)  # never less than one decode task
         light = min(MAX_LOCAL_LIGHT_TASK_CPUS, light_share)
         decode_cpus, io_cpus = configured or light, (light, light)

@@ -470,7 +470,7 @@ def _run_on_ray(
     log = get_logger(run_id=run_id, stage="driver")
     log.info("resource plan", **plan.as_dict())
     configured = config.resources.decode_num_cpus
-    if "decode_num_cpus" in config.resources.model_fields_set and plan.decode_num_cpus < configured:
+    if configured is not None and plan.decode_num_cpus < configured:
         log.warning(
             "resources.decode_num_cpus is more than this local cluster's CPUs: capped",
             configured=configured,

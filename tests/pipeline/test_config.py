@@ -145,7 +145,8 @@ class TestErrors:
 
 class TestConfigHash:
     def test_operational_settings_do_not_change_the_hash(self, config_file):
-        """Retry settings, cluster sizing, logging and write mode leave the hash (and resume) alone."""
+        """Retry settings, cluster sizing, logging, write mode, batch sizes, threads and the failure
+        budget leave the hash (and resume) alone: lowering a batch after an out-of-memory is a resume."""
         base = load_config(config_file, environ={}).config_hash()
         other = load_config(
             config_file,
@@ -154,13 +155,71 @@ class TestConfigHash:
                 "resources.max_actors=4",
                 "logging.level=debug",
                 "output.mode=overwrite",
+                "inference.batch_size=16",
+                "preprocess.batch_size=32",
+                "preprocess.fetch_threads=4",
+                "inference.torch_threads=2",
+                "inference.max_oom_retries=8",
+                "inference.compile=true",
+                "output.rows_per_file=1000",
+                "output.max_failure_fraction=0.5",
+                "preprocess.max_read_seconds=30",
+                "job.name=renamed",
             ],
             environ={},
         ).config_hash()
         assert other == base
 
     def test_result_settings_change_the_hash(self, config_file):
-        """A different model, crop or top-k is a different run."""
+        """A different model, crop, top-k, input or precision class is a different run."""
         base = load_config(config_file, environ={}).config_hash()
-        for override in ("model.top_k=3", "preprocess.crop_size=200", "model.name=resnet34"):
+        for override in (
+            "model.top_k=3",
+            "preprocess.crop_size=200",
+            "model.name=resnet34",
+            "inference.precision=bf16",
+            "preprocess.reduced_decode=false",
+            "preprocess.decode_device=gpu",
+            "input.recursive=false",
+        ):
             assert load_config(config_file, [override], environ={}).config_hash() != base, override
+
+    def test_bf16_and_fp16_are_one_precision_class(self, config_file):
+        """Switching between the two mixed precisions (e.g. on another GPU) keeps the run resumable."""
+        bf16 = load_config(config_file, ["inference.precision=bf16"], environ={}).config_hash()
+        assert load_config(config_file, ["inference.precision=fp16"], environ={}).config_hash() == bf16
+
+
+class TestDefaultsDecide:
+    def test_show_output_fed_back_plans_the_same(self, config_file, tmp_path):
+        """`pipeline config --show` read back in is the same config: same hash, same resource plan."""
+        from pipeline.config import dump_yaml
+        from pipeline.graph import plan_resources
+
+        config = load_config(config_file, environ={})
+        shown = tmp_path / "shown.yaml"
+        shown.write_text(dump_yaml(config), encoding="utf-8")
+        again = load_config(shown, environ={})
+        assert again.config_hash() == config.config_hash()
+        for cluster in ({"CPU": 2.0}, {"CPU": 16.0, "GPU": 1.0}):
+            assert plan_resources(again, cluster) == plan_resources(config, cluster), cluster
+
+    def test_null_means_decide(self, config_file):
+        """An explicit null for an automatic setting is the automatic value, not an error."""
+        from pipeline.graph import plan_resources
+
+        config = load_config(config_file, ["resources.decode_num_cpus=null"], environ={})
+        assert plan_resources(config, {"CPU": 2.0}) == plan_resources(
+            load_config(config_file, environ={}), {"CPU": 2.0}
+        )
+
+
+class TestRunIdFlag:
+    def test_a_bad_run_id_is_a_config_error_with_exit_2(self, config_file, capsys):
+        """--run-id is checked like any other value: exit 2, the key, the value and the rule; no traceback."""
+        assert main(["run", "--config", str(config_file), "--run-id", "bad id!"]) == 2
+        err = capsys.readouterr().err
+        assert "job.run_id" in err
+        assert "'bad id!'" in err
+        assert "pattern" in err
+        assert "Traceback" not in err
