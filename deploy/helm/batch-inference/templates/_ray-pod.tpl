@@ -1,0 +1,157 @@
+{{/*
+The pod template of a Ray node group, one for the head and for every worker group. Call with
+(dict "root" $ "group" <.Values.head or a worker group> "workerGroup" <its name>); without
+workerGroup it is the head's: the Ray head ports, and the ServiceAccount token the autoscaler
+sidecar needs.
+*/}}
+{{- define "batch-inference.rayPodTemplate" -}}
+{{- $root := .root -}}
+{{- $values := $root.Values -}}
+{{- $group := .group -}}
+{{- $workerGroup := .workerGroup -}}
+{{- $head := not $workerGroup -}}
+metadata:
+  labels:
+    {{- include "batch-inference.rayPodLabels" $root | nindent 4 }}
+    {{- with $workerGroup }}
+    batch-inference/worker-group: {{ . }}
+    {{- end }}
+  {{- with $values.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  serviceAccountName: {{ include "batch-inference.serviceAccountName" $root }}
+  {{- if $head }}
+  # The in-tree autoscaler sidecar talks to the Kubernetes API with this token (KubeRay
+  # binds its own Role to this ServiceAccount); the worker pods mount no token.
+  {{- end }}
+  automountServiceAccountToken: {{ $head }}
+  securityContext:
+    {{- include "batch-inference.podSecurityContext" $root | nindent 4 }}
+  {{- with $values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- range . }}
+    - name: {{ . }}
+    {{- end }}
+  {{- end }}
+  {{- with $group.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $group.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $group.tolerations }}
+  tolerations:
+    {{- include "batch-inference.tolerations" . | trim | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: {{ ternary "ray-head" "ray-worker" $head }}
+      image: {{ include "batch-inference.image" $root }}
+      imagePullPolicy: {{ $values.image.pullPolicy }}
+      ports:
+        {{- if $head }}
+        - name: gcs-server
+          containerPort: {{ $values.ports.gcs }}
+          protocol: TCP
+        - name: dashboard
+          containerPort: {{ $values.ports.dashboard }}
+          protocol: TCP
+        - name: client
+          containerPort: {{ $values.ports.client }}
+          protocol: TCP
+        {{- end }}
+        {{- include "batch-inference.metricsPort" $root | nindent 8 }}
+      env:
+        {{- include "batch-inference.rayEnv" $root | nindent 8 }}
+      {{- with include "batch-inference.storageEnvFrom" $root }}
+      {{- . | nindent 6 }}
+      {{- end }}
+      resources:
+        {{- toYaml $group.resources | nindent 8 }}
+      securityContext:
+        {{- include "batch-inference.containerSecurityContext" $root | nindent 8 }}
+      volumeMounts:
+        {{- include "batch-inference.rayVolumeMounts" $root | nindent 8 }}
+  volumes:
+    {{- include "batch-inference.rayVolumes" $root | nindent 4 }}
+{{- end }}
+
+{{/*
+Environment of every Ray container: token authentication (the token from an existing Secret,
+never a value), a writable HOME on the /tmp emptyDir, and the extra variables from values.
+*/}}
+{{- define "batch-inference.rayEnv" -}}
+- name: RAY_AUTH_MODE
+  value: {{ ternary "token" "disabled" .Values.rayAuth.enabled | quote }}
+{{- if .Values.rayAuth.enabled }}
+- name: RAY_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "rayAuth.existingSecret is required when rayAuth.enabled" .Values.rayAuth.existingSecret }}
+      key: {{ .Values.rayAuth.secretKey }}
+{{- end }}
+- name: HOME
+  value: /tmp
+{{- range $name, $value := .Values.extraEnv }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/* S3/GCS credentials from an existing Secret, when IRSA/Workload Identity is not used. */}}
+{{- define "batch-inference.storageEnvFrom" -}}
+{{- with .Values.storage.credentialsSecret }}
+envFrom:
+  - secretRef:
+      name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* Writable scratch space: the root filesystem is read-only. */}}
+{{- define "batch-inference.scratchVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.scratch.tmpSizeLimit }}
+- name: ray-logs
+  emptyDir:
+    sizeLimit: {{ .Values.scratch.rayLogsSizeLimit }}
+{{- end }}
+
+{{- define "batch-inference.scratchMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: ray-logs
+  mountPath: /tmp/ray
+{{- end }}
+
+{{/* Volumes of a Ray pod: scratch space plus the pipeline config. */}}
+{{- define "batch-inference.rayVolumes" -}}
+{{ include "batch-inference.scratchVolumes" . }}
+- name: pipeline-config
+  configMap:
+    name: {{ include "batch-inference.configMapName" . }}
+{{- end }}
+
+{{- define "batch-inference.rayVolumeMounts" -}}
+{{ include "batch-inference.scratchMounts" . }}
+- name: pipeline-config
+  mountPath: {{ .Values.configMountPath }}
+  readOnly: true
+{{- end }}
+
+{{/* Container ports every Ray node serves; the PodMonitor scrapes "metrics". */}}
+{{- define "batch-inference.metricsPort" -}}
+- name: metrics
+  containerPort: {{ .Values.ports.metrics }}
+  protocol: TCP
+{{- end }}
+
+{{/* A map of name -> toleration (values) as the list Kubernetes wants. */}}
+{{- define "batch-inference.tolerations" -}}
+{{- range $name, $toleration := . }}
+- {{ toYaml $toleration | nindent 2 | trim }}
+{{- end }}
+{{- end }}
