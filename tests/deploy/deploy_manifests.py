@@ -8,6 +8,7 @@ kubernetes-validate and custom resources with their CRDs' OpenAPI schemas (crds/
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jsonschema
@@ -85,6 +87,17 @@ def environment_values(env: str, chart: Path = CHART) -> Obj:
     """The contents of values-<env>.yaml."""
     data = yaml.safe_load((chart / f"values-{env}.yaml").read_text(encoding="utf-8"))
     return data or {}
+
+
+def load_script(name: str) -> ModuleType:
+    """A script of deploy/helm (e.g. "sync-kuberay.py") as a module: its name has dashes."""
+    path = REPO / "deploy" / "helm" / name
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def render_values() -> dict[str, Obj]:

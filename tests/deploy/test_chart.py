@@ -12,11 +12,11 @@ import yaml
 from deploy_manifests import (
     CHART,
     ENVIRONMENTS,
-    REPO,
     HelmRefused,
     HelmRunner,
     Release,
     environment_values,
+    load_script,
     rayjob_spec_of,
     scheduled_rayjob,
     validate,
@@ -134,7 +134,7 @@ class TestValuesSchema:
 
     def test_embedded_pipeline_schema_is_current(self) -> None:
         """The config schema in values.schema.json is what `pipeline config --schema` prints now."""
-        sync = _load_sync_script()
+        sync = load_script("sync-config-schema.py")
         current = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
         assert sync.embedded(current, sync.pipeline_schema()) == current, (
             "values.schema.json is stale: run .venv/bin/python deploy/helm/sync-config-schema.py"
@@ -169,19 +169,6 @@ class TestValuesSchema:
             if above < 0 or not lines[above].lstrip().startswith("# --"):
                 undocumented.append(f"{name}:{number + 1}: {line.strip()}")
         assert undocumented == []
-
-
-def _load_sync_script() -> Any:
-    """deploy/helm/sync-config-schema.py as a module (its name has dashes)."""
-    import importlib.util
-
-    path = REPO / "deploy" / "helm" / "sync-config-schema.py"
-    spec = importlib.util.spec_from_file_location("sync_config_schema", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class TestRayJob:

@@ -1,23 +1,23 @@
-"""deploy/kuberay: plain manifests for users without Helm, kept equal to the chart."""
+"""deploy/kuberay: plain manifests for users without Helm, kept equal to the chart.
+
+deploy/helm/sync-kuberay.py writes them; these tests check they are what it would write now.
+"""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import yaml
-from deploy_kuberay import DATED_OUTPUT, PLAIN_FILES, chart_values, expected_manifests, write
-from deploy_manifests import KUBERAY_DIR, HelmRunner, Release, validate
+from deploy_manifests import KUBERAY_DIR, HelmRunner, load_script, validate
+
+sync_kuberay = load_script("sync-kuberay.py")
+SYNC = ".venv/bin/python deploy/helm/sync-kuberay.py"
 
 
 @pytest.fixture(scope="module")
-def expected(helm: HelmRunner) -> dict[str, list[dict]]:
-    """What each deploy/kuberay file must hold, from the chart rendered with chart-values.yaml."""
-    release: Release = helm.install(chart_values())
-    files = expected_manifests(release)
-    if os.environ.get("BATCH_INFERENCE_WRITE_KUBERAY") == "1":
-        write(files)
-    return files
+def expected(helm: HelmRunner) -> dict[str, str]:
+    """The text sync-kuberay.py would write to each deploy/kuberay file."""
+    texts: dict[str, str] = sync_kuberay.render(helm)
+    return texts
 
 
 def load_all(name: str) -> list[dict]:
@@ -34,12 +34,18 @@ def load(name: str) -> dict:
 class TestKubeRayManifests:
     """The plain manifests are valid and equal to the chart's rendering."""
 
-    @pytest.mark.parametrize("name", [*PLAIN_FILES, "raycronjob.yaml"])
-    def test_manifest_equals_chart(self, expected: dict[str, list[dict]], name: str) -> None:
-        """Each file holds exactly the chart's objects (regenerate with BATCH_INFERENCE_WRITE_KUBERAY=1)."""
-        assert load_all(name) == expected[name]
+    def test_script_writes_these_files(self, expected: dict[str, str]) -> None:
+        """The script writes exactly the files below, and no others."""
+        assert sorted(expected) == sorted(sync_kuberay.FILES)
 
-    @pytest.mark.parametrize("name", [*PLAIN_FILES, "raycronjob.yaml"])
+    @pytest.mark.parametrize("name", sync_kuberay.FILES)
+    def test_manifest_is_up_to_date(self, expected: dict[str, str], name: str) -> None:
+        """Each file is, byte for byte, what sync-kuberay.py writes from the chart as it is now."""
+        assert (KUBERAY_DIR / name).read_text(encoding="utf-8") == expected[name], (
+            f"deploy/kuberay/{name} differs from the chart's rendering: run {SYNC}"
+        )
+
+    @pytest.mark.parametrize("name", sync_kuberay.FILES)
     def test_manifest_validates(self, name: str) -> None:
         """Each file validates: built-in kinds with kubernetes-validate, custom resources with their CRDs."""
         objects = load_all(name)
@@ -54,11 +60,10 @@ class TestKubeRayManifests:
         rayjob = load("rayjob.yaml")["spec"]
         template = load("raycronjob.yaml")["spec"]["jobTemplate"]
         config = yaml.safe_load(load("configmap.yaml")["data"]["config.yaml"])
-        assert template.pop("entrypoint") == (
-            f"{rayjob.pop('entrypoint')} --set output.uri={config['output']['uri']}/{DATED_OUTPUT}"
-        )
+        output = f"{config['output']['uri']}/{sync_kuberay.DATED_OUTPUT}"
+        assert template.pop("entrypoint") == f"{rayjob.pop('entrypoint')} --set output.uri={output}"
         assert template == rayjob
-        assert load("raycronjob.yaml")["spec"]["schedule"] == chart_values()["schedule"]["cron"]
+        assert load("raycronjob.yaml")["spec"]["schedule"] == sync_kuberay.chart_values()["schedule"]["cron"]
 
     def test_rayjob_is_created_fresh_each_time(self) -> None:
         """rayjob.yaml has a generateName, so every `kubectl create -f` starts a new, uniquely named run."""

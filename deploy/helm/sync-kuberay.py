@@ -1,24 +1,38 @@
-"""deploy/kuberay/*.yaml, derived from the chart rendered with deploy/kuberay/chart-values.yaml.
+#!/usr/bin/env python3
+"""Write deploy/kuberay/*.yaml: the chart rendered with deploy/kuberay/chart-values.yaml.
 
 The plain manifests are the chart's objects without Helm's bookkeeping: the chart label and
 "managed-by: Helm" go, the RayJob gets a generateName (each `kubectl create` is a new run), and
 a RayCronJob wraps the same RayJob spec on the chart's schedule, its entrypoint writing each
 run under "<output.uri>/<UTC date>" (the Argo schedule's dated output, done in the shell).
+Run after changing the chart or chart-values.yaml (tests/deploy fails while the files are stale):
+
+    .venv/bin/python deploy/helm/sync-kuberay.py        (from anywhere in the repository)
+
+Helm installs into a cluster, so this renders with the tests' harness: the real Helm library
+(helm-sdkpy) installing into the fake Kubernetes API of tests/deploy.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
-from deploy_manifests import KUBERAY_DIR, Release, walk_dicts
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO / "tests" / "deploy") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests" / "deploy"))
+
+from deploy_manifests import KUBERAY_DIR, HelmRunner, Release, standalone_helm, walk_dicts  # noqa: E402
 
 VALUES_FILE = KUBERAY_DIR / "chart-values.yaml"
 HEADER = """\
 # Generated from deploy/helm/batch-inference with deploy/kuberay/chart-values.yaml; do not edit
-# by hand: change the chart, then BATCH_INFERENCE_WRITE_KUBERAY=1 .venv/bin/python -m pytest
-# tests/deploy/test_kuberay_manifests.py (the test checks this file equals the chart's rendering).
+# by hand: change the chart, then run .venv/bin/python deploy/helm/sync-kuberay.py (tests/deploy
+# checks this file equals what the script writes).
 """
 PLAIN_FILES = {
     "serviceaccount.yaml": "ServiceAccount",
@@ -27,6 +41,7 @@ PLAIN_FILES = {
     "podmonitor.yaml": "PodMonitor",
     "rayjob.yaml": "RayJob",
 }
+FILES = (*PLAIN_FILES, "raycronjob.yaml")
 # Files that hold exactly one object; networkpolicy.yaml holds the chart's two NetworkPolicies.
 SINGLE_OBJECT_FILES = ("serviceaccount.yaml", "configmap.yaml", "podmonitor.yaml", "rayjob.yaml")
 DATED_OUTPUT = "$(date -u +%Y-%m-%d)"
@@ -51,7 +66,8 @@ def _without_helm(obj: dict[str, Any]) -> dict[str, Any]:
 def _chart_objects(release: Release, kind: str) -> list[dict[str, Any]]:
     """The chart's objects of one kind (for ConfigMaps only the pipeline config), without Helm."""
     objects = [release.pipeline_config()] if kind == "ConfigMap" else release.of_kind(kind)
-    assert objects, f"the chart rendered no {kind}"
+    if not objects:
+        raise ValueError(f"the chart rendered no {kind}")
     return [_without_helm(obj) for obj in objects]
 
 
@@ -59,9 +75,8 @@ def expected_manifests(release: Release) -> dict[str, list[dict[str, Any]]]:
     """File name -> the objects that file must hold, in order (one per YAML document)."""
     files = {name: _chart_objects(release, kind) for name, kind in PLAIN_FILES.items()}
     for single in SINGLE_OBJECT_FILES:
-        assert len(files[single]) == 1, (
-            f"{single}: expected one object, the chart rendered {len(files[single])}"
-        )
+        if len(files[single]) != 1:
+            raise ValueError(f"{single}: expected one object, the chart rendered {len(files[single])}")
     (rayjob,) = files["rayjob.yaml"]
     (configmap,) = files["configmap.yaml"]
     name = rayjob["metadata"].pop("name")
@@ -100,8 +115,26 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _BlockStyleDumper.add_representer(str, _represent_str)
 
 
-def write(files: dict[str, list[dict[str, Any]]]) -> None:
-    """Write the manifests (regeneration after a chart change), one YAML document per object."""
-    for name, objects in files.items():
-        text = HEADER + yaml.dump_all(objects, Dumper=_BlockStyleDumper, sort_keys=False, width=200)
-        (KUBERAY_DIR / name).write_text(text, encoding="utf-8")
+def render(helm: HelmRunner) -> dict[str, str]:
+    """File name -> the text of that deploy/kuberay file, one YAML document per object."""
+    files = expected_manifests(helm.install(chart_values()))
+    return {
+        name: HEADER + yaml.dump_all(objects, Dumper=_BlockStyleDumper, sort_keys=False, width=200)
+        for name, objects in files.items()
+    }
+
+
+def main() -> int:
+    """Rewrite the manifests in deploy/kuberay; print which changed."""
+    with standalone_helm() as helm:
+        texts = render(helm)
+    for name, text in texts.items():
+        path = KUBERAY_DIR / name
+        changed = not path.exists() or path.read_text(encoding="utf-8") != text
+        path.write_text(text, encoding="utf-8")
+        print(f"{path.relative_to(REPO)}: {'updated' if changed else 'unchanged'}")  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
