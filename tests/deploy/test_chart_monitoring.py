@@ -150,10 +150,17 @@ class TestMonitoringFiles:
         assert dashboard["metadata"]["name"] == "batch-inference-dashboard-sample-dashboard"
         assert json.loads(dashboard["data"]["Sample_Dashboard.json"]) == SAMPLE_DASHBOARD
 
-    def test_nothing_renders_without_files(self, releases: dict[str, Release]) -> None:
+    def test_nothing_renders_without_files(
+        self, helm: HelmRunner, releases: dict[str, Release], tmp_path: Path
+    ) -> None:
         """With no synced files the chart renders no empty PrometheusRule or dashboard ConfigMap."""
-        if any((CHART / "files" / kind).glob(pattern) for kind, (_, pattern) in SOURCES.items()):
-            pytest.skip("monitoring files are synced; test_rules_and_dashboards_render covers them")
-        kinds = [obj["kind"] for obj in releases["default"].objects]
-        assert "PrometheusRule" not in kinds
-        assert kinds.count("ConfigMap") == 1
+        assert releases["default"].of_kind("PrometheusRule"), "the chart as synced renders the rules"
+        assert len(releases["default"].of_kind("ConfigMap")) > 1, "and dashboard ConfigMaps"
+        chart = tmp_path / "batch-inference"
+        shutil.copytree(CHART, chart)
+        for kind, (_, pattern) in SOURCES.items():
+            for synced in (chart / "files" / kind).glob(pattern):
+                synced.unlink()
+        release = helm.install(chart=chart)
+        assert not release.of_kind("PrometheusRule")
+        assert [cm["metadata"]["name"] for cm in release.of_kind("ConfigMap")] == ["batch-inference-config"]
