@@ -143,6 +143,8 @@ class ResourcesConfig(_Section):
     """How the stages map onto the Ray cluster."""
 
     ray_address: str | None = None
+    # How long to wait for the cluster at ray_address (or RAY_ADDRESS) to answer: exit 6 after.
+    connect_timeout_s: float = Field(default=60.0, gt=0)
     placement: Literal["local", "worker_groups"] = "local"
     cpu_group_resource: str = "cpu_group"
     gpu_group_resource: str = "gpu_group"

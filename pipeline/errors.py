@@ -78,3 +78,7 @@ class JobFailedError(PipelineError):
     """Raised when the Ray Data job itself fails (worker loss beyond retries, a stall)."""
 
     exit_code = 6
+
+
+class ClusterUnreachableError(JobFailedError):
+    """Raised when the configured Ray cluster does not answer within ``resources.connect_timeout_s``."""

@@ -8,9 +8,11 @@ inputs, and the model weights (checksum and architecture).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import re
+import socket
 import sys
 import threading
 import time
@@ -22,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline import __version__, output, storage
 from pipeline.errors import (
+    ClusterUnreachableError,
     FailureBudgetExceededError,
     InputError,
     JobFailedError,
@@ -190,6 +193,7 @@ def connect_ray(config: Config) -> bool:
         return False
     address = config.resources.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
+        wait_for_cluster(address, config.resources.connect_timeout_s)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         return True
     ray.init(
@@ -202,7 +206,33 @@ def connect_ray(config: Config) -> bool:
     return True
 
 
-def _configure_data_context(location: output.OutputLocation, *, show_progress: bool) -> None:
+def wait_for_cluster(address: str, timeout_s: float) -> None:
+    """Wait until the cluster's address accepts connections, at most ``timeout_s`` (then exit 6).
+
+    ``ray.init`` itself retries an address nobody answers for minutes; this bounds it.
+    ``auto`` and ``local`` are left to Ray (they name no host).
+    """
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal
+    if not host or not port.isdigit():
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, int(port)), timeout=max(0.1, min(5.0, remaining))):
+                return
+        except OSError as exc:
+            if time.monotonic() + 1.0 >= deadline:
+                raise ClusterUnreachableError(
+                    f"the Ray cluster at {address} did not answer within {timeout_s:g}s "
+                    f"(resources.connect_timeout_s): {exc}; check resources.ray_address or RAY_ADDRESS "
+                    "and that the head node is up"
+                ) from None
+        time.sleep(1.0)
+
+
+def _configure_data_context(location: output.OutputLocation) -> None:
     from ray.data import DataContext
     from ray.data.checkpoint import CheckpointConfig
 
@@ -214,8 +244,8 @@ def _configure_data_context(location: output.OutputLocation, *, show_progress: b
         override_filesystem=location.arrow_fs(),
     )
     ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *RETRIED_IO_ERRORS]))
-    ctx.enable_progress_bars = show_progress
-    ctx.print_on_execution_start = show_progress
+    ctx.enable_progress_bars = False  # the job's own bar (ProgressBar) is clearer
+    ctx.print_on_execution_start = False
     ctx.max_errored_blocks = 0  # a lost block would lose rows: fail instead
 
 
@@ -281,17 +311,75 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def _claim_output(
-    location: output.OutputLocation, config: Config, config_hash: str, *, overwrite: bool
+    location: output.OutputLocation, config: Config, config_hash: str, new_id: str, *, overwrite: bool
 ) -> tuple[str, bool]:
-    """Decide the run id and whether this run resumes.
+    """The run id (the unfinished run's, to resume it, else ``new_id``) and whether this run resumes.
 
     Nothing is deleted here: ``--overwrite`` clears only after the inputs and the model
     have been checked, just before the first write.
     """
     state = output.inspect(location)
     resume_id = output.check_can_start(state, config.job.run_id, config_hash, overwrite=overwrite)
-    run_id = config.job.run_id or resume_id or new_run_id()
-    return run_id, resume_id is not None and location.exists(output.INPUTS)
+    return resume_id or new_id, resume_id is not None and location.exists(output.INPUTS)
+
+
+@dataclass
+class _Run:
+    """A run as the lifecycle's one ``finally`` reports it, whatever point it reached."""
+
+    config: Config
+    registry: CollectorRegistry
+    summary: RunSummary
+    started: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
+    metrics: JobMetrics | None = None
+    location: output.OutputLocation | None = None  # set while the job holds the output's lease
+    report: bool = True
+    started_ray: bool = False
+
+    def job_metrics(self) -> JobMetrics:
+        """The run's driver metrics (created once, under the run id known now)."""
+        if self.metrics is None:
+            self.metrics = JobMetrics(
+                pipeline=self.config.job.name,
+                run_id=self.summary.run_id,
+                pushgateway_url=self.config.metrics.pushgateway_url,
+                push_interval_s=self.config.metrics.push_interval_s,
+                registry=self.registry,
+            )
+        return self.metrics
+
+    def failed(self, exc: Exception) -> PipelineError:
+        """Record why the run failed; the error to raise (an unexpected one as :class:`JobFailedError`)."""
+        if isinstance(exc, PipelineError):
+            self.summary.error = str(exc)
+            return exc
+        self.summary.error = f"{type(exc).__name__}: {exc}"
+        return JobFailedError(self.summary.error)
+
+    def finish(self) -> None:
+        """Push the final status and write the summary (status is ``succeeded`` only once committed)."""
+        summary = self.summary
+        summary.seconds = time.monotonic() - self.started
+        try:
+            if self.report:
+                self.job_metrics().finish(
+                    succeeded=summary.status == "succeeded",
+                    inputs=summary.inputs,
+                    ok=summary.succeeded,
+                    failed_by_reason=summary.failed_by_reason,
+                    seconds=summary.seconds,
+                )
+                if self.location is not None:  # best effort: never hides the run's own error
+                    output.write_summary(self.location, summary.run_id, summary.as_dict())
+            fields = {k: v for k, v in summary.as_dict().items() if k != "run_id"}
+            get_logger(run_id=summary.run_id, stage="driver").info("run finished", **fields)
+        finally:
+            if self.started_ray:
+                import ray
+
+                ray.shutdown()
+            unbind_run()
 
 
 def run_job(
@@ -301,116 +389,110 @@ def run_job(
     registry: CollectorRegistry | None = None,
     progress_stream: IO[str] | None = None,
 ) -> RunSummary:
-    """Run the whole job; raise a :class:`PipelineError` on failure (after pushing metrics).
+    """Run the whole job; raise a :class:`PipelineError` on failure.
 
-    The output is checked (no input in it, no foreign files) and leased before its
-    state is read, so two jobs on one output never both write; the lease is held
-    until the job ends, committed or not.
+    The output is checked (no input in it, no foreign files) and leased before its state
+    is read, so two jobs on one output never both write; the lease is held until the job
+    ends, committed or not. From here on every failure pushes status ``failed`` and, once
+    the output is held, writes a run summary; a job refused because another holds the
+    output reports nothing (the holder reports for this pipeline).
     """
-    location = output.OutputLocation.open(config.output.uri, config.storage)
-    output.check_safe_target(location, config.input.uri)
-    with Lease.acquire(location, config.output.lease_seconds) as lease:
-        return _run_leased(
-            config, location, lease, overwrite=overwrite, registry=registry, stream=progress_stream
-        )
+    run = _Run(
+        config,
+        registry or CollectorRegistry(),
+        RunSummary(run_id=config.job.run_id or new_run_id(), status="failed", output_uri=config.output.uri),
+    )
+    try:
+        location = output.OutputLocation.open(config.output.uri, config.storage)
+        output.check_safe_target(location, config.input.uri)
+        lease = Lease.acquire(location, config.output.lease_seconds)
+    except Exception as exc:
+        run.report = not isinstance(exc, OutputInUseError)
+        error = run.failed(exc)
+        run.finish()
+        if error is exc:
+            raise
+        raise error from exc
+    with lease:
+        run.location = location
+        try:
+            _run_leased(
+                run,
+                location,
+                lease,
+                overwrite=overwrite or config.output.mode == "overwrite",
+                stream=progress_stream or sys.stderr,
+            )
+        except Exception as exc:
+            error = run.failed(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            run.finish()
+    return run.summary
 
 
 def _run_leased(
-    config: Config,
-    location: output.OutputLocation,
-    lease: Lease,
-    *,
-    overwrite: bool,
-    registry: CollectorRegistry | None,
-    stream: IO[str] | None,
-) -> RunSummary:
-    started_wall, started = time.time(), time.monotonic()
+    run: _Run, location: output.OutputLocation, lease: Lease, *, overwrite: bool, stream: IO[str]
+) -> None:
+    """Claim, list, resolve the model, connect, execute, verify, commit: the run's steps in order."""
+    config, summary = run.config, run.summary
     config_hash = config.config_hash()
-    overwrite = overwrite or config.output.mode == "overwrite"
-    run_id, resumed = _claim_output(location, config, config_hash, overwrite=overwrite)
+    summary.run_id, summary.resumed = _claim_output(
+        location, config, config_hash, summary.run_id, overwrite=overwrite
+    )
+    run_id = summary.run_id
     lease.name_run(run_id)
     bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
     log = get_logger(run_id=run_id, stage="driver")
-    listing = _inputs_of_run(config, location, run_id, resumed=resumed)
+    listing = _inputs_of_run(config, location, run_id, resumed=summary.resumed)
     uris = listing.uris
+    summary.inputs, summary.empty_manifest_cells, summary.output_uri = (
+        len(uris),
+        listing.empty_cells,
+        location.uri,
+    )
     spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage)
     if spec.random_init:
         log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
     if overwrite:  # inputs and model checked: only now is the old output deleted
         _clear(location, lease, log)
-    log.info("run starting", inputs=len(uris), output=location.uri, resumed=resumed, model=spec.name)
-    if not resumed:
+    log.info("run starting", inputs=len(uris), output=location.uri, resumed=summary.resumed, model=spec.name)
+    if not summary.resumed:
         output.start_run(
-            location, uris, {"run_id": run_id, "config_hash": config_hash, "started_at": started_wall}
+            location, uris, {"run_id": run_id, "config_hash": config_hash, "started_at": run.started_wall}
         )
-    metrics = JobMetrics(
-        pipeline=config.job.name,
-        run_id=run_id,
-        pushgateway_url=config.metrics.pushgateway_url,
-        push_interval_s=config.metrics.push_interval_s,
-        registry=registry or CollectorRegistry(),
-    )
-    summary = RunSummary(
-        run_id=run_id,
-        status="failed",
-        output_uri=location.uri,
-        inputs=len(uris),
-        empty_manifest_cells=listing.empty_cells,
-        resumed=resumed,
-    )
-    stream = stream or sys.stderr
     show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
+    metrics = run.job_metrics()
     metrics.start(spec.name, __version__, len(uris))
-    started_ray = connect_ray(config)
-    summary.timings["ray_ready"] = time.monotonic() - started
-    try:
-        bar = ProgressBar(len(uris), stream, enabled=show)
-        result, plan, summary.processed_this_run, summary.steady_images_per_second = _run_on_ray(
-            config,
-            location,
-            lease,
-            uris,
-            spec,
-            state_dict,
-            run_id,
-            metrics,
-            bar,
-            summary.timings,
-            started_wall,
-        )
-        summary.succeeded, summary.failed, summary.failed_by_reason = (
-            result.ok,
-            result.failed,
-            result.failed_by_reason,
-        )
-        summary.seconds = time.monotonic() - started
-        summary.images_per_second = summary.processed_this_run / summary.seconds if summary.seconds else 0.0
-        lease.check()  # a job that lost the output to another must not commit
-        _commit(config, location, spec, summary, result, plan, config_hash, started_wall)
-        summary.timings["committed"] = time.monotonic() - started
-    except PipelineError as exc:
-        summary.error = str(exc)
-        raise
-    except Exception as exc:
-        summary.error = f"{type(exc).__name__}: {exc}"
-        raise JobFailedError(summary.error) from exc
-    finally:
-        summary.seconds = time.monotonic() - started
-        metrics.finish(
-            succeeded=summary.status == "succeeded",
-            inputs=summary.inputs,
-            ok=summary.succeeded,
-            failed_by_reason=summary.failed_by_reason,
-            seconds=summary.seconds,
-        )
-        output.write_summary(location, run_id, summary.as_dict())  # best effort: never hides the error
-        log.info("run finished", **{k: v for k, v in summary.as_dict().items() if k != "run_id"})
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-        unbind_run()
-    return summary
+    run.started_ray = connect_ray(config)
+    summary.timings["ray_ready"] = time.monotonic() - run.started
+    bar = ProgressBar(len(uris), stream, enabled=show)
+    result, plan, summary.processed_this_run, summary.steady_images_per_second = _run_on_ray(
+        config,
+        location,
+        lease,
+        uris,
+        spec,
+        state_dict,
+        run_id,
+        metrics,
+        bar,
+        summary.timings,
+        run.started_wall,
+    )
+    summary.succeeded, summary.failed, summary.failed_by_reason = (
+        result.ok,
+        result.failed,
+        result.failed_by_reason,
+    )
+    summary.seconds = time.monotonic() - run.started
+    summary.images_per_second = summary.processed_this_run / summary.seconds if summary.seconds else 0.0
+    lease.check()  # a job that lost the output to another must not commit
+    _commit(config, location, spec, summary, result, plan, config_hash, run.started_wall)
+    summary.status = "succeeded"  # only now: the manifest is written and read back
+    summary.timings["committed"] = time.monotonic() - run.started
 
 
 def _clear(location: output.OutputLocation, lease: Lease, log: Any) -> None:
@@ -511,7 +593,7 @@ def _write_with_progress(
 
     from pipeline.graph import build_dataset, write_parquet
 
-    _configure_data_context(location, show_progress=False)  # our own bar is clearer
+    _configure_data_context(location)
     # On the driver's node, hard: a lost worker node must not take the progress counts with
     # it. A soft affinity to a head with no CPUs put the tracker on a worker node.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -548,12 +630,15 @@ def _commit(
     """Enforce the failure budget, then write the dead-letter table and the manifest."""
     fraction = summary.failed / summary.inputs if summary.inputs else 0.0
     if fraction > config.output.max_failure_fraction:
+        needed = math.ceil(fraction * 1000) / 1000
         raise FailureBudgetExceededError(
             f"{summary.failed} of {summary.inputs} rows failed ({fraction:.1%}), above "
             f"output.max_failure_fraction={config.output.max_failure_fraction}; rows are written "
-            f"under {location.uri_of(output.DATA_DIR)} but the run is NOT committed"
+            f"under {location.uri_of(output.DATA_DIR)} (failed rows with their reason) but the run "
+            f"is NOT committed. To accept these failures, run the same command again with --set "
+            f"output.max_failure_fraction={needed:g}: it resumes run {summary.run_id} and commits "
+            "without redoing a row. To retry the failed inputs, fix them and run again with --overwrite."
         )
-    summary.status = "succeeded"
     manifest = {
         "run_id": summary.run_id,
         "job": config.job.name,

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from pipeline.decode import DecodeSettings, decode, resize_and_crop
-from pipeline.errors import FailureBudgetExceededError, ModelError
+from pipeline.errors import FailureBudgetExceededError, ModelError, OutputExistsError
 from pipeline.job import run_job
 from pipeline.model import build_model
 from pipeline.output import DATA_DIR, MANIFEST
@@ -138,6 +138,27 @@ class TestHostileRun:
             run_job(config)
         assert not (Path(config.output.uri) / MANIFEST).exists()
         assert pq.read_table(Path(config.output.uri) / DATA_DIR).num_rows == len(expected)
+
+    def test_after_exit_5_a_higher_budget_commits_without_redoing_a_row(
+        self, ray_session, hostile, make_config, tmp_path
+    ):
+        """The exit-5 message says what to run; raising the budget (and a smaller batch) resumes and
+        commits the rows already written; another top-k is another run and is refused."""
+        root, expected = hostile
+        manifest = self._manifest(tmp_path, [str(root / name) for name in expected])
+        with pytest.raises(FailureBudgetExceededError) as refused:
+            run_job(make_config(manifest, output__max_failure_fraction="0.2"))
+        message = str(refused.value)
+        assert "--set output.max_failure_fraction=" in message
+        assert "--overwrite" in message
+        with pytest.raises(OutputExistsError, match="different configuration"):
+            run_job(make_config(manifest, output__max_failure_fraction="1.0", model__top_k="3"))
+        summary = run_job(
+            make_config(manifest, output__max_failure_fraction="1.0", inference__batch_size="2")
+        )
+        assert (summary.status, summary.resumed, summary.processed_this_run) == ("succeeded", True, 0)
+        assert summary.inputs == len(expected)
+        assert (Path(summary.output_uri) / MANIFEST).exists()
 
 
 class TestModelSafety:
