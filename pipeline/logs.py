@@ -14,7 +14,6 @@ import functools
 import logging
 import numbers
 import os
-import re
 import sys
 from collections import Counter
 from collections.abc import Mapping, MutableMapping
@@ -22,44 +21,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from pipeline.storage import redact_url
-
-REDACTED = "***"
-SECRET_KEY_PATTERN = re.compile(
-    r"(secret|token|password|passwd|credential|api[_-]?key|access[_-]?key|private[_-]?key|authorization|cookie)",
-    re.IGNORECASE,
-)
-#: Environment variables whose values are secrets whatever their length above MIN_SECRET_LENGTH.
-SECRET_ENV_NAMES = (
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ACCESS_KEY_ID",
-    "RAY_AUTH_TOKEN",
-)
-#: Comma-separated extra secret values (for secrets that reach the job some other way).
-EXTRA_SECRETS_ENV = "PIPELINE_SECRETS"
-MIN_SECRET_LENGTH = 6
-#: Other variables whose names end like a secret (``HF_TOKEN``, ``DB_PASSWORD``, ``OPENAI_API_KEY``)
-#: count when at least this long and not a file path (``AWS_WEB_IDENTITY_TOKEN_FILE`` and
-#: ``GOOGLE_APPLICATION_CREDENTIALS`` name files, which are no secret and appear in configs).
-SECRET_ENV_NAME_PATTERN = re.compile(
-    r"(?:^|_)(token|secret|password|passwd|api_?key|access_key|private_key|credentials?)$", re.IGNORECASE
-)
-MIN_NAMED_SECRET_LENGTH = 8
-
-
-def secret_values(environ: Mapping[str, str]) -> list[str]:
-    """Values in the environment that must never be printed, longest first."""
-    values = [environ[name] for name in SECRET_ENV_NAMES if len(environ.get(name, "")) >= MIN_SECRET_LENGTH]
-    values += [
-        value
-        for name, value in environ.items()
-        if SECRET_ENV_NAME_PATTERN.search(name)
-        and len(value) >= MIN_NAMED_SECRET_LENGTH
-        and not value.startswith("/")
-    ]
-    values += [item.strip() for item in environ.get(EXTRA_SECRETS_ENV, "").split(",")]
-    return sorted({value for value in values if len(value) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+from pipeline.redaction import REDACTED, SECRET_KEY_PATTERN, scrub, secret_values
 
 
 class Redactor:
@@ -70,9 +32,7 @@ class Redactor:
 
     def scrub_text(self, text: str) -> str:
         """``text`` with every known secret and URL credential replaced by ``***``."""
-        for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return redact_url(text)
+        return scrub(text, self._secrets)
 
     def _scrub(self, value: Any) -> Any:
         if value is None or isinstance(value, bool | numbers.Number):

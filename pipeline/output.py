@@ -33,7 +33,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs
 import pyarrow.parquet as pq
 
-from pipeline import storage
+from pipeline import redaction, storage
 from pipeline.errors import ConfigError, JobFailedError, OutputExistsError, StorageError
 from pipeline.schema import STATUS_FAILED, STATUS_OK
 
@@ -136,7 +136,7 @@ class OutputLocation:
 
     def write_json(self, name: str, data: dict[str, Any]) -> bytes:
         """Write a JSON file at once, secrets scrubbed first; return the bytes written."""
-        text = storage.scrub(json.dumps(data, indent=2, sort_keys=True)).encode()
+        text = redaction.scrub(json.dumps(data, indent=2, sort_keys=True)).encode()
         self.write_bytes(name, text)
         return text
 
@@ -314,7 +314,9 @@ def start_run(location: OutputLocation, uris: list[str], state: dict[str, Any]) 
     """Fix a new run's inputs (ids of the full URIs; URIs stored with signatures masked), then its state."""
     location.prepare()
     ids = [storage.row_id(uri) for uri in uris]
-    location.write_table(INPUTS, pa.table({"row_id": ids, "uri": [storage.redact_url(uri) for uri in uris]}))
+    location.write_table(
+        INPUTS, pa.table({"row_id": ids, "uri": [redaction.redact_url(uri) for uri in uris]})
+    )
     location.write_json(RUN_STATE, state)
 
 

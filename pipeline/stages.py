@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline import storage
+from pipeline import redaction, storage
 from pipeline.decode import DecodeSettings, decode
 from pipeline.inference import InferenceSettings, Predictor
 from pipeline.logs import bad_input_sampler
@@ -102,7 +102,7 @@ def decode_batch(
     return {
         "row_id": batch["row_id"],
         "uri": np.array(
-            [storage.redact_url(uri) for uri in uris], dtype=object
+            [redaction.redact_url(uri) for uri in uris], dtype=object
         ),  # fetched: signatures masked from here on
         **pixels,
         "status": status,

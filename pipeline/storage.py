@@ -20,7 +20,6 @@ import errno
 import hashlib
 import os
 import posixpath
-import re
 import stat
 import tempfile
 from collections import Counter
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError, PipelineError, StorageError
+from pipeline.redaction import redact_url, scrub
 from pipeline.schema import FailureReason
 
 if TYPE_CHECKING:
@@ -60,11 +60,6 @@ HTTP_SERVER_ERROR = 500
 HTTP_PRECONDITION_FAILED = 412
 HTTP_RANGE_NOT_SATISFIABLE = 416
 RETRYABLE_STATUS = frozenset({408, 429})
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
-_SIGNED_URL_PARAM = re.compile(
-    r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential"
-    r"|sig|signature|token|access_token|api_key|apikey|password)=)[^&\s\"'#]+"
-)
 
 
 def is_remote(uri: str) -> bool:
@@ -538,27 +533,6 @@ def is_object_error(exc: BaseException) -> bool:
         return HTTP_CLIENT_ERROR <= status < HTTP_SERVER_ERROR
     botocore = _botocore_errors()
     return not (botocore and isinstance(exc, botocore[0]))
-
-
-def redact_url(text: str) -> str:
-    """``text`` with every URL's ``user:password@`` and signing parameters masked.
-
-    The one redaction of URLs: logs, error messages, the manifest, summaries and the
-    ``uri`` column all go through it. Presigned S3/GCS/Azure URLs keep their path (a
-    reader can still tell which object it was) but lose signatures, credentials and tokens.
-    """
-    text = _URL_USERINFO.sub(r"\g<scheme>***@", text)
-    return _SIGNED_URL_PARAM.sub(lambda match: match.group(1) + "***", text)
-
-
-def scrub(text: str) -> str:
-    """``text`` without URL credentials or the secret values present in the environment."""
-    from pipeline.logs import REDACTED, secret_values
-
-    text = redact_url(text)
-    for secret in secret_values(os.environ):
-        text = text.replace(secret, REDACTED)
-    return text
 
 
 def describe(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from pipeline import logs, samples
 from pipeline.config import load_config
 from pipeline.job import RunSummary, run_job
-from pipeline.logs import REDACTED
+from pipeline.redaction import REDACTED
 
 pytestmark = pytest.mark.slow
 

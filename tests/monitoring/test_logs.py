@@ -11,7 +11,8 @@ import structlog
 from structlog.testing import capture_logs
 
 from pipeline import logs
-from pipeline.logs import REDACTED, BadInputSampler, Redactor, secret_values
+from pipeline.logs import BadInputSampler, Redactor
+from pipeline.redaction import REDACTED, secret_values
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"  # noqa: S105  # a fake credential
 

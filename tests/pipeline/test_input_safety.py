@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import storage
+from pipeline import redaction, storage
 from pipeline.config import StorageConfig
 from pipeline.errors import InputError
 from pipeline.job import run_job
@@ -157,7 +157,7 @@ class TestJob:
         assert summary.inputs == len(given)
         assert summary.empty_manifest_cells == 2
         rows = rows_by_uri(Path(config.output.uri))
-        masked = storage.redact_url(signed)
+        masked = redaction.redact_url(signed)
         assert set(rows) == {*given[:-1], masked}
         expected = {
             given[0]: None,
