@@ -41,10 +41,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 ETA_UNKNOWN = -1.0
 
-STAGE_FETCH = "fetch"
 STAGE_DECODE = "decode"
 STAGE_INFERENCE = "inference"
-STAGE_WRITE = "write"
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ def test_bench_writes_every_field(tmp_path):
             assert data[key] > 0, key
     assert 0.0 <= data["top1_agreement_with_fp32"] <= 1.0
     assert len(data["a_model_only_before_and_after_d"]) == 2
-    assert data["a_model_only_images_per_second"] == sum(data["a_model_only_before_and_after_d"]) / 2
+    assert min(data["a_model_only_before_and_after_d"]) <= data["a_model_only_images_per_second"]
+    assert data["a_model_only_images_per_second"] <= max(data["a_model_only_before_and_after_d"])
     timeline = data["pipeline_timeline_seconds"]
     assert 0 < timeline["first_batch"] <= timeline["written"] <= timeline["committed"]
     assert timeline["committed"] <= data["pipeline_seconds"]
@@ -80,12 +81,11 @@ def test_bench_writes_every_field(tmp_path):
     check = data["memory_check"]  # the same job over 4x the images
     assert check["images"] == 96
     assert check["peak_memory_bytes"] > 100 * 2**20
-    assert check["growth_ratio"] == check["peak_memory_bytes"] / data["peak_memory_bytes"]
+    assert 0.5 < check["growth_ratio"] < 4  # 4x the images must not mean 4x the memory
     assert len(check["a_model_only_before_and_after_d"]) == 2
     assert check["c_ideal_images_per_second"] > 0
     assert check["end_to_end_images_per_second"] > 0
-    ratio = check["end_to_end_images_per_second"] / check["c_ideal_images_per_second"]
-    assert check["ratio_end_to_end_to_ideal"] == ratio
+    assert 0 < check["ratio_end_to_end_to_ideal"] <= 1.5
     assert "(c) ideal" in result.stdout
 
 
@@ -112,3 +112,13 @@ def test_bench_refuses_a_bad_setting_before_making_images(tmp_path, override, ex
     assert result.returncode == 2, result.stderr[-3000:]
     assert expected in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_ideal_is_the_slower_stage_on_a_gpu_and_shared_cores_on_a_cpu():
+    """(c): a GPU fed by 8 cores at 100 img/s each is held to the slower of 500 and 800; on a CPU the
+    model (10 img/s) and decoding (2 cores x 10) take turns on the same cores: 1/(1/10 + 1/20)."""
+    from pipeline.bench import ideal_rate
+
+    assert ideal_rate(500.0, 100.0, 8, "cuda") == 500.0
+    assert ideal_rate(2000.0, 100.0, 8, "cuda") == 800.0
+    assert ideal_rate(10.0, 10.0, 2, "cpu") == pytest.approx(20 / 3)
