@@ -35,7 +35,7 @@ from pipeline.decode import decode
 from pipeline.errors import ConfigError, JobFailedError
 from pipeline.graph import ResourcePlan, decode_settings, plan_resources
 from pipeline.inference import InferenceSettings, Predictor, resolve_device, resolve_precision
-from pipeline.model import build_model, resolve_spec
+from pipeline.model import build_model, check_architecture, resolve_spec
 
 #: Images decoded on one core for (b) and the top-1 agreement check (all of them, up to this).
 DECODE_SAMPLE = 2048
@@ -316,6 +316,7 @@ def main(args: argparse.Namespace) -> int:
     images = workdir / f"images-{args.images}"
     workdir.mkdir(parents=True, exist_ok=True)
     # Every --set is checked before the images are made (minutes for thousands of them).
+    check_architecture(args.model)
     if _config(_overrides(workdir, workdir / "out", args, args.precision)).preprocess.decode_device == "gpu":
         raise ConfigError(
             "preprocess.decode_device",

@@ -332,14 +332,6 @@ def load_config(
 
 def _check_semantics(config: Config, *, check_paths: bool) -> None:
     """Checks that need more than one field or a look at the outside world."""
-    from pipeline.model import known_architectures  # torchvision import is slow; only here
-
-    if config.model.name not in known_architectures():
-        raise ConfigError(
-            "model.name",
-            config.model.name,
-            "not a torchvision classification model; see `pipeline models` for the list",
-        )
     if config.model.weights is None and not config.model.random_init:
         raise ConfigError(
             "model.weights",

@@ -34,7 +34,7 @@ from pipeline.errors import (
 from pipeline.lease import Lease
 from pipeline.logs import bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
-from pipeline.model import ModelSpec, resolve_spec
+from pipeline.model import ModelSpec, check_architecture, resolve_spec
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -397,6 +397,7 @@ def run_job(
     the output is held, writes a run summary; a job refused because another holds the
     output reports nothing (the holder reports for this pipeline).
     """
+    check_architecture(config.model.name)  # a config error: refused before anything is reported
     run = _Run(
         config,
         registry or CollectorRegistry(),

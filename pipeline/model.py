@@ -14,7 +14,7 @@ import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.errors import ModelError
+from pipeline.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +31,14 @@ def known_architectures() -> frozenset[str]:
     import torchvision
 
     return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_architecture(name: str) -> None:
+    """Refuse a ``model.name`` torchvision does not know (exit 2, before any work)."""
+    if name not in known_architectures():
+        raise ConfigError(
+            "model.name", name, "not a torchvision classification model; see `pipeline models` for the list"
+        )
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,7 @@ def resolve_spec(
     Returns the spec and the verified state dict (``None`` for random init),
     so the caller can hand the tensors to the actors through the object store.
     """
+    check_architecture(model.name)
     defaults, categories = _default_weights_meta(model.name)
     preprocessing = Preprocessing(
         resize_size=preprocess.resize_size or defaults.resize_size,
