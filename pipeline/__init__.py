@@ -1,3 +1,77 @@
-"""Batch image classification with torchvision models on Ray Data."""
+"""Batch image classification with torchvision models on Ray Data.
+
+The public API is small: build a :class:`Config` with :func:`load_config`, run it with
+:func:`run_job` (a :class:`RunSummary` back, or one of the errors below with its exit
+code), e.g.::
+
+    from pipeline import load_config, run_job
+
+    summary = run_job(load_config("job.yaml", ["output.uri=s3://bucket/out/2026-12-01"]))
+
+Everything else is internal and may change. Names are loaded on first use, so importing
+the package (as every Ray worker does) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Config": "pipeline.config",
+    "load_config": "pipeline.config",
+    "run_job": "pipeline.job",
+    "RunSummary": "pipeline.job",
+    "PipelineError": "pipeline.errors",
+    "ConfigError": "pipeline.errors",
+    "InputError": "pipeline.errors",
+    "ModelError": "pipeline.errors",
+    "OutputExistsError": "pipeline.errors",
+    "StorageError": "pipeline.errors",
+    "FailureBudgetExceededError": "pipeline.errors",
+    "JobFailedError": "pipeline.errors",
+    "ClusterUnreachableError": "pipeline.errors",
+    "OutputInUseError": "pipeline.errors",
+}
+__all__ = [
+    "ClusterUnreachableError",
+    "Config",
+    "ConfigError",
+    "FailureBudgetExceededError",
+    "InputError",
+    "JobFailedError",
+    "ModelError",
+    "OutputExistsError",
+    "OutputInUseError",
+    "PipelineError",
+    "RunSummary",
+    "StorageError",
+    "__version__",
+    "load_config",
+    "run_job",
+]
+
+if TYPE_CHECKING:
+    from pipeline.config import Config, load_config
+    from pipeline.errors import (
+        ClusterUnreachableError,
+        ConfigError,
+        FailureBudgetExceededError,
+        InputError,
+        JobFailedError,
+        ModelError,
+        OutputExistsError,
+        OutputInUseError,
+        PipelineError,
+        StorageError,
+    )
+    from pipeline.job import RunSummary, run_job
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name from its module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
