@@ -33,9 +33,9 @@ from pipeline import samples
 from pipeline.config import Config, load_config
 from pipeline.decode import decode
 from pipeline.errors import ConfigError, JobFailedError
-from pipeline.graph import ResourcePlan, decode_settings, plan_resources
 from pipeline.inference import InferenceSettings, Predictor, resolve_device, resolve_precision
 from pipeline.model import build_model, check_architecture, resolve_spec
+from pipeline.planning import ResourcePlan, decode_settings, plan_resources
 
 #: Images decoded on one core for (b) and the top-1 agreement check (all of them, up to this).
 DECODE_SAMPLE = 2048

@@ -1,19 +1,18 @@
-"""The one place the Ray Data graph is built, and the resource plan it runs with.
+"""The one place the Ray Data graph is built: datasource, stages wiring, write.
 
     listing (driver) -> read row_id/uri -> [checkpoint filter on resume]
       -> decode_batch (CPU tasks) -> Classify (actor pool) -> write_parquet
 
 The read emits only ids and URIs, so on resume Ray Data's checkpoint filter
-drops finished rows before any bytes are fetched. Resources are computed from
-the cluster the driver sees, never copied from a tutorial: the inference pool
-never reserves every CPU, or the decode stage would starve.
+drops finished rows before any bytes are fetched. How each stage is placed and
+sized (the :class:`~pipeline.planning.ResourcePlan`) and the stages' settings
+come from :mod:`pipeline.planning`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -21,43 +20,18 @@ from ray.data.datasource import Datasource, ReadTask
 from ray.data.datasource.filename_provider import FilenameProvider
 
 from pipeline import storage
-from pipeline.decode import DecodeSettings
-from pipeline.inference import CPU_AUTO_BATCH, CUDA_AUTO_BATCH, InferenceSettings
+from pipeline.planning import decode_settings, inference_settings
 from pipeline.stages import Classify, RunLabels, decode_batch
 
 if TYPE_CHECKING:
     import ray.data
 
     from pipeline.config import Config
+    from pipeline.inference import InferenceSettings
     from pipeline.model import ModelSpec
+    from pipeline.planning import ResourcePlan
 
 READ_ROWS_PER_TASK = 256
-# CPUs per decode task where resources.decode_num_cpus is left to decide, outside a local
-# CPU run (which sizes its light tasks below): one core decodes one image at a time.
-DECODE_NUM_CPUS = 1.0
-# A local CPU run leaves a quarter of the CPUs (or one configured decode task) beside the
-# actors for the light tasks: listing, decode and Parquet writes. Each takes that share, up
-# to one CPU, so on up to 4 cores they run one at a time. Every light task running beside
-# another starts its own Ray worker process: ~1 CPU-s of imports, then wake-ups. Reads at 0.1
-# CPU and decode at 0.25 started five on 2 cores; one at a time ran 0.90 of the ideal end
-# to end against 0.85 (2,048 images; steady state 0.97 against 0.91; docs/benchmarks.md).
-# One decode task on one core decodes ~400 img/s, 20x what a 2-core model classifies.
-LOCAL_LIGHT_CPU_SHARE = 0.25
-MAX_LOCAL_LIGHT_TASK_CPUS = 1.0
-# A local CPU run, unless the actor counts are set, is one actor running two model calls
-# at once, each on half the cores. One call whose threads span every core stalls whenever
-# any other process takes one of them (each layer waits for its slowest thread): on the
-# 2-core test machine it kept 157% of 200% busy, two single-thread calls 198%, ~25% faster.
-# Two calls in one process run as fast as two processes (torch releases the GIL in each
-# operator) and start once: a second actor cost ~7 CPU-seconds (Ray worker, ray.data,
-# torch, torchvision) and its own copy of the model.
-LOCAL_CPU_CALLS = 2
-GROUP_RESOURCE_SHARE = 0.001
-# Elsewhere (worker groups, or a local GPU), listing rows and writing small Parquet tables
-# are light: full-CPU tasks for them would hold cores the decode stage needs, and on small
-# clusters starve it for good.
-READ_NUM_CPUS = 0.1
-WRITE_NUM_CPUS = 0.25
 
 
 class UriListDatasource(Datasource):
@@ -108,121 +82,6 @@ class PartFilenames(FilenameProvider):
         return f"part-{self._run_id}-{write_uuid}-{task_index:06d}.parquet"
 
 
-@dataclass(frozen=True)
-class ResourcePlan:
-    """How each stage is placed and sized; printed by ``pipeline plan``."""
-
-    cluster_cpus: float
-    cluster_gpus: float
-    inference_device: str
-    decode_num_cpus: float
-    decode_concurrency: int | None
-    decode_batch_size: int
-    decode_resources: dict[str, float]
-    io_num_cpus: tuple[float, float]
-    actor_num_cpus: float
-    actor_num_gpus: float
-    actor_resources: dict[str, float]
-    min_actors: int
-    max_actors: int
-    inference_batch_size: int
-    calls_in_flight_per_actor: int
-    parallel_calls: bool
-    torch_threads: int | None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data for printing and the manifest."""
-        return asdict(self)
-
-
-def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
-    """Size the stages for the cluster the driver sees."""
-    res = config.resources
-    cpus = float(cluster.get("CPU", 0))
-    gpus = float(cluster.get("GPU", 0))
-    device = config.inference.device
-    if device == "auto":
-        device = "cuda" if gpus > 0 else "cpu"
-    groups = res.placement == "worker_groups"
-    local_cpu = not groups and device == "cpu" and cpus > 0
-    actor_gpus = res.actor_num_gpus if res.actor_num_gpus is not None else (1.0 if device == "cuda" else 0.0)
-    actor_cpus = res.actor_num_cpus if res.actor_num_cpus is not None else 1.0
-    min_actors = res.min_actors or 1
-    max_actors = res.max_actors or min_actors
-    decode_cpus = res.decode_num_cpus if res.decode_num_cpus is not None else DECODE_NUM_CPUS
-    if not groups and 0 < cpus < decode_cpus:
-        decode_cpus = cpus  # the cluster has no more: a bigger decode task would never start
-    io_cpus = (READ_NUM_CPUS, WRITE_NUM_CPUS)
-    # Two calls in flight per GPU actor: one batch is assembled while the other computes.
-    calls = 2 if device == "cuda" else 1
-    if local_cpu:
-        if res.min_actors is None and res.max_actors is None:
-            calls = max(1, min(LOCAL_CPU_CALLS, int(cpus)))
-        configured = decode_cpus if res.decode_num_cpus is not None else 0.0
-        light_share = max(configured, cpus * LOCAL_LIGHT_CPU_SHARE)  # never less than one decode task
-        light = min(MAX_LOCAL_LIGHT_TASK_CPUS, light_share)
-        decode_cpus, io_cpus = configured or light, (light, light)
-        share = max(0.0, cpus - light_share) / max_actors
-        actor_cpus = share if res.actor_num_cpus is None else min(res.actor_num_cpus, share)
-    if config.inference.batch_size != "auto":
-        batch = int(config.inference.batch_size)
-    else:
-        batch = CUDA_AUTO_BATCH if device == "cuda" else CPU_AUTO_BATCH
-    return ResourcePlan(
-        cluster_cpus=cpus,
-        cluster_gpus=gpus,
-        inference_device=device,
-        decode_num_cpus=decode_cpus,
-        decode_concurrency=res.decode_concurrency,
-        decode_batch_size=config.preprocess.batch_size,
-        decode_resources={res.cpu_group_resource: GROUP_RESOURCE_SHARE} if groups else {},
-        io_num_cpus=io_cpus,
-        actor_num_cpus=actor_cpus,
-        actor_num_gpus=actor_gpus,
-        actor_resources={res.gpu_group_resource: GROUP_RESOURCE_SHARE} if groups else {},
-        min_actors=min_actors,
-        max_actors=max_actors,
-        inference_batch_size=batch,
-        calls_in_flight_per_actor=calls,
-        # A GPU's calls take turns on the device; CPU calls each run on their own threads.
-        parallel_calls=device == "cpu" and calls > 1,
-        # Ray pins OMP threads to an actor's num_cpus; local CPU models share every core
-        # between their calls, and with the light decode tasks (the CPU-only ideal in docs/benchmarks.md).
-        torch_threads=max(1, int(cpus) // (max_actors * calls)) if local_cpu else None,
-    )
-
-
-def decode_settings(config: Config, spec: ModelSpec) -> DecodeSettings:
-    """Decode settings from the config and the model's documented preprocessing."""
-    prep = spec.preprocessing
-    return DecodeSettings(
-        resize_size=prep.resize_size,
-        crop_size=prep.crop_size,
-        interpolation=prep.interpolation,
-        max_image_pixels=config.preprocess.max_image_pixels,
-        reduced_decode=config.preprocess.reduced_decode,
-        keep_jpeg=config.preprocess.decode_device == "gpu",
-    )
-
-
-def inference_settings(config: Config, plan: ResourcePlan) -> InferenceSettings:
-    """Per-actor inference settings.
-
-    The device stays ``auto`` unless configured: the actor decides from what torch sees
-    on its node, so a GPU the cluster declares but the node lacks falls back to CPU.
-    """
-    inf = config.inference
-    return InferenceSettings(
-        device=inf.device,
-        precision=inf.precision,
-        batch_size=inf.batch_size,
-        channels_last=inf.channels_last,
-        compile=inf.compile,
-        torch_threads=inf.torch_threads or plan.torch_threads,
-        max_oom_retries=inf.max_oom_retries,
-    )
-
-
 def actor_remote_options(plan: ResourcePlan, settings: InferenceSettings) -> dict[str, Any]:
     """Ray options of the inference actors besides CPUs and GPUs: group resources, thread count.
 
@@ -258,7 +117,7 @@ def build_dataset(
     )
     dataset = ray.data.read_datasource(
         UriListDatasource(uris),
-        num_cpus=plan.io_num_cpus[0],
+        num_cpus=plan.read_num_cpus,
         resources=plan.decode_resources or None,
     )
     dataset = dataset.map_batches(
@@ -321,5 +180,5 @@ def write_parquet(
         filesystem=filesystem,
         filename_provider=PartFilenames(run_id.replace(".", "_")),  # Ray refuses dots in part names
         min_rows_per_file=rows_per_file,
-        ray_remote_args={"num_cpus": plan.io_num_cpus[1], "resources": plan.decode_resources},
+        ray_remote_args={"num_cpus": plan.write_num_cpus, "resources": plan.decode_resources},
     )

@@ -33,6 +33,16 @@ if TYPE_CHECKING:
 CPU_AUTO_BATCH = 8
 CUDA_AUTO_BATCH = 512
 
+
+def auto_batch_size(device: str) -> int:
+    """The batch size ``inference.batch_size: auto`` means on ``device`` ("cuda" or "cpu").
+
+    The one definition: the resource plan sizes the stage's batches with it and each
+    actor its model calls (on CUDA, its OOM probe starts there).
+    """
+    return CUDA_AUTO_BATCH if device == "cuda" else CPU_AUTO_BATCH
+
+
 # glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_MAX = 32 * 2**20
@@ -233,15 +243,15 @@ class Predictor:
         self._mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        auto = CUDA_AUTO_BATCH if self.device.type == "cuda" else CPU_AUTO_BATCH
-        self.batch_size = auto if settings.batch_size == "auto" else int(settings.batch_size)
+        auto = settings.batch_size == "auto"
+        self.batch_size = auto_batch_size(self.device.type) if auto else int(settings.batch_size)
         self._staging: HostStaging | CudaStaging = (
             CudaStaging(self.device) if self.device.type == "cuda" else HostStaging()
         )
         self._gpu_stats = GpuStats.for_device(self.device) if self.device.type == "cuda" else None
         self.oom_backoffs = 0
         # Auto on CUDA: probe the working size now, halving on OOM (the largest that fits).
-        probe_full = settings.batch_size == "auto" and self.device.type == "cuda"
+        probe_full = auto and self.device.type == "cuda"
         self.warm_up(self.batch_size if probe_full else min(self.batch_size, 2))
         self.load_seconds = time.perf_counter() - started
 

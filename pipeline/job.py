@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pipeline.config import Config
-    from pipeline.graph import ResourcePlan
+    from pipeline.planning import ResourcePlan
 
 POLL_INTERVAL_S = 1.0
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
@@ -547,7 +547,7 @@ def _run_on_ray(
     """Plan, restore, write what is left, then read the output back; note the timings."""
     import ray
 
-    from pipeline.graph import plan_resources
+    from pipeline.planning import plan_resources
 
     plan: ResourcePlan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
     log = get_logger(run_id=run_id, stage="driver")

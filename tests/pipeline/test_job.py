@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 
 from pipeline import storage
 from pipeline.decode import decode
-from pipeline.graph import decode_settings
 from pipeline.job import run_job
 from pipeline.model import resolve_spec
 from pipeline.output import DATA_DIR, FAILURES, MANIFEST, OutputLocation
+from pipeline.planning import decode_settings
 
 pytestmark = pytest.mark.slow
 
