@@ -3,7 +3,8 @@
 The crop stays uint8 until it reaches the inference device: a quarter of the
 bytes of float32 through the object store. Large JPEGs are decoded at reduced
 scale (``Image.draft``) when that still leaves the short side at least the
-resize size. Any failure becomes a :class:`FailureReason`, never an exception.
+resize size. The resize and centre-crop geometry, shared with the device path, is
+:func:`resize_geometry`. Any failure becomes a :class:`FailureReason`, never an exception.
 
 With ``keep_jpeg`` (``preprocess.decode_device: gpu``) only the header is read
 here: a baseline RGB or grey JPEG that needs no EXIF rotation is checked (size,
@@ -89,24 +90,40 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def resize_and_crop(image: Image.Image, settings: DecodeSettings) -> np.ndarray:
-    """Short side to ``resize_size``, then a centre crop, as torchvision's transforms do."""
-    width, height = image.size
+def centre_box(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centred ``crop``-sided square of a ``width`` x ``height`` image."""
+    left, top = round((width - crop) / 2.0), round((height - crop) / 2.0)
+    return left, top, left + crop, top + crop
+
+
+def resize_geometry(
+    width: int, height: int, settings: DecodeSettings
+) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """Where resize-and-crop takes a ``width`` x ``height`` image, on the CPU and on the device alike.
+
+    The (width, height) to resize to, short side to ``resize_size`` and the long side
+    scaled with it (rounded down), as torchvision's ``Resize``; and the centre crop box
+    in the resized image (:func:`centre_box`), as its ``CenterCrop``. The box reaches
+    outside the image only when ``crop_size`` exceeds ``resize_size``.
+    """
     short, long = (width, height) if width <= height else (height, width)
     new_short = settings.resize_size
     new_long = int(new_short * long / short)
     size = (new_short, new_long) if width <= height else (new_long, new_short)
+    return size, centre_box(*size, settings.crop_size)
+
+
+def resize_and_crop(image: Image.Image, settings: DecodeSettings) -> np.ndarray:
+    """Short side to ``resize_size``, then a centre crop (:func:`resize_geometry`)."""
+    size, box = resize_geometry(*image.size, settings)
     if size != image.size:
         image = image.resize(size, _INTERPOLATION.get(settings.interpolation, Image.Resampling.BILINEAR))
-    crop = settings.crop_size
-    width, height = image.size
-    top = round((height - crop) / 2.0)
-    left = round((width - crop) / 2.0)
-    if top < 0 or left < 0:
-        image = ImageOps.pad(image, (max(width, crop), max(height, crop)), color=(0, 0, 0))
+    if box[0] < 0 or box[1] < 0:  # the crop is larger than the image: pad it first
+        crop = settings.crop_size
         width, height = image.size
-        top, left = round((height - crop) / 2.0), round((width - crop) / 2.0)
-    return np.array(image.crop((left, top, left + crop, top + crop)), dtype=np.uint8)  # owned, writable
+        image = ImageOps.pad(image, (max(width, crop), max(height, crop)), color=(0, 0, 0))
+        box = centre_box(*image.size, crop)
+    return np.array(image.crop(box), dtype=np.uint8)  # owned, writable
 
 
 def decode(data: bytes | None, settings: DecodeSettings) -> Decoded:

@@ -5,9 +5,9 @@ For clusters short of CPUs: the CPU workers only read each file's header
 decodes the JPEGs of a batch in one call (nvJPEG through
 ``torchvision.io.decode_jpeg`` on CUDA, libjpeg-turbo when the actor has no
 GPU), then resizes (antialiased) and centre-crops them on the device, with the
-same size arithmetic as the CPU path. A JPEG the batched call refuses is tried
-alone, then decoded with PIL exactly as a CPU worker would, so a bad file gets
-the same reason on either path.
+CPU path's size arithmetic (:func:`pipeline.decode.resize_geometry`). A JPEG the
+batched call refuses is tried alone, then decoded with PIL exactly as a CPU worker
+would, so a bad file gets the same reason on either path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from pipeline.decode import Decoded, DecodeSettings, decode
+from pipeline.decode import Decoded, DecodeSettings, decode, resize_geometry
 from pipeline.schema import ENCODING_JPEG, ENCODING_RAW, FailureReason
 
 if TYPE_CHECKING:
@@ -46,19 +46,19 @@ def _decode_jpegs(blobs: Sequence[bytes], device: torch.device) -> list[torch.Te
 
 
 def resize_and_crop(image: torch.Tensor, settings: DecodeSettings) -> torch.Tensor:
-    """C x H x W uint8: short side to ``resize_size``, then a centre crop (as the CPU path)."""
+    """C x H x W uint8: short side to ``resize_size``, then a centre crop (the CPU path's geometry)."""
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as tvf
 
     height, width = image.shape[-2:]
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(settings.resize_size * long / short)
-    size = [new_long, settings.resize_size] if width <= height else [settings.resize_size, new_long]
-    if size != [height, width]:
+    (new_width, new_height), (left, top, right, bottom) = resize_geometry(width, height, settings)
+    if (new_width, new_height) != (width, height):
         mode = InterpolationMode(settings.interpolation)
-        image = tvf.resize(image, size, interpolation=mode, antialias=True)
-    cropped: torch.Tensor = tvf.center_crop(image, [settings.crop_size, settings.crop_size])
-    return cropped
+        image = tvf.resize(image, [new_height, new_width], interpolation=mode, antialias=True)
+    if left < 0 or top < 0:  # the crop is larger than the image: torchvision pads it
+        padded: torch.Tensor = tvf.center_crop(image, [settings.crop_size, settings.crop_size])
+        return padded
+    return image[..., top:bottom, left:right]
 
 
 def device_crops(

@@ -21,6 +21,7 @@ from pipeline.decode import DecodeSettings, decode
 from pipeline.inference import InferenceSettings, Predictor
 from pipeline.logs import bad_input_sampler
 from pipeline.metrics import STAGE_DECODE, STAGE_INFERENCE, worker_metrics
+from pipeline.reading import fetch_all
 from pipeline.schema import (
     BYTES_COLUMN,
     ENCODING_COLUMN,
@@ -72,7 +73,7 @@ def decode_batch(
     status = np.full(len(uris), STATUS_OK, dtype=object)
     reasons = np.full(len(uris), None, dtype=object)
     errors = np.full(len(uris), None, dtype=object)
-    fetched = storage.fetch_all(filesystems, uris, limits, fetch_threads, base)
+    fetched = fetch_all(filesystems, uris, limits, fetch_threads, base)
     for index, (data, fetch_reason, detail) in enumerate(fetched):
         result = decode(data, settings) if fetch_reason is None else None
         if result is not None and result.encoded is not None:

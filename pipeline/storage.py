@@ -1,16 +1,12 @@
-"""Filesystems, input listing and byte fetching, for local paths and object storage.
+"""Storage for local paths and object stores: URIs, filesystems, writes, listing, errors.
 
-One fsspec filesystem per URI scheme, built from :class:`StorageConfig`. S3
-credentials come only from the standard AWS chain (environment, profile, web
-identity / IRSA): the config has no credential fields, so none can leak into
-logs or the manifest, and the filesystem objects pickled to Ray workers carry
-only the endpoint, region, timeouts and retry settings.
-
-Storage failures are sorted in two kinds. Transient ones (throttling, 5xx,
-timeouts, refused connections) are retried by botocore and, once the retries
-are spent, raised: the job fails and can be resumed, rather than committing rows
-lost to an outage. Object-level ones (not found, permission denied) become a
-row's failure reason. Errors raised to the user name the URI and endpoint, never
+One fsspec filesystem per URI scheme, from :class:`StorageConfig` (S3 credentials only from
+the AWS chain, so none reach logs or the manifest); :class:`Filesystems` and :class:`ReadLimits`
+go to the decode workers, which read inputs with :mod:`pipeline.reading`. Writes are all or
+nothing (:func:`write_atomic`) or only if absent (:func:`create_exclusive`). Transient failures
+(:func:`is_transient`, and :data:`RETRIED_IO_ERRORS` as Ray Data matches them) are retried by
+botocore, then raised: the job fails and can be resumed, rather than committing rows lost to an
+outage. Object-level ones become a row's failure reason. Errors name the URI and endpoint, never
 a credential.
 """
 
@@ -20,10 +16,8 @@ import errno
 import hashlib
 import os
 import posixpath
-import stat
 import tempfile
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,40 +25,34 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError, PipelineError, StorageError
 from pipeline.redaction import redact_url, scrub
-from pipeline.schema import FailureReason
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     import fsspec
-    import pyarrow.fs
 
     from pipeline.config import InputConfig, StorageConfig
 
 ROW_ID_HEX_CHARS = 20
+MAX_NAMED_INPUTS = 5
 RETRY_MODE = "standard"
 MAX_DETAIL_CHARS = 300
-TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "RequestTimeout",
-        "ServiceUnavailable",
-        "InternalError",
-    }
-)
-HTTP_CLIENT_ERROR = 400
+_THROTTLED = ("SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded")
+TRANSIENT_CODES = frozenset({*_THROTTLED, "RequestTimeout", "ServiceUnavailable", "InternalError"})
 HTTP_SERVER_ERROR = 500
 HTTP_PRECONDITION_FAILED = 412
-HTTP_RANGE_NOT_SATISFIABLE = 416
 RETRYABLE_STATUS = frozenset({408, 429})
+TRANSIENT_ERRNOS = frozenset({errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET})
+# The same transient failures as Ray Data recognises them in a read or write task's
+# error message, to retry the task (DataContext.retried_io_errors).
+RETRIED_IO_ERRORS = ("SlowDown", "503", "Service Unavailable", "RequestTimeout", "Connection reset")
+LOCAL_SCHEMES = ("", "file")
+S3_SCHEMES = ("s3", "s3a")  # served by s3fs with storage_options; exclusive create supported
 
 
 def is_remote(uri: str) -> bool:
-    """True for ``scheme://`` URIs other than ``file://``."""
-    return "://" in uri and not uri.startswith("file://")
+    """True for ``scheme://`` URIs other than ``file://``: read through an fsspec client, not the OS."""
+    return scheme_of(uri) not in LOCAL_SCHEMES
 
 
 def normalise(uri: str) -> str:
@@ -86,21 +74,12 @@ def manifest_base(source: InputConfig) -> str | None:
     return posixpath.dirname(normalise(source.uri))
 
 
-def resolve_entry(uri: str, base: str | None) -> str:
-    """Where to read an input: a relative manifest entry is read beside the manifest."""
-    if base is None or "://" in uri or uri.startswith("/"):
-        return uri
-    return posixpath.join(base, uri)
-
-
 def storage_options(storage: StorageConfig) -> dict[str, Any]:
     """Options for fsspec's S3 filesystem: endpoint, region, timeouts and botocore's retries.
 
-    Retries use botocore's ``standard`` mode: exponential backoff with jitter on
-    throttling (503 SlowDown), 5xx answers, timeouts and refused connections, at
-    most ``max_attempts`` tries per request. Listings are never cached, because
-    other processes (Ray workers) write under the same prefixes. No credentials:
-    botocore finds them itself (environment, profile, web identity / IRSA).
+    Retries: botocore's ``standard`` mode (backoff with jitter on throttling, 5xx, timeouts and
+    refused connections), ``max_attempts`` tries per request. Listings are never cached (Ray
+    workers write under the same prefixes). No credentials: botocore finds them itself.
     """
     client_kwargs: dict[str, Any] = {}
     if storage.endpoint_url:
@@ -126,7 +105,7 @@ def fsspec_filesystem(uri: str, storage: StorageConfig) -> fsspec.AbstractFileSy
     if not is_remote(uri):
         return fsspec.filesystem("file")
     protocol = uri.split("://", 1)[0]
-    options = storage_options(storage) if protocol in ("s3", "s3a") else {}
+    options = storage_options(storage) if protocol in S3_SCHEMES else {}
     try:
         return fsspec.filesystem(protocol, **options)
     except (ImportError, ValueError) as exc:
@@ -138,19 +117,37 @@ def fs_path(uri: str) -> str:
     return uri.split("://", 1)[1] if is_remote(uri) else uri
 
 
-def arrow_filesystem(uri: str, storage: StorageConfig) -> pyarrow.fs.FileSystem:
-    """A pyarrow view of the same fsspec filesystem, for Ray Data's readers and writers."""
-    import pyarrow.fs
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds on reading one input, so no input can hang or blow up a worker."""
 
-    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fsspec_filesystem(uri, storage)))
+    max_bytes: int
+    timeout_s: float
+    allowed_roots: tuple[str, ...] = ()  # real paths; empty: local inputs may be anywhere
 
 
-MAX_NAMED_INPUTS = 5
-READ_CHUNK_BYTES = 1 << 20
-LOCAL_SCHEMES = ("", "file")
-READABLE_REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs")
+class Filesystems:
+    """One fsspec filesystem per URI scheme (with the configured endpoint), made on first use.
+
+    Each row is read through the filesystem of its own scheme, so a manifest mixing
+    local paths and ``s3://`` URIs reads each from where it is.
+    """
+
+    def __init__(self, storage: StorageConfig) -> None:
+        self.storage = storage
+        self._made: dict[str, fsspec.AbstractFileSystem] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"storage": self.storage, "_made": {}}  # workers make their own clients
+
+    def for_scheme(self, scheme: str) -> fsspec.AbstractFileSystem:
+        """The filesystem serving ``scheme://`` URIs."""
+        if scheme not in self._made:
+            self._made[scheme] = fsspec_filesystem(f"{scheme}://x", self.storage)
+        return self._made[scheme]
+
+
 TEMP_SUFFIX = ".tmp"  # files being written: ".<name>.<random>.tmp" beside their final name
-EXCLUSIVE_CREATE_SCHEMES = ("s3", "s3a")
 
 
 def _write_temp(path: Path, data: bytes) -> Path:
@@ -205,7 +202,7 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, uri: str, data: bytes) -> bo
     """
     if is_remote(uri):
         scheme = scheme_of(uri)
-        if scheme not in EXCLUSIVE_CREATE_SCHEMES:
+        if scheme not in S3_SCHEMES:
             raise StorageError(
                 f"cannot lease an output on {scheme}:// ({redact_url(uri)}): the single-writer lease "
                 "needs an exclusive create, which this pipeline implements for local paths and s3://"
@@ -215,7 +212,7 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, uri: str, data: bytes) -> bo
         except FileExistsError:
             return False
         except OSError as exc:
-            if _response_code(exc)[1] == HTTP_PRECONDITION_FAILED or "Precondition" in str(exc):
+            if response_code(exc)[1] == HTTP_PRECONDITION_FAILED or "Precondition" in str(exc):
                 return False
             raise
         return True
@@ -245,10 +242,6 @@ class Listing:
 
     def __len__(self) -> int:
         return len(self.uris)
-
-
-def _with_scheme(uri: str, path: str) -> str:
-    return f"{uri.split('://', 1)[0]}://{path}" if is_remote(uri) else path
 
 
 def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
@@ -296,8 +289,9 @@ def _walk(uri: str, fs: fsspec.AbstractFileSystem, source: InputConfig) -> list[
             raise InputError(f"input {uri} is a file; give a directory, a prefix or a .parquet/.csv manifest")
         raise FileNotFoundError(root)
     paths = fs.find(root, maxdepth=None if source.recursive else 1)
+    scheme = uri.split("://", 1)[0] + "://" if is_remote(uri) else ""  # fsspec drops it from the paths
     suffixes = tuple(source.extensions)
-    return sorted(_with_scheme(uri, path) for path in paths if path.lower().endswith(suffixes))
+    return sorted(scheme + path for path in paths if path.lower().endswith(suffixes))
 
 
 def _read_manifest(uri: str, column: str, fs: fsspec.AbstractFileSystem) -> tuple[list[str], int]:
@@ -320,171 +314,7 @@ def _read_manifest(uri: str, column: str, fs: fsspec.AbstractFileSystem) -> tupl
     return uris, len(values) - len(uris)
 
 
-@dataclass(frozen=True)
-class ReadLimits:
-    """Bounds on reading one input, so no input can hang or blow up a worker."""
-
-    max_bytes: int
-    timeout_s: float
-    allowed_roots: tuple[str, ...] = ()  # real paths; empty: local inputs may be anywhere
-
-
-class Filesystems:
-    """One fsspec filesystem per URI scheme (with the configured endpoint), made on first use.
-
-    Each row is read through the filesystem of its own scheme, so a manifest mixing
-    local paths and ``s3://`` URIs reads each from where it is.
-    """
-
-    def __init__(self, storage: StorageConfig) -> None:
-        self.storage = storage
-        self._made: dict[str, fsspec.AbstractFileSystem] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"storage": self.storage, "_made": {}}  # workers make their own clients
-
-    def for_scheme(self, scheme: str) -> fsspec.AbstractFileSystem:
-        """The filesystem serving ``scheme://`` URIs."""
-        if scheme not in self._made:
-            self._made[scheme] = fsspec_filesystem(f"{scheme}://x", self.storage)
-        return self._made[scheme]
-
-
-class _RefusedError(Exception):
-    """An input this pipeline will not or cannot read: its row's reason and detail."""
-
-    def __init__(self, reason: FailureReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
-def fetch(
-    filesystems: Filesystems, uri: str, limits: ReadLimits, base: str | None = None
-) -> tuple[bytes | None, FailureReason | None, str]:
-    """Read one input; an input-level failure becomes a reason and a short detail.
-
-    Transient storage failures (throttling, 5xx, timeouts, connection errors)
-    that outlast botocore's retries are raised instead: the task fails and the
-    run stays uncommitted and resumable, rather than committing the rows as lost.
-    """
-    try:
-        data = _read(filesystems, uri, limits, base)
-    except _RefusedError as refused:
-        return None, refused.reason, refused.detail
-    except FileNotFoundError:
-        return None, FailureReason.NOT_FOUND, "vanished between listing and reading"
-    except PermissionError:
-        return None, FailureReason.PERMISSION_DENIED, "permission denied"
-    except IsADirectoryError:
-        return None, FailureReason.UNREADABLE, "is a directory"
-    return data, None, ""
-
-
-def _read(filesystems: Filesystems, uri: str, limits: ReadLimits, base: str | None) -> bytes:
-    """The input's bytes through its own scheme's filesystem, or :class:`_RefusedError`."""
-    if "\x00" in uri:
-        raise _RefusedError(FailureReason.INVALID_URI, "contains a NUL byte")
-    target = resolve_entry(uri, base)
-    scheme = scheme_of(target)
-    if scheme in LOCAL_SCHEMES:
-        data = _read_local(target.removeprefix("file://"), limits)
-    elif scheme in READABLE_REMOTE_SCHEMES:
-        data = _read_remote(filesystems.for_scheme(scheme), target, limits)
-    else:
-        raise _RefusedError(
-            FailureReason.UNSUPPORTED_SCHEME, f"{scheme}:// inputs are not read by this pipeline"
-        )
-    if len(data) > limits.max_bytes:
-        raise _RefusedError(FailureReason.TOO_LARGE, f"over preprocess.max_input_bytes={limits.max_bytes}")
-    return data
-
-
-def _read_remote(fs: fsspec.AbstractFileSystem, uri: str, limits: ReadLimits) -> bytes:
-    """At most ``max_bytes + 1`` bytes of an object (one ranged GET)."""
-    try:
-        return bytes(fs.cat_file(fs_path(uri), start=0, end=limits.max_bytes + 1))
-    except (FileNotFoundError, PermissionError, IsADirectoryError):
-        raise
-    except Exception as exc:
-        code, status = _response_code(exc)
-        if code == "InvalidRange" or status == HTTP_RANGE_NOT_SATISFIABLE:
-            return b""  # a ranged GET of an empty object: the object is empty, not unreadable
-        if not is_object_error(exc):
-            raise
-        raise _RefusedError(FailureReason.UNREADABLE, describe(exc)[:200]) from exc
-
-
-_FILE_KINDS = {
-    stat.S_IFIFO: "FIFO",
-    stat.S_IFCHR: "character device",
-    stat.S_IFBLK: "block device",
-    stat.S_IFSOCK: "socket",
-}
-
-
-def _read_local(path: str, limits: ReadLimits) -> bytes:
-    """At most ``max_bytes + 1`` bytes of a regular file; never blocks on a FIFO or a device."""
-    real = os.path.realpath(path)
-    roots = limits.allowed_roots
-    if roots and not any(real == root or real.startswith(root + os.sep) for root in roots):
-        raise _RefusedError(FailureReason.OUTSIDE_ALLOWED_ROOTS, "outside input.allowed_roots")
-    try:  # O_NONBLOCK: opening a FIFO does not wait for a writer
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except (FileNotFoundError, PermissionError):
-        raise
-    except OSError as exc:
-        raise _RefusedError(FailureReason.UNREADABLE, describe(exc)) from exc
-    try:
-        return _read_regular(fd, limits)
-    except IsADirectoryError:
-        raise
-    except OSError as exc:
-        raise _RefusedError(FailureReason.UNREADABLE, describe(exc)) from exc
-    finally:
-        os.close(fd)
-
-
-def _read_regular(fd: int, limits: ReadLimits) -> bytes:
-    info = os.fstat(fd)
-    if stat.S_ISDIR(info.st_mode):
-        raise IsADirectoryError
-    if not stat.S_ISREG(info.st_mode):
-        kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "special file")
-        raise _RefusedError(FailureReason.NOT_A_REGULAR_FILE, f"is a {kind}, not a regular file")
-    if info.st_size > limits.max_bytes:
-        detail = f"{info.st_size} bytes, over preprocess.max_input_bytes={limits.max_bytes}"
-        raise _RefusedError(FailureReason.TOO_LARGE, detail)
-    os.set_blocking(fd, True)
-    chunks, left = [], limits.max_bytes + 1
-    while left > 0 and (chunk := os.read(fd, min(left, READ_CHUNK_BYTES))):
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def fetch_all(
-    filesystems: Filesystems, uris: list[str], limits: ReadLimits, threads: int, base: str | None = None
-) -> list[tuple[bytes | None, FailureReason | None, str]]:
-    """Fetch ``uris`` on a thread pool; a read still running after its time is its row's ``timeout``.
-
-    A hung read (a stuck network filesystem) keeps its thread, but never the batch: the
-    others finish, and the pool is left without waiting for it.
-    """
-    threads = min(threads, max(1, len(uris)))
-    pool = ThreadPoolExecutor(max_workers=threads)
-    futures = [pool.submit(fetch, filesystems, uri, limits, base) for uri in uris]
-    rounds = -(-len(uris) // threads)  # each thread reads this many inputs one after another
-    wait(futures, timeout=limits.timeout_s * rounds)
-    pool.shutdown(wait=False, cancel_futures=True)
-    late = (
-        None,
-        FailureReason.TIMEOUT,
-        f"no answer within {limits.timeout_s:g}s (preprocess.max_read_seconds)",
-    )
-    return [future.result() if future.done() and not future.cancelled() else late for future in futures]
-
-
-def _botocore_errors() -> tuple[type[BaseException], ...]:
+def botocore_errors() -> tuple[type[BaseException], ...]:
     """``(BotoCoreError, ClientError)`` where botocore is installed (it comes with s3fs)."""
     try:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -495,10 +325,10 @@ def _botocore_errors() -> tuple[type[BaseException], ...]:
 
 def is_storage_error(exc: BaseException) -> bool:
     """Whether ``exc`` comes from the storage layer (I/O, botocore), not from our code."""
-    return isinstance(exc, (OSError, *_botocore_errors()))
+    return isinstance(exc, (OSError, *botocore_errors()))
 
 
-def _response_code(exc: BaseException) -> tuple[str, int]:
+def response_code(exc: BaseException) -> tuple[str, int]:
     """The S3 error code and HTTP status of ``exc`` or its cause, where it carries a response."""
     for candidate in (exc, exc.__cause__, exc.__context__):
         response = getattr(candidate, "response", None)
@@ -515,24 +345,13 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, TimeoutError | ConnectionError):
         return True
-    code, status = _response_code(exc)
+    code, status = response_code(exc)
     if code or status:
         return code in TRANSIENT_CODES or status >= HTTP_SERVER_ERROR or status in RETRYABLE_STATUS
-    botocore = _botocore_errors()
+    botocore = botocore_errors()
     if botocore and isinstance(exc, botocore[0]):  # BotoCoreError: connection, timeout, protocol
         return not type(exc).__name__.startswith(("NoCredentials", "PartialCredentials", "NoRegion"))
-    return isinstance(exc, OSError) and exc.errno in (errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET)
-
-
-def is_object_error(exc: BaseException) -> bool:
-    """Whether a failed read concerns the object itself (its row's problem), not the storage service."""
-    if not is_storage_error(exc) or is_transient(exc):
-        return False
-    _, status = _response_code(exc)
-    if status:
-        return HTTP_CLIENT_ERROR <= status < HTTP_SERVER_ERROR
-    botocore = _botocore_errors()
-    return not (botocore and isinstance(exc, botocore[0]))
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 
 
 def describe(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from pipeline import samples
-from pipeline.decode import DecodeSettings, decode
+from pipeline.decode import DecodeSettings, decode, resize_geometry
 from pipeline.device_decode import device_crops
 from pipeline.job import run_job
 from pipeline.output import DATA_DIR
@@ -75,6 +75,20 @@ class TestHeaderOnly:
         assert decode((root / "random-bytes.jpg").read_bytes(), ON_DEVICE).reason == "not_an_image"
         big = samples.jpeg_bytes(samples.photo_like(np.random.default_rng(5), 64, 64))
         assert decode(big, small_limit).reason == "too_many_pixels"
+
+
+class TestGeometry:
+    @pytest.mark.parametrize(
+        ("size", "expected"),
+        [
+            ((500, 375), ((309, 232), (42, 4, 266, 228))),
+            ((375, 500), ((232, 309), (4, 42, 228, 266))),
+            ((224, 224), ((232, 232), (4, 4, 228, 228))),
+        ],
+    )
+    def test_short_side_to_resize_size_then_centre_box(self, size, expected):
+        """One size arithmetic for both paths: short side to resize_size, long side scaled, centred box."""
+        assert resize_geometry(*size, ON_DEVICE) == expected
 
 
 class TestDeviceCrops:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import redaction, storage
+from pipeline import reading, redaction, storage
 from pipeline.config import StorageConfig
 from pipeline.errors import InputError
 from pipeline.job import run_job
@@ -46,7 +46,7 @@ class TestReads:
         fifo = tmp_path / "x.jpg"
         os.mkfifo(fifo)
         started = time.monotonic()
-        data, reason, detail = storage.fetch(storage.Filesystems(StorageConfig()), str(fifo), LIMITS)
+        data, reason, detail = reading.fetch(storage.Filesystems(StorageConfig()), str(fifo), LIMITS)
         assert (data, reason) == (None, FailureReason.NOT_A_REGULAR_FILE)
         assert "FIFO" in detail
         assert time.monotonic() - started < 5
@@ -54,14 +54,14 @@ class TestReads:
     def test_devices_and_oversized_files_are_not_read(self, tmp_path):
         """/dev/zero is not a regular file; a file over the cap fails as too_large, unread."""
         fs = storage.Filesystems(StorageConfig())
-        assert storage.fetch(fs, "/dev/zero", LIMITS)[1] == FailureReason.NOT_A_REGULAR_FILE
+        assert reading.fetch(fs, "/dev/zero", LIMITS)[1] == FailureReason.NOT_A_REGULAR_FILE
         big = tmp_path / "big.jpg"
         big.write_bytes(b"\xff" * 5000)
         small = storage.ReadLimits(max_bytes=4096, timeout_s=30)
-        data, reason, detail = storage.fetch(fs, str(big), small)
+        data, reason, detail = reading.fetch(fs, str(big), small)
         assert (data, reason) == (None, FailureReason.TOO_LARGE)
         assert "5000 bytes" in detail
-        assert storage.fetch(fs, str(big), LIMITS)[0] == b"\xff" * 5000
+        assert reading.fetch(fs, str(big), LIMITS)[0] == b"\xff" * 5000
 
     def test_a_hung_read_times_out_alone(self, tmp_path):
         """A read that never answers fails its row with ``timeout``; the rest of the batch is read."""
@@ -80,7 +80,7 @@ class TestReads:
         uris = ["s3://b/a.jpg", "s3://b/hang.jpg", "s3://b/c.jpg", "s3://b/d.jpg"]
         started = time.monotonic()
         limits = storage.ReadLimits(max_bytes=100, timeout_s=1)
-        results = storage.fetch_all(Stores(StorageConfig()), uris, limits, threads=2)
+        results = reading.fetch_all(Stores(StorageConfig()), uris, limits, threads=2)
         release.set()
         assert time.monotonic() - started < 10
         assert [reason for _, reason, _ in results] == [None, FailureReason.TIMEOUT, None, None]
@@ -105,7 +105,7 @@ class TestReads:
                 return Store()
 
         uris = [str(good), "s3://bucket/secret.jpg", "http://169.254.169.254/latest/meta-data.jpg"]
-        results = storage.fetch_all(Stores(StorageConfig()), uris, LIMITS, threads=1)
+        results = reading.fetch_all(Stores(StorageConfig()), uris, LIMITS, threads=1)
         assert results[0] == (b"local", None, "")
         assert results[1] == (b"from s3", None, "")
         assert results[2][1] == FailureReason.UNSUPPORTED_SCHEME

@@ -1,4 +1,4 @@
-"""pipeline.storage against a real S3 API (moto_server): filesystems, listing, fetching, errors."""
+"""pipeline.storage and .reading against a real S3 API (moto_server): filesystems, listing, reads, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from storage_s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, free_port, upload_images
 
-from pipeline import storage
+from pipeline import output, reading, storage
 from pipeline.config import InputConfig, StorageConfig
 from pipeline.errors import InputError, StorageError
 from pipeline.schema import FailureReason
@@ -53,12 +53,30 @@ class TestFilesystem:
         s3.put_object(Bucket=bucket, Key="a/b.jpg", Body=b"payload")
         fs = storage.fsspec_filesystem(f"s3://{bucket}/a", s3_settings(moto.endpoint))
         fs.ls(bucket)  # connected: a session with credentials exists in this object
-        for obj in (fs, storage.arrow_filesystem(f"s3://{bucket}/a", s3_settings(moto.endpoint))):
+        arrow_view = output.OutputLocation.open(f"s3://{bucket}/a", s3_settings(moto.endpoint)).arrow_fs()
+        for obj in (fs, arrow_view):
             blob = pickle.dumps(obj)
             assert moto.endpoint.encode() in blob
             assert FAKE_ACCESS_KEY_ID.encode() not in blob
             assert FAKE_SECRET_ACCESS_KEY.encode() not in blob
         assert pickle.loads(pickle.dumps(fs)).cat_file(f"{bucket}/a/b.jpg") == b"payload"  # noqa: S301
+
+
+class TestUris:
+    @pytest.mark.parametrize(
+        ("uri", "remote"),
+        [
+            ("s3://bucket/key.jpg", True),
+            ("s3a://bucket/key.jpg", True),
+            ("https://host/x.jpg", True),
+            ("/data/x.jpg", False),
+            ("relative/x.jpg", False),
+            ("file:///data/x.jpg", False),
+        ],
+    )
+    def test_is_remote_is_any_scheme_but_file(self, uri, remote):
+        """Every URI with a scheme other than file:// is read through a storage client, not the OS."""
+        assert storage.is_remote(uri) is remote
 
 
 class TestListing:
@@ -95,12 +113,12 @@ class TestFetch:
         """An object's bytes come back with no failure reason."""
         s3.put_object(Bucket=bucket, Key="x.jpg", Body=b"jpeg")
         fs = storage.Filesystems(s3_settings(moto.endpoint))
-        assert storage.fetch(fs, f"s3://{bucket}/x.jpg", LIMITS) == (b"jpeg", None, "")
+        assert reading.fetch(fs, f"s3://{bucket}/x.jpg", LIMITS) == (b"jpeg", None, "")
 
     def test_missing_object_is_a_row_failure(self, bucket, moto):
         """An object deleted after listing becomes the row's not_found reason."""
         fs = storage.Filesystems(s3_settings(moto.endpoint))
-        data, reason, _ = storage.fetch(fs, f"s3://{bucket}/gone.jpg", LIMITS)
+        data, reason, _ = reading.fetch(fs, f"s3://{bucket}/gone.jpg", LIMITS)
         assert (data, reason) == (None, FailureReason.NOT_FOUND)
 
     def test_unreachable_storage_is_raised_not_recorded(self):
@@ -108,7 +126,7 @@ class TestFetch:
         endpoint = f"http://127.0.0.1:{free_port()}"
         fs = storage.Filesystems(s3_settings(endpoint, max_attempts=1, connect_timeout_s=1))
         with pytest.raises(EndpointConnectionError):
-            storage.fetch(fs, "s3://bucket/key.jpg", LIMITS)
+            reading.fetch(fs, "s3://bucket/key.jpg", LIMITS)
 
 
 class TestErrors:
@@ -133,7 +151,7 @@ class TestErrors:
         wrapped = OSError(5, "Please reduce your request rate.")
         wrapped.__cause__ = client_error("SlowDown", 503)
         assert storage.is_transient(wrapped)
-        assert not storage.is_object_error(wrapped)
+        assert not reading.is_object_error(wrapped)
 
     def test_descriptions_hide_credentials(self, monkeypatch):
         """Secret values from the environment and URL userinfo never reach an error message."""
