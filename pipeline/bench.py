@@ -23,9 +23,8 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
@@ -35,61 +34,11 @@ from pipeline.decode import decode
 from pipeline.errors import ConfigError, JobFailedError
 from pipeline.inference import InferenceSettings, Predictor, resolve_device, resolve_precision
 from pipeline.model import build_model, check_architecture, resolve_spec
+from pipeline.peakmem import MemorySampler
 from pipeline.planning import ResourcePlan, decode_settings, plan_resources
 
 #: Images decoded on one core for (b) and the top-1 agreement check (all of them, up to this).
 DECODE_SAMPLE = 2048
-
-
-@dataclass
-class MemorySampler:
-    """Peak memory (PSS, so the shared object store counts once) of this process and its children.
-
-    An embedded Ray cluster's processes (raylet, GCS, workers) are all children of the driver.
-    Reading PSS walks every mapping of every process: about 60 ms of CPU per sample with
-    two ResNet-50 actors, which at two samples a second took a quarter of a core from the
-    job it measures. So a sample waits at least ``budget`` times its own cost.
-    """
-
-    interval_s: float = 0.5
-    budget: float = 50.0
-    samples: int = 0
-    peak_bytes: int = 0
-    _stop: threading.Event | None = None
-    _thread: threading.Thread | None = None
-
-    def _sample(self) -> int:
-        import psutil
-
-        me = psutil.Process()
-        total = 0
-        for process in [me, *me.children(recursive=True)]:
-            try:
-                total += process.memory_full_info().pss
-            except psutil.Error:
-                continue
-        return total
-
-    def __enter__(self) -> Self:
-        self._stop = threading.Event()
-
-        def loop() -> None:
-            assert self._stop is not None  # noqa: S101  # set before the thread starts
-            while not self._stop.is_set():
-                started = time.thread_time()
-                self.peak_bytes = max(self.peak_bytes, self._sample())
-                self.samples += 1
-                self._stop.wait(max(self.interval_s, self.budget * (time.thread_time() - started)))
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        assert self._stop is not None  # noqa: S101
-        assert self._thread is not None  # noqa: S101
-        self._stop.set()
-        self._thread.join()
 
 
 def _overrides(images: Path, out: Path, args: argparse.Namespace, precision: str) -> list[str]:
@@ -241,7 +190,8 @@ def _pipeline_process(overrides: list[str], results: Any) -> None:
     try:
         import ray
 
-        from pipeline.job import connect_ray, run_job
+        from pipeline.cluster import connect_ray
+        from pipeline.job import run_job
 
         config = _config(overrides)
         loaded = time.time()

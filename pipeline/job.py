@@ -7,26 +7,19 @@ inputs, and the model weights (checksum and architecture).
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-import platform
-import re
-import socket
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
-from pipeline import __version__, output, storage
+from pipeline import __version__, output, storage, verify
+from pipeline.cluster import configure_data_context, connect_ray
 from pipeline.errors import (
-    ClusterUnreachableError,
     FailureBudgetExceededError,
-    InputError,
     JobFailedError,
     OutputInUseError,
     PipelineError,
@@ -35,20 +28,11 @@ from pipeline.lease import Lease
 from pipeline.logs import bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
 from pipeline.model import ModelSpec, check_architecture, resolve_spec
+from pipeline.progress import ProgressBar, ProgressTracker, watch_write
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from pipeline.config import Config
     from pipeline.planning import ResourcePlan
-
-POLL_INTERVAL_S = 1.0
-_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
-# Ray keeps at most num_cpus idle workers and kills the rest after a second idle, so on a
-# small machine each read, decode and write task respawned a worker (about 1.5 CPU-seconds
-# of imports each, taken from the model). The embedded cluster keeps a few more.
-EMBEDDED_WORKERS_SOFT_LIMIT = 16
-RETRIED_IO_ERRORS = ("SlowDown", "503", "Service Unavailable", "RequestTimeout", "Connection reset")
 
 
 @dataclass
@@ -104,210 +88,9 @@ class RunSummary:
         return "\n".join(lines)
 
 
-class ProgressTracker:
-    """Counts rows finished by the inference actors (a tiny Ray actor, zero CPUs)."""
-
-    def __init__(self) -> None:
-        self.ok = 0
-        self.failed: dict[str, int] = {}
-        self.first: tuple[float, int] | None = None  # when the first batch landed, and its rows
-        self.last = 0.0
-
-    def add(self, ok: int, failed: dict[str, int]) -> None:
-        """Add one batch's outcome."""
-        self.ok += ok
-        for reason, count in failed.items():
-            self.failed[reason] = self.failed.get(reason, 0) + count
-        self.last = time.time()
-        if self.first is None:
-            self.first = (self.last, ok + sum(failed.values()))
-
-    def steady_rate(self) -> float:
-        """Rows per second from the first batch's landing to the last's: start-up excluded."""
-        if self.first is None or self.last <= self.first[0]:
-            return 0.0
-        rows = self.ok + sum(self.failed.values()) - self.first[1]
-        return rows / (self.last - self.first[0])
-
-    def get(self) -> tuple[int, dict[str, int]]:
-        """Totals so far."""
-        return self.ok, dict(self.failed)
-
-    def first_landed_at(self) -> float | None:
-        """Wall-clock time the first batch landed (None before it did)."""
-        return self.first[0] if self.first else None
-
-
-class ProgressBar:
-    """One redrawn line with count, rate and ETA; only on a terminal."""
-
-    def __init__(self, total: int, stream: IO[str], *, enabled: bool) -> None:
-        self.total = total
-        self.stream = stream
-        self.enabled = enabled
-
-    def update(self, done: int, rate: float) -> None:
-        """Redraw the line."""
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * done / self.total) if self.total else width
-        eta = f"{(self.total - done) / rate:6.0f}s" if rate > 0 else "     ?s"
-        bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\r[{bar}] {done}/{self.total} {rate:7.1f} img/s  ETA {eta}")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """End the line."""
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus a random suffix."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
-
-
-def versions() -> dict[str, str]:
-    """Versions recorded in the manifest."""
-    import ray
-    import torch
-    import torchvision
-
-    return {
-        "pipeline": __version__,
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "pyarrow": pa.__version__,
-    }
-
-
-def connect_ray(config: Config) -> bool:
-    """Join the configured cluster, or start an embedded one; True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = config.resources.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        wait_for_cluster(address, config.resources.connect_timeout_s)
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
-        return True
-    ray.init(
-        object_store_memory=config.resources.object_store_memory_bytes,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        configure_logging=False,
-        _system_config={"num_workers_soft_limit": EMBEDDED_WORKERS_SOFT_LIMIT},
-    )
-    return True
-
-
-def wait_for_cluster(address: str, timeout_s: float) -> None:
-    """Wait until the cluster's address accepts connections, at most ``timeout_s`` (then exit 6).
-
-    ``ray.init`` itself retries an address nobody answers for minutes; this bounds it.
-    ``auto`` and ``local`` are left to Ray (they name no host).
-    """
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    host = host.strip("[]")  # an IPv6 literal
-    if not host or not port.isdigit():
-        return
-    deadline = time.monotonic() + timeout_s
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            with socket.create_connection((host, int(port)), timeout=max(0.1, min(5.0, remaining))):
-                return
-        except OSError as exc:
-            if time.monotonic() + 1.0 >= deadline:
-                raise ClusterUnreachableError(
-                    f"the Ray cluster at {address} did not answer within {timeout_s:g}s "
-                    f"(resources.connect_timeout_s): {exc}; check resources.ray_address or RAY_ADDRESS "
-                    "and that the head node is up"
-                ) from None
-        time.sleep(1.0)
-
-
-def _configure_data_context(location: output.OutputLocation) -> None:
-    from ray.data import DataContext
-    from ray.data.checkpoint import CheckpointConfig
-
-    ctx = DataContext.get_current()
-    ctx.checkpoint_config = CheckpointConfig(
-        id_column="row_id",
-        checkpoint_path=location.uri_of(location.new_checkpoint_dir()),  # empty: we restored, Ray only writes
-        delete_checkpoint_on_success=False,
-        override_filesystem=location.arrow_fs(),
-    )
-    ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *RETRIED_IO_ERRORS]))
-    ctx.enable_progress_bars = False  # the job's own bar (ProgressBar) is clearer
-    ctx.print_on_execution_start = False
-    ctx.max_errored_blocks = 0  # a lost block would lose rows: fail instead
-
-
-def _execute(
-    write_output: Callable[[], None],
-    config: Config,
-    lease: Lease,
-    tracker: Any,
-    total: int,
-    metrics: JobMetrics,
-    bar: ProgressBar,
-) -> tuple[int, float]:
-    """Run the write in a thread; poll progress, push metrics, detect stalls and a lost lease.
-
-    Returns the rows processed and the steady-state rate.
-    """
-    import ray
-
-    failure: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            write_output()
-        except BaseException as exc:  # re-raised in the driver thread
-            failure.append(exc)
-
-    writer = threading.Thread(target=write, name="ray-data-write", daemon=True)
-    started = time.monotonic()
-    last_change, last_done = started, -1
-    writer.start()
-    done = 0
-    while writer.is_alive():
-        writer.join(POLL_INTERVAL_S)
-        ok, failed = ray.get(tracker.get.remote())
-        done = ok + sum(failed.values())
-        now = time.monotonic()
-        if done != last_done:
-            last_change, last_done = now, done
-        elapsed = now - started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        metrics.progress(done, total, rate, elapsed)
-        bar.update(done, rate)
-        if lease.lost is not None:
-            raise OutputInUseError(lease.lost)
-        if now - last_change > config.resources.stall_timeout_s and writer.is_alive():
-            raise JobFailedError(
-                f"no progress for {config.resources.stall_timeout_s:.0f}s at {done}/{total} rows "
-                "(resources.stall_timeout_s): the cluster cannot schedule a stage or a worker hangs"
-            )
-    bar.close()
-    if failure:
-        exc = failure[0]
-        raise JobFailedError(f"the Ray Data job failed: {_root_cause(exc)}") from exc
-    ok, failed = ray.get(tracker.get.remote())
-    return int(ok) + int(sum(failed.values())), float(ray.get(tracker.steady_rate.remote()))
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The last lines of a (possibly remote) traceback: where the cause is named."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    named = [line for line in lines if _EXCEPTION_LINE.match(line) and "UserCodeException" not in line]
-    return (named[0] if named else " | ".join(lines[-3:]))[:600] or type(exc).__name__
 
 
 def _claim_output(
@@ -447,7 +230,7 @@ def _run_leased(
     lease.name_run(run_id)
     bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
     log = get_logger(run_id=run_id, stage="driver")
-    listing = _inputs_of_run(config, location, run_id, resumed=summary.resumed)
+    listing = output.inputs_of_run(location, config.input, config.storage, run_id, resumed=summary.resumed)
     uris = listing.uris
     summary.inputs, summary.empty_manifest_cells, summary.output_uri = (
         len(uris),
@@ -471,17 +254,7 @@ def _run_leased(
     summary.timings["ray_ready"] = time.monotonic() - run.started
     bar = ProgressBar(len(uris), stream, enabled=show)
     result, plan, summary.processed_this_run, summary.steady_images_per_second = _run_on_ray(
-        config,
-        location,
-        lease,
-        uris,
-        spec,
-        state_dict,
-        run_id,
-        metrics,
-        bar,
-        summary.timings,
-        run.started_wall,
+        run, lease, uris, spec, state_dict, bar
     )
     summary.succeeded, summary.failed, summary.failed_by_reason = (
         result.ok,
@@ -491,7 +264,7 @@ def _run_leased(
     summary.seconds = time.monotonic() - run.started
     summary.images_per_second = summary.processed_this_run / summary.seconds if summary.seconds else 0.0
     lease.check()  # a job that lost the output to another must not commit
-    _commit(config, location, spec, summary, result, plan, config_hash, run.started_wall)
+    _commit(run, spec, result, plan, config_hash)
     summary.status = "succeeded"  # only now: the manifest is written and read back
     summary.timings["committed"] = time.monotonic() - run.started
 
@@ -504,53 +277,18 @@ def _clear(location: output.OutputLocation, lease: Lease, log: Any) -> None:
         log.warning("overwriting existing output", output=location.uri, files_deleted=deleted)
 
 
-def _inputs_of_run(
-    config: Config, location: output.OutputLocation, run_id: str, *, resumed: bool
-) -> storage.Listing:
-    """The run's inputs: listed now, or, on resume, those fixed when the run started.
-
-    A resumed manifest run reads the manifest again (``_inputs.parquet`` keeps URIs with
-    their signatures masked, so it cannot be read from) and must find the same inputs.
-    """
-    if resumed and not config.input.is_manifest:
-        return storage.Listing(location.read_inputs())
-    listing = storage.list_inputs(config.input, config.storage)
-    if resumed:
-        fixed = set(location.read_input_ids())
-        now = {storage.row_id(uri) for uri in listing.uris}
-        if now != fixed:
-            raise InputError(
-                f"manifest {config.input.uri} changed since run {run_id!r} started: "
-                f"{len(now - fixed)} inputs added, {len(fixed - now)} removed; resume with the "
-                "manifest it started with, or pass --overwrite to start again"
-            )
-    if listing.empty_cells:
-        get_logger(run_id=run_id, stage="driver").warning(
-            "manifest cells without a URI skipped", count=listing.empty_cells, manifest=config.input.uri
-        )
-    return listing
-
-
 def _run_on_ray(
-    config: Config,
-    location: output.OutputLocation,
-    lease: Lease,
-    uris: list[str],
-    spec: ModelSpec,
-    state_dict: Any,
-    run_id: str,
-    metrics: JobMetrics,
-    bar: ProgressBar,
-    timings: dict[str, float],
-    started_wall: float,
-) -> tuple[output.Tally, ResourcePlan, int, float]:
+    run: _Run, lease: Lease, uris: list[str], spec: ModelSpec, state_dict: Any, bar: ProgressBar
+) -> tuple[verify.Tally, ResourcePlan, int, float]:
     """Plan, restore, write what is left, then read the output back; note the timings."""
     import ray
 
     from pipeline.planning import plan_resources
 
+    config, location, timings = run.config, run.location, run.summary.timings
+    assert location is not None  # noqa: S101  # set while the lease is held
     plan: ResourcePlan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
-    log = get_logger(run_id=run_id, stage="driver")
+    log = get_logger(run_id=run.summary.run_id, stage="driver")
     log.info("resource plan", **plan.as_dict())
     configured = config.resources.decode_num_cpus
     if configured is not None and plan.decode_num_cpus < configured:
@@ -559,30 +297,25 @@ def _run_on_ray(
             configured=configured,
             used=plan.decode_num_cpus,
         )
-    todo = output.restore_checkpoint(location, uris, run_id)  # inputs that no committed part holds
+    todo = verify.restore_checkpoint(location, uris, run.summary.run_id)  # inputs no committed part holds
     processed, steady = 0, 0.0
     if todo:  # else every part was written before the last attempt stopped: only the commit is left
-        processed, steady, first_landed = _write_with_progress(
-            config, location, lease, todo, spec, state_dict, run_id, plan, metrics, bar
-        )
+        processed, steady, first_landed = _write_with_progress(run, lease, todo, spec, state_dict, plan, bar)
         if first_landed is not None:
-            timings["first_batch"] = first_landed - started_wall
-        timings["written"] = time.time() - started_wall
-    result = output.tally(location, config.storage, {storage.row_id(uri) for uri in uris})
+            timings["first_batch"] = first_landed - run.started_wall
+        timings["written"] = time.time() - run.started_wall
+    result = verify.tally(location, config.storage, {storage.row_id(uri) for uri in uris})
     # A batch retried after an actor died is reported to the tracker twice: cap the count.
     return result, plan, min(processed, len(todo)), steady
 
 
 def _write_with_progress(
-    config: Config,
-    location: output.OutputLocation,
+    run: _Run,
     lease: Lease,
     todo: list[str],
     spec: ModelSpec,
     state_dict: Any,
-    run_id: str,
     plan: ResourcePlan,
-    metrics: JobMetrics,
     bar: ProgressBar,
 ) -> tuple[int, float, float | None]:
     """Build the graph over the unfinished inputs and run it to the last part.
@@ -594,7 +327,9 @@ def _write_with_progress(
 
     from pipeline.graph import build_dataset, write_parquet
 
-    _configure_data_context(location)
+    config, location, run_id = run.config, run.location, run.summary.run_id
+    assert location is not None  # noqa: S101  # set while the lease is held
+    configure_data_context(location)
     # On the driver's node, hard: a lost worker node must not take the progress counts with
     # it. A soft affinity to a head with no CPUs put the tracker on a worker node.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -604,13 +339,13 @@ def _write_with_progress(
     dataset = build_dataset(config, todo, spec, state_ref, plan, run_id, progress=tracker)
     data_uri, filesystem = location.uri_of(output.DATA_DIR), location.arrow_fs()
     try:
-        processed, steady = _execute(
+        processed, steady = watch_write(
             lambda: write_parquet(dataset, data_uri, filesystem, run_id, config.output.rows_per_file, plan),
             config,
             lease,
             tracker,
             len(todo),
-            metrics,
+            run.job_metrics(),
             bar,
         )
         return processed, steady, ray.get(tracker.first_landed_at.remote())
@@ -618,17 +353,10 @@ def _write_with_progress(
         ray.data.DataContext.get_current().checkpoint_config = None  # later datasets must not inherit it
 
 
-def _commit(
-    config: Config,
-    location: output.OutputLocation,
-    spec: ModelSpec,
-    summary: RunSummary,
-    result: output.Tally,
-    plan: ResourcePlan,
-    config_hash: str,
-    started_wall: float,
-) -> None:
+def _commit(run: _Run, spec: ModelSpec, result: verify.Tally, plan: ResourcePlan, config_hash: str) -> None:
     """Enforce the failure budget, then write the dead-letter table and the manifest."""
+    config, summary, location, started_wall = run.config, run.summary, run.location, run.started_wall
+    assert location is not None  # noqa: S101  # set while the lease is held
     fraction = summary.failed / summary.inputs if summary.inputs else 0.0
     if fraction > config.output.max_failure_fraction:
         needed = math.ceil(fraction * 1000) / 1000
@@ -640,32 +368,7 @@ def _commit(
             f"output.max_failure_fraction={needed:g}: it resumes run {summary.run_id} and commits "
             "without redoing a row. To retry the failed inputs, fix them and run again with --overwrite."
         )
-    manifest = {
-        "run_id": summary.run_id,
-        "job": config.job.name,
-        "status": "committed",
-        "counts": {"inputs": summary.inputs, "succeeded": summary.succeeded, "failed": summary.failed},
-        "empty_manifest_cells": summary.empty_manifest_cells,
-        "failed_by_reason": summary.failed_by_reason,
-        "processed_this_run": summary.processed_this_run,
-        "resumed": summary.resumed,
-        "config_hash": config_hash,
-        "config": config.to_dict(),
-        "model": {
-            "name": spec.name,
-            "sha256": spec.weights_sha256,
-            "weights": spec.weights_uri,
-            "random_init": spec.random_init,
-            "preprocessing": asdict(spec.preprocessing),
-        },
-        "warnings": ["model weights are random (model.random_init)"] if spec.random_init else [],
-        "versions": versions(),
-        "resource_plan": plan.as_dict(),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_wall)),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": round(summary.seconds, 3),
-        "images_per_second": round(summary.images_per_second, 3),
-        "timings_s": {name: round(seconds, 3) for name, seconds in summary.timings.items()},
-        "layout": {"data": output.DATA_DIR, "failures": output.FAILURES, "rows": result.rows},
-    }
-    output.commit(location, result, manifest)
+    document = verify.manifest_document(
+        config, summary.as_dict(), spec, plan.as_dict(), config_hash, started_wall, result.rows
+    )
+    verify.commit(location, result, document)

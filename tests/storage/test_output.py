@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from storage_s3 import FAKE_SECRET_ACCESS_KEY, free_port, list_keys, read_json
 
-from pipeline import output, storage
+from pipeline import output, storage, verify
 from pipeline.config import StorageConfig
 from pipeline.errors import JobFailedError, OutputExistsError, StorageError
 
@@ -36,7 +36,7 @@ def rows(uris: list[str], status: str = "ok") -> pa.Table:
             "reason": [None if status == "ok" else "not_an_image"] * len(uris),
             "error": [None] * len(uris),
         },
-        schema=pa.schema([(name, pa.string()) for name in output.TALLY_COLUMNS]),
+        schema=pa.schema([(name, pa.string()) for name in verify.TALLY_COLUMNS]),
     )
 
 
@@ -129,7 +129,7 @@ class TestRestore:
         put_part(s3, bucket, "part-r-a-000001", uris[3:6], committed=False, pending=True)
         put_part(s3, bucket, "part-r-a-000002", uris[6:8], committed=True, pending=True)
         s3.put_object(Bucket=bucket, Key="out/data/part-r-b-000000-0.parquet", Body=b"no checkpoint at all")
-        todo = output.restore_checkpoint(location, uris, RUN)
+        todo = verify.restore_checkpoint(location, uris, RUN)
         assert todo == uris[3:6] + uris[8:]
         assert list_keys(s3, bucket, "out/data/") == [
             "out/data/part-r-a-000000-0.parquet",
@@ -158,7 +158,7 @@ class TestTally:
         put_table(s3, bucket, "out/data/part-a-0.parquet", rows(["s3://x/1", "s3://x/2"]))
         put_table(s3, bucket, "out/data/part-b-0.parquet", rows(["s3://x/3"], status="failed"))
         ids = [storage.row_id(uri) for uri in ("s3://x/1", "s3://x/2", "s3://x/3")]
-        result = output.tally(location, location.storage_config, ids)
+        result = verify.tally(location, location.storage_config, ids)
         assert (result.rows, result.ok, result.failed_by_reason) == (3, 2, {"not_an_image": 1})
         assert result.failures.column("uri").to_pylist() == ["s3://x/3"]
         assert result.files == [
@@ -171,7 +171,7 @@ class TestTally:
         (tmp_path / "out" / "data").mkdir(parents=True)
         pq.write_table(rows(["/img/1.jpg"]), tmp_path / "out" / "data" / "part-a-0.parquet")
         local = output.OutputLocation.open(str(tmp_path / "out"), StorageConfig())
-        result = output.tally(local, StorageConfig(), [storage.row_id("/img/1.jpg")])
+        result = verify.tally(local, StorageConfig(), [storage.row_id("/img/1.jpg")])
         assert result.files == [{"path": "data/part-a-0.parquet", "rows": 1}]
 
     def test_duplicates_are_not_committed(self, s3, bucket, location):
@@ -179,21 +179,21 @@ class TestTally:
         put_table(s3, bucket, "out/data/part-a-0.parquet", rows(["s3://x/1"]))
         put_table(s3, bucket, "out/data/part-b-0.parquet", rows(["s3://x/1"]))
         with pytest.raises(JobFailedError, match="1 duplicated rows"):
-            output.tally(location, location.storage_config, [storage.row_id("s3://x/1")])
+            verify.tally(location, location.storage_config, [storage.row_id("s3://x/1")])
 
     def test_missing_rows_are_not_committed(self, s3, bucket, location):
         """An input without a row stops the commit."""
         put_table(s3, bucket, "out/data/part-a-0.parquet", rows(["s3://x/1"]))
         with pytest.raises(JobFailedError, match="1 missing, 0 unexpected"):
-            output.tally(
+            verify.tally(
                 location, location.storage_config, [storage.row_id(u) for u in ("s3://x/1", "s3://x/2")]
             )
 
     def test_commit_writes_failures_then_manifest(self, s3, bucket, location):
         """The dead-letter table and the manifest (with its file list) are written."""
         put_table(s3, bucket, "out/data/part-a-0.parquet", rows(["s3://x/1"], status="failed"))
-        result = output.tally(location, location.storage_config, [storage.row_id("s3://x/1")])
-        output.commit(location, result, {"run_id": RUN, "layout": {"data": "data"}})
+        result = verify.tally(location, location.storage_config, [storage.row_id("s3://x/1")])
+        verify.commit(location, result, {"run_id": RUN, "layout": {"data": "data"}})
         manifest = read_json(s3, bucket, "out/_SUCCESS")
         assert manifest["layout"]["files"] == [{"path": "data/part-a-0.parquet", "rows": 1}]
         assert manifest["manifest_version"] == output.MANIFEST_VERSION

@@ -109,7 +109,11 @@ class TestOverwriteDeletesOnlyOurs:
         with pytest.raises(error) as caught:
             run_job(broken, overwrite=True)
         assert caught.value.exit_code == 2
-        assert tree(out) == committed
+        after = tree(out)
+        summaries = [name for name in after if name.startswith("_summary-") and name not in committed]
+        assert len(summaries) == 1  # the refused run says why, beside the run it left alone
+        assert json.loads((out / summaries[0]).read_text())["status"] == "failed"
+        assert {name: digest for name, digest in after.items() if name != summaries[0]} == committed
 
 
 def start_cli(config_path: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

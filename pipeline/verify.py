@@ -1,0 +1,252 @@
+"""Making an output trustworthy: restore after a crash, read the parts back, commit last.
+
+:func:`restore_checkpoint` deletes what an interrupted attempt left half-written and says
+which inputs are still to do; :func:`tally` reads every part back and proves each input is
+there exactly once; :func:`manifest_document` builds the ``_SUCCESS`` document and
+:func:`commit` writes ``failures.parquet``, then ``_SUCCESS``, and reads it back.
+"""
+
+from __future__ import annotations
+
+import platform
+import posixpath
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from pipeline import __version__, storage
+from pipeline.errors import JobFailedError
+from pipeline.output import (
+    CHECKPOINT_DIR,
+    DATA_DIR,
+    FAILURES,
+    MANIFEST,
+    MANIFEST_VERSION,
+    PENDING_CHECKPOINT_SUFFIX,
+    OutputLocation,
+)
+from pipeline.schema import STATUS_FAILED, STATUS_OK
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from pipeline.config import Config, StorageConfig
+    from pipeline.model import ModelSpec
+
+_PART_NUMBER = re.compile(r"-\d+\.parquet$")
+TALLY_COLUMNS = ["row_id", "uri", "status", "reason", "error"]
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Outcome counts read back from the committed parts."""
+
+    rows: int
+    ok: int
+    failed_by_reason: dict[str, int]
+    failures: pa.Table
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        """All failed rows."""
+        return sum(self.failed_by_reason.values())
+
+
+def tally(location: OutputLocation, storage_config: StorageConfig, expected_ids: Iterable[str]) -> Tally:
+    """Read the parts back and prove every input is there exactly once.
+
+    Reads one part at a time and keeps only the ids and the failed rows, so the
+    driver holds a few bytes per input, not the predictions.
+    """
+    data_uri = location.uri_of(DATA_DIR)
+    root = storage.fs_path(location.uri)
+    ids: list[pa.ChunkedArray] = []
+    failures: list[pa.Table] = []
+    files: list[dict[str, Any]] = []
+    ok = 0
+    try:
+        with storage.translate_errors("read back the parts under", data_uri, storage_config):
+            dataset = pads.dataset(
+                storage.fs_path(data_uri), filesystem=location.arrow_fs(), format="parquet"
+            )
+            fragments = list(dataset.get_fragments())
+    except FileNotFoundError:
+        fragments = []
+    if not fragments:
+        raise JobFailedError(f"no part files under {data_uri}; not committing")
+    failure_schema = pa.schema([dataset.schema.field(name) for name in TALLY_COLUMNS])
+    with storage.translate_errors("read back the parts under", data_uri, storage_config):
+        for fragment in fragments:
+            table = fragment.to_table(columns=TALLY_COLUMNS)
+            files.append({"path": posixpath.relpath(fragment.path, root), "rows": table.num_rows})
+            ids.append(table.column("row_id"))
+            statuses = table.column("status")
+            ok += int(pc.sum(pc.equal(statuses, STATUS_OK)).as_py() or 0)
+            failures.append(table.filter(pc.equal(statuses, STATUS_FAILED)))
+    found = pa.chunked_array(
+        [chunk for column in ids for chunk in column.chunks], pa.string()
+    ).combine_chunks()
+    rows = len(found)
+    unique = pc.count_distinct(found).as_py() if rows else 0
+    if unique != rows:
+        raise JobFailedError(f"output has {rows - unique} duplicated rows; not committing")
+    expected = pa.array(sorted(set(expected_ids)), pa.string())
+    missing = len(expected) - int(pc.sum(pc.is_in(expected, value_set=found)).as_py() or 0)
+    extra = rows - int(pc.sum(pc.is_in(found, value_set=expected)).as_py() or 0)
+    if missing or extra:
+        raise JobFailedError(
+            f"output does not match the inputs: {missing} missing, {extra} unexpected; not committing"
+        )
+    failed = pa.concat_tables([failure_schema.empty_table(), *failures], promote_options="permissive")
+    if ok + failed.num_rows != rows:
+        raise JobFailedError(
+            f"output has {rows - ok - failed.num_rows} rows with an unknown status; not committing"
+        )
+    by_reason = Counter(str(reason) for reason in failed.column("reason").to_pylist())
+    return Tally(
+        rows=rows,
+        ok=ok,
+        failed_by_reason=dict(sorted(by_reason.items())),
+        failures=failed,
+        files=sorted(files, key=lambda item: str(item["path"])),
+    )
+
+
+def manifest_document(
+    config: Config,
+    summary: dict[str, Any],
+    spec: ModelSpec,
+    plan: dict[str, Any],
+    config_hash: str,
+    started_wall: float,
+    rows: int,
+) -> dict[str, Any]:
+    """The ``_SUCCESS`` document of a run (:func:`commit` adds the layout's files and versions it)."""
+    return {
+        "run_id": summary["run_id"],
+        "job": config.job.name,
+        "status": "committed",
+        "counts": {
+            "inputs": summary["inputs"],
+            "succeeded": summary["succeeded"],
+            "failed": summary["failed"],
+        },
+        "empty_manifest_cells": summary["empty_manifest_cells"],
+        "failed_by_reason": summary["failed_by_reason"],
+        "processed_this_run": summary["processed_this_run"],
+        "resumed": summary["resumed"],
+        "config_hash": config_hash,
+        "config": config.to_dict(),
+        "model": {
+            "name": spec.name,
+            "sha256": spec.weights_sha256,
+            "weights": spec.weights_uri,
+            "random_init": spec.random_init,
+            "preprocessing": asdict(spec.preprocessing),
+        },
+        "warnings": ["model weights are random (model.random_init)"] if spec.random_init else [],
+        "versions": versions(),
+        "resource_plan": plan,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_wall)),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(summary["seconds"], 3),
+        "images_per_second": round(summary["images_per_second"], 3),
+        "timings_s": {name: round(seconds, 3) for name, seconds in summary["timings"].items()},
+        "layout": {"data": DATA_DIR, "failures": FAILURES, "rows": rows},
+    }
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded in the manifest."""
+    import ray
+    import torch
+    import torchvision
+
+    return {
+        "pipeline": __version__,
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pyarrow": pa.__version__,
+    }
+
+
+def commit(location: OutputLocation, result: Tally, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write the dead-letter table, then the manifest last (listing the parts it covers)."""
+    location.write_table(FAILURES, result.failures)
+    layout = {**manifest.get("layout", {}), "files": result.files, "failed_rows": result.failed}
+    manifest = {
+        **manifest,
+        "manifest_version": MANIFEST_VERSION,
+        "layout": layout,
+        "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    written = location.write_json(MANIFEST, manifest)
+    if location.read_bytes(MANIFEST) != written:  # a store that acknowledged what it did not keep
+        raise JobFailedError(f"{location.uri_of(MANIFEST)} does not read back as written; not committed")
+    return manifest
+
+
+def _part_base(name: str) -> str:
+    """``part-<run>-<write>-<task>`` of ``part-<run>-<write>-<task>-<n>.parquet`` (Ray's numbering)."""
+    return _PART_NUMBER.sub("", posixpath.basename(name))
+
+
+def restore_checkpoint(location: OutputLocation, uris: list[str], run_id: str | None = None) -> list[str]:
+    """Make the output consistent after a crash; return the inputs no committed part holds.
+
+    Ray Data writes each part in two phases: ``<part>.pending.parquet`` (the part's
+    ids), then the part files ``<part>-<n>.parquet``, then renames the pending file
+    to ``<part>.parquet``. So a committed checkpoint proves its parts are complete,
+    and every other part is the leftover of a write that did not finish. This:
+
+    1. deletes every part under ``data/`` that no committed checkpoint covers
+       (what Ray's own restore does for pending checkpoints, and also safe when a
+       crash cut a rename, a copy and a delete on object stores, between its halves);
+    2. deletes the pending checkpoint files;
+    3. reads the committed ids and returns the inputs that are not among them.
+
+    Ray's restore is not used because it runs its id filter in an actor pool that
+    reserves a whole CPU per actor (not configurable in Ray 2.60): on a small node
+    next to the inference actors, the read and decode stages can never be scheduled
+    and a resumed run stalls at 0 rows. Filtering the listing on the driver also
+    means no bytes are fetched, and no task started, for finished inputs.
+    """
+    from pipeline.logs import get_logger
+
+    checkpoints = location.list_files(CHECKPOINT_DIR)
+    pending = {name for name in checkpoints if name.endswith(PENDING_CHECKPOINT_SUFFIX)}
+    committed = [name for name in checkpoints if name.endswith(".parquet") and name not in pending]
+    covered = {posixpath.basename(name).removesuffix(".parquet") for name in committed}
+    orphans = [name for name in location.list_files(DATA_DIR) if _part_base(name) not in covered]
+    deleted_parts = location.delete(orphans)
+    dropped_pending = location.delete(sorted(pending))
+    todo = uris
+    if committed:
+        with storage.translate_errors("read the checkpoint under", location.uri_of(CHECKPOINT_DIR)):
+            dataset = pads.dataset(
+                [location.path_of(name) for name in committed],
+                filesystem=location.arrow_fs(),
+                format="parquet",
+            )
+            done = dataset.to_table(columns=["row_id"]).column("row_id").combine_chunks()
+        ids = pa.array([storage.row_id(uri) for uri in uris], pa.string())
+        keep = pc.invert(pc.is_in(ids, value_set=done)).to_pylist()
+        todo = [uri for uri, wanted in zip(uris, keep, strict=True) if wanted]
+    if checkpoints or orphans:
+        get_logger(run_id=run_id, stage="driver").info(
+            "checkpoint restored",
+            written=len(uris) - len(todo),
+            to_do=len(todo),
+            unfinished_parts_deleted=deleted_parts,
+            pending_checkpoints_dropped=dropped_pending,
+        )
+    return todo
