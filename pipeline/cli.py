@@ -91,14 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(
-    args: argparse.Namespace, *, check_paths: bool = True, flags: dict[str, object] | None = None
-) -> Config:
-    """The config from --config, the environment, --set, then command flags (``None``: not given)."""
+def _load(args: argparse.Namespace, *, flags: dict[str, object] | None = None) -> Config:
+    """The config from --config, the environment, --set, then command flags (``None``: not given).
+
+    Local input and weights paths must exist (exit 2 before any work).
+    """
     from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+    from pipeline.storage import is_remote
 
     given = {key: value for key, value in (flags or {}).items() if value is not None}
-    return load_config(args.config, args.overrides, check_paths=check_paths, flags=given)
+    config = load_config(args.config, args.overrides, flags=given)
+    for key, value in (("input.uri", config.input.uri), ("model.weights", config.model.weights)):
+        if value and not is_remote(value) and not Path(value.removeprefix("file://")).exists():
+            raise ConfigError(key, value, "no such file or directory")
+    return config
 
 
 def _configure_logging(config: Config) -> None:

@@ -23,7 +23,6 @@ from pipeline.errors import ConfigError
 
 ENV_PREFIX = "PIPELINE_"
 ENV_NESTING = "__"
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://")
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
@@ -292,7 +291,6 @@ def load_config(
     overrides: Sequence[str] = (),
     environ: Mapping[str, str] | None = None,
     *,
-    check_paths: bool = True,
     flags: Mapping[str, Any] | None = None,
 ) -> Config:
     """Build and validate the configuration; raise :class:`ConfigError` on the first problem.
@@ -326,11 +324,11 @@ def load_config(
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise _error_from_validation(exc) from None
-    _check_semantics(config, check_paths=check_paths)
+    _check_semantics(config)
     return config
 
 
-def _check_semantics(config: Config, *, check_paths: bool) -> None:
+def _check_semantics(config: Config) -> None:
     """Checks that need more than one field or a look at the outside world."""
     if config.model.weights is None and not config.model.random_init:
         raise ConfigError(
@@ -358,10 +356,6 @@ def _check_semantics(config: Config, *, check_paths: bool) -> None:
             preprocess.crop_size,
             f"must be <= preprocess.resize_size ({preprocess.resize_size})",
         )
-    if check_paths:
-        for key, value in (("input.uri", config.input.uri), ("model.weights", config.model.weights)):
-            if value and not value.startswith(REMOTE_SCHEMES) and not Path(value).exists():
-                raise ConfigError(key, value, "no such file or directory")
 
 
 def dump_yaml(config: Config) -> str:

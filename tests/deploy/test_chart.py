@@ -147,7 +147,7 @@ class TestValuesSchema:
         """The ConfigMap's config.yaml passes the pipeline's own loader (pydantic + semantic checks)."""
         config_file = tmp_path / "config.yaml"
         config_file.write_text(releases[values].pipeline_config()["data"]["config.yaml"], encoding="utf-8")
-        config = load_config(config_file, environ={}, check_paths=False)
+        config = load_config(config_file, environ={})
         assert config.resources.placement == "worker_groups"
         assert config.logging.format == "json"
 
