@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hostile_corpus import hostile_corpus
 from PIL import Image
 
 from pipeline import samples
@@ -69,7 +70,7 @@ class TestHeaderOnly:
     def test_header_checks_still_apply(self, tmp_path):
         """The pixel limit and truncation-free header errors are reported by the CPU worker as before."""
         root = tmp_path / "hostile"
-        samples.hostile_corpus(root)
+        hostile_corpus(root)
         small_limit = replace(ON_DEVICE, max_image_pixels=1000)
         assert decode((root / "bomb.png").read_bytes(), ON_DEVICE).reason == "too_many_pixels"
         assert decode((root / "random-bytes.jpg").read_bytes(), ON_DEVICE).reason == "not_an_image"

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hostile_corpus import hostile_corpus
 from PIL import Image
 
 from pipeline.decode import DecodeSettings, decode, resize_and_crop
@@ -16,7 +17,6 @@ from pipeline.errors import FailureBudgetExceededError, ModelError, OutputExists
 from pipeline.job import run_job
 from pipeline.model import build_model
 from pipeline.output import DATA_DIR, MANIFEST
-from pipeline.samples import hostile_corpus
 
 SETTINGS = DecodeSettings(256, 224, "bilinear", 89_478_485, reduced_decode=True)
 
