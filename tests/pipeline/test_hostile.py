@@ -143,7 +143,7 @@ class TestHostileRun:
         self, ray_session, hostile, make_config, tmp_path
     ):
         """The exit-5 message says what to run; raising the budget (and a smaller batch) resumes and
-        commits the rows already written; another top-k is another run and is refused."""
+        commits the rows already written; another model is another run and is refused."""
         root, expected = hostile
         manifest = self._manifest(tmp_path, [str(root / name) for name in expected])
         with pytest.raises(FailureBudgetExceededError) as refused:
@@ -152,7 +152,7 @@ class TestHostileRun:
         assert "--set output.max_failure_fraction=" in message
         assert "--overwrite" in message
         with pytest.raises(OutputExistsError, match="different configuration"):
-            run_job(make_config(manifest, output__max_failure_fraction="1.0", model__top_k="3"))
+            run_job(make_config(manifest, output__max_failure_fraction="1.0", model__name="resnet34"))
         summary = run_job(
             make_config(manifest, output__max_failure_fraction="1.0", inference__batch_size="2")
         )
