@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -220,12 +220,35 @@ class Config(_Section):
         return hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()
 
 
-def _parse_scalar(text: str) -> Any:
-    """YAML-parse one override value so ``--set a.b=3`` gives an int, ``=null`` None."""
+def _parse_scalar(dotted: str, text: str) -> Any:
+    """One override's value, typed by the schema: text for a text key, else YAML.
+
+    ``--set model.sha256=000...`` stays a string (YAML would read a number), ``--set
+    a.b=3`` gives an int, and ``=null`` (or ``~``) None.
+    """
+    if text.strip() in {"null", "~", ""}:
+        return None
+    if _is_text_field(dotted):
+        return text
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+
+
+def _is_text_field(dotted: str) -> bool:
+    """True when the config key at ``dotted`` takes text only (``str`` or ``str | None``)."""
+    model: Any = Config
+    *sections, key = dotted.split(".")
+    for section in sections:
+        field = getattr(model, "model_fields", {}).get(section)
+        if field is None:
+            return False
+        model = field.annotation
+    field = getattr(model, "model_fields", {}).get(key)
+    if field is None:
+        return False
+    return set(get_args(field.annotation) or (field.annotation,)) <= {str, type(None)}
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
@@ -247,7 +270,7 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX) and ENV_NESTING in name:
             dotted = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTING, ".")
-            overrides.append((dotted, _parse_scalar(environ[name])))
+            overrides.append((dotted, _parse_scalar(dotted, environ[name])))
     return overrides
 
 
@@ -317,7 +340,7 @@ def load_config(
         dotted, sep, text = item.partition("=")
         if not sep:
             raise ConfigError("--set", item, "expected section.key=value")
-        _set_path(data, dotted.strip(), _parse_scalar(text), "--set")
+        _set_path(data, dotted.strip(), _parse_scalar(dotted.strip(), text), "--set")
     for dotted, value in (flags or {}).items():
         _set_path(data, dotted, value, "flag")
     try:

@@ -223,3 +223,28 @@ class TestRunIdFlag:
         assert "'bad id!'" in err
         assert "pattern" in err
         assert "Traceback" not in err
+
+
+class TestTypedOverrides:
+    def test_text_keys_keep_the_text_yaml_would_turn_into_a_number(self, config_file):
+        """--set and PIPELINE_ values are typed by the schema: a digit-only sha256 or run id stays text."""
+        digits = "0" * 63 + "1"
+        config = load_config(
+            config_file,
+            [f"model.sha256={digits}", "job.run_id=20261201"],
+            environ={"PIPELINE_JOB__NAME": "007"},
+        )
+        assert (config.model.sha256, config.job.run_id, config.job.name) == (digits, "20261201", "007")
+
+    def test_other_keys_are_still_parsed(self, config_file):
+        """Numbers, booleans and null keep working for the keys that take them."""
+        config = load_config(
+            config_file,
+            ["inference.batch_size=16", "inference.compile=true", "resources.max_actors=null"],
+            environ={},
+        )
+        assert (config.inference.batch_size, config.inference.compile, config.resources.max_actors) == (
+            16,
+            True,
+            None,
+        )
