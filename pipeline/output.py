@@ -7,7 +7,7 @@ Under ``output.uri``::
     _checkpoint/         Ray Data's checkpoint (ids already written)
     _summary-<run>.json  what the last attempt of a run did (also on failure)
     data/part-*.parquet  one row per input: predictions, or status=failed + reason
-    failures.parquet     the failed rows alone (dead-letter view), written at commit
+    _failures.parquet    the failed rows alone (dead-letter view), written at commit
     _SUCCESS             the manifest, JSON, written last: no _SUCCESS, no commit
 
 Before the manifest is written, the parts are read back and checked: every
@@ -46,7 +46,9 @@ RUN_STATE = "_run.json"
 INPUTS = "_inputs.parquet"
 CHECKPOINT_DIR = "_checkpoint"
 DATA_DIR = "data"
-FAILURES = "failures.parquet"
+# _-prefixed so readers of the output folder (pyarrow, pandas, Spark, DuckDB) skip it: they
+# would count each failed row twice, here and in data/.
+FAILURES = "_failures.parquet"
 SUMMARY_TEMPLATE = "_summary-{run_id}.json"
 PENDING_CHECKPOINT_SUFFIX = ".pending.parquet"  # Ray Data's two-phase checkpoint commit
 ATTEMPT_PREFIX = "attempt-"
@@ -54,7 +56,7 @@ _ATTEMPT = re.compile(rf"^{ATTEMPT_PREFIX}(\d+)$")
 LEASE_DIR = "_lease"  # pipeline.lease: one writer at a time
 # Every name this pipeline writes under an output; nothing else is ever deleted there.
 _OWN_FILES = re.compile(
-    r"^(?:_SUCCESS|_run\.json|_inputs\.parquet|failures\.parquet|_summary-[^/]+\.json"
+    r"^(?:_SUCCESS|_run\.json|_inputs\.parquet|_?failures\.parquet|_summary-[^/]+\.json"
     rf"|{CHECKPOINT_DIR}/.+|{LEASE_DIR}/[^/]+|{DATA_DIR}/part-[^/]+\.parquet)$"
 )
 _TEMP_FILE = re.compile(rf"(?:^|/)\.[^/]+{re.escape(storage.TEMP_SUFFIX)}$")

@@ -3,7 +3,7 @@
 :func:`restore_checkpoint` deletes what an interrupted attempt left half-written and says
 which inputs are still to do; :func:`tally` reads every part back and proves each input is
 there exactly once; :func:`manifest_document` builds the ``_SUCCESS`` document and
-:func:`commit` writes ``failures.parquet``, then ``_SUCCESS``, and reads it back.
+:func:`commit` writes ``_failures.parquet``, then ``_SUCCESS``, and reads it back.
 """
 
 from __future__ import annotations

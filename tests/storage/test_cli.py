@@ -66,7 +66,7 @@ class TestCli:
         assert result.returncode == 0, result.stderr[-3000:]
         assert read_json(s3, bucket, "out/_SUCCESS")["counts"]["inputs"] == 12
         keys = list_keys(s3, bucket, "out/")
-        assert {"out/_SUCCESS", "out/_run.json", "out/_inputs.parquet", "out/failures.parquet"} <= set(keys)
+        assert {"out/_SUCCESS", "out/_run.json", "out/_inputs.parquet", "out/_failures.parquet"} <= set(keys)
         assert any(key.startswith("out/_summary-") for key in keys)
         assert any(key.startswith("out/_checkpoint/") for key in keys)
         for credential in (key_id, secret):

@@ -198,6 +198,6 @@ class TestTally:
         assert manifest["layout"]["files"] == [{"path": "data/part-a-0.parquet", "rows": 1}]
         assert manifest["manifest_version"] == output.MANIFEST_VERSION
         failures = pq.read_table(
-            io.BytesIO(s3.get_object(Bucket=bucket, Key="out/failures.parquet")["Body"].read())
+            io.BytesIO(s3.get_object(Bucket=bucket, Key="out/_failures.parquet")["Body"].read())
         )
         assert failures.column("reason").to_pylist() == ["not_an_image"]

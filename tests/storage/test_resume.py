@@ -164,7 +164,7 @@ class TestCrashAndResume:
         assert sorted(f"out/{item['path']}" for item in manifest["layout"]["files"]) == data_keys
         assert sum(item["rows"] for item in manifest["layout"]["files"]) == len(uris)
         assert not [key for key in list_keys(s3, bucket, "out/_checkpoint/") if key.endswith(PENDING)]
-        failures = pq.read_table(pa.BufferReader(get_bytes(s3, bucket, "out/failures.parquet")))
+        failures = pq.read_table(pa.BufferReader(get_bytes(s3, bucket, "out/_failures.parquet")))
         assert sorted(failures.column("reason").to_pylist()) == ["empty_file", "not_an_image"]
         for log in (first_log, second_log):
             text = log.read_text(errors="replace")

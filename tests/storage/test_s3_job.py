@@ -67,7 +67,7 @@ class TestS3Job:
         sizes = [item["rows"] for item in sorted(manifest["layout"]["files"], key=lambda item: item["rows"])]
         # Only the last file of an attempt may hold fewer rows than output.rows_per_file.
         assert all(size >= config.output.rows_per_file for size in sizes[1:])
-        failures = pq.read_table(io.BytesIO(get_bytes(s3, bucket, "out/failures.parquet")))
+        failures = pq.read_table(io.BytesIO(get_bytes(s3, bucket, "out/_failures.parquet")))
         assert sorted(failures.column("reason").to_pylist()) == ["empty_file", "not_an_image"]
         assert read_json(s3, bucket, f"out/_summary-{summary.run_id}.json")["status"] == "succeeded"
 
