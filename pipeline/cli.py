@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import __version__
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -33,8 +34,8 @@ def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
-def _add_config_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    parser.add_argument("--config", "-c", required=required, help="YAML config file")
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="YAML config file (optional: every key can come from --set)")
     _add_overrides(parser, "output.uri=s3://bucket/run")
 
 
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="resnet18", help="torchvision architecture")
 
     config = commands.add_parser("config", help="show the resolved config or its JSON schema")
-    _add_config_args(config, required=False)
+    _add_config_args(config)
     config.add_argument("--show", action="store_true", help="print the resolved config as YAML")
     config.add_argument("--schema", action="store_true", help="print the config's JSON schema")
 
@@ -97,7 +98,6 @@ def _load(args: argparse.Namespace, *, flags: dict[str, object] | None = None) -
     Local input and weights paths must exist (exit 2 before any work).
     """
     from pipeline.config import load_config
-    from pipeline.errors import ConfigError
     from pipeline.storage import is_remote
 
     given = {key: value for key, value in (flags or {}).items() if value is not None}
@@ -134,8 +134,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.schema:
         print(json.dumps(Config.model_json_schema(), indent=2))
         return 0
-    if args.config is None:
-        raise PipelineError("pipeline config needs --config FILE (or --schema)")
+    if args.config is None and not args.overrides:
+        raise ConfigError(
+            "--config", None, "pipeline config needs --config FILE, --set KEY=VALUE or --schema"
+        )
     config = _load(args)
     print(dump_yaml(config), end="")
     return 0
@@ -222,3 +224,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pipeline config --schema | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -248,3 +248,33 @@ class TestTypedOverrides:
             True,
             None,
         )
+
+
+class TestCliHabits:
+    def test_config_without_arguments_is_a_usage_error_with_exit_2(self, capsys):
+        """`pipeline config` alone says what it needs and exits 2, as documented for bad configs."""
+        assert main(["config"]) == 2
+        assert "needs --config FILE, --set KEY=VALUE or --schema" in capsys.readouterr().err
+
+    def test_a_config_given_only_by_set_is_enough(self, sample_images, capsys):
+        """No YAML file: --set keys alone make a valid config (here shown, as `run` would load it)."""
+        overrides = ["--set", f"input.uri={sample_images}", "--set", "model.random_init=true"]
+        assert main(["config", *overrides]) == 0
+        shown = yaml.safe_load(capsys.readouterr().out)
+        assert shown["input"]["uri"] == str(sample_images)
+        assert shown["model"]["random_init"] is True
+
+    def test_schema_into_a_reader_that_left_ends_quietly(self):
+        """`pipeline config --schema | head -1`: the reader is gone before the schema is written;
+        no BrokenPipe traceback, exit 0."""
+        producer = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "config", "--schema"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert producer.stdout is not None
+        assert producer.stderr is not None
+        producer.stdout.close()  # as head does after its line, only sooner
+        err = producer.stderr.read().decode()
+        assert producer.wait(timeout=120) == 0, err
+        assert "Traceback" not in err
