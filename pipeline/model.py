@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -105,6 +106,28 @@ def _read_uri(uri: str, storage_config: StorageConfig | None) -> bytes:
         raise ModelError(f"model weights at {uri} could not be read: {storage.describe(exc)}") from exc
 
 
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _refusal(uri: str, message: str) -> str:
+    """Why a torch file was refused, and what to do; a pickled whole model named as such."""
+    found = _UNSUPPORTED_GLOBAL.search(message)
+    if found and found.group(1).startswith(("torchvision.models.", "torch.nn.")):
+        return (
+            f"{uri} holds a whole pickled model ({found.group(1)}), not a state dict: loading it "
+            "would run code from the file, so it is refused. Save its weights instead, with "
+            "torch.save(model.state_dict(), 'weights.pth') or safetensors.torch.save_file("
+            "model.state_dict(), 'weights.safetensors'), and point model.weights at that file "
+            "(docs/weights.md)"
+        )
+    detail = found.group(0) if found else _ANSI.sub("", message).strip().splitlines()[0]
+    return (
+        f"{uri} could not be loaded as a torch state dict with weights_only=True "
+        f"(arbitrary pickles are refused): {detail}"
+    )
+
+
 def _load_state_dict(blob: bytes, uri: str) -> dict[str, torch.Tensor]:
     import torch
 
@@ -118,10 +141,7 @@ def _load_state_dict(blob: bytes, uri: str) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(
-            f"{uri} could not be loaded as a torch state dict with weights_only=True "
-            f"(arbitrary pickles are refused): {str(exc).splitlines()[0]}"
-        ) from exc
+        raise ModelError(_refusal(uri, str(exc))) from exc
     if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):

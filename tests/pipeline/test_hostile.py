@@ -175,6 +175,21 @@ class TestModelSafety:
         with pytest.raises(ModelError, match="weights_only=True"):
             _load_state_dict(path.read_bytes(), str(path))
 
+    def test_a_whole_pickled_model_is_refused_with_what_to_do(self, tmp_path):
+        """torch.save(model), not its state dict: refused, named as such, with the fix; no colour codes."""
+        import torchvision
+
+        from pipeline.model import _load_state_dict
+
+        path = tmp_path / "whole-model.pth"
+        torch.save(torchvision.models.resnet18(), path)
+        with pytest.raises(ModelError) as refused:
+            _load_state_dict(path.read_bytes(), str(path))
+        message = str(refused.value)
+        assert "holds a whole pickled model (torchvision.models.resnet.ResNet)" in message
+        assert "torch.save(model.state_dict(), 'weights.pth')" in message
+        assert "\x1b[" not in message
+
     def test_checkpoint_for_another_architecture(self, weights_file):
         """resnet18 weights given for resnet34 fail with a message naming the architecture."""
         from safetensors.torch import load_file
