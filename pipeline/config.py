@@ -79,6 +79,9 @@ class ModelConfig(_Section):
     num_classes: int = Field(default=1000, ge=2)
     labels: str | None = None
     top_k: int = Field(default=5, ge=1, le=100)
+    # The torchvision weights whose preprocessing (resize, crop, mean, std) the given weights
+    # were trained with, e.g. ResNet50_Weights.IMAGENET1K_V1. None: the architecture's DEFAULT.
+    preprocessing: str | None = None
 
 
 class PreprocessConfig(_Section):

@@ -66,16 +66,26 @@ class ModelSpec:
     preprocessing: Preprocessing
 
 
-def _default_weights_meta(name: str) -> tuple[Preprocessing, list[str] | None]:
-    """Transforms and categories of the architecture's documented default weights."""
+def _default_weights_meta(
+    name: str, weights_name: str | None = None
+) -> tuple[Preprocessing, list[str] | None]:
+    """Transforms and categories of the named torchvision weights, else the architecture's DEFAULT."""
     import torchvision
 
-    try:
-        weights_enum = torchvision.models.get_model_weights(name)
-        default = weights_enum.DEFAULT
-    except (ValueError, AttributeError, KeyError):
-        return Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"), None
-    transforms = default.transforms()
+    if weights_name is not None:
+        try:
+            chosen = torchvision.models.get_weight(weights_name)
+        except (ValueError, AttributeError, KeyError, IndexError):
+            known = [str(weights) for weights in torchvision.models.get_model_weights(name)]
+            raise ConfigError(
+                "model.preprocessing", weights_name, f"not torchvision weights of {name}: one of {known}"
+            ) from None
+    else:
+        try:
+            chosen = torchvision.models.get_model_weights(name).DEFAULT
+        except (ValueError, AttributeError, KeyError):
+            return Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"), None
+    transforms = chosen.transforms()
     resize = transforms.resize_size
     crop = transforms.crop_size
     preprocessing = Preprocessing(
@@ -85,7 +95,7 @@ def _default_weights_meta(name: str) -> tuple[Preprocessing, list[str] | None]:
         std=tuple(float(v) for v in transforms.std),  # type: ignore[arg-type]
         interpolation=str(transforms.interpolation.value),
     )
-    return preprocessing, list(default.meta.get("categories") or []) or None
+    return preprocessing, list(chosen.meta.get("categories") or []) or None
 
 
 def _read_uri(uri: str, storage_config: StorageConfig | None) -> bytes:
@@ -158,7 +168,7 @@ def resolve_spec(
     so the caller can hand the tensors to the actors through the object store.
     """
     check_architecture(model.name)
-    defaults, categories = _default_weights_meta(model.name)
+    defaults, categories = _default_weights_meta(model.name, model.preprocessing)
     preprocessing = Preprocessing(
         resize_size=preprocess.resize_size or defaults.resize_size,
         crop_size=preprocess.crop_size or defaults.crop_size,

@@ -175,6 +175,27 @@ class TestModelSafety:
         with pytest.raises(ModelError, match="weights_only=True"):
             _load_state_dict(path.read_bytes(), str(path))
 
+    def test_preprocessing_follows_the_named_weights(self):
+        """ResNet-50 V1 weights were trained at resize 256, not the DEFAULT (V2) 232: model.preprocessing
+        says so, and an unknown name is exit 2 listing the architecture's weights."""
+        from pipeline.config import ModelConfig, PreprocessConfig
+        from pipeline.errors import ConfigError
+        from pipeline.model import resolve_spec
+
+        default, _ = resolve_spec(ModelConfig(name="resnet50", random_init=True), PreprocessConfig())
+        v1, _ = resolve_spec(
+            ModelConfig(name="resnet50", random_init=True, preprocessing="ResNet50_Weights.IMAGENET1K_V1"),
+            PreprocessConfig(),
+        )
+        assert (default.preprocessing.resize_size, v1.preprocessing.resize_size) == (232, 256)
+        assert v1.preprocessing.crop_size == 224
+        with pytest.raises(ConfigError, match=r"ResNet50_Weights\.IMAGENET1K_V1") as refused:
+            resolve_spec(
+                ModelConfig(name="resnet50", random_init=True, preprocessing="ResNet50_Weights.V9"),
+                PreprocessConfig(),
+            )
+        assert refused.value.exit_code == 2
+
     def test_a_whole_pickled_model_is_refused_with_what_to_do(self, tmp_path):
         """torch.save(model), not its state dict: refused, named as such, with the fix; no colour codes."""
         import torchvision
