@@ -1,8 +1,8 @@
-"""The ``pipeline`` command: run, plan, demo, config, models, bench.
+"""The pipeline command: run, plan, demo, config, models, bench.
 
 Exit codes: 0 success, 2 bad config/input/model, 3 output already committed,
-4 storage unreachable, 5 too many failed rows, 6 job failed, 7 output in use by
-another job, 130 interrupted.
+4 storage unreachable, 5 too many failed rows, 6 job failed or cluster unreachable,
+7 output in use by another job, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -41,17 +41,40 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs)."""
-    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
+    exit_codes = __doc__.split("\n\n", 1)[1].strip()
+    parser = argparse.ArgumentParser(
+        prog="pipeline",
+        description=__doc__.splitlines()[0],
+        epilog=exit_codes,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run a batch-inference job")
+    def command(name: str, summary: str, example: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=f"{summary[:1].upper()}{summary[1:]}.",
+            epilog=f"example:\n  {example}\n\n{exit_codes}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    run = command(
+        "run",
+        "run a batch-inference job: list, classify, write Parquet, commit",
+        "pipeline run --config job.yaml --set output.uri=s3://bucket/out/2026-12-01",
+    )
     _add_config_args(run)
     run.add_argument("--run-id", help="run id (resume an unfinished run by giving its id)")
     run.add_argument("--overwrite", action="store_true", help="discard a committed or unfinished run first")
     run.add_argument("--summary-json", help="also write the run summary to this file")
 
-    plan = commands.add_parser("plan", help="dry run: config, inputs found, stages and resources")
+    plan = command(
+        "plan",
+        "dry run: config, inputs found, stages and resources",
+        "pipeline plan --config job.yaml --target-images-per-hour 5000000 --from-bench bench.json",
+    )
     _add_config_args(plan)
     plan.add_argument(
         "--target-images-per-hour", type=float, help="size the CPU and GPU groups for this rate"
@@ -64,24 +87,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--from-bench", help="take both rates from a `pipeline bench` JSON file")
 
-    demo = commands.add_parser("demo", help="make a sample data set and run the job on it locally")
+    demo = command(
+        "demo", "make a sample data set and run the job on it locally", "pipeline demo --images 300"
+    )
     demo.add_argument("--images", type=int, default=300, help="number of good sample images")
     demo.add_argument("--workdir", default="demo-output", help="where the data and output go")
     demo.add_argument("--model", default="resnet18", help="torchvision architecture")
 
-    config = commands.add_parser("config", help="show the resolved config or its JSON schema")
+    config = command(
+        "config", "show the resolved config or its JSON schema", "pipeline config --config job.yaml --show"
+    )
     _add_config_args(config)
     config.add_argument("--show", action="store_true", help="print the resolved config as YAML")
     config.add_argument("--schema", action="store_true", help="print the config's JSON schema")
 
-    commands.add_parser("models", help="list the torchvision architectures")
+    command("models", "list the torchvision architectures", "pipeline models | grep resnet")
 
-    bench = commands.add_parser("bench", help="measure model, decode, ideal and end-to-end throughput")
-    bench.add_argument("--images", type=int, default=512)
-    bench.add_argument("--model", default="resnet50")
-    bench.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    bench.add_argument("--batch-size", type=int, default=None)
-    bench.add_argument("--workdir", default="bench-output")
+    bench = command(
+        "bench",
+        "measure model, decode, ideal and end-to-end throughput",
+        "pipeline bench --images 2048 --model resnet50 --json bench.json",
+    )
+    bench.add_argument("--images", type=int, default=512, help="generated JPEGs to run (default 512)")
+    bench.add_argument("--model", default="resnet50", help="torchvision architecture (random weights)")
+    bench.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="inference precision"
+    )
+    bench.add_argument("--batch-size", type=int, default=None, help="inference batch (default: automatic)")
+    bench.add_argument("--workdir", default="bench-output", help="where images and outputs go")
     bench.add_argument("--json", dest="json_path", default=None, help="write the results here")
     bench.add_argument("--naive-images", type=int, default=None, help="images for the naive baseline")
     bench.add_argument(

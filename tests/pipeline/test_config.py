@@ -278,3 +278,20 @@ class TestCliHabits:
         err = producer.stderr.read().decode()
         assert producer.wait(timeout=120) == 0, err
         assert "Traceback" not in err
+
+    def test_every_subcommand_help_has_a_description_an_example_and_the_exit_codes(self, capsys):
+        """`pipeline X --help` says what X does, shows one example, lists the exit codes; no doc markup."""
+        from pipeline.cli import build_parser
+
+        commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+        for name in commands:
+            with pytest.raises(SystemExit):
+                main([name, "--help"])
+            text = capsys.readouterr().out
+            assert f"example:\n  pipeline {name}" in text, name
+            assert "6 job failed or cluster unreachable" in text, name
+            assert "``" not in text, name
+        with pytest.raises(SystemExit):
+            main(["bench", "--help"])
+        bench = capsys.readouterr().out
+        assert "--images IMAGES       generated JPEGs" in bench
