@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 2 bad config/input/model, 3 output already committed,
 4 storage unreachable, 5 too many failed rows, 6 job failed or cluster unreachable,
-7 output in use by another job, 130 interrupted.
+7 output in use by another job, 130/143 interrupted by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import __version__
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, RunInterrupted
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -147,12 +148,29 @@ def _configure_logging(config: Config) -> None:
     logs.configure(config.logging.format, config.logging.level)
 
 
+def _stop_cleanly_on_signals() -> None:
+    """SIGINT (Ctrl-C) and SIGTERM (what Kubernetes sends first) stop the run cleanly, once.
+
+    The run then shuts Ray down, counts the rows it wrote, writes its summary and pushes
+    its status; further signals are ignored while it does (SIGKILL still ends it).
+    """
+
+    def stop(signum: int, _frame: object) -> None:
+        for name in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(name, signal.SIG_IGN)
+        raise RunInterrupted(signum)
+
+    for name in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(name, stop)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``pipeline run``."""
     from pipeline.job import run_job
 
     config = _load(args, flags={"job.run_id": args.run_id})
     _configure_logging(config)
+    _stop_cleanly_on_signals()
     summary = run_job(config, overwrite=args.overwrite)
     print(summary.render())
     if args.summary_json:
@@ -249,11 +267,22 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    # Every command connects to Ray explicitly (cluster.connect_ray). Without this, Ray Data
+    # would start a second, embedded cluster from its own thread when the run's cluster is
+    # shut down under it after an interrupt.
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     try:
         return COMMANDS[args.command](args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except RunInterrupted as exc:
+        print(f"error: {exc}; rows written so far are kept: run the same command to resume", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # At once, without the interpreter's exit handlers: ray.shutdown() there would stop
+        # Ray under Ray Data's threads, still in the abandoned write (see job._Run.interrupted).
+        os._exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -6,9 +6,12 @@ progress output).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -16,6 +19,8 @@ from pipeline import storage
 from pipeline.errors import ClusterUnreachableError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from pipeline import output
     from pipeline.config import Config
 
@@ -32,10 +37,33 @@ def connect_ray(config: Config) -> bool:
     if ray.is_initialized():
         return False
     address = config.resources.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        wait_for_cluster(address, config.resources.connect_timeout_s)
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
-        return True
+    with _keeping_sigterm_handler():
+        if address:
+            wait_for_cluster(address, config.resources.connect_timeout_s)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+            return True
+        _init_embedded(config)
+    return True
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` makes SIGTERM exit at once (``sys.exit(15)``); keep a handler the CLI set.
+
+    The CLI's handler stops the run cleanly (summary, metrics, exit 143); without one (a
+    library caller), Ray's stays.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init_embedded(config: Config) -> None:
+    import ray
+
     ray.init(
         object_store_memory=config.resources.object_store_memory_bytes,
         include_dashboard=False,
@@ -43,7 +71,6 @@ def connect_ray(config: Config) -> bool:
         configure_logging=False,
         _system_config={"num_workers_soft_limit": EMBEDDED_WORKERS_SOFT_LIMIT},
     )
-    return True
 
 
 def wait_for_cluster(address: str, timeout_s: float) -> None:

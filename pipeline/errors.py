@@ -6,6 +6,8 @@ Kept apart so any module can import it without import loops. Callers catch
 
 from __future__ import annotations
 
+import signal
+
 
 class PipelineError(Exception):
     """Root of every error the pipeline raises on purpose."""
@@ -82,3 +84,16 @@ class JobFailedError(PipelineError):
 
 class ClusterUnreachableError(JobFailedError):
     """Raised when the configured Ray cluster does not answer within ``resources.connect_timeout_s``."""
+
+
+class RunInterrupted(BaseException):  # a signal, like KeyboardInterrupt, not an error
+    """Raised in the driver when SIGINT or SIGTERM asks the run to stop.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so no ``except Exception`` swallows it;
+    the exit code is the shell's convention, 128 + the signal (130, 143).
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

@@ -171,7 +171,6 @@ def write_parquet(
     data_uri: str,
     filesystem: Any,
     run_id: str,
-    rows_per_file: int,
     plan: ResourcePlan,
 ) -> None:
     """The graph's last stage: Parquet parts under ``data_uri`` (checkpointed by Ray Data)."""
@@ -179,6 +178,6 @@ def write_parquet(
         data_uri,
         filesystem=filesystem,
         filename_provider=PartFilenames(run_id.replace(".", "_")),  # Ray refuses dots in part names
-        min_rows_per_file=rows_per_file,
+        min_rows_per_file=plan.rows_per_file,
         ray_remote_args={"num_cpus": plan.write_num_cpus, "resources": plan.decode_resources},
     )

@@ -7,8 +7,8 @@ inputs, and the model weights (checksum and architecture).
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +23,7 @@ from pipeline.errors import (
     JobFailedError,
     OutputInUseError,
     PipelineError,
+    RunInterrupted,
 )
 from pipeline.lease import Lease
 from pipeline.logs import bind_run, get_logger, unbind_run
@@ -88,11 +89,6 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def new_run_id() -> str:
-    """A sortable, unique run id: UTC time plus a random suffix."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
-
-
 def _claim_output(
     location: output.OutputLocation, config: Config, config_hash: str, new_id: str, *, overwrite: bool
 ) -> tuple[str, bool]:
@@ -119,6 +115,7 @@ class _Run:
     location: output.OutputLocation | None = None  # set while the job holds the output's lease
     report: bool = True
     started_ray: bool = False
+    done_at_start: int | None = None  # rows already written when this attempt began (after restore)
 
     def job_metrics(self) -> JobMetrics:
         """The run's driver metrics (created once, under the run id known now)."""
@@ -140,6 +137,30 @@ class _Run:
         self.summary.error = f"{type(exc).__name__}: {exc}"
         return JobFailedError(self.summary.error)
 
+    def interrupted(self, exc: BaseException) -> None:
+        """SIGINT or SIGTERM: say so, with the rows completely written by now.
+
+        Ray is left up (shut down under Ray Data's threads, still writing, it ended the
+        process with exit 1); the CLI exits right after the summary, and the next run
+        deletes the parts that were in flight (verify.restore_checkpoint).
+        """
+        summary = self.summary
+        summary.status = "interrupted"
+        summary.error = str(exc) or "interrupted"
+        self.started_ray = False
+        if self.location is not None and self.done_at_start is not None:
+            with contextlib.suppress(PipelineError):  # best effort: the next run recounts anyway
+                written = verify.rows_written(self.location)
+                summary.processed_this_run = max(0, written - self.done_at_start)
+
+    def stop_ray(self) -> None:
+        """Shut down the cluster this run started (once)."""
+        if self.started_ray:
+            import ray
+
+            self.started_ray = False
+            ray.shutdown()
+
     def finish(self) -> None:
         """Push the final status and write the summary (status is ``succeeded`` only once committed)."""
         summary = self.summary
@@ -158,10 +179,7 @@ class _Run:
             fields = {k: v for k, v in summary.as_dict().items() if k != "run_id"}
             get_logger(run_id=summary.run_id, stage="driver").info("run finished", **fields)
         finally:
-            if self.started_ray:
-                import ray
-
-                ray.shutdown()
+            self.stop_ray()
             unbind_run()
 
 
@@ -184,7 +202,9 @@ def run_job(
     run = _Run(
         config,
         registry or CollectorRegistry(),
-        RunSummary(run_id=config.job.run_id or new_run_id(), status="failed", output_uri=config.output.uri),
+        RunSummary(
+            run_id=config.job.run_id or output.new_run_id(), status="failed", output_uri=config.output.uri
+        ),
     )
     try:
         location = output.OutputLocation.open(config.output.uri, config.storage)
@@ -212,6 +232,9 @@ def run_job(
             if error is exc:
                 raise
             raise error from exc
+        except (RunInterrupted, KeyboardInterrupt) as exc:
+            run.interrupted(exc)
+            raise
         finally:
             run.finish()
     return run.summary
@@ -223,14 +246,14 @@ def _run_leased(
     """Claim, list, resolve the model, connect, execute, verify, commit: the run's steps in order."""
     config, summary = run.config, run.summary
     config_hash = config.config_hash()
-    summary.run_id, summary.resumed = _claim_output(
+    summary.run_id, resuming = _claim_output(
         location, config, config_hash, summary.run_id, overwrite=overwrite
     )
     run_id = summary.run_id
     lease.name_run(run_id)
     bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
     log = get_logger(run_id=run_id, stage="driver")
-    listing = output.inputs_of_run(location, config.input, config.storage, run_id, resumed=summary.resumed)
+    listing = output.inputs_of_run(location, config.input, config.storage, run_id, resumed=resuming)
     uris = listing.uris
     summary.inputs, summary.empty_manifest_cells, summary.output_uri = (
         len(uris),
@@ -242,8 +265,8 @@ def _run_leased(
         log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
     if overwrite:  # inputs and model checked: only now is the old output deleted
         _clear(location, lease, log)
-    log.info("run starting", inputs=len(uris), output=location.uri, resumed=summary.resumed, model=spec.name)
-    if not summary.resumed:
+    log.info("run starting", inputs=len(uris), output=location.uri, resuming=resuming, model=spec.name)
+    if not resuming:
         output.start_run(
             location, uris, {"run_id": run_id, "config_hash": config_hash, "started_at": run.started_wall}
         )
@@ -298,6 +321,8 @@ def _run_on_ray(
             used=plan.decode_num_cpus,
         )
     todo = verify.restore_checkpoint(location, uris, run.summary.run_id)  # inputs no committed part holds
+    run.done_at_start = len(uris) - len(todo)
+    run.summary.resumed = run.done_at_start > 0  # said only when rows are actually skipped
     processed, steady = 0, 0.0
     if todo:  # else every part was written before the last attempt stopped: only the commit is left
         processed, steady, first_landed = _write_with_progress(run, lease, todo, spec, state_dict, plan, bar)
@@ -340,7 +365,7 @@ def _write_with_progress(
     data_uri, filesystem = location.uri_of(output.DATA_DIR), location.arrow_fs()
     try:
         processed, steady = watch_write(
-            lambda: write_parquet(dataset, data_uri, filesystem, run_id, config.output.rows_per_file, plan),
+            lambda: write_parquet(dataset, data_uri, filesystem, run_id, plan),
             config,
             lease,
             tracker,

@@ -20,8 +20,10 @@ naming the URI and never a credential.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -222,6 +224,11 @@ class RunState:
     committed: dict[str, Any] | None
     started: dict[str, Any] | None
     has_data: bool = False
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus a random suffix."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
 
 
 def inspect(location: OutputLocation) -> RunState:

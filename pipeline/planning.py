@@ -54,6 +54,16 @@ READ_NUM_CPUS = 0.1
 WRITE_NUM_CPUS = 0.25
 
 
+# Parts sized by time when output.rows_per_file is left to decide (part_rows): about
+# PART_SECONDS of the job's work, between MIN and MAX rows. A ResNet-50 classifies 7-21
+# images a second per core on the 2-core development machines (fp32 and bf16,
+# docs/benchmarks.md): 15 per core is the middle.
+PART_SECONDS = 60.0
+CPU_IMAGES_PER_SECOND_PER_CORE = 15.0
+MIN_ROWS_PER_FILE = 256
+MAX_ROWS_PER_FILE = 50_000
+
+
 @dataclass(frozen=True)
 class ResourcePlan:
     """How each stage is placed and sized; printed by ``pipeline plan``."""
@@ -76,6 +86,7 @@ class ResourcePlan:
     calls_in_flight_per_actor: int
     parallel_calls: bool
     torch_threads: int | None
+    rows_per_file: int
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for printing and the manifest."""
@@ -135,7 +146,22 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
         # Ray pins OMP threads to an actor's num_cpus; local CPU models share every core
         # between their calls, and with the light decode tasks (the CPU-only ideal in docs/benchmarks.md).
         torch_threads=max(1, int(cpus) // (max_actors * calls)) if local_cpu else None,
+        rows_per_file=config.output.rows_per_file or part_rows(device, cpus),
     )
+
+
+def part_rows(device: str, cpus: float) -> int:
+    """Rows per Parquet part when ``output.rows_per_file`` is left to decide: about a minute of work.
+
+    A part is written only once its rows are gathered, so an interrupt or a crash loses at
+    most about a part's worth per write task; big parts suit readers. On GPUs the cap
+    (MAX_ROWS_PER_FILE) is already under a minute: 10 s at 5,000 img/s, 50 s at 1,000. On
+    CPUs it is the expected rate (CPU_IMAGES_PER_SECOND_PER_CORE) times PART_SECONDS.
+    """
+    if device == "cuda":
+        return MAX_ROWS_PER_FILE
+    rate = max(1.0, cpus) * CPU_IMAGES_PER_SECOND_PER_CORE
+    return int(min(MAX_ROWS_PER_FILE, max(MIN_ROWS_PER_FILE, rate * PART_SECONDS)))
 
 
 def decode_settings(config: Config, spec: ModelSpec) -> DecodeSettings:
@@ -231,7 +257,7 @@ def print_plan(
             "torch_threads_per_call": plan.torch_threads,
             "resources": plan.actor_resources,
         },
-        "write": {"uri": config.output.uri, "rows_per_file": config.output.rows_per_file},
+        "write": {"uri": config.output.uri, "rows_per_file": plan.rows_per_file},
     }
     print("# stages on this cluster " + json.dumps({"CPU": plan.cluster_cpus, "GPU": plan.cluster_gpus}))
     print(json.dumps(stages, indent=2))

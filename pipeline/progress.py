@@ -8,6 +8,7 @@ stops the job on a stall (``resources.stall_timeout_s``) or a lost output lease.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -114,30 +115,43 @@ def watch_write(
     last_change, last_done = started, -1
     writer.start()
     done = 0
-    while writer.is_alive():
-        writer.join(POLL_INTERVAL_S)
-        ok, failed = ray.get(tracker.get.remote())
-        done = ok + sum(failed.values())
-        now = time.monotonic()
-        if done != last_done:
-            last_change, last_done = now, done
-        elapsed = now - started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        metrics.progress(done, total, rate, elapsed)
-        bar.update(done, rate)
-        if lease.lost is not None:
-            raise OutputInUseError(lease.lost)
-        if now - last_change > config.resources.stall_timeout_s and writer.is_alive():
-            raise JobFailedError(
-                f"no progress for {config.resources.stall_timeout_s:.0f}s at {done}/{total} rows "
-                "(resources.stall_timeout_s): the cluster cannot schedule a stage or a worker hangs"
-            )
+    try:
+        while writer.is_alive():
+            writer.join(POLL_INTERVAL_S)
+            ok, failed = ray.get(tracker.get.remote())
+            done = ok + sum(failed.values())
+            now = time.monotonic()
+            if done != last_done:
+                last_change, last_done = now, done
+            elapsed = now - started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            metrics.progress(done, total, rate, elapsed)
+            bar.update(done, rate)
+            stalled = now - last_change if writer.is_alive() else 0.0
+            _stop_if_unhealthy(lease, stalled, config.resources.stall_timeout_s, done, total)
+    except BaseException:
+        # The write is abandoned (interrupt, stall, lost lease): what Ray Data logs about it
+        # from here on is noise next to the cause.
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+        bar.close()
+        raise
     bar.close()
     if failure:
         exc = failure[0]
         raise JobFailedError(f"the Ray Data job failed: {root_cause(exc)}") from exc
     ok, failed = ray.get(tracker.get.remote())
     return int(ok) + int(sum(failed.values())), float(ray.get(tracker.steady_rate.remote()))
+
+
+def _stop_if_unhealthy(lease: Lease, stalled_s: float, timeout_s: float, done: int, total: int) -> None:
+    """Raise if another job took the output, or no row finished for ``timeout_s``."""
+    if lease.lost is not None:
+        raise OutputInUseError(lease.lost)
+    if stalled_s > timeout_s:
+        raise JobFailedError(
+            f"no progress for {timeout_s:.0f}s at {done}/{total} rows (resources.stall_timeout_s): "
+            "the cluster cannot schedule a stage or a worker hangs"
+        )
 
 
 def root_cause(exc: BaseException) -> str:

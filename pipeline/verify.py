@@ -200,6 +200,22 @@ def _part_base(name: str) -> str:
     return _PART_NUMBER.sub("", posixpath.basename(name))
 
 
+def _split_checkpoints(names: list[str]) -> tuple[set[str], list[str]]:
+    """Pending checkpoint files (a write not finished) and committed ones (its parts are complete)."""
+    pending = {name for name in names if name.endswith(PENDING_CHECKPOINT_SUFFIX)}
+    return pending, [name for name in names if name.endswith(".parquet") and name not in pending]
+
+
+def rows_written(location: OutputLocation) -> int:
+    """Rows in completely written parts (those a committed checkpoint covers), all attempts."""
+    _, committed = _split_checkpoints(location.list_files(CHECKPOINT_DIR))
+    if not committed:
+        return 0
+    with storage.translate_errors("read the checkpoint under", location.uri_of(CHECKPOINT_DIR)):
+        paths = [location.path_of(name) for name in committed]
+        return int(pads.dataset(paths, filesystem=location.arrow_fs(), format="parquet").count_rows())
+
+
 def restore_checkpoint(location: OutputLocation, uris: list[str], run_id: str | None = None) -> list[str]:
     """Make the output consistent after a crash; return the inputs no committed part holds.
 
@@ -223,8 +239,7 @@ def restore_checkpoint(location: OutputLocation, uris: list[str], run_id: str | 
     from pipeline.logs import get_logger
 
     checkpoints = location.list_files(CHECKPOINT_DIR)
-    pending = {name for name in checkpoints if name.endswith(PENDING_CHECKPOINT_SUFFIX)}
-    committed = [name for name in checkpoints if name.endswith(".parquet") and name not in pending]
+    pending, committed = _split_checkpoints(checkpoints)
     covered = {posixpath.basename(name).removesuffix(".parquet") for name in committed}
     orphans = [name for name in location.list_files(DATA_DIR) if _part_base(name) not in covered]
     deleted_parts = location.delete(orphans)
