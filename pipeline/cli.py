@@ -131,11 +131,17 @@ def _load(args: argparse.Namespace, *, flags: dict[str, object] | None = None) -
 
     Local input and weights paths must exist (exit 2 before any work).
     """
-    from pipeline.config import load_config
+    from pipeline.config import load_config, stray_env_names
     from pipeline.storage import is_remote
 
     given = {key: value for key, value in (flags or {}).items() if value is not None}
     config = load_config(args.config, args.overrides, flags=given)
+    for name in stray_env_names(os.environ):
+        print(
+            f"warning: environment variable {name} is not read: config keys are "
+            "PIPELINE_<SECTION>__<KEY>, two underscores between section and key",
+            file=sys.stderr,
+        )
     for key, value in (("input.uri", config.input.uri), ("model.weights", config.model.weights)):
         if value and not is_remote(value) and not Path(value.removeprefix("file://")).exists():
             raise ConfigError(key, value, "no such file or directory")

@@ -268,6 +268,19 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> Non
     node[keys[-1]] = value
 
 
+#: PIPELINE_ variables that are not config keys (read elsewhere).
+OTHER_PIPELINE_ENV = frozenset({"PIPELINE_SECRETS"})
+
+
+def stray_env_names(environ: Mapping[str, str]) -> list[str]:
+    """``PIPELINE_`` variables that look meant for the config but are not read (one underscore)."""
+    return sorted(
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX) and ENV_NESTING not in name and name not in OTHER_PIPELINE_ENV
+    )
+
+
 def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
     """``PIPELINE_OUTPUT__URI=x`` -> ``("output.uri", "x")``, in a stable order."""
     overrides = []

@@ -77,6 +77,20 @@ class TestRender:
             validate(obj)
         validate(scheduled_rayjob(scheduled.one("CronWorkflow")))
 
+    def test_notes_say_what_was_installed_and_how_to_follow_it(
+        self, releases: dict[str, Release], scheduled: Release
+    ) -> None:
+        """helm install prints the RayJob (or the CronWorkflow) and the kubectl commands to follow it."""
+        notes = releases["default"].result["info"]["notes"]
+        rayjob = releases["default"].one("RayJob")["metadata"]["name"]
+        assert f"get rayjob {rayjob} -w" in notes
+        assert f"logs -f job/{rayjob}" in notes
+        assert "port-forward svc/" in notes
+        scheduled_notes = scheduled.result["info"]["notes"]
+        cron = scheduled.one("CronWorkflow")["metadata"]["name"]
+        assert f"get cronworkflow {cron}" in scheduled_notes
+        assert "get rayjob " not in scheduled_notes
+
     def test_rayjob_name_fits_kuberay_limit(self, helm: HelmRunner) -> None:
         """A long release name still gives a RayJob name KubeRay accepts (<= 47 characters)."""
         release = helm.install(release="a-long-release-name-for-nightly-batch-classification")

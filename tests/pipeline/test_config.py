@@ -295,3 +295,12 @@ class TestCliHabits:
             main(["bench", "--help"])
         bench = capsys.readouterr().out
         assert "--images IMAGES       generated JPEGs" in bench
+
+    def test_a_misspelt_environment_variable_is_reported(self, config_file, capsys, monkeypatch):
+        """PIPELINE_OUTPUT_URI (one underscore) is not read: the CLI says so instead of ignoring it."""
+        monkeypatch.setenv("PIPELINE_OUTPUT_URI", "s3://bucket/typo")
+        monkeypatch.setenv("PIPELINE_SECRETS", "not-a-config-key")
+        assert main(["config", "--config", str(config_file), "--show"]) == 0
+        err = capsys.readouterr().err
+        assert "PIPELINE_OUTPUT_URI is not read" in err
+        assert "PIPELINE_SECRETS" not in err
