@@ -14,7 +14,8 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -225,11 +226,7 @@ class Config(_Section):
 
 
 def _parse_scalar(dotted: str, text: str) -> Any:
-    """One override's value, typed by the schema: text for a text key, else YAML.
-
-    ``--set model.sha256=000...`` stays a string (YAML would read a number), ``--set
-    a.b=3`` gives an int, and ``=null`` (or ``~``) None.
-    """
+    """An override's value typed by the schema: text for text keys, else YAML; ``null`` None."""
     if text.strip() in {"null", "~", ""}:
         return None
     if _is_text_field(dotted):
@@ -252,7 +249,9 @@ def _is_text_field(dotted: str) -> bool:
     field = getattr(model, "model_fields", {}).get(key)
     if field is None:
         return False
-    return set(get_args(field.annotation) or (field.annotation,)) <= {str, type(None)}
+    annotation = field.annotation
+    members = get_args(annotation) if get_origin(annotation) in {Union, UnionType} else (annotation,)
+    return set(members) <= {str, type(None)}
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
@@ -274,11 +273,8 @@ OTHER_PIPELINE_ENV = frozenset({"PIPELINE_SECRETS"})
 
 def stray_env_names(environ: Mapping[str, str]) -> list[str]:
     """``PIPELINE_`` variables that look meant for the config but are not read (one underscore)."""
-    return sorted(
-        name
-        for name in environ
-        if name.startswith(ENV_PREFIX) and ENV_NESTING not in name and name not in OTHER_PIPELINE_ENV
-    )
+    stray = (name for name in environ if name.startswith(ENV_PREFIX) and ENV_NESTING not in name)
+    return sorted(set(stray) - OTHER_PIPELINE_ENV)
 
 
 def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
