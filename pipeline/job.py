@@ -140,11 +140,12 @@ class _Run:
     def interrupted(self, exc: BaseException) -> None:
         """SIGINT or SIGTERM: say so, with the rows completely written by now.
 
-        Ray is left up (shut down under Ray Data's threads, still writing, it ended the
-        process with exit 1); the CLI exits right after the summary, and the next run
-        deletes the parts that were in flight (verify.restore_checkpoint).
+        Ray is left up (shut down under Ray Data's threads, still writing, it ended the process
+        with exit 1); the CLI exits after the summary; the next run deletes parts in flight.
         """
         summary = self.summary
+        if summary.status == "succeeded":  # committed before the signal came: it stays so
+            return
         summary.status = "interrupted"
         summary.error = str(exc) or "interrupted"
         self.started_ray = False
