@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import __version__
+from pipeline import __version__, logrelay
 from pipeline.errors import ConfigError, PipelineError, RunInterrupted
 
 if TYPE_CHECKING:
@@ -142,16 +142,20 @@ def _load(args: argparse.Namespace, *, flags: dict[str, object] | None = None) -
             "PIPELINE_<SECTION>__<KEY>, two underscores between section and key",
             file=sys.stderr,
         )
+    sys.stderr.flush()
     for key, value in (("input.uri", config.input.uri), ("model.weights", config.model.weights)):
         if value and not is_remote(value) and not Path(value.removeprefix("file://")).exists():
             raise ConfigError(key, value, "no such file or directory")
     return config
 
 
-def _configure_logging(config: Config) -> None:
+def _configure_logging(config: Config, *, relay: bool = False) -> None:
+    """Log as configured; with ``relay``, every stderr line too (Ray's and its workers')."""
     from pipeline import logs
 
     logs.configure(config.logging.format, config.logging.level)
+    if relay:
+        logrelay.install()
 
 
 def _stop_cleanly_on_signals() -> None:
@@ -175,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.job import run_job
 
     config = _load(args, flags={"job.run_id": args.run_id})
-    _configure_logging(config)
+    _configure_logging(config, relay=True)
     _stop_cleanly_on_signals()
     summary = run_job(config, overwrite=args.overwrite)
     print(summary.render())
@@ -225,7 +229,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``pipeline demo``."""
-    from pipeline import logs, samples
+    from pipeline import samples
     from pipeline.config import load_config
     from pipeline.job import run_job
 
@@ -244,7 +248,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "job.name=demo",
         ],
     )
-    logs.configure(config.logging.format, config.logging.level)
+    _configure_logging(config, relay=True)
     summary = run_job(config, overwrite=True)
     print(summary.render())
     print(
@@ -278,6 +282,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # shut down under it after an interrupt.
     os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     try:
+        return _dispatch(args)
+    finally:
+        logrelay.stop()
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run one command; errors become their exit code and one line on stderr."""
+    try:
         return COMMANDS[args.command](args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -285,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunInterrupted as exc:
         print(f"error: {exc}; rows written so far are kept: run the same command to resume", file=sys.stderr)
         sys.stdout.flush()
-        sys.stderr.flush()
+        logrelay.stop()
         # At once, without the interpreter's exit handlers: ray.shutdown() there would stop
         # Ray under Ray Data's threads, still in the abandoned write (see job._Run.interrupted).
         os._exit(exc.exit_code)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import numbers
 import os
 import sys
+import threading
 from collections import Counter
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -56,21 +58,72 @@ class Redactor:
         return event_dict
 
 
-class _CurrentStderr:
-    """Writes to whatever ``sys.stderr`` is at the time of writing.
+class _Stderr:
+    """Where log lines go: the process's standard error, as it is at the time of writing.
 
-    A logger that kept the ``sys.stderr`` of its configuration would write to a closed
-    file once that stream is replaced (test capture, a redirecting wrapper).
+    Under :mod:`pipeline.logrelay`, fd 2 is the relay's pipe and lines go to the original
+    stderr (``real``); while a progress display is live, they are printed above it
+    (``above``). A logger that kept the ``sys.stderr`` of its configuration would write to
+    a closed file once that stream is replaced (test capture, a redirecting wrapper).
     """
 
+    def __init__(self) -> None:
+        self.real: TextIO | None = None
+        self.above: Callable[[str], None] | None = None
+        self._lock = threading.Lock()
+
+    def stream(self) -> TextIO:
+        """The stream a line goes to now (the original stderr under the relay)."""
+        return self.real or sys.stderr
+
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        with self._lock:
+            if self.above is not None:
+                self.above(text)
+                return len(text)
+            return self.stream().write(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        self.stream().flush()
 
     def isatty(self) -> bool:
-        return sys.stderr.isatty()
+        return self.stream().isatty()
+
+
+#: The one stderr every log line of this process is written to.
+STDERR = _Stderr()
+_RUN_FIELDS: dict[str, str] = {}
+
+
+def _add_run_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The fields :func:`bind_run` set, on lines from every thread (Ray's and the relay's too)."""
+    for key, value in _RUN_FIELDS.items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
+def _keep_timestamp(stamper: Any) -> Any:
+    """Stamp lines that have no time yet: a worker's forwarded line keeps its own."""
+
+    def stamp(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        return event_dict if "timestamp" in event_dict else stamper(logger, name, event_dict)
+
+    return stamp
+
+
+def _round_floats(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Six significant digits: 17.7956, not 17.795587981868877 (values nested in dicts too)."""
+
+    def rounded(value: Any) -> Any:
+        if isinstance(value, float) and math.isfinite(value):
+            return float(f"{value:.6g}")
+        if isinstance(value, dict):
+            return {key: rounded(item) for key, item in value.items()}
+        return value
+
+    for key, value in event_dict.items():
+        event_dict[key] = rounded(value)
+    return event_dict
 
 
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -78,7 +131,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 
     Without ``stream``, lines go to the process's current standard error.
     """
-    target: Any = stream if stream is not None else _CurrentStderr()
+    target: Any = stream if stream is not None else STDERR
     use_json = fmt == "json" or (fmt == "auto" and not target.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
@@ -86,8 +139,10 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_run_fields,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _keep_timestamp(structlog.processors.TimeStamper(fmt="iso", utc=True)),
+            _round_floats,
             structlog.processors.format_exc_info,
             Redactor(secret_values(os.environ)),
             renderer,
@@ -105,12 +160,13 @@ def get_logger(**bound: Any) -> Any:
 
 def bind_run(run_id: str, pipeline: str | None = None) -> None:
     """Put the run id (and pipeline) on every line this process logs from now on."""
-    structlog.contextvars.bind_contextvars(run_id=run_id, **({"pipeline": pipeline} if pipeline else {}))
+    _RUN_FIELDS.clear()
+    _RUN_FIELDS.update(run_id=run_id, **({"pipeline": pipeline} if pipeline else {}))
 
 
 def unbind_run() -> None:
     """Undo :func:`bind_run`."""
-    structlog.contextvars.unbind_contextvars("run_id", "pipeline")
+    _RUN_FIELDS.clear()
 
 
 class BadInputSampler:
