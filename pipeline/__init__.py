@@ -23,7 +23,7 @@ _EXPORTS = {
     "Config": "pipeline.config",
     "load_config": "pipeline.config",
     "run_job": "pipeline.job",
-    "RunSummary": "pipeline.job",
+    "RunSummary": "pipeline.summary",
     "PipelineError": "pipeline.errors",
     "ConfigError": "pipeline.errors",
     "InputError": "pipeline.errors",
@@ -67,7 +67,8 @@ if TYPE_CHECKING:
         PipelineError,
         StorageError,
     )
-    from pipeline.job import RunSummary, run_job
+    from pipeline.job import run_job
+    from pipeline.summary import RunSummary
 
 
 def __getattr__(name: str) -> Any:

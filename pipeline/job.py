@@ -11,7 +11,7 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -26,67 +26,15 @@ from pipeline.errors import (
     RunInterrupted,
 )
 from pipeline.lease import Lease
-from pipeline.logs import bind_run, get_logger, unbind_run
+from pipeline.logs import STDERR, bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
 from pipeline.model import ModelSpec, check_architecture, resolve_spec
-from pipeline.progress import ProgressBar, ProgressTracker, watch_write
+from pipeline.progress import Display, ProgressTracker, watch_write
+from pipeline.summary import RunSummary
 
 if TYPE_CHECKING:
     from pipeline.config import Config
     from pipeline.planning import ResourcePlan
-
-
-@dataclass
-class RunSummary:
-    """What a run did; printed at the end and written as JSON."""
-
-    run_id: str
-    status: str
-    output_uri: str
-    inputs: int = 0
-    empty_manifest_cells: int = 0  # blank cells of the manifest's URI column, skipped
-    succeeded: int = 0
-    failed: int = 0
-    failed_by_reason: dict[str, int] = field(default_factory=dict)
-    processed_this_run: int = 0
-    resumed: bool = False
-    seconds: float = 0.0
-    images_per_second: float = 0.0
-    steady_images_per_second: float = 0.0
-    # Where the wall time went, in seconds from the start of run_job: Ray connected (or the
-    # embedded cluster started), first classified batch, last part written, commit done.
-    timings: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data for JSON."""
-        return asdict(self)
-
-    def render(self) -> str:
-        """Human-readable lines for the console."""
-        lines = [
-            f"run {self.run_id}: {self.status}",
-            f"  output     {self.output_uri}",
-            f"  inputs     {self.inputs}"
-            + (
-                f" ({self.empty_manifest_cells} empty manifest cells skipped)"
-                if self.empty_manifest_cells
-                else ""
-            ),
-            f"  succeeded  {self.succeeded}",
-            f"  failed     {self.failed}",
-        ]
-        lines += [f"    {reason:<18} {count}" for reason, count in self.failed_by_reason.items()]
-        lines += [
-            f"  processed  {self.processed_this_run} this run{' (resumed)' if self.resumed else ''}",
-            f"  seconds    {self.seconds:.1f}",
-            f"  images/s   {self.images_per_second:.1f}",
-        ]
-        if self.timings:
-            lines.append("  timeline   " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
-        if self.error:
-            lines.append(f"  error      {self.error}")
-        return "\n".join(lines)
 
 
 def _claim_output(
@@ -116,6 +64,12 @@ class _Run:
     report: bool = True
     started_ray: bool = False
     done_at_start: int | None = None  # rows already written when this attempt began (after restore)
+    display: Display = field(default_factory=lambda: Display(sys.stderr, enabled=False))
+
+    def held(self) -> output.OutputLocation:
+        """The output, while the job holds its lease."""
+        assert self.location is not None  # noqa: S101  # only called between lease and release
+        return self.location
 
     def job_metrics(self) -> JobMetrics:
         """The run's driver metrics (created once, under the run id known now)."""
@@ -166,6 +120,7 @@ class _Run:
         """Push the final status and write the summary (status is ``succeeded`` only once committed)."""
         summary = self.summary
         summary.seconds = time.monotonic() - self.started
+        self.display.close()
         try:
             if self.report:
                 self.job_metrics().finish(
@@ -207,6 +162,9 @@ def run_job(
             run_id=config.job.run_id or output.new_run_id(), status="failed", output_uri=config.output.uri
         ),
     )
+    stream = progress_stream or STDERR.stream()
+    show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
+    run.display = Display(stream, enabled=show)
     try:
         location = output.OutputLocation.open(config.output.uri, config.storage)
         output.check_safe_target(location, config.input.uri)
@@ -226,7 +184,6 @@ def run_job(
                 location,
                 lease,
                 overwrite=overwrite or config.output.mode == "overwrite",
-                stream=progress_stream or sys.stderr,
             )
         except Exception as exc:
             error = run.failed(exc)
@@ -241,9 +198,7 @@ def run_job(
     return run.summary
 
 
-def _run_leased(
-    run: _Run, location: output.OutputLocation, lease: Lease, *, overwrite: bool, stream: IO[str]
-) -> None:
+def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, overwrite: bool) -> None:
     """Claim, list, resolve the model, connect, execute, verify, commit: the run's steps in order."""
     config, summary = run.config, run.summary
     config_hash = config.config_hash()
@@ -254,6 +209,7 @@ def _run_leased(
     lease.name_run(run_id)
     bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
     log = get_logger(run_id=run_id, stage="driver")
+    run.display.phase("listing inputs")
     listing = output.inputs_of_run(location, config.input, config.storage, run_id, resumed=resuming)
     uris = listing.uris
     summary.inputs, summary.empty_manifest_cells, summary.output_uri = (
@@ -261,6 +217,7 @@ def _run_leased(
         listing.empty_cells,
         location.uri,
     )
+    run.display.phase("loading model")
     spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage)
     if spec.random_init:
         log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
@@ -271,14 +228,13 @@ def _run_leased(
         output.start_run(
             location, uris, {"run_id": run_id, "config_hash": config_hash, "started_at": run.started_wall}
         )
-    show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
     metrics = run.job_metrics()
     metrics.start(spec.name, __version__, len(uris))
+    run.display.phase("starting Ray")
     run.started_ray = connect_ray(config)
     summary.timings["ray_ready"] = time.monotonic() - run.started
-    bar = ProgressBar(len(uris), stream, enabled=show)
     result, plan, summary.processed_this_run, summary.steady_images_per_second = _run_on_ray(
-        run, lease, uris, spec, state_dict, bar
+        run, lease, uris, spec, state_dict
     )
     summary.succeeded, summary.failed, summary.failed_by_reason = (
         result.ok,
@@ -288,6 +244,7 @@ def _run_leased(
     summary.seconds = time.monotonic() - run.started
     summary.images_per_second = summary.processed_this_run / summary.seconds if summary.seconds else 0.0
     lease.check()  # a job that lost the output to another must not commit
+    run.display.phase("committing")
     _commit(run, spec, result, plan, config_hash)
     summary.status = "succeeded"  # only now: the manifest is written and read back
     summary.timings["committed"] = time.monotonic() - run.started
@@ -302,15 +259,14 @@ def _clear(location: output.OutputLocation, lease: Lease, log: Any) -> None:
 
 
 def _run_on_ray(
-    run: _Run, lease: Lease, uris: list[str], spec: ModelSpec, state_dict: Any, bar: ProgressBar
+    run: _Run, lease: Lease, uris: list[str], spec: ModelSpec, state_dict: Any
 ) -> tuple[verify.Tally, ResourcePlan, int, float]:
     """Plan, restore, write what is left, then read the output back; note the timings."""
     import ray
 
     from pipeline.planning import plan_resources
 
-    config, location, timings = run.config, run.location, run.summary.timings
-    assert location is not None  # noqa: S101  # set while the lease is held
+    config, location, timings = run.config, run.held(), run.summary.timings
     plan: ResourcePlan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
     log = get_logger(run_id=run.summary.run_id, stage="driver")
     log.info("resource plan", **plan.as_dict())
@@ -321,15 +277,17 @@ def _run_on_ray(
             configured=configured,
             used=plan.decode_num_cpus,
         )
+    run.display.phase("restoring checkpoint")
     todo = verify.restore_checkpoint(location, uris, run.summary.run_id)  # inputs no committed part holds
     run.done_at_start = len(uris) - len(todo)
     run.summary.resumed = run.done_at_start > 0  # said only when rows are actually skipped
     processed, steady = 0, 0.0
     if todo:  # else every part was written before the last attempt stopped: only the commit is left
-        processed, steady, first_landed = _write_with_progress(run, lease, todo, spec, state_dict, plan, bar)
+        processed, steady, first_landed = _write_with_progress(run, lease, todo, spec, state_dict, plan)
         if first_landed is not None:
             timings["first_batch"] = first_landed - run.started_wall
         timings["written"] = time.time() - run.started_wall
+    run.display.phase("verifying output")
     result = verify.tally(location, config.storage, {storage.row_id(uri) for uri in uris})
     # A batch retried after an actor died is reported to the tracker twice: cap the count.
     return result, plan, min(processed, len(todo)), steady
@@ -342,7 +300,6 @@ def _write_with_progress(
     spec: ModelSpec,
     state_dict: Any,
     plan: ResourcePlan,
-    bar: ProgressBar,
 ) -> tuple[int, float, float | None]:
     """Build the graph over the unfinished inputs and run it to the last part.
 
@@ -353,8 +310,7 @@ def _write_with_progress(
 
     from pipeline.graph import build_dataset, write_parquet
 
-    config, location, run_id = run.config, run.location, run.summary.run_id
-    assert location is not None  # noqa: S101  # set while the lease is held
+    config, location, run_id = run.config, run.held(), run.summary.run_id
     configure_data_context(location)
     # On the driver's node, hard: a lost worker node must not take the progress counts with
     # it. A soft affinity to a head with no CPUs put the tracker on a worker node.
@@ -372,7 +328,7 @@ def _write_with_progress(
             tracker,
             len(todo),
             run.job_metrics(),
-            bar,
+            run.display,
         )
         return processed, steady, ray.get(tracker.first_landed_at.remote())
     finally:
@@ -381,8 +337,7 @@ def _write_with_progress(
 
 def _commit(run: _Run, spec: ModelSpec, result: verify.Tally, plan: ResourcePlan, config_hash: str) -> None:
     """Enforce the failure budget, then write the dead-letter table and the manifest."""
-    config, summary, location, started_wall = run.config, run.summary, run.location, run.started_wall
-    assert location is not None  # noqa: S101  # set while the lease is held
+    config, summary, location, started_wall = run.config, run.summary, run.held(), run.started_wall
     fraction = summary.failed / summary.inputs if summary.inputs else 0.0
     if fraction > config.output.max_failure_fraction:
         needed = math.ceil(fraction * 1000) / 1000

@@ -1,9 +1,10 @@
 """Progress while the Ray Data job runs, as the driver sees it.
 
 :class:`ProgressTracker` is a tiny Ray actor the inference actors report each batch to;
-:class:`ProgressBar` redraws one line on a terminal; :func:`watch_write` runs the write in a
-thread and, every second, reads the tracker, pushes progress metrics, redraws the bar, and
-stops the job on a stall (``resources.stall_timeout_s``) or a lost output lease.
+:class:`Display` shows phases and rows on a terminal (rich) or logs progress elsewhere;
+:func:`watch_write` runs the write in a thread and, every second, reads the tracker, pushes
+progress metrics, updates the display, and stops the job on a stall
+(``resources.stall_timeout_s``) or a lost output lease.
 """
 
 from __future__ import annotations
@@ -12,8 +13,14 @@ import logging
 import re
 import threading
 import time
+from datetime import timedelta
 from typing import IO, TYPE_CHECKING, Any
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TaskID, TextColumn
+from rich.text import Text
+
+from pipeline import logs
 from pipeline.errors import JobFailedError, OutputInUseError
 
 if TYPE_CHECKING:
@@ -24,6 +31,7 @@ if TYPE_CHECKING:
     from pipeline.metrics import JobMetrics
 
 POLL_INTERVAL_S = 1.0
+LOG_EVERY_S = 60.0
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
 
 
@@ -61,30 +69,95 @@ class ProgressTracker:
         return self.first[0] if self.first else None
 
 
-class ProgressBar:
-    """One redrawn line with count, rate and ETA; only on a terminal."""
+class _Figures(ProgressColumn):
+    """The rows: done/total, one rate and the time left; a start-up phase: its time so far."""
 
-    def __init__(self, total: int, stream: IO[str], *, enabled: bool) -> None:
-        self.total = total
-        self.stream = stream
+    def render(self, task: Task) -> Text:
+        if task.total is None:
+            return Text(f"{task.elapsed or 0:.0f}s")
+        speed = task.speed  # rows per second over rich's recent window
+        rate = f"{speed:.1f} img/s" if speed else "- img/s"
+        left = f"  {timedelta(seconds=round((task.total - task.completed) / speed))} left" if speed else ""
+        return Text(f"{task.completed:.0f}/{task.total:.0f}  {rate}{left}")
+
+
+class Display:
+    """What a person sees while the job runs.
+
+    On a terminal (rich): the start-up phase by name ("starting Ray", "loading model"),
+    then one bar of the rows this run has left, with one rate and the time left; log lines
+    are printed above it. Elsewhere: a ``progress`` log line every :data:`LOG_EVERY_S`.
+    """
+
+    def __init__(self, stream: IO[str], *, enabled: bool) -> None:
         self.enabled = enabled
+        self._progress: Progress | None = None
+        self._phase: TaskID | None = None
+        self._rows: TaskID | None = None
+        self._total = 0
+        self.counting = False
+        self._logged_at = time.monotonic()
+        self._stream = stream
 
-    def update(self, done: int, rate: float) -> None:
-        """Redraw the line."""
+    def _start(self) -> Progress:
+        if self._progress is None:
+            console = Console(file=self._stream, highlight=False, soft_wrap=True)
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                _Figures(),
+                console=console,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._progress.start()
+            logs.STDERR.above = lambda text: console.print(Text(text.rstrip("\n")))
+        return self._progress
+
+    def phase(self, text: str) -> None:
+        """Show a named step that has no row count (start-up, verification, commit)."""
         if not self.enabled:
             return
-        width = 30
-        filled = int(width * done / self.total) if self.total else width
-        eta = f"{(self.total - done) / rate:6.0f}s" if rate > 0 else "     ?s"
-        bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\r[{bar}] {done}/{self.total} {rate:7.1f} img/s  ETA {eta}")
-        self.stream.flush()
+        progress = self._start()
+        if self._rows is not None:
+            progress.update(self._rows, visible=False)
+        if self._phase is None:
+            self._phase = progress.add_task(text, total=None)
+        progress.reset(self._phase, total=None, description=text, visible=True)
+
+    def rows(self, total: int) -> None:
+        """From now on, count ``total`` rows: the work this run has left."""
+        self._total, self.counting = total, True
+        if self.enabled:
+            progress = self._start()
+            if self._phase is not None:
+                progress.update(self._phase, visible=False)
+            self._rows = progress.add_task("classifying", total=total)
+
+    def update(self, done: int, rate: float = 0.0) -> None:
+        """``done`` of the rows counted so far; off a terminal, log it now and then."""
+        if self._progress is not None and self._rows is not None:
+            self._progress.update(self._rows, completed=done)
+        elif not self.enabled and time.monotonic() - self._logged_at >= LOG_EVERY_S:
+            self._logged_at = time.monotonic()
+            left = (self._total - done) / rate if rate > 0 else None
+            logs.get_logger(stage="driver").info(
+                "progress", rows_done=done, rows_to_do=self._total, images_per_second=rate, seconds_left=left
+            )
+
+    def refresh(self) -> None:
+        """Redraw now (the display also redraws itself a few times a second)."""
+        if self._progress is not None:
+            self._progress.refresh()
 
     def close(self) -> None:
-        """End the line."""
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        """Take the display off the terminal; log lines go straight to stderr again."""
+        logs.STDERR.above = None
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
 
 def watch_write(
@@ -94,7 +167,7 @@ def watch_write(
     tracker: Any,
     total: int,
     metrics: JobMetrics,
-    bar: ProgressBar,
+    display: Display,
 ) -> tuple[int, float]:
     """Run ``write_output`` in a thread; poll progress, push metrics, detect stalls and a lost lease.
 
@@ -114,6 +187,7 @@ def watch_write(
     started = time.monotonic()
     last_change, last_done = started, -1
     writer.start()
+    display.phase("starting workers")
     done = 0
     try:
         while writer.is_alive():
@@ -126,16 +200,16 @@ def watch_write(
             elapsed = now - started
             rate = done / elapsed if elapsed > 0 else 0.0
             metrics.progress(done, total, rate, elapsed)
-            bar.update(done, rate)
+            if done and not display.counting:  # the first rows landed: start-up is over
+                display.rows(total)
+            display.update(done, rate)
             stalled = now - last_change if writer.is_alive() else 0.0
             _stop_if_unhealthy(lease, stalled, config.resources.stall_timeout_s, done, total)
     except BaseException:
         # The write is abandoned (interrupt, stall, lost lease): what Ray Data logs about it
         # from here on is noise next to the cause.
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-        bar.close()
         raise
-    bar.close()
     if failure:
         exc = failure[0]
         raise JobFailedError(f"the Ray Data job failed: {root_cause(exc)}") from exc

@@ -12,7 +12,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
@@ -20,8 +20,11 @@ from prometheus_client import CollectorRegistry
 
 from pipeline import logs, samples
 from pipeline.config import load_config
-from pipeline.job import RunSummary, run_job
+from pipeline.job import run_job
 from pipeline.redaction import REDACTED
+
+if TYPE_CHECKING:
+    from pipeline.summary import RunSummary
 
 pytestmark = pytest.mark.slow
 

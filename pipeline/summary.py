@@ -1,0 +1,59 @@
+"""What a run did: the summary printed at the end, logged, and written as JSON beside the output."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunSummary:
+    """What a run did; printed at the end and written as JSON."""
+
+    run_id: str
+    status: str
+    output_uri: str
+    inputs: int = 0
+    empty_manifest_cells: int = 0  # blank cells of the manifest's URI column, skipped
+    succeeded: int = 0
+    failed: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    processed_this_run: int = 0
+    resumed: bool = False
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    steady_images_per_second: float = 0.0
+    # Where the wall time went, in seconds from the start of run_job: Ray connected (or the
+    # embedded cluster started), first classified batch, last part written, commit done.
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return asdict(self)
+
+    def render(self) -> str:
+        """Human-readable lines for the console."""
+        lines = [
+            f"run {self.run_id}: {self.status}",
+            f"  output     {self.output_uri}",
+            f"  inputs     {self.inputs}"
+            + (
+                f" ({self.empty_manifest_cells} empty manifest cells skipped)"
+                if self.empty_manifest_cells
+                else ""
+            ),
+            f"  succeeded  {self.succeeded}",
+            f"  failed     {self.failed}",
+        ]
+        lines += [f"    {reason:<18} {count}" for reason, count in self.failed_by_reason.items()]
+        lines += [
+            f"  processed  {self.processed_this_run} this run{' (resumed)' if self.resumed else ''}",
+            f"  seconds    {self.seconds:.1f}",
+            f"  images/s   {self.images_per_second:.1f}",
+        ]
+        if self.timings:
+            lines.append("  timeline   " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        if self.error:
+            lines.append(f"  error      {self.error}")
+        return "\n".join(lines)
