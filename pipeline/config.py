@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,6 +25,8 @@ from pipeline.errors import ConfigError
 ENV_PREFIX = "PIPELINE_"
 ENV_NESTING = "__"
 
+Unit = Annotated[float, Field(ge=0, le=1)]  # a per-channel mean, on the 0-1 scale torchvision uses
+Spread = Annotated[float, Field(gt=0, le=1)]  # a per-channel standard deviation, same scale
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
@@ -90,6 +92,9 @@ class PreprocessConfig(_Section):
 
     resize_size: int | None = Field(default=None, ge=8, le=4096)
     crop_size: int | None = Field(default=None, ge=8, le=4096)
+    # Normalisation the weights were trained with, e.g. [0.485, 0.456, 0.406]; None: model.preprocessing's.
+    mean: tuple[Unit, Unit, Unit] | None = None
+    std: tuple[Spread, Spread, Spread] | None = None
     max_image_pixels: int = Field(default=89_478_485, ge=1)
     # An input larger than this fails with reason too_large before more of it is read.
     max_input_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
@@ -181,7 +186,7 @@ class MetricsConfig(_Section):
 
 
 #: Preprocessing settings that change the pixels the model sees (the rest are limits and tuning).
-RESULT_PREPROCESS_KEYS = ("resize_size", "crop_size", "reduced_decode", "decode_device")
+RESULT_PREPROCESS_KEYS = ("resize_size", "crop_size", "mean", "std", "reduced_decode", "decode_device")
 #: The precision class a resume must keep: bf16 and fp16 give the same top-1 within tolerance.
 PRECISION_CLASS = {"auto": "auto", "fp32": "fp32", "bf16": "mixed", "fp16": "mixed"}
 
@@ -375,16 +380,9 @@ def _check_semantics(config: Config) -> None:
     if config.model.weights is not None and config.model.random_init:
         raise ConfigError("model.random_init", value=True, allowed="must be false when model.weights is set")
     actors = config.resources
-    if (
-        actors.min_actors is not None
-        and actors.max_actors is not None
-        and actors.min_actors > actors.max_actors
-    ):
-        raise ConfigError(
-            "resources.min_actors",
-            config.resources.min_actors,
-            f"must be <= resources.max_actors ({config.resources.max_actors})",
-        )
+    if actors.min_actors and actors.max_actors and actors.min_actors > actors.max_actors:
+        allowed = f"must be <= resources.max_actors ({actors.max_actors})"
+        raise ConfigError("resources.min_actors", actors.min_actors, allowed)
     preprocess = config.preprocess
     if preprocess.crop_size and preprocess.resize_size and preprocess.crop_size > preprocess.resize_size:
         raise ConfigError(

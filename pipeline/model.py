@@ -172,8 +172,8 @@ def resolve_spec(
     preprocessing = Preprocessing(
         resize_size=preprocess.resize_size or defaults.resize_size,
         crop_size=preprocess.crop_size or defaults.crop_size,
-        mean=defaults.mean,
-        std=defaults.std,
+        mean=preprocess.mean or defaults.mean,
+        std=preprocess.std or defaults.std,
         interpolation=defaults.interpolation,
     )
     labels = _labels(model, categories, storage_config)

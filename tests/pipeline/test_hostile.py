@@ -196,6 +196,32 @@ class TestModelSafety:
             )
         assert refused.value.exit_code == 2
 
+    def test_explicit_mean_and_std_replace_the_weights_and_change_the_config_hash(
+        self, make_config, tmp_path
+    ):
+        """Weights trained with their own normalisation: preprocess.mean/std (0-1 scale) are used,
+        recorded with the preprocessing, and a resume cannot change them; 0-255 values are refused."""
+        from pipeline.config import ModelConfig, PreprocessConfig, load_config
+        from pipeline.errors import ConfigError
+        from pipeline.model import resolve_spec
+
+        own = PreprocessConfig(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resize_size=160, crop_size=128)
+        spec, _ = resolve_spec(ModelConfig(name="resnet18", random_init=True), own)
+        assert (spec.preprocessing.mean, spec.preprocessing.std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        assert (spec.preprocessing.resize_size, spec.preprocessing.crop_size) == (160, 128)
+        base = make_config(tmp_path)
+        assert make_config(tmp_path, preprocess__mean="[0.5, 0.5, 0.5]").config_hash() != base.config_hash()
+        for key, value in (
+            ("mean", "[123.7, 116.3, 103.5]"),
+            ("std", "[0.2, 0, 0.2]"),
+            ("mean", "[0.5, 0.5]"),
+        ):
+            with pytest.raises(ConfigError, match=f"preprocess.{key}") as refused:
+                load_config(
+                    None, [f"input.uri={tmp_path}", "model.random_init=true", f"preprocess.{key}={value}"]
+                )
+            assert refused.value.exit_code == 2
+
     def test_a_whole_pickled_model_is_refused_with_what_to_do(self, tmp_path):
         """torch.save(model), not its state dict: refused, named as such, with the fix; no colour codes."""
         import torchvision
