@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import __version__, logrelay
+from pipeline import __version__, logrelay, logs
 from pipeline.errors import ConfigError, PipelineError, RunInterrupted
 
 if TYPE_CHECKING:
@@ -151,8 +151,6 @@ def _load(args: argparse.Namespace, *, flags: dict[str, object] | None = None) -
 
 def _configure_logging(config: Config, *, relay: bool = False) -> None:
     """Log as configured; with ``relay``, every stderr line too (Ray's and its workers')."""
-    from pipeline import logs
-
     logs.configure(config.logging.format, config.logging.level)
     if relay:
         logrelay.install()
@@ -292,10 +290,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        logs.say_error(str(exc), exc.exit_code)
         return exc.exit_code
     except RunInterrupted as exc:
-        print(f"error: {exc}; rows written so far are kept: run the same command to resume", file=sys.stderr)
+        logs.say_error(f"{exc}; rows written so far are kept: run the same command to resume", exc.exit_code)
         sys.stdout.flush()
         logrelay.stop()
         # At once, without the interpreter's exit handlers: ray.shutdown() there would stop

@@ -153,6 +153,18 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     )
 
 
+def say_error(message: str, exit_code: int) -> None:
+    """The command's last line: ``error: ...`` for a person, a JSON error line for a collector."""
+    renders_json = structlog.is_configured() and isinstance(
+        structlog.get_config()["processors"][-1], structlog.processors.JSONRenderer
+    )
+    if renders_json:
+        get_logger(stage="driver").error(message, exit_code=exit_code)
+    else:
+        STDERR.write(f"error: {message}\n")
+    STDERR.flush()
+
+
 def get_logger(**bound: Any) -> Any:
     """A logger with fixed fields (e.g. ``run_id``, ``stage``)."""
     return structlog.get_logger().bind(**bound)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,16 @@ def config_file(tmp_path: Path, sample_images: Path, weights_file: Path) -> Path
         )
     )
     return path
+
+
+def _last_error(err: str) -> str:
+    """The command's last stderr line: ``error: ...`` text, or (logs not on a terminal) a JSON error."""
+    last = err.strip().splitlines()[-1]
+    if last.startswith("{"):
+        line = json.loads(last)
+        assert (line["level"], line["exit_code"]) == ("error", 2)
+        return f"error: {line['event']}"
+    return last
 
 
 def _edit(path: Path, section: str, key: str, value: object) -> Path:
@@ -100,20 +111,20 @@ class TestErrors:
             ),
         ],
     )
-    def test_bad_value_is_named_with_exit_code_2(self, config_file, capsys, section, key, value, expected):
+    def test_bad_value_is_named_with_exit_code_2(self, config_file, capfd, section, key, value, expected):
         """Each bad key or value stops before any work, names key and value, and exits 2."""
         _edit(config_file, section, key, value)
         assert main(["run", "--config", str(config_file)]) == 2
-        err = capsys.readouterr().err
+        err = _last_error(capfd.readouterr().err)
         assert err.startswith("error: ")
         assert expected in err
 
-    def test_sha256_mismatch_is_refused(self, config_file, capsys, weights_file):
+    def test_sha256_mismatch_is_refused(self, config_file, capfd, weights_file):
         """A weights file whose checksum differs from model.sha256 is refused before Ray starts."""
         actual = hashlib.sha256(weights_file.read_bytes()).hexdigest()
         _edit(config_file, "model", "sha256", "0" * 64)
         assert main(["run", "--config", str(config_file)]) == 2
-        err = capsys.readouterr().err
+        err = _last_error(capfd.readouterr().err)
         assert "model.sha256" in err
         assert actual in err
         assert "refusing" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import string
 import subprocess
@@ -50,9 +51,10 @@ class TestCli:
         result = run_cli(write_config(config), job_environment())
         assert time.monotonic() - started < 60
         assert result.returncode == 4, result.stderr[-3000:]
-        error = result.stderr.strip().splitlines()[-1]
-        assert error.startswith(f"error: cannot list s3://{bucket}/out (endpoint {dead}, 2 attempts)")
-        assert "storage unreachable" in error
+        error = json.loads(result.stderr.strip().splitlines()[-1])  # the last line: one JSON error
+        assert (error["level"], error["exit_code"]) == ("error", 4)
+        assert error["event"].startswith(f"cannot list s3://{bucket}/out (endpoint {dead}, 2 attempts)")
+        assert "storage unreachable" in error["event"]
         assert "Traceback" not in result.stderr
         assert list_keys(s3, bucket, "out/") == []
 
