@@ -67,7 +67,7 @@ GPU_REFERENCES: dict[str, Rate] = {}
 
 def check_positive(flag: str, value: float | None) -> None:
     """Exit 2 naming the flag unless ``value`` is None or a finite number above 0."""
-    if value is not None and not (math.isfinite(value) and value > 0):
+    if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise ConfigError(flag, value, "must be a number above 0")
 
 
@@ -88,6 +88,8 @@ def resolve_rates(
             bench = json.loads(Path(bench_path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError("--from-bench", bench_path, f"not a readable JSON file: {exc}") from None
+        if not isinstance(bench, dict):
+            raise ConfigError("--from-bench", bench_path, "not a `pipeline bench --json` file")
         machine = bench.get("machine") or {}
         about = [bench.get("model"), bench.get("precision"), machine.get("device")]
         described = ", ".join(str(part) for part in about if part)
@@ -98,6 +100,7 @@ def resolve_rates(
         if given is not None:
             return Rate(given, "flag", flag)
         if key in bench:
+            check_positive(f"--from-bench {key}", bench[key])
             caveat = None
             if on_cpu and key.startswith("a_"):
                 caveat = f"the bench file's model rate was measured on a CPU machine, not a GPU: {bench_path}"

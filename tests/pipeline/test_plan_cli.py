@@ -19,6 +19,7 @@ import yaml
 import pipeline
 from pipeline import samples, sizing
 from pipeline.config import load_config
+from pipeline.errors import ConfigError
 
 ROOT = Path(pipeline.__file__).parents[1]
 VALUES = ROOT / "deploy" / "helm" / "batch-inference" / "values.yaml"
@@ -195,3 +196,14 @@ class TestSizing:
             assert sizing.GPU_REFERENCES == {}
         for reference in sizing.GPU_REFERENCES.values():
             assert "docs/benchmarks.md" in reference.source
+
+    def test_bench_file_rates_are_checked(self, tmp_path):
+        """A bench file that is not one, or holds a rate of 0, exits 2 naming --from-bench."""
+        config = load_config(None, [f"input.uri={tmp_path}", "model.random_init=true"], environ={})
+        bench = tmp_path / "bench.json"
+        for text in ("[1]", '{"a_model_only_images_per_second": 0}', "not json"):
+            bench.write_text(text)
+            with pytest.raises(ConfigError, match="--from-bench"):
+                sizing.resolve_rates(config, decode_rate=None, model_rate=None, bench_path=str(bench))
+        with pytest.raises(ConfigError, match="--from-bench"):
+            sizing.resolve_rates(config, decode_rate=None, model_rate=None, bench_path=str(tmp_path / "no"))
