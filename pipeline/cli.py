@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import __version__, logrelay, logs
+from pipeline import __version__, logrelay, logs, sizing
 from pipeline.errors import ConfigError, PipelineError, RunInterrupted
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = command(
         "plan",
-        "dry run: config, inputs found, stages and resources",
+        "dry run: config, inputs found, stages and resources; sizes the chart's groups for a target",
         "pipeline plan --config job.yaml --target-images-per-hour 5000000 --from-bench bench.json",
     )
     _add_config_args(plan)
@@ -87,6 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-rate", type=float, help="measured model img/s per GPU/actor (from pipeline bench)"
     )
     plan.add_argument("--from-bench", help="take both rates from a `pipeline bench` JSON file")
+    plan.add_argument(
+        "--headroom",
+        type=float,
+        default=sizing.DEFAULT_HEADROOM,
+        help=f"size for the target times 1 + this fraction (default {sizing.DEFAULT_HEADROOM})",
+    )
+    plan.add_argument(
+        "--cpus-per-pod",
+        type=int,
+        default=sizing.CPU_POD_CPUS,
+        help=f"cores of each CPU-group pod (default {sizing.CPU_POD_CPUS}, as values.yaml)",
+    )
+    plan.add_argument(
+        "--gpus-per-pod",
+        type=int,
+        default=sizing.GPU_POD_GPUS,
+        help=f"GPUs of each GPU-group pod (default {sizing.GPU_POD_GPUS}, as values.yaml)",
+    )
+    plan.add_argument(
+        "--json", action="store_true", help="print the plan, sizing and Helm values as one JSON document"
+    )
 
     demo = command(
         "demo", "make a sample data set and run the job on it locally", "pipeline demo --images 300"
@@ -214,14 +235,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """``pipeline plan``."""
     from pipeline.planning import print_plan
 
+    sizing.check_headroom(args.headroom)
+    for flag in ("target-images-per-hour", "decode-rate", "model-rate", "cpus-per-pod", "gpus-per-pod"):
+        sizing.check_positive(f"--{flag}", getattr(args, flag.replace("-", "_")))
     config = _load(args)
     _configure_logging(config)
-    decode_rate, model_rate = args.decode_rate, args.model_rate
-    if args.from_bench:
-        bench = json.loads(Path(args.from_bench).read_text(encoding="utf-8"))
-        decode_rate = decode_rate or bench["b_decode_images_per_second_per_core"]
-        model_rate = model_rate or bench["a_model_only_images_per_second"]
-    print_plan(config, target=args.target_images_per_hour, decode_rate=decode_rate, model_rate=model_rate)
+    sized = None
+    if args.target_images_per_hour is not None:
+        decode, model = sizing.resolve_rates(
+            config, decode_rate=args.decode_rate, model_rate=args.model_rate, bench_path=args.from_bench
+        )
+        sized = sizing.size_cluster(
+            config,
+            args.target_images_per_hour,
+            args.headroom,
+            decode,
+            model,
+            cpus_per_pod=args.cpus_per_pod,
+            gpus_per_pod=args.gpus_per_pod,
+        )
+    print_plan(config, sized=sized, as_json=args.json)
     return 0
 
 

@@ -4,20 +4,19 @@
 copied from a tutorial: the inference pool never reserves every CPU, or the decode
 stage would starve. :func:`decode_settings` and :func:`inference_settings` turn the
 config into the stages' settings; :mod:`pipeline.graph` wires them into the Ray Data
-graph. With measured rates (``pipeline bench``) ``pipeline plan`` also sizes the CPU
-and GPU groups for a target rate and prints the expected throughput and GPU-hours per
-million images.
+graph. For a target rate ``pipeline plan`` also sizes the chart's CPU and GPU groups
+(:mod:`pipeline.sizing`) and ends with the Helm values to set; ``--json`` prints all of it
+as one JSON document.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline import storage
+from pipeline import sizing, storage
 from pipeline.config import dump_yaml
 from pipeline.decode import DecodeSettings
 from pipeline.inference import InferenceSettings, auto_batch_size
@@ -195,32 +194,22 @@ def inference_settings(config: Config, plan: ResourcePlan) -> InferenceSettings:
     )
 
 
-def size_groups(
-    target_per_hour: float, decode_rate_per_core: float, model_rate_per_actor: float
-) -> dict[str, Any]:
-    """CPU cores and inference actors (GPUs) needed for a target, and what they give.
+def rounded(data: Any) -> Any:
+    """``data`` with every float rounded to 3 decimals, for printing."""
+    if isinstance(data, float):
+        return round(data, 3)
+    if isinstance(data, dict):
+        return {key: rounded(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [rounded(value) for value in data]
+    return data
 
-    A GPU job runs at ``min(actors * f, cores * d)`` (docs/benchmarks.md); we size each
-    side to the target independently, so they scale independently.
+
+def print_plan(config: Config, *, sized: dict[str, Any] | None, as_json: bool = False) -> None:
+    """Print the resolved config, the inputs found, the stages as they would run and the sizing.
+
+    With ``as_json``, one JSON document holds all of it (the shape is in docs/deploy.md).
     """
-    target = target_per_hour / 3600.0
-    actors = max(1, math.ceil(target / model_rate_per_actor))
-    cores = max(1, math.ceil(target / decode_rate_per_core))
-    expected = min(actors * model_rate_per_actor, cores * decode_rate_per_core)
-    return {
-        "target_images_per_second": round(target, 2),
-        "decode_cores": cores,
-        "inference_actors": actors,
-        "expected_images_per_second": round(expected, 2),
-        "expected_images_per_hour": round(expected * 3600),
-        "gpu_hours_per_million_images": round(actors * 1_000_000 / expected / 3600, 3),
-    }
-
-
-def print_plan(
-    config: Config, *, target: float | None, decode_rate: float | None, model_rate: float | None
-) -> None:
-    """Print the resolved config, the inputs found and the stages as they would run."""
     import ray
 
     listing = storage.list_inputs(config.input, config.storage)
@@ -235,11 +224,32 @@ def print_plan(
     finally:
         if started:
             ray.shutdown()
+    cluster = {"CPU": plan.cluster_cpus, "GPU": plan.cluster_gpus}
+    stages = rounded(_stages(config, plan, len(listing)))
+    if as_json:
+        document = {
+            "config": config.to_dict(),
+            "inputs_found": len(listing),
+            "cluster": cluster,
+            "resource_plan": rounded(plan.as_dict()),
+            "stages": stages,
+            "sizing": sized,
+        }
+        print(json.dumps(document, indent=2))
+        return
     print("# resolved config")
     print(dump_yaml(config))
     print(f"# inputs found: {len(listing)}")
-    stages = {
-        "list": {"where": "driver", "rows": len(listing)},
+    print("# stages on this cluster " + json.dumps(cluster))
+    print(json.dumps(stages, indent=2))
+    if sized is not None:
+        print("\n".join(sizing.render(sized)))
+
+
+def _stages(config: Config, plan: ResourcePlan, inputs: int) -> dict[str, Any]:
+    """Each stage's placement and size, as ``pipeline plan`` prints them."""
+    return {
+        "list": {"where": "driver", "rows": inputs},
         "decode": {
             "num_cpus": plan.decode_num_cpus,
             "concurrency": plan.decode_concurrency or "autoscaled by Ray Data",
@@ -259,11 +269,3 @@ def print_plan(
         },
         "write": {"uri": config.output.uri, "rows_per_file": plan.rows_per_file},
     }
-    print("# stages on this cluster " + json.dumps({"CPU": plan.cluster_cpus, "GPU": plan.cluster_gpus}))
-    print(json.dumps(stages, indent=2))
-    if target is not None:
-        if not (decode_rate and model_rate):
-            print("# sizing needs --from-bench FILE or --decode-rate and --model-rate (see `pipeline bench`)")
-            return
-        print("# sizing for the target")
-        print(json.dumps(size_groups(target, decode_rate, model_rate), indent=2))

@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.planning import plan_resources, size_groups
+from pipeline.planning import plan_resources
+from pipeline.sizing import Rate, size_cluster
 
 
 def _config(tmp_path, *overrides: str):
@@ -117,26 +118,41 @@ class TestPartSize:
         assert plan_resources(_config(tmp_path, "output.rows_per_file=64"), {"CPU": 2.0}).rows_per_file == 64
 
 
+def _size(tmp_path, target: float, decode: float, model: float, headroom: float = 0.0):
+    """Sized with one core a CPU pod and one GPU a GPU pod, so pods are cores and GPUs."""
+    rates = Rate(decode, "flag", "--decode-rate"), Rate(model, "flag", "--model-rate")
+    return size_cluster(_config(tmp_path), target, headroom, *rates, cpus_per_pod=1, gpus_per_pod=1)
+
+
 class TestSizeGroups:
-    def test_each_side_is_sized_to_the_target(self):
+    def test_each_side_is_sized_to_the_target(self, tmp_path):
         """1M images/hour at 1,000 img/s per GPU and 50 img/s per decode core: 1 GPU, 6 cores, 300 img/s."""
-        sized = size_groups(1_000_000, decode_rate_per_core=50, model_rate_per_actor=1_000)
-        assert sized["inference_actors"] == 1
-        assert sized["decode_cores"] == 6
-        assert sized["target_images_per_second"] == pytest.approx(277.78, abs=0.01)
+        sized = _size(tmp_path, 1_000_000, decode=50, model=1_000)
+        assert sized["gpu_group"]["gpus_needed"] == 1
+        assert sized["cpu_group"]["cores_needed"] == 6
+        assert sized["sized_for_images_per_second"] == pytest.approx(277.8)
         assert sized["expected_images_per_second"] == 300  # the 6 decode cores bound it
         assert sized["gpu_hours_per_million_images"] == pytest.approx(1_000_000 / 300 / 3600, abs=0.001)
 
-    def test_decode_bound_plan_costs_more_gpu_hours(self):
+    def test_decode_bound_plan_costs_more_gpu_hours(self, tmp_path):
         """When decode is the bottleneck, the expected rate is the decode capacity."""
-        sized = size_groups(36_000, decode_rate_per_core=5, model_rate_per_actor=100)
-        assert sized["decode_cores"] == 2
+        sized = _size(tmp_path, 36_000, decode=5, model=100)
+        assert sized["cpu_group"]["cores_needed"] == 2
         assert sized["expected_images_per_second"] == 10
+
+    def test_headroom_raises_the_rate_sized_for(self, tmp_path):
+        """25% headroom on 1M images/hour sizes for 1.25M: 347.2 img/s, 7 cores at 50 each."""
+        sized = _size(tmp_path, 1_000_000, decode=50, model=1_000, headroom=0.25)
+        assert sized["sized_for_images_per_hour"] == 1_250_000
+        assert sized["cpu_group"]["cores_needed"] == 7
 
 
 @pytest.mark.slow
 def test_plan_prints_inputs_stages_and_sizing(ray_session, sample_images, make_config, tmp_path, capsys):
-    """The dry run finds every input, prints each stage's resources, and sizes from bench JSON."""
+    """The dry run finds every input, prints each stage's resources, and sizes from bench JSON.
+
+    3.6M images/hour with the default 25% headroom is 1,250 img/s: 2 GPUs at 900, 13 cores at 100.
+    """
     bench = tmp_path / "bench.json"
     bench.write_text(
         json.dumps({"b_decode_images_per_second_per_core": 100.0, "a_model_only_images_per_second": 900.0})
@@ -158,7 +174,7 @@ def test_plan_prints_inputs_stages_and_sizing(ray_session, sample_images, make_c
     stages = json.loads(out.split("# stages on this cluster", 1)[1].split("\n", 1)[1].split("# sizing", 1)[0])
     assert set(stages) == {"list", "decode", "inference", "write"}
     assert stages["inference"]["batch_size"] == 8  # the CPU default
-    sizing = json.loads(out.split("# sizing for the target", 1)[1])
-    assert sizing["inference_actors"] == 2
-    assert sizing["decode_cores"] == 10
+    assert "-> 2 GPUs: 2 GPU pods of 1 GPU and 4 cores" in out
+    assert "-> 13 cores: 2 CPU pods of 8 cores" in out
+    assert out.rstrip().endswith("--set config.resources.max_actors=2")
     assert not (tmp_path / "out" / "data").exists()
