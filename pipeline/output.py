@@ -48,8 +48,9 @@ RUN_STATE = "_run.json"
 INPUTS = "_inputs.parquet"
 CHECKPOINT_DIR = "_checkpoint"
 DATA_DIR = "data"
-# _-prefixed so readers of the output folder (pyarrow, pandas, Spark, DuckDB) skip it: they
-# would count each failed row twice, here and in data/.
+# _-prefixed so pyarrow, pandas and Spark (recursiveFileLookup) reading the output folder skip
+# it: they would count each failed row twice, here and in data/. DuckDB skips no name: its
+# readers glob data/ (docs/storage.md, "Reading with other tools").
 FAILURES = "_failures.parquet"
 SUMMARY_TEMPLATE = "_summary-{run_id}.json"
 PENDING_CHECKPOINT_SUFFIX = ".pending.parquet"  # Ray Data's two-phase checkpoint commit
