@@ -84,16 +84,17 @@ class TestS3Job:
         assert_exactly_once(s3, bucket, uris)
 
     def test_committed_run_is_refused_then_overwritten(
-        self, ray_session, s3, bucket, s3_config, write_config, capsys, restore_logging
+        self, ray_session, s3, bucket, s3_config, write_config, capfd, restore_logging
     ):
         """Re-running a committed output exits 3 saying so; --overwrite redoes it under a new run id."""
         uris = upload_images(s3, bucket, "in", 8, broken=False)
         config = s3_config(bucket)
         first = run_job(config)
         path = write_config(config)
-        capsys.readouterr()
+        capfd.readouterr()
         assert cli.main(["run", "--config", str(path)]) == 3
-        assert f"committed run '{first.run_id}'" in capsys.readouterr().err
+        # The command's last stderr line (JSON off a terminal; the CLI writes it to fd 2).
+        assert f"committed run '{first.run_id}'" in capfd.readouterr().err.strip().splitlines()[-1]
         assert read_json(s3, bucket, "out/_SUCCESS")["run_id"] == first.run_id
         assert cli.main(["run", "--config", str(path), "--overwrite"]) == 0
         manifest = read_json(s3, bucket, "out/_SUCCESS")
