@@ -152,7 +152,8 @@ def _load(args: argparse.Namespace, *, flags: dict[str, object] | None = None) -
 
     Local input and weights paths must exist (exit 2 before any work).
     """
-    from pipeline.config import load_config, stray_env_names
+    from pipeline.config import load_config
+    from pipeline.overrides import stray_env_names
     from pipeline.storage import is_remote
 
     given = {key: value for key, value in (flags or {}).items() if value is not None}

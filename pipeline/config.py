@@ -14,16 +14,13 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline import overrides as overrides_module
 from pipeline.errors import ConfigError
-
-ENV_PREFIX = "PIPELINE_"
-ENV_NESTING = "__"
 
 Unit = Annotated[float, Field(ge=0, le=1)]  # a per-channel mean, on the 0-1 scale torchvision uses
 Spread = Annotated[float, Field(gt=0, le=1)]  # a per-channel standard deviation, same scale
@@ -230,66 +227,9 @@ class Config(_Section):
         return hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()
 
 
-def _parse_scalar(dotted: str, text: str) -> Any:
-    """An override's value typed by the schema: text for text keys, else YAML; ``null`` None."""
-    if text.strip() in {"null", "~", ""}:
-        return None
-    if _is_text_field(dotted):
-        return text
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _is_text_field(dotted: str) -> bool:
-    """True when the config key at ``dotted`` takes text only (``str`` or ``str | None``)."""
-    model: Any = Config
-    *sections, key = dotted.split(".")
-    for section in sections:
-        field = getattr(model, "model_fields", {}).get(section)
-        if field is None:
-            return False
-        model = field.annotation
-    field = getattr(model, "model_fields", {}).get(key)
-    if field is None:
-        return False
-    annotation = field.annotation
-    members = get_args(annotation) if get_origin(annotation) in {Union, UnionType} else (annotation,)
-    return set(members) <= {str, type(None)}
-
-
-def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
-    keys = [key for key in dotted.split(".") if key]
-    if not keys:
-        raise ConfigError(source, dotted, "expected section.key=value")
-    node = data
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(dotted, child, f"'{key}' is not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-#: PIPELINE_ variables that are not config keys (read elsewhere).
-OTHER_PIPELINE_ENV = frozenset({"PIPELINE_SECRETS"})
-
-
-def stray_env_names(environ: Mapping[str, str]) -> list[str]:
-    """``PIPELINE_`` variables that look meant for the config but are not read (one underscore)."""
-    stray = (name for name in environ if name.startswith(ENV_PREFIX) and ENV_NESTING not in name)
-    return sorted(set(stray) - OTHER_PIPELINE_ENV)
-
-
 def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
     """``PIPELINE_OUTPUT__URI=x`` -> ``("output.uri", "x")``, in a stable order."""
-    overrides = []
-    for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and ENV_NESTING in name:
-            dotted = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTING, ".")
-            overrides.append((dotted, _parse_scalar(dotted, environ[name])))
-    return overrides
+    return overrides_module.env_overrides(Config, environ)
 
 
 def _field_path(loc: tuple[int | str, ...]) -> tuple[list[str], type[BaseModel]]:
@@ -352,15 +292,7 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("--config", str(path), "expected a mapping of sections at the top")
         data = loaded or {}
-    for dotted, value in env_overrides(os.environ if environ is None else environ):
-        _set_path(data, dotted, value, "environment")
-    for item in overrides:
-        dotted, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError("--set", item, "expected section.key=value")
-        _set_path(data, dotted.strip(), _parse_scalar(dotted.strip(), text), "--set")
-    for dotted, value in (flags or {}).items():
-        _set_path(data, dotted, value, "flag")
+    overrides_module.apply(data, Config, os.environ if environ is None else environ, overrides, flags or {})
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
