@@ -70,8 +70,10 @@ class InputConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Which torchvision architecture, which weights, and how many classes to report."""
+    """Which torchvision architecture, which weights, and what to write per image."""
 
+    # classify: top-k classes; embed: the vector the final Linear receives (docs/architecture.md).
+    task: Literal["classify", "embed"] = "classify"
     name: str = "resnet50"
     weights: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
@@ -82,6 +84,9 @@ class ModelConfig(_Section):
     # The torchvision weights whose preprocessing (resize, crop, mean, std) the given weights
     # were trained with, e.g. ResNet50_Weights.IMAGENET1K_V1. None: the architecture's DEFAULT.
     preprocessing: str | None = None
+    # embed only. float32: exact, and every Parquet reader has it; float16 halves the column.
+    embedding_dtype: Literal["float32", "float16"] = "float32"
+    normalize: bool = False  # embed only: L2-normalise each vector (unit length)
 
 
 class PreprocessConfig(_Section):
@@ -184,6 +189,8 @@ class MetricsConfig(_Section):
 
 #: Preprocessing settings that change the pixels the model sees (the rest are limits and tuning).
 RESULT_PREPROCESS_KEYS = ("resize_size", "crop_size", "mean", "std", "reduced_decode", "decode_device")
+#: Model keys only one task reads: the other task's hash leaves them out.
+TASK_ONLY_MODEL_KEYS = {"classify": ("labels", "top_k"), "embed": ("task", "embedding_dtype", "normalize")}
 #: The precision class a resume must keep: bf16 and fp16 give the same top-1 within tolerance.
 PRECISION_CLASS = {"auto": "auto", "fp32": "fp32", "bf16": "mixed", "fp16": "mixed"}
 
@@ -210,14 +217,19 @@ class Config(_Section):
         """sha256 of the settings that change results; a resume must match it.
 
         Hashed: which inputs (``input`` but ``allowed_roots``), the model (architecture,
-        weights, labels, top-k), the preprocessing that shapes the pixels, and the
-        precision class (fp32, or mixed: bf16 and fp16 alike). Everything else only
+        weights, and the task's keys: labels and top-k to classify; the task, embedding
+        dtype and normalisation to embed), the preprocessing that shapes the pixels, and
+        the precision class (fp32, or mixed: bf16 and fp16 alike). A classification hash
+        is the one it was before ``model.task`` existed. Everything else only
         changes how, where or with what limits the job runs, so a resume may change it:
         a smaller batch after an out-of-memory, a higher failure budget after exit 5, more
         resources, other retry settings.
         """
         data = self.to_dict()
         data["input"].pop("allowed_roots", None)
+        other = "embed" if self.model.task == "classify" else "classify"
+        for key in TASK_ONLY_MODEL_KEYS[other]:
+            data["model"].pop(key)
         results = {
             "input": data["input"],
             "model": data["model"],
