@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--images", type=int, default=512, help="generated JPEGs to run (default 512)")
     bench.add_argument("--model", default="resnet50", help="torchvision architecture (random weights)")
     bench.add_argument(
+        "--task", choices=["classify", "embed"], default=None, help="model.task (default classify)"
+    )
+    bench.add_argument(
         "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="inference precision"
     )
     bench.add_argument("--batch-size", type=int, default=None, help="inference batch (default: automatic)")
