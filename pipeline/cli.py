@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--images", type=int, default=512, help="generated JPEGs to run (default 512)")
     bench.add_argument("--model", default="resnet50", help="torchvision architecture (random weights)")
     bench.add_argument(
+        "--task", choices=["classify", "embed"], default=None, help="model.task (default classify)"
+    )
+    bench.add_argument(
         "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="inference precision"
     )
     bench.add_argument("--batch-size", type=int, default=None, help="inference batch (default: automatic)")
@@ -152,7 +155,8 @@ def _load(args: argparse.Namespace, *, flags: dict[str, object] | None = None) -
 
     Local input and weights paths must exist (exit 2 before any work).
     """
-    from pipeline.config import load_config, stray_env_names
+    from pipeline.config import load_config
+    from pipeline.overrides import stray_env_names
     from pipeline.storage import is_remote
 
     given = {key: value for key, value in (flags or {}).items() if value is not None}

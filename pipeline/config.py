@@ -14,16 +14,13 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline import overrides as overrides_module
 from pipeline.errors import ConfigError
-
-ENV_PREFIX = "PIPELINE_"
-ENV_NESTING = "__"
 
 Unit = Annotated[float, Field(ge=0, le=1)]  # a per-channel mean, on the 0-1 scale torchvision uses
 Spread = Annotated[float, Field(gt=0, le=1)]  # a per-channel standard deviation, same scale
@@ -73,8 +70,10 @@ class InputConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Which torchvision architecture, which weights, and how many classes to report."""
+    """Which torchvision architecture, which weights, and what to write per image."""
 
+    # classify: top-k classes; embed: the vector the final Linear receives (docs/architecture.md).
+    task: Literal["classify", "embed"] = "classify"
     name: str = "resnet50"
     weights: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
@@ -85,6 +84,9 @@ class ModelConfig(_Section):
     # The torchvision weights whose preprocessing (resize, crop, mean, std) the given weights
     # were trained with, e.g. ResNet50_Weights.IMAGENET1K_V1. None: the architecture's DEFAULT.
     preprocessing: str | None = None
+    # embed only. float32: exact, and every Parquet reader has it; float16 halves the column.
+    embedding_dtype: Literal["float32", "float16"] = "float32"
+    normalize: bool = False  # embed only: L2-normalise each vector (unit length)
 
 
 class PreprocessConfig(_Section):
@@ -187,6 +189,8 @@ class MetricsConfig(_Section):
 
 #: Preprocessing settings that change the pixels the model sees (the rest are limits and tuning).
 RESULT_PREPROCESS_KEYS = ("resize_size", "crop_size", "mean", "std", "reduced_decode", "decode_device")
+#: Model keys only one task reads: the other task's hash leaves them out.
+TASK_ONLY_MODEL_KEYS = {"classify": ("labels", "top_k"), "embed": ("task", "embedding_dtype", "normalize")}
 #: The precision class a resume must keep: bf16 and fp16 give the same top-1 within tolerance.
 PRECISION_CLASS = {"auto": "auto", "fp32": "fp32", "bf16": "mixed", "fp16": "mixed"}
 
@@ -213,14 +217,19 @@ class Config(_Section):
         """sha256 of the settings that change results; a resume must match it.
 
         Hashed: which inputs (``input`` but ``allowed_roots``), the model (architecture,
-        weights, labels, top-k), the preprocessing that shapes the pixels, and the
-        precision class (fp32, or mixed: bf16 and fp16 alike). Everything else only
+        weights, and the task's keys: labels and top-k to classify; the task, embedding
+        dtype and normalisation to embed), the preprocessing that shapes the pixels, and
+        the precision class (fp32, or mixed: bf16 and fp16 alike). A classification hash
+        is the one it was before ``model.task`` existed. Everything else only
         changes how, where or with what limits the job runs, so a resume may change it:
         a smaller batch after an out-of-memory, a higher failure budget after exit 5, more
         resources, other retry settings.
         """
         data = self.to_dict()
         data["input"].pop("allowed_roots", None)
+        other = "embed" if self.model.task == "classify" else "classify"
+        for key in TASK_ONLY_MODEL_KEYS[other]:
+            data["model"].pop(key)
         results = {
             "input": data["input"],
             "model": data["model"],
@@ -230,66 +239,9 @@ class Config(_Section):
         return hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()
 
 
-def _parse_scalar(dotted: str, text: str) -> Any:
-    """An override's value typed by the schema: text for text keys, else YAML; ``null`` None."""
-    if text.strip() in {"null", "~", ""}:
-        return None
-    if _is_text_field(dotted):
-        return text
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _is_text_field(dotted: str) -> bool:
-    """True when the config key at ``dotted`` takes text only (``str`` or ``str | None``)."""
-    model: Any = Config
-    *sections, key = dotted.split(".")
-    for section in sections:
-        field = getattr(model, "model_fields", {}).get(section)
-        if field is None:
-            return False
-        model = field.annotation
-    field = getattr(model, "model_fields", {}).get(key)
-    if field is None:
-        return False
-    annotation = field.annotation
-    members = get_args(annotation) if get_origin(annotation) in {Union, UnionType} else (annotation,)
-    return set(members) <= {str, type(None)}
-
-
-def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
-    keys = [key for key in dotted.split(".") if key]
-    if not keys:
-        raise ConfigError(source, dotted, "expected section.key=value")
-    node = data
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(dotted, child, f"'{key}' is not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-#: PIPELINE_ variables that are not config keys (read elsewhere).
-OTHER_PIPELINE_ENV = frozenset({"PIPELINE_SECRETS"})
-
-
-def stray_env_names(environ: Mapping[str, str]) -> list[str]:
-    """``PIPELINE_`` variables that look meant for the config but are not read (one underscore)."""
-    stray = (name for name in environ if name.startswith(ENV_PREFIX) and ENV_NESTING not in name)
-    return sorted(set(stray) - OTHER_PIPELINE_ENV)
-
-
 def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
     """``PIPELINE_OUTPUT__URI=x`` -> ``("output.uri", "x")``, in a stable order."""
-    overrides = []
-    for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and ENV_NESTING in name:
-            dotted = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTING, ".")
-            overrides.append((dotted, _parse_scalar(dotted, environ[name])))
-    return overrides
+    return overrides_module.env_overrides(Config, environ)
 
 
 def _field_path(loc: tuple[int | str, ...]) -> tuple[list[str], type[BaseModel]]:
@@ -352,15 +304,7 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("--config", str(path), "expected a mapping of sections at the top")
         data = loaded or {}
-    for dotted, value in env_overrides(os.environ if environ is None else environ):
-        _set_path(data, dotted, value, "environment")
-    for item in overrides:
-        dotted, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError("--set", item, "expected section.key=value")
-        _set_path(data, dotted.strip(), _parse_scalar(dotted.strip(), text), "--set")
-    for dotted, value in (flags or {}).items():
-        _set_path(data, dotted, value, "flag")
+    overrides_module.apply(data, Config, os.environ if environ is None else environ, overrides, flags or {})
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""The inference hot path: uint8 crops in, top-k ids and scores out.
+"""The inference hot path: uint8 crops in, top-k ids and scores (or embeddings) out.
 
 Conversion to float, normalisation and the NHWC->NCHW change happen on the
 device; the model runs in ``channels_last`` under autocast (bf16/fp16) unless
@@ -208,7 +208,7 @@ def _writable(images: np.ndarray) -> np.ndarray:
 
 
 class Predictor:
-    """A model on a device, ready to classify uint8 NHWC batches."""
+    """A model on a device, ready to classify or embed (``spec.task``) uint8 NHWC batches."""
 
     def __init__(
         self,
@@ -233,7 +233,7 @@ class Predictor:
         self.precision = resolve_precision(settings.precision, self.device.type)
         if state_dict is None:
             torch.manual_seed(seed)  # every actor of a random-init run holds the same weights
-        model = build_model(spec.name, spec.num_classes, state_dict).to(self.device)
+        model = build_model(spec.name, spec.num_classes, state_dict, spec.task).to(self.device)
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if settings.compile:
@@ -262,7 +262,7 @@ class Predictor:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self._dtype)
 
-    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         import torch
 
         batch = batch.to(self.device)  # a no-op unless a CPU-decoded tensor meets a GPU model
@@ -271,44 +271,45 @@ class Predictor:
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            logits = self.model(x)
-        probabilities = torch.softmax(logits.float(), dim=1)
-        scores, ids = torch.topk(probabilities, self.top_k, dim=1)
-        return ids, scores
+            output = self.model(x).float()
+        if self.spec.embedding is not None:
+            normalized = self.spec.embedding.normalized
+            return (torch.nn.functional.normalize(output, dim=1) if normalized else output,)
+        scores, ids = torch.topk(torch.softmax(output, dim=1), self.top_k, dim=1)
+        return ids.int(), scores
 
     def _chunks(self, images: np.ndarray | torch.Tensor, size: int) -> Iterator[np.ndarray | torch.Tensor]:
         for start in range(0, len(images), size):
             yield images[start : start + size]
 
-    def _run_pipelined(self, images: np.ndarray | torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def _run_pipelined(self, images: np.ndarray | torch.Tensor, size: int) -> tuple[np.ndarray, ...]:
         """Micro-batches of ``size``, issued in :func:`overlap_schedule`'s order."""
         chunks = list(self._chunks(images, size))
         staged: dict[int, Staged] = {}
-        running: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        ids_out, scores_out = [], []
+        running: dict[int, tuple[torch.Tensor, ...]] = {}
+        collected: list[tuple[np.ndarray, ...]] = []
         for step, index in overlap_schedule(len(chunks)):
             if step == "copy":
                 staged[index] = self._staging.stage(chunks[index])
             elif step == "compute":
                 running[index] = self._forward(self._staging.take(staged.pop(index)))
-            else:
-                ids, scores = running.pop(index)
-                ids_out.append(ids.cpu().numpy())  # waits for this micro-batch's compute
-                scores_out.append(scores.cpu().numpy())
-        return np.concatenate(ids_out).astype(np.int32), np.concatenate(scores_out).astype(np.float32)
+            else:  # .cpu() waits for this micro-batch's compute
+                collected.append(tuple(output.cpu().numpy() for output in running.pop(index)))
+        return tuple(np.concatenate(outputs) for outputs in zip(*collected, strict=True))
 
-    def predict(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k class ids (int32) and softmax scores (float32) for N x H x W x 3 uint8 images.
+    def predict(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, ...]:
+        """The task's outputs for N x H x W x 3 uint8 images, one row per image.
 
-        ``images`` is a host array, or a tensor already on the device (decoded there).
+        classify: top-k class ids (int32) and softmax scores (float32); embed: ``(vectors,)``,
+        float32 N x dim. ``images`` is a host array, or a tensor already on the device.
         """
         if len(images) == 0:
+            if self.spec.embedding is not None:
+                return (np.zeros((0, self.spec.embedding.dim), np.float32),)
             return np.zeros((0, self.top_k), np.int32), np.zeros((0, self.top_k), np.float32)
         return self.with_oom_backoff(lambda size: self._run_pipelined(images, size))
 
-    def with_oom_backoff(
-        self, run: Callable[[int], tuple[np.ndarray, np.ndarray]]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def with_oom_backoff(self, run: Callable[[int], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
         """Run with the current micro-batch size; on OOM halve it and retry.
 
         Calls running at once (a CPU actor's parallel calls) each halve the size that

@@ -159,7 +159,10 @@ def run_job(
         config,
         registry or CollectorRegistry(),
         RunSummary(
-            run_id=config.job.run_id or output.new_run_id(), status="failed", output_uri=config.output.uri
+            run_id=config.job.run_id or output.new_run_id(),
+            status="failed",
+            output_uri=config.output.uri,
+            task=config.model.task,
         ),
     )
     stream = progress_stream or STDERR.stream()

@@ -1,9 +1,12 @@
-"""Building a torchvision classifier and loading weights we can trust.
+"""Building a torchvision classifier (or the embedder inside it) and loading weights we can trust.
 
 Weights come from a local path or any fsspec URI (``s3://...``), as safetensors or
 as a torch file loaded with ``weights_only=True`` (never arbitrary pickle). An
 optional sha256 pin refuses a file that changed. Preprocessing parameters and
 labels follow the chosen architecture's documented default weights.
+
+``model.task: embed`` takes the vector the classifier's final Linear receives: that
+Linear becomes an identity, so the model returns its input (:func:`final_linear`).
 """
 
 from __future__ import annotations
@@ -54,6 +57,15 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class Embedding:
+    """What ``model.task: embed`` writes per image: ``dim`` values of ``dtype``, unit length if normalized."""
+
+    dim: int
+    dtype: str = "float32"
+    normalized: bool = False
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything an inference actor needs to rebuild the model, and what the manifest records."""
 
@@ -64,6 +76,12 @@ class ModelSpec:
     random_init: bool
     labels: tuple[str, ...]
     preprocessing: Preprocessing
+    embedding: Embedding | None = None  # None: classify
+
+    @property
+    def task(self) -> str:
+        """``classify`` or ``embed``."""
+        return "classify" if self.embedding is None else "embed"
 
 
 def _default_weights_meta(
@@ -176,7 +194,12 @@ def resolve_spec(
         std=preprocess.std or defaults.std,
         interpolation=defaults.interpolation,
     )
-    labels = _labels(model, categories, storage_config)
+    embedding = None
+    if model.task == "embed":
+        embedding = Embedding(
+            embedding_dim(model.name, model.num_classes), model.embedding_dtype, model.normalize
+        )
+    labels = _labels(model, categories, storage_config) if embedding is None else []
     state_dict = None
     if model.weights is None:
         digest = "random-init"
@@ -198,6 +221,7 @@ def resolve_spec(
         random_init=model.weights is None,
         labels=tuple(labels),
         preprocessing=preprocessing,
+        embedding=embedding,
     )
     return spec, state_dict
 
@@ -219,8 +243,58 @@ def _labels(
     return [f"class_{index}" for index in range(model.num_classes)]
 
 
-def build_model(name: str, num_classes: int, state_dict: dict[str, torch.Tensor] | None) -> torch.nn.Module:
-    """The architecture with the given weights (random init when ``state_dict`` is None), in eval mode."""
+def final_linear(module: torch.nn.Module, num_classes: int) -> tuple[str, torch.nn.Linear] | None:
+    """The Linear the logits come from, and its dotted name: the last registered with ``num_classes`` outputs.
+
+    Per family: ``fc`` (ResNet, ResNeXt, Wide ResNet, RegNet, GoogLeNet, Inception, ShuffleNet),
+    ``classifier`` (DenseNet), the last Linear of ``classifier`` (ConvNeXt: after its LayerNorm
+    and Flatten; EfficientNet, MobileNet V2, MNASNet: after Dropout; MobileNet V3, VGG,
+    AlexNet, MaxViT: after the head's hidden Linear and activation), ``heads.head`` (ViT: the
+    class token after the encoder's LayerNorm), ``head`` (Swin). Auxiliary classifiers are
+    registered before the main one. None where the logits come from no Linear (SqueezeNet).
+    """
+    import torch
+
+    found = None
+    for name, child in module.named_modules():
+        if isinstance(child, torch.nn.Linear) and child.out_features == num_classes:
+            found = (name, child)
+    return found
+
+
+@functools.cache
+def embedding_dim(name: str, num_classes: int) -> int:
+    """The length of ``name``'s embedding, from the architecture alone.
+
+    Built on the meta device (no memory, no init) where the architecture allows, else on the CPU.
+    """
+    import torch
+    import torchvision
+
+    try:
+        with torch.device("meta"):
+            module = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    except (NotImplementedError, RuntimeError):  # RegNet reads tensor values while it builds
+        module = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    found = final_linear(module, num_classes)
+    if found is None:
+        raise ConfigError(
+            "model.task",
+            "embed",
+            f"{name}'s logits come from no Linear layer, so it has no vector before its classifier "
+            "to write; use another architecture or model.task: classify",
+        )
+    return found[1].in_features
+
+
+def build_model(
+    name: str, num_classes: int, state_dict: dict[str, torch.Tensor] | None, task: str = "classify"
+) -> torch.nn.Module:
+    """The architecture with the given weights (random init when ``state_dict`` is None), in eval mode.
+
+    ``task="embed"``: the final Linear (:func:`final_linear`) is an identity, so the model
+    returns the vector that Linear would have received.
+    """
     import torch
     import torchvision
 
@@ -238,6 +312,10 @@ def build_model(name: str, num_classes: int, state_dict: dict[str, torch.Tensor]
                 f"checkpoint does not match architecture {name!r} with {num_classes} classes: "
                 f"{first} {detail}".strip()
             ) from exc
+    found = final_linear(module, num_classes) if task == "embed" else None
+    if found is not None:
+        parent, _, attribute = found[0].rpartition(".")
+        setattr(module.get_submodule(parent), attribute, torch.nn.Identity())
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(requires_grad=False)

@@ -4,6 +4,12 @@ Every input appears exactly once in the output, either with ``status == "ok"``
 and its predictions, or with ``status == "failed"`` and a ``reason`` from
 :class:`FailureReason` (plus a short ``error`` detail). Consumers find failures
 with one filter: ``status = 'failed'``.
+
+What an ok row holds depends on ``model.task`` (:func:`output_schema`): ``classify``
+writes the top-k columns (``top_k_ids``, ``top_k_labels``, ``top_k_scores``,
+``label``, ``score``) and no ``embedding``; ``embed`` writes ``embedding``, a
+fixed-size list of ``dim`` float32 or float16 values, and none of the top-k
+columns. A failed row's task columns are null.
 """
 
 from __future__ import annotations
@@ -45,22 +51,34 @@ ENCODING_JPEG = "jpeg"  # the file's own bytes, decoded by the inference actor
 ENCODING_RAW = "raw"  # a crop decoded on the CPU worker: crop_size x crop_size x 3 uint8
 
 
-def output_schema() -> pa.Schema:
-    """The Parquet schema every part file has."""
-    return pa.schema(
-        [
-            pa.field("row_id", pa.string(), nullable=False),
-            pa.field("uri", pa.string(), nullable=False),
-            pa.field("status", pa.string(), nullable=False),
-            pa.field("reason", pa.string()),
-            pa.field("error", pa.string()),
-            pa.field("top_k_ids", pa.list_(pa.int32())),
-            pa.field("top_k_labels", pa.list_(pa.string())),
-            pa.field("top_k_scores", pa.list_(pa.float32())),
-            pa.field("label", pa.string()),
-            pa.field("score", pa.float32()),
-            pa.field("model_name", pa.string(), nullable=False),
-            pa.field("model_sha256", pa.string(), nullable=False),
-            pa.field("run_id", pa.string(), nullable=False),
-        ]
-    )
+IDENTITY_FIELDS = (
+    pa.field("row_id", pa.string(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("reason", pa.string()),
+    pa.field("error", pa.string()),
+)
+CLASSIFY_FIELDS = (
+    pa.field("top_k_ids", pa.list_(pa.int32())),
+    pa.field("top_k_labels", pa.list_(pa.string())),
+    pa.field("top_k_scores", pa.list_(pa.float32())),
+    pa.field("label", pa.string()),
+    pa.field("score", pa.float32()),
+)
+PROVENANCE_FIELDS = (
+    pa.field("model_name", pa.string(), nullable=False),
+    pa.field("model_sha256", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+)
+EMBEDDING_COLUMN = "embedding"
+EMBEDDING_TYPES = {"float32": pa.float32(), "float16": pa.float16()}
+
+
+def output_schema(
+    task: str = "classify", embedding_dim: int = 0, embedding_dtype: str = "float32"
+) -> pa.Schema:
+    """The Parquet schema every part file of a ``task`` run has (``embed``: vectors of ``embedding_dim``)."""
+    if task == "embed":
+        vector = pa.list_(EMBEDDING_TYPES[embedding_dtype], embedding_dim)
+        return pa.schema([*IDENTITY_FIELDS, pa.field(EMBEDDING_COLUMN, vector), *PROVENANCE_FIELDS])
+    return pa.schema([*IDENTITY_FIELDS, *CLASSIFY_FIELDS, *PROVENANCE_FIELDS])

@@ -91,7 +91,7 @@ def resolve_rates(
         if not isinstance(bench, dict):
             raise ConfigError("--from-bench", bench_path, "not a `pipeline bench --json` file")
         machine = bench.get("machine") or {}
-        about = [bench.get("model"), bench.get("precision"), machine.get("device")]
+        about = [bench.get("model"), bench.get("task"), bench.get("precision"), machine.get("device")]
         described = ", ".join(str(part) for part in about if part)
         bench_source = f"bench file {bench_path}" + (f" ({described})" if described else "")
         on_cpu = machine.get("device") == "cpu" and config.inference.device != "cpu"

@@ -1,9 +1,9 @@
 """The per-batch work of each stage, as Ray Data calls it.
 
 ``decode_batch`` runs in CPU tasks: fetch bytes (a thread pool hides storage
-latency), decode, crop. ``Classify`` is the inference actor: the model is
-loaded once per actor, failed rows pass through untouched, and the output is
-the Parquet schema of :mod:`pipeline.schema`.
+latency), decode, crop. ``Classify`` is the inference actor, whichever the task
+(classify or embed): the model is loaded once per actor, failed rows pass through
+untouched, and the output is the task's Parquet schema of :mod:`pipeline.schema`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pipeline.metrics import STAGE_DECODE, STAGE_INFERENCE, worker_metrics
 from pipeline.reading import fetch_all
 from pipeline.schema import (
     BYTES_COLUMN,
+    EMBEDDING_COLUMN,
     ENCODING_COLUMN,
     ENCODING_JPEG,
     ENCODING_RAW,
@@ -118,7 +119,10 @@ def _strings(values: np.ndarray) -> np.ndarray:
 
 
 class Classify:
-    """Inference actor: one model per actor, one forward pass per batch of good rows."""
+    """Inference actor: one model per actor, one forward pass per batch of good rows.
+
+    Named for its first task; it embeds as well (``spec.embedding``).
+    """
 
     def __init__(
         self,
@@ -141,22 +145,26 @@ class Classify:
         self.metrics = worker_metrics(labels.pipeline, labels.run_id)
         self.metrics.model_load_seconds.set(self.predictor.load_seconds)
         self._label_array = np.array(spec.labels, dtype=object)
+        self._empty = self.predictor.predict(np.zeros((0, 1, 1, 3), np.uint8))  # the outputs' shapes
+        embedding = spec.embedding
+        self._schema = (
+            output_schema("embed", embedding.dim, embedding.dtype) if embedding else output_schema()
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """Classify the rows whose status is ok; return the output rows of the whole batch."""
+        """Classify (or embed) the rows whose status is ok; return the output rows of the whole batch."""
         started = time.perf_counter()
         count = len(batch["row_id"])
         status = _strings(batch["status"])
         reasons = _strings(batch["reason"])
         errors = _strings(batch["error"])
         good = np.flatnonzero(status == STATUS_OK)
-        k = self.predictor.top_k
-        ids = np.zeros((count, k), dtype=np.int32)
-        scores = np.zeros((count, k), dtype=np.float32)
+        outputs = [np.zeros((count, *empty.shape[1:]), empty.dtype) for empty in self._empty]
         if len(good):
             try:
                 good, images = self._images(batch, good, status, reasons, errors)
-                ids[good], scores[good] = self.predictor.predict(images)
+                for output, values in zip(outputs, self.predictor.predict(images), strict=True):
+                    output[good] = values
             except Exception as exc:
                 status[good] = STATUS_FAILED
                 reasons[good] = str(FailureReason.MODEL_ERROR)
@@ -174,7 +182,22 @@ class Classify:
             self.metrics.observe_gpu(reading.utilization, reading.memory_used_bytes)
         if self.progress is not None:
             self.progress.add.remote(int(ok_mask.sum()), dict(failed))
-        return self._table(batch, status, reasons, errors, ids, scores, ok_mask)
+        columns = {
+            "row_id": pa.array(batch["row_id"], pa.string()),
+            "uri": pa.array(batch["uri"], pa.string()),
+            "status": pa.array(status, pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+            "error": pa.array(errors, pa.string()),
+            **(
+                self._embedding(outputs[0], ok_mask)
+                if self.spec.embedding
+                else self._top_k(outputs[0], outputs[1], ok_mask)
+            ),
+            "model_name": pa.array([self.spec.name] * count, pa.string()),
+            "model_sha256": pa.array([self.spec.weights_sha256] * count, pa.string()),
+            "run_id": pa.array([self.labels.run_id] * count, pa.string()),
+        }
+        return pa.Table.from_pydict(columns, schema=self._schema)
 
     def _images(
         self,
@@ -202,16 +225,8 @@ class Classify:
         self.metrics.count_failures(STAGE_DECODE, reasons_here)
         return np.delete(good, list(failures)), crops
 
-    def _table(
-        self,
-        batch: dict[str, np.ndarray],
-        status: np.ndarray,
-        reasons: np.ndarray,
-        errors: np.ndarray,
-        ids: np.ndarray,
-        scores: np.ndarray,
-        ok_mask: np.ndarray,
-    ) -> pa.Table:
+    def _top_k(self, ids: np.ndarray, scores: np.ndarray, ok_mask: np.ndarray) -> dict[str, pa.Array]:
+        """The classification columns; null on failed rows."""
         count, k = ids.shape
         offsets = pa.array(np.arange(0, (count + 1) * k, k, dtype=np.int32))
         mask = pa.array(~ok_mask)
@@ -221,19 +236,17 @@ class Classify:
             return pa.ListArray.from_arrays(offsets, values, mask=mask)
 
         top1_labels = np.where(ok_mask, label_values.reshape(count, k)[:, 0], None)
-        columns = {
-            "row_id": pa.array(batch["row_id"], pa.string()),
-            "uri": pa.array(batch["uri"], pa.string()),
-            "status": pa.array(status, pa.string()),
-            "reason": pa.array(reasons, pa.string()),
-            "error": pa.array(errors, pa.string()),
+        return {
             "top_k_ids": lists(pa.array(ids.reshape(-1), pa.int32())),
             "top_k_labels": lists(pa.array(label_values, pa.string())),
             "top_k_scores": lists(pa.array(scores.reshape(-1), pa.float32())),
             "label": pa.array(top1_labels, pa.string()),
             "score": pa.array(scores[:, 0], pa.float32(), mask=~ok_mask),
-            "model_name": pa.array([self.spec.name] * count, pa.string()),
-            "model_sha256": pa.array([self.spec.weights_sha256] * count, pa.string()),
-            "run_id": pa.array([self.labels.run_id] * count, pa.string()),
         }
-        return pa.Table.from_pydict(columns, schema=output_schema())
+
+    def _embedding(self, vectors: np.ndarray, ok_mask: np.ndarray) -> dict[str, pa.Array]:
+        """The ``embedding`` column in the configured dtype; null on failed rows."""
+        vector_type = self._schema.field(EMBEDDING_COLUMN).type
+        values = pa.array(vectors.reshape(-1).astype(vector_type.value_type.to_pandas_dtype()))
+        column = pa.FixedSizeListArray.from_arrays(values, type=vector_type, mask=pa.array(~ok_mask))
+        return {EMBEDDING_COLUMN: column}

@@ -13,6 +13,7 @@ class RunSummary:
     run_id: str
     status: str
     output_uri: str
+    task: str = "classify"  # model.task: what an ok row holds
     inputs: int = 0
     empty_manifest_cells: int = 0  # blank cells of the manifest's URI column, skipped
     succeeded: int = 0
@@ -37,6 +38,7 @@ class RunSummary:
         lines = [
             f"run {self.run_id}: {self.status}",
             f"  output     {self.output_uri}",
+            f"  task       {self.task}",
             f"  inputs     {self.inputs}"
             + (
                 f" ({self.empty_manifest_cells} empty manifest cells skipped)"

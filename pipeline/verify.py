@@ -150,6 +150,8 @@ def manifest_document(
             "weights": spec.weights_uri,
             "random_init": spec.random_init,
             "preprocessing": asdict(spec.preprocessing),
+            "task": spec.task,
+            "embedding": asdict(spec.embedding) if spec.embedding else None,  # dim, dtype, normalized
         },
         "warnings": ["model weights are random (model.random_init)"] if spec.random_init else [],
         "versions": versions(),

@@ -122,3 +122,26 @@ def test_the_ideal_is_the_slower_stage_on_a_gpu_and_shared_cores_on_a_cpu():
     assert ideal_rate(500.0, 100.0, 8, "cuda") == 500.0
     assert ideal_rate(2000.0, 100.0, 8, "cuda") == 800.0
     assert ideal_rate(10.0, 10.0, 2, "cpu") == pytest.approx(20 / 3)
+
+
+def test_bench_embed_times_the_embedding_task(tmp_path):
+    """``--task embed`` runs every measurement on the embed model; precision is checked by cosine."""
+    out = tmp_path / "bench.json"
+    args = ["--task", "embed", "--images", "16", "--naive-images", "2", "--model", "resnet18"]
+    args += ["--model-seconds", "1", "--batch-size", "8", "--precision", "bf16"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", *args, "--workdir", str(tmp_path), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["task"] == "embed"
+    assert data["top1_agreement_with_fp32"] is None
+    assert 0.99 <= data["embedding_min_cosine_with_fp32"] <= 1.0 + 1e-6
+    assert data["d_pipeline_end_to_end_images_per_second"] > 0
+    manifest = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    assert manifest["model"]["task"] == "embed"
+    assert "cosine vs fp32" in result.stdout

@@ -195,6 +195,31 @@ class TestConfigHash:
         ):
             assert load_config(config_file, [override], environ={}).config_hash() != base, override
 
+    def test_task_changes_the_hash_and_a_resume_cannot_switch_it(self, config_file):
+        """classify and embed are different runs; so are two embedding dtypes or normalisations."""
+        classify = load_config(config_file, environ={}).config_hash()
+        embed = load_config(config_file, ["model.task=embed"], environ={}).config_hash()
+        assert embed != classify
+        for override in ("model.embedding_dtype=float16", "model.normalize=true"):
+            changed = load_config(config_file, ["model.task=embed", override], environ={})
+            assert changed.config_hash() != embed, override
+
+    def test_keys_a_task_does_not_use_leave_its_hash_alone(self, config_file):
+        """top-k and labels mean nothing to embed; the embedding keys nothing to classify."""
+        embed = load_config(config_file, ["model.task=embed"], environ={}).config_hash()
+        assert (
+            load_config(config_file, ["model.task=embed", "model.top_k=3"], environ={}).config_hash() == embed
+        )
+        classify = load_config(config_file, environ={}).config_hash()
+        for override in ("model.embedding_dtype=float16", "model.normalize=true"):
+            assert load_config(config_file, [override], environ={}).config_hash() == classify, override
+
+    def test_a_classify_run_from_before_model_task_still_resumes(self):
+        """The hash of a classification config is the one it had before the task key existed."""
+        overrides = ["input.uri=/data/images", "model.random_init=true", "output.uri=/data/out"]
+        config = load_config(None, overrides, environ={})
+        assert config.config_hash() == "df210023c722572a5d05b2078238ee4faca9a0e6feb60892367e57c82857060c"
+
     def test_bf16_and_fp16_are_one_precision_class(self, config_file):
         """Switching between the two mixed precisions (e.g. on another GPU) keeps the run resumable."""
         bf16 = load_config(config_file, ["inference.precision=bf16"], environ={}).config_hash()

@@ -106,6 +106,7 @@ class TestRunJob:
         assert manifest["config_hash"] == config.config_hash()
         assert len(manifest["model"]["sha256"]) == 64
         assert manifest["model"]["random_init"] is False
+        assert (manifest["model"]["task"], manifest["model"]["embedding"]) == ("classify", None)
         assert set(manifest["versions"]) >= {"pipeline", "ray", "torch", "torchvision", "python"}
         parts = list((Path(config.output.uri) / DATA_DIR).glob("part-*.parquet"))
         manifest_mtime = (Path(config.output.uri) / MANIFEST).stat().st_mtime

@@ -148,6 +148,15 @@ class TestPlanCommand:
         assert "  --set 'workerGroups.gpu.resources.limits.nvidia\\.com/gpu=1' \\" in command
         assert command[-1] == "  --set config.resources.max_actors=2"
 
+    def test_embed_plans_like_classify(self, images):
+        """The embed task plans the same stages; the plan's config names the task."""
+        classify = json.loads(plan(images, "--json").stdout)
+        done = plan(images, "--json", "--set", "model.task=embed")
+        assert done.returncode == 0, done.stderr
+        embed = json.loads(done.stdout)
+        assert embed["config"]["model"]["task"] == "embed"
+        assert embed["resource_plan"] == classify["resource_plan"]
+
     def test_no_target_no_sizing(self, images):
         """Without --target-images-per-hour the JSON says so: sizing is null."""
         done = plan(images, "--json")

@@ -65,7 +65,8 @@ def test_no_import_cycle():
 
     for name in sorted(graph):
         visit(name, [])
-    assert graph["config"] <= {"errors"}, graph["config"]
+    assert graph["config"] <= {"errors", "overrides"}, graph["config"]
+    assert graph["overrides"] <= {"errors"}, graph["overrides"]
     assert graph["errors"] == set()
 
 

@@ -1,0 +1,101 @@
+"""The config's sources beyond the YAML file: ``PIPELINE_`` environment variables and ``--set``.
+
+Each source becomes dotted keys set into the nested mapping the loader validates
+(:func:`pipeline.config.load_config`); an override's text is typed by the schema's field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+ENV_PREFIX = "PIPELINE_"
+ENV_NESTING = "__"
+#: PIPELINE_ variables that are not config keys (read elsewhere).
+OTHER_PIPELINE_ENV = frozenset({"PIPELINE_SECRETS"})
+
+
+def parse_scalar(schema: type[BaseModel], dotted: str, text: str) -> Any:
+    """An override's value typed by the schema: text for text keys, else YAML; ``null`` None."""
+    if text.strip() in {"null", "~", ""}:
+        return None
+    if _is_text_field(schema, dotted):
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _is_text_field(schema: type[BaseModel], dotted: str) -> bool:
+    """True when the config key at ``dotted`` takes text only (``str`` or ``str | None``)."""
+    model: Any = schema
+    *sections, key = dotted.split(".")
+    for section in sections:
+        field = getattr(model, "model_fields", {}).get(section)
+        if field is None:
+            return False
+        model = field.annotation
+    field = getattr(model, "model_fields", {}).get(key)
+    if field is None:
+        return False
+    annotation = field.annotation
+    members = get_args(annotation) if get_origin(annotation) in {Union, UnionType} else (annotation,)
+    return set(members) <= {str, type(None)}
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    """Set ``section.key`` in the nested mapping ``data``."""
+    keys = [key for key in dotted.split(".") if key]
+    if not keys:
+        raise ConfigError(source, dotted, "expected section.key=value")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(dotted, child, f"'{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def stray_env_names(environ: Mapping[str, str]) -> list[str]:
+    """``PIPELINE_`` variables that look meant for the config but are not read (one underscore)."""
+    stray = (name for name in environ if name.startswith(ENV_PREFIX) and ENV_NESTING not in name)
+    return sorted(set(stray) - OTHER_PIPELINE_ENV)
+
+
+def env_overrides(schema: type[BaseModel], environ: Mapping[str, str]) -> list[tuple[str, Any]]:
+    """``PIPELINE_OUTPUT__URI=x`` -> ``("output.uri", "x")``, in a stable order."""
+    overrides = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and ENV_NESTING in name:
+            dotted = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTING, ".")
+            overrides.append((dotted, parse_scalar(schema, dotted, environ[name])))
+    return overrides
+
+
+def apply(
+    data: dict[str, Any],
+    schema: type[BaseModel],
+    environ: Mapping[str, str],
+    items: Sequence[str],
+    flags: Mapping[str, Any],
+) -> None:
+    """Set into ``data``, later winning: the environment, ``--set`` items, then typed flags."""
+    for dotted, value in env_overrides(schema, environ):
+        set_path(data, dotted, value, "environment")
+    for item in items:
+        dotted, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError("--set", item, "expected section.key=value")
+        set_path(data, dotted.strip(), parse_scalar(schema, dotted.strip(), text), "--set")
+    for dotted, value in flags.items():
+        set_path(data, dotted, value, "flag")
