@@ -245,7 +245,9 @@ def _fresh_structlog() -> Iterator[None]:
     structlog.contextvars.clear_contextvars()
 
 
-def write_committed(root: Path, rows: list[dict[str, object]], *, parts: int = 2, commit: bool = True) -> Path:
+def write_committed(
+    root: Path, rows: list[dict[str, object]], *, parts: int = 2, commit: bool = True
+) -> Path:
     """An output folder made by hand: ``rows`` (schema columns) in ``parts`` Parquet files, then ``_SUCCESS``.
 
     A row gives ``row_id``, ``status`` and, when ok, ``top_k_labels`` (the first is the label,
