@@ -182,13 +182,13 @@ def inspect_output(uri: str, storage_config: StorageConfig) -> dict[str, Any]:
         "warnings": manifest.get("warnings", []),
         "labels": {"distinct": distinct, "top": labels},
         "confidence": {
-            **{key: None if value is None else round(float(value), 6) for key, value in stats.items()},
+            **{key: None if value is None else float(value) for key, value in stats.items()},
             "bins": [
                 {"low": round(i / BINS, 6), "high": round((i + 1) / BINS, 6), "rows": per_bin.get(i, 0)}
                 for i in range(BINS)
             ],
         },
-        "lowest_confidence": [{**row, "score": round(float(row["score"]), 6)} for row in lowest],
+        "lowest_confidence": lowest,
         "failed_sample": failed,
     }
 
