@@ -86,6 +86,21 @@ class ClusterUnreachableError(JobFailedError):
     """Raised when the configured Ray cluster does not answer within ``resources.connect_timeout_s``."""
 
 
+class OutputNotCommittedError(PipelineError):
+    """Raised by ``pipeline inspect`` and ``compare`` for an output with parts but no ``_SUCCESS``.
+
+    Its rows are a run in progress, a failed run or an interrupted one: not to be read as results.
+    """
+
+    exit_code = 8
+
+
+class AgreementTooLowError(PipelineError):
+    """Raised by ``pipeline compare --min-agreement X`` when the two runs' top-1 agreement is below X."""
+
+    exit_code = 9
+
+
 class RunInterrupted(BaseException):  # a signal, like KeyboardInterrupt, not an error
     """Raised in the driver when SIGINT or SIGTERM asks the run to stop.
 

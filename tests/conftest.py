@@ -243,3 +243,73 @@ def _fresh_structlog() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+
+
+def write_committed(
+    root: Path, rows: list[dict[str, object]], *, parts: int = 2, commit: bool = True
+) -> Path:
+    """An output folder made by hand: ``rows`` (schema columns) in ``parts`` Parquet files, then ``_SUCCESS``.
+
+    A row gives ``row_id``, ``status`` and, when ok, ``top_k_labels`` (the first is the label,
+    scores fall from 0.9) or ``score``; the rest is filled in. No Ray involved.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import output_schema
+
+    full = []
+    for row in rows:
+        labels = list(row.get("top_k_labels") or [])
+        ok = row["status"] == "ok"
+        scores = [round(0.9 - 0.1 * i, 2) for i in range(len(labels))]
+        full.append(
+            {
+                "uri": f"file:///images/{row['row_id']}.jpg",
+                "reason": None if ok else "decode_error",
+                "error": None if ok else "cannot identify image file",
+                "top_k_ids": list(range(len(labels))) if ok else None,
+                "top_k_labels": labels if ok else None,
+                "top_k_scores": scores if ok else None,
+                "label": labels[0] if ok and labels else None,
+                "score": scores[0] if ok and scores else None,
+                "model_name": "resnet18",
+                "model_sha256": "ab" * 32,
+                "run_id": "20261201T000000Z-000000",
+                **row,
+            }
+        )
+    (root / "data").mkdir(parents=True)
+    files = []
+    for index in range(parts):
+        chunk = full[index::parts]
+        name = f"data/part-{index:03d}.parquet"
+        pq.write_table(pa.Table.from_pylist(chunk, schema=output_schema()), root / name)
+        files.append({"path": name, "rows": len(chunk)})
+    if commit:
+        failed = [row for row in full if row["status"] == "failed"]
+        by_reason: dict[str, int] = {}
+        for row in failed:
+            by_reason[str(row["reason"])] = by_reason.get(str(row["reason"]), 0) + 1
+        manifest = {
+            "manifest_version": 1,
+            "run_id": "20261201T000000Z-000000",
+            "job": "hand-made",
+            "status": "committed",
+            "counts": {"inputs": len(full), "succeeded": len(full) - len(failed), "failed": len(failed)},
+            "failed_by_reason": by_reason,
+            "config_hash": "cd" * 32,
+            "model": {"name": "resnet18", "sha256": "ab" * 32},
+            "seconds": 10.0,
+            "images_per_second": len(full) / 10.0,
+            "timings_s": {"ray_ready": 1.0, "first_batch": 2.5, "written": 9.0},
+            "layout": {"data": "data", "rows": len(full), "files": files, "failed_rows": len(failed)},
+        }
+        (root / "_SUCCESS").write_text(json.dumps(manifest), encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def write_output() -> Callable[..., Path]:
+    """:func:`write_committed`, for tests in any folder."""
+    return write_committed

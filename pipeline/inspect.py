@@ -1,0 +1,387 @@
+"""What a committed output holds, and how two differ: ``pipeline inspect`` and ``pipeline compare``.
+
+Every aggregate is a DuckDB query over the parts the manifest lists: DuckDB streams them
+(only the columns a query names, a row group at a time) and keeps aggregates, never the
+rows, so memory does not grow with the output. The one large
+intermediate, compare's join on ``row_id``, runs under :data:`MEMORY_LIMIT` and spills to a
+temporary folder beyond it. Remote parts are read through the job's own fsspec filesystem
+(``storage.*``), so DuckDB needs no S3 extension of its own. docs/inspect.md: the fields.
+
+:func:`inspect_output` and :func:`compare_outputs` return plain dicts (the ``--json``
+documents, also what a report would draw); :func:`render_inspect` and
+:func:`render_compare` turn them into text.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipeline import storage
+from pipeline.errors import AgreementTooLowError, OutputNotCommittedError, StorageError
+from pipeline.output import DATA_DIR, MANIFEST, OutputLocation, UnreadableFileError
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from pipeline.config import StorageConfig
+
+MEMORY_LIMIT = "1GB"  # DuckDB's own; the process adds pyarrow's scan buffers and Python
+BINS = 10  # confidence histogram: [0, 0.1), [0.1, 0.2), ... [0.9, 1.0]
+SHOWN = 10  # rows in each list: top labels, lowest confidence, transitions, examples
+FAILED_PER_REASON = 3  # the failed sample takes up to this many rows of each reason
+TOP = 5  # compare's overlap is over the first TOP labels of each row
+TEXT_EXAMPLES = 3  # compare's text shows this many of each difference (--json: SHOWN)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A committed output: its location, its manifest and the URIs of exactly the parts it lists."""
+
+    location: OutputLocation
+    manifest: dict[str, Any]
+    parts: list[str]
+
+    @property
+    def uri(self) -> str:
+        """The output's URI."""
+        return self.location.uri
+
+
+def open_committed(uri: str, storage_config: StorageConfig) -> Committed:
+    """Open an output for reading; refuse one without a readable ``_SUCCESS``."""
+    location = OutputLocation.open(uri, storage_config)
+    if not location.exists(MANIFEST):
+        parts = location.list_files(DATA_DIR)
+        if not parts:
+            raise StorageError(f"no output at {location.uri}: neither {MANIFEST} nor {DATA_DIR}/ is there")
+        raise OutputNotCommittedError(
+            f"{location.uri} is not committed: {len(parts)} file(s) under {DATA_DIR}/ but no {MANIFEST} "
+            "(a run in progress, failed or interrupted); its rows are not results"
+        )
+    try:
+        manifest = location.read_json(MANIFEST)
+    except UnreadableFileError as exc:
+        raise OutputNotCommittedError(f"{location.uri} is not committed: {exc}") from exc
+    files = [str(item["path"]) for item in manifest.get("layout", {}).get("files", [])]
+    files = files or [name for name in location.list_files(DATA_DIR) if name.endswith(".parquet")]
+    return Committed(location, manifest, [location.uri_of(name) for name in files])
+
+
+@contextmanager
+def _duckdb(**views: Committed) -> Iterator[duckdb.DuckDBPyConnection]:
+    """DuckDB with each output's parts as a view; memory bounded, spilling to a temporary folder.
+
+    DuckDB reads local parts itself; remote ones through the output's fsspec filesystem
+    (the job's ``storage.*`` settings), registered with DuckDB, so no DuckDB extension is needed.
+    """
+    import duckdb
+
+    with tempfile.TemporaryDirectory(prefix="pipeline-duckdb-") as spill:
+        connection = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": spill})
+        registered: set[str] = set()
+        try:
+            for name, output in views.items():
+                scheme = storage.scheme_of(output.uri)
+                if (
+                    storage.is_remote(output.uri) and scheme not in registered
+                ):  # one per scheme: same settings
+                    connection.register_filesystem(output.location.fs)
+                    registered.add(scheme)
+                connection.read_parquet(output.parts).create_view(name)
+            yield connection
+        except duckdb.ProgrammingError:  # a query of ours, not the storage
+            raise
+        except (duckdb.Error, OSError) as exc:
+            first = next(iter(views.values()))
+            uris = " and ".join(output.uri for output in views.values())
+            raise storage.storage_error(
+                "read the parts of", uris, exc, first.location.storage_config
+            ) from exc
+        finally:
+            connection.close()
+
+
+def _dicts(connection: duckdb.DuckDBPyConnection, sql: str, *params: Any) -> list[dict[str, Any]]:
+    cursor = connection.execute(sql, list(params))
+    names = [column[0] for column in cursor.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _one(connection: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any]:
+    return _dicts(connection, sql)[0]
+
+
+def inspect_output(uri: str, storage_config: StorageConfig) -> dict[str, Any]:
+    """The ``pipeline inspect --json`` document of one committed output."""
+    output = open_committed(uri, storage_config)
+    manifest = output.manifest
+    with _duckdb(rows=output) as db:
+        outcomes = _dicts(db, "SELECT status, reason, count(*) AS n FROM rows GROUP BY ALL ORDER BY ALL")
+        labels = _dicts(
+            db,
+            "SELECT label, count(*) AS rows FROM rows WHERE status = 'ok' GROUP BY label "
+            "ORDER BY rows DESC, label LIMIT ?",
+            SHOWN,
+        )
+        distinct = _one(db, "SELECT count(DISTINCT label) AS n FROM rows WHERE status = 'ok'")["n"]
+        stats = _one(
+            db,
+            "SELECT avg(score) AS mean, min(score) AS min, max(score) AS max FROM rows WHERE status = 'ok'",
+        )
+        bins = _dicts(
+            db,
+            "SELECT least(floor(score * ?), ? - 1)::INTEGER AS bin, count(*) AS n FROM rows "
+            "WHERE status = 'ok' AND score IS NOT NULL GROUP BY bin",
+            BINS,
+            BINS,
+        )
+        lowest = _dicts(
+            db,
+            "SELECT row_id, uri, label, score FROM rows WHERE status = 'ok' ORDER BY score, row_id LIMIT ?",
+            SHOWN,
+        )
+        failed = _dicts(
+            db,
+            "SELECT row_id, uri, reason, error FROM rows WHERE status = 'failed' "
+            "QUALIFY row_number() OVER (PARTITION BY reason ORDER BY uri, row_id) <= ? "
+            "ORDER BY reason, uri, row_id LIMIT ?",
+            FAILED_PER_REASON,
+            2 * SHOWN,
+        )
+    ok = sum(item["n"] for item in outcomes if item["status"] == "ok")
+    by_reason = {item["reason"]: item["n"] for item in outcomes if item["status"] == "failed"}
+    counts = {"rows": sum(item["n"] for item in outcomes), "ok": ok, "failed": sum(by_reason.values())}
+    promised = manifest.get("counts", {})
+    per_bin = {item["bin"]: item["n"] for item in bins}
+    return {
+        "uri": output.uri,
+        "run_id": manifest.get("run_id"),
+        "job": manifest.get("job"),
+        "committed_at": manifest.get("committed_at"),
+        "counts": counts,
+        "failed_by_reason": dict(sorted(by_reason.items())),
+        "consistent_with_manifest": (
+            (counts["rows"], counts["ok"], counts["failed"])
+            == (promised.get("inputs"), promised.get("succeeded"), promised.get("failed"))
+            and counts["failed"] == sum(manifest.get("failed_by_reason", {}).values())
+        ),
+        "throughput": {
+            key: manifest.get(key)
+            for key in ("seconds", "images_per_second", "processed_this_run", "resumed")
+        },
+        "timeline_s": manifest.get("timings_s", {}),
+        "model": {
+            key: manifest.get("model", {}).get(key) for key in ("name", "sha256", "weights", "random_init")
+        },
+        "config_hash": manifest.get("config_hash"),
+        "parts": len(output.parts),
+        "warnings": manifest.get("warnings", []),
+        "labels": {"distinct": distinct, "top": labels},
+        "confidence": {
+            **{key: None if value is None else float(value) for key, value in stats.items()},
+            "bins": [
+                {"low": round(i / BINS, 6), "high": round((i + 1) / BINS, 6), "rows": per_bin.get(i, 0)}
+                for i in range(BINS)
+            ],
+        },
+        "lowest_confidence": lowest,
+        "failed_sample": failed,
+    }
+
+
+# The first TOP labels of a row as TOP hashes: fixed-width columns cost the join far less than
+# a list of strings (half the time at 10M rows). Labels within a row are distinct (top-k of
+# distinct classes), so equal pairs count the shared labels; capped at the denominator where a
+# labels file repeats a name.
+_HASHES = ", ".join(
+    f"if(top_k_labels[{i}] IS NULL, NULL, hash(top_k_labels[{i}])) AS h{i}" for i in range(1, TOP + 1)
+)
+_SHARED = " + ".join(
+    f"coalesce((b.h{i} = n.h{j})::INTEGER, 0)" for i in range(1, TOP + 1) for j in range(1, TOP + 1)
+)
+_SIDE = f"SELECT row_id, status, label, least({TOP}, len(top_k_labels)) AS k, {_HASHES} FROM"
+# One row per row_id of either run. ``example`` is the row_id where the row is one of the
+# differences compare shows examples of (NULL for the millions of rows that agree).
+_PAIRS = f"""
+CREATE TEMP TABLE pairs AS
+SELECT b.row_id IS NOT NULL AS in_base, n.row_id IS NOT NULL AS in_new,
+       b.status AS base_status, n.status AS new_status, b.label AS base_label, n.label AS new_label,
+       CASE WHEN b.status = 'ok' AND n.status = 'ok' THEN
+         least({_SHARED}, least(b.k, n.k)) / nullif(least(b.k, n.k), 0) END AS overlap,
+       CASE WHEN n.row_id IS NULL THEN 'only_in_base' WHEN b.row_id IS NULL THEN 'only_in_new'
+            WHEN b.status = 'failed' AND n.status = 'ok' THEN 'failed_only_in_base'
+            WHEN b.status = 'ok' AND n.status = 'failed' THEN 'failed_only_in_new' END AS kind,
+       CASE WHEN kind IS NOT NULL THEN coalesce(b.row_id, n.row_id) END AS example
+FROM ({_SIDE} base) AS b FULL OUTER JOIN ({_SIDE} new) AS n ON b.row_id = n.row_id
+"""  # noqa: S608 - fixed text, no input in it
+_KINDS = ("only_in_base", "only_in_new", "failed_only_in_base", "failed_only_in_new")
+_DISTRIBUTION = """
+WITH b AS (SELECT base_label AS label, count(*) AS n FROM pairs WHERE base_status = 'ok' GROUP BY 1),
+     n AS (SELECT new_label AS label, count(*) AS n FROM pairs WHERE new_status = 'ok' GROUP BY 1)
+SELECT label, coalesce(b.n, 0) AS base, coalesce(n.n, 0) AS new, new - base AS change
+FROM b FULL OUTER JOIN n USING (label) WHERE change <> 0
+"""
+
+
+def compare_outputs(base_uri: str, new_uri: str, storage_config: StorageConfig) -> dict[str, Any]:
+    """The ``pipeline compare --json`` document: ``new`` against ``base``, row by row."""
+    base, new = open_committed(base_uri, storage_config), open_committed(new_uri, storage_config)
+    with _duckdb(base=base, new=new) as db:
+        db.execute(_PAIRS)
+        rows = _one(
+            db,
+            "SELECT count(*) FILTER (in_base) AS base, count(*) FILTER (in_new) AS new, "
+            "count(*) FILTER (in_base AND in_new) AS in_both, "
+            "count(*) FILTER (NOT in_new) AS only_in_base, count(*) FILTER (NOT in_base) AS only_in_new, "
+            "count(*) FILTER (base_status = 'ok' AND new_status = 'ok') AS ok_in_both, "
+            "count(*) FILTER (base_status = 'failed' AND new_status = 'failed') AS failed_in_both, "
+            "count(*) FILTER (kind = 'failed_only_in_base') AS failed_only_in_base, "
+            "count(*) FILTER (kind = 'failed_only_in_new') AS failed_only_in_new FROM pairs",
+        )
+        agreeing, overlap = db.execute(
+            "SELECT count(*) FILTER (base_label = new_label), avg(overlap) FROM pairs "
+            "WHERE base_status = 'ok' AND new_status = 'ok'"
+        ).fetchall()[0]
+        transitions = _dicts(
+            db,
+            "SELECT base_label AS base, new_label AS new, count(*) AS rows FROM pairs "
+            "WHERE base_status = 'ok' AND new_status = 'ok' AND base_label <> new_label "
+            "GROUP BY ALL ORDER BY rows DESC, base, new LIMIT ?",
+            SHOWN,
+        )
+        gained = _dicts(db, _DISTRIBUTION + " AND change > 0 ORDER BY change DESC, label LIMIT ?", SHOWN)
+        lost = _dicts(db, _DISTRIBUTION + " AND change < 0 ORDER BY change, label LIMIT ?", SHOWN)
+        examples = _examples(db)
+    return {
+        "base": _identity(base),
+        "new": _identity(new),
+        "rows": rows,
+        "top1_agreement": agreeing / rows["ok_in_both"] if rows["ok_in_both"] else None,
+        "top1_agreeing_rows": agreeing,
+        "top5_overlap": None if overlap is None else float(overlap),
+        "label_transitions": transitions,
+        "labels_gained": gained,
+        "labels_lost": lost,
+        "examples": examples,
+    }
+
+
+def _examples(db: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]]:
+    """Up to :data:`SHOWN` rows of each difference, with URI, reason and error from the side that has them."""
+    db.execute(
+        "CREATE TEMP TABLE examples AS SELECT kind, example AS row_id FROM pairs WHERE example IS NOT NULL "
+        "QUALIFY row_number() OVER (PARTITION BY kind ORDER BY example) <= ?",
+        [SHOWN],
+    )
+    found: dict[str, list[dict[str, Any]]] = {}
+    for kind in _KINDS:
+        side = "new" if kind in {"only_in_new", "failed_only_in_new"} else "base"
+        found[kind] = _dicts(
+            db,
+            f"SELECT row_id, uri, status, reason, error FROM {side} "  # noqa: S608 - a fixed name
+            "WHERE row_id IN (SELECT row_id FROM examples WHERE kind = ?) ORDER BY row_id",
+            kind,
+        )
+    return found
+
+
+def _identity(output: Committed) -> dict[str, Any]:
+    manifest = output.manifest
+    model = manifest.get("model", {})
+    return {
+        "uri": output.uri,
+        "run_id": manifest.get("run_id"),
+        "model": {"name": model.get("name"), "sha256": model.get("sha256")},
+        "config_hash": manifest.get("config_hash"),
+    }
+
+
+def check_agreement(result: dict[str, Any], minimum: float | None) -> None:
+    """Raise :class:`AgreementTooLowError` when the top-1 agreement is below ``minimum``."""
+    agreement = result["top1_agreement"]
+    if minimum is None or (agreement is not None and agreement >= minimum):
+        return
+    shown = "unknown (no row is ok in both runs)" if agreement is None else f"{agreement:.1%}"
+    raise AgreementTooLowError(
+        f"top-1 agreement {shown} is below --min-agreement {minimum:.1%} "
+        f"({result['top1_agreeing_rows']:,} of {result['rows']['ok_in_both']:,} rows ok in both runs agree)"
+    )
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
+
+
+def render_inspect(doc: dict[str, Any]) -> str:
+    """``pipeline inspect``'s text."""
+    counts, model, conf = doc["counts"], doc["model"], doc["confidence"]
+    committed = f" (committed {doc['committed_at']})" if doc["committed_at"] else ""
+    lines = [f"output     {doc['uri']}", f"run        {doc['run_id']}{committed}"]
+    lines.append(
+        f"outcome    {counts['rows']:,} rows: {counts['ok']:,} ok ({_pct(counts['ok'], counts['rows'])}), "
+        f"{counts['failed']:,} failed"
+        + ("" if doc["consistent_with_manifest"] else "  WARNING: the parts do not match _SUCCESS's counts")
+    )
+    lines += [f"             {reason:<22}{n:>10,}" for reason, n in doc["failed_by_reason"].items()]
+    speed = doc["throughput"]
+    lines.append(f"throughput {speed['images_per_second']} images/s over {speed['seconds']} s")
+    timeline = ", ".join(f"{name} {seconds} s" for name, seconds in doc["timeline_s"].items())
+    lines.append(f"start-up   {timeline or '-'}")
+    lines.append(f"model      {model['name']}  weights sha256 {model['sha256']}")
+    lines.append(f"config     {doc['config_hash']}  ({doc['parts']} part files)")
+    lines += [f"warning    {text}" for text in doc["warnings"]]
+    lines.append(f"\ntop labels ({doc['labels']['distinct']:,} distinct)")
+    lines += [
+        f"  {item['label']:<30}{item['rows']:>10,}  {_pct(item['rows'], counts['ok'])}"
+        for item in doc["labels"]["top"]
+    ]
+    mean = "-" if conf["mean"] is None else f"{conf['mean']:.3f}"
+    lines.append(f"\nconfidence (score of ok rows; mean {mean})")
+    widest = max([item["rows"] for item in conf["bins"]] + [1])
+    for item in conf["bins"]:
+        bar = "#" * round(40 * item["rows"] / widest)
+        lines.append(f"  {item['low']:.1f}-{item['high']:.1f} {item['rows']:>10,}  {bar}")
+    lines.append("\nlowest confidence")
+    lines += [f"  {row['score']:.4f}  {row['label']:<24} {row['uri']}" for row in doc["lowest_confidence"]]
+    lines.append("\nfailed rows (a sample, by reason)" if doc["failed_sample"] else "\nfailed rows: none")
+    lines += [f"  {row['reason']:<20} {row['uri']}  {row['error'] or ''}" for row in doc["failed_sample"]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def render_compare(doc: dict[str, Any]) -> str:
+    """``pipeline compare``'s text."""
+    rows, agreement, overlap = doc["rows"], doc["top1_agreement"], doc["top5_overlap"]
+    lines = [
+        f"{side:<5}{doc[side]['uri']}  run {doc[side]['run_id']}  model {doc[side]['model']['name']} "
+        f"({str(doc[side]['model']['sha256'])[:12]})"
+        for side in ("base", "new")
+    ]
+    lines.append(
+        f"rows       {rows['in_both']:,} in both, {rows['only_in_base']:,} only in base, "
+        f"{rows['only_in_new']:,} only in new"
+    )
+    lines.append(
+        f"failures   {rows['failed_only_in_base']:,} failed only in base, "
+        f"{rows['failed_only_in_new']:,} only in new, {rows['failed_in_both']:,} in both"
+    )
+    lines.append(
+        f"agreement  top-1 {'-' if agreement is None else f'{agreement:.1%}'} "
+        f"({doc['top1_agreeing_rows']:,} of {rows['ok_in_both']:,} rows ok in both); "
+        f"top-{TOP} overlap {'-' if overlap is None else f'{overlap:.1%}'}"
+    )
+    lines.append(
+        "\nlabel transitions (base -> new)" if doc["label_transitions"] else "\nlabel transitions: none"
+    )
+    lines += [f"  {item['rows']:>10,}  {item['base']} -> {item['new']}" for item in doc["label_transitions"]]
+    for title, key in (("labels gained", "labels_gained"), ("labels lost", "labels_lost")):
+        lines.append(f"\n{title} (ok rows, base -> new)" if doc[key] else f"\n{title}: none")
+        lines += [f"  {i['change']:>+10,}  {i['label']:<30} {i['base']:,} -> {i['new']:,}" for i in doc[key]]
+    for kind, shown in doc["examples"].items():
+        if shown:
+            lines.append(f"\n{kind.replace('_', ' ')} (e.g.)")
+            lines += [f"  {row['uri']}  {row['reason'] or ''}" for row in shown[:TEXT_EXAMPLES]]
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,231 @@
+"""``pipeline inspect`` and ``pipeline compare`` on hand-made outputs and on a real committed run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+from pipeline.cli import main
+from pipeline.errors import AgreementTooLowError, OutputNotCommittedError, StorageError
+
+NOT_COMMITTED_EXIT = 8
+AGREEMENT_EXIT = 9
+
+
+def _row(row_id, labels=None, status="ok", **extra):
+    return {"row_id": row_id, "status": status, "top_k_labels": labels, **extra}
+
+
+def _top(first, last="x4"):
+    return [first, "x1", "x2", "x3", last]
+
+
+# Base and new differ in known ways (see the expected numbers in TestCompare):
+# r0-r5 ok in both, r3 and r5 change label; r6 fails in new only, r7 in base only;
+# r8 only in base, r9 only in new; r10 fails in both.
+BASE = [
+    _row("r0", _top("cat")),
+    _row("r1", _top("cat")),
+    _row("r2", _top("dog")),
+    _row("r3", _top("dog")),
+    _row("r4", _top("bird")),
+    _row("r5", _top("fish")),
+    _row("r6", _top("dog")),
+    _row("r7", status="failed", reason="timeout", error="read took over 300 s"),
+    _row("r8", _top("cat")),
+    _row("r10", status="failed"),
+]
+NEW = [
+    _row("r0", _top("cat", "y")),
+    _row("r1", _top("cat", "y")),
+    _row("r2", _top("dog", "y")),
+    _row("r3", _top("cat", "y")),
+    _row("r4", _top("bird", "y")),
+    _row("r5", _top("cat", "y")),
+    _row("r6", status="failed"),
+    _row("r7", _top("bird")),
+    _row("r9", _top("dog")),
+    _row("r10", status="failed"),
+]
+
+
+@pytest.fixture
+def pair(tmp_path, write_output) -> tuple[Path, Path]:
+    return write_output(tmp_path / "base", BASE), write_output(tmp_path / "new", NEW, parts=3)
+
+
+def _json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+class TestInspectHandMade:
+    def test_counts_labels_histogram_lowest_and_failures(self, tmp_path, write_output, capsys):
+        rows = [_row(f"r{i}", _top("cat" if i < 5 else "dog"), score=0.05 + 0.1 * i) for i in range(8)]
+        rows += [_row("f1", status="failed", reason="not_found", error="no such file")]
+        rows += [_row("f2", status="failed", reason="truncated", error="image file is truncated")]
+        root = write_output(tmp_path / "out", rows)
+        assert main(["inspect", str(root), "--json"]) == 0
+        doc = _json(capsys)
+        assert doc["counts"] == {"rows": 10, "ok": 8, "failed": 2}
+        assert doc["failed_by_reason"] == {"not_found": 1, "truncated": 1}
+        assert doc["consistent_with_manifest"] is True
+        assert doc["model"]["name"] == "resnet18"
+        assert doc["model"]["sha256"] == "ab" * 32
+        assert doc["config_hash"] == "cd" * 32
+        assert doc["throughput"]["images_per_second"] == 1.0
+        assert doc["timeline_s"] == {"ray_ready": 1.0, "first_batch": 2.5, "written": 9.0}
+        assert doc["labels"]["distinct"] == 2
+        assert doc["labels"]["top"] == [{"label": "cat", "rows": 5}, {"label": "dog", "rows": 3}]
+        bins = doc["confidence"]["bins"]
+        assert len(bins) == 10
+        assert [b["rows"] for b in bins] == [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
+        assert (bins[0]["low"], bins[0]["high"]) == (0.0, 0.1)
+        lowest = doc["lowest_confidence"]
+        assert [row["row_id"] for row in lowest[:3]] == ["r0", "r1", "r2"]
+        assert set(lowest[0]) == {"row_id", "uri", "label", "score"}
+        failed = {row["row_id"]: row for row in doc["failed_sample"]}
+        assert failed["f1"]["reason"] == "not_found"
+        assert failed["f2"]["error"] == "image file is truncated"
+
+    def test_text_output_names_each_section(self, tmp_path, write_output, capsys):
+        root = write_output(tmp_path / "out", BASE)
+        assert main(["inspect", str(root)]) == 0
+        text = capsys.readouterr().out
+        for heading in ("outcome", "throughput", "model", "top labels", "confidence", "lowest", "failed"):
+            assert heading in text.lower(), heading
+        assert "resnet18" in text
+        assert "timeout" in text
+
+    def test_an_uncommitted_output_is_refused_with_its_exit_code(self, tmp_path, write_output, capsys):
+        root = write_output(tmp_path / "out", BASE, commit=False)
+        assert main(["inspect", str(root)]) == NOT_COMMITTED_EXIT
+        err = capsys.readouterr().err
+        assert "_SUCCESS" in err
+        assert "not committed" in err
+        assert OutputNotCommittedError.exit_code == NOT_COMMITTED_EXIT
+
+    def test_nothing_at_the_uri_is_a_storage_error(self, tmp_path, capsys):
+        assert main(["inspect", str(tmp_path / "nowhere")]) == StorageError.exit_code
+        assert "nowhere" in capsys.readouterr().err
+
+
+class TestCompare:
+    def test_known_differences(self, pair, capsys):
+        base, new = pair
+        assert main(["compare", str(base), str(new), "--json"]) == 0
+        doc = _json(capsys)
+        assert doc["rows"] == {
+            "base": 10,
+            "new": 10,
+            "in_both": 9,
+            "only_in_base": 1,
+            "only_in_new": 1,
+            "ok_in_both": 6,
+            "failed_in_both": 1,
+            "failed_only_in_base": 1,
+            "failed_only_in_new": 1,
+        }
+        assert doc["top1_agreement"] == pytest.approx(4 / 6)
+        assert doc["top1_agreeing_rows"] == 4
+        # r0, r1, r2, r4 share 4 of 5 labels; r3, r5 share 3 of 5
+        assert doc["top5_overlap"] == pytest.approx((4 * 0.8 + 2 * 0.6) / 6)
+        assert doc["label_transitions"] == [
+            {"base": "dog", "new": "cat", "rows": 1},
+            {"base": "fish", "new": "cat", "rows": 1},
+        ]
+        gained = {item["label"]: item for item in doc["labels_gained"]}
+        lost = {item["label"]: item for item in doc["labels_lost"]}
+        assert gained["cat"] == {"label": "cat", "base": 3, "new": 4, "change": 1}
+        assert set(gained) == {"cat", "bird"}
+        assert set(lost) == {"dog", "fish"}
+        examples = doc["examples"]
+        assert [row["row_id"] for row in examples["only_in_base"]] == ["r8"]
+        assert [row["row_id"] for row in examples["only_in_new"]] == ["r9"]
+        assert [row["row_id"] for row in examples["failed_only_in_base"]] == ["r7"]
+        assert examples["failed_only_in_base"][0]["reason"] == "timeout"
+        assert [row["row_id"] for row in examples["failed_only_in_new"]] == ["r6"]
+
+    def test_text_output(self, pair, capsys):
+        assert main(["compare", *map(str, pair)]) == 0
+        text = capsys.readouterr().out
+        assert "agreement" in text.lower()
+        assert "66.7%" in text
+        assert "dog -> cat" in text
+
+    @pytest.mark.parametrize(("minimum", "code"), [(0.6, 0), (0.66, 0), (0.67, AGREEMENT_EXIT), (1.0, 9)])
+    def test_min_agreement_gates(self, pair, capsys, minimum, code):
+        assert main(["compare", *map(str, pair), "--min-agreement", str(minimum)]) == code
+        captured = capsys.readouterr()
+        assert "agreement" in captured.out.lower()
+        if code:
+            assert "66.7%" in captured.err
+            assert f"{minimum:.1%}" in captured.err
+        assert AgreementTooLowError.exit_code == AGREEMENT_EXIT
+
+    def test_min_agreement_outside_0_1_is_a_usage_error(self, pair, capsys):
+        assert main(["compare", *map(str, pair), "--min-agreement", "1.5"]) == 2
+
+    def test_an_uncommitted_side_is_refused(self, pair, tmp_path, write_output, capsys):
+        loose = write_output(tmp_path / "loose", NEW, commit=False)
+        assert main(["compare", str(pair[0]), str(loose)]) == NOT_COMMITTED_EXIT
+        assert str(loose) in capsys.readouterr().err
+
+
+@pytest.mark.slow
+class TestRealRun:
+    @pytest.fixture(scope="class")
+    def output(self, ray_session, sample_images, weights_file, tmp_path_factory) -> Path:
+        from pipeline.config import load_config
+        from pipeline.job import run_job
+
+        root = tmp_path_factory.mktemp("inspect") / "out"
+        items = {
+            "input.uri": str(sample_images),
+            "output.uri": str(root),
+            "model.name": weights_file.stem,
+            "model.weights": str(weights_file),
+            "inference.precision": "fp32",
+            "logging.progress": "off",
+            "output.rows_per_file": 16,
+        }
+        run_job(load_config(None, [f"{k}={v}" for k, v in items.items()], environ={}))
+        return root
+
+    def test_inspect_matches_the_manifest_and_the_parts(self, output, capsys):
+        assert main(["inspect", str(output), "--json"]) == 0
+        doc = _json(capsys)
+        manifest = json.loads((output / "_SUCCESS").read_text())
+        table = pads.dataset(output / "data", format="parquet").to_table()
+        ok = table.filter(pads.field("status") == "ok")
+        assert doc["counts"] == {
+            "rows": manifest["counts"]["inputs"],
+            "ok": manifest["counts"]["succeeded"],
+            "failed": manifest["counts"]["failed"],
+        }
+        assert doc["failed_by_reason"] == manifest["failed_by_reason"]
+        assert doc["consistent_with_manifest"] is True
+        assert doc["run_id"] == manifest["run_id"]
+        assert doc["model"]["sha256"] == manifest["model"]["sha256"]
+        assert doc["config_hash"] == manifest["config_hash"]
+        assert doc["throughput"]["images_per_second"] == manifest["images_per_second"]
+        assert doc["timeline_s"] == manifest["timings_s"]
+        assert doc["parts"] == len(manifest["layout"]["files"])
+        assert sum(b["rows"] for b in doc["confidence"]["bins"]) == ok.num_rows
+        assert sum(item["rows"] for item in doc["labels"]["top"]) <= ok.num_rows
+        lowest = min(ok.column("score").to_pylist())
+        assert doc["lowest_confidence"][0]["score"] == pytest.approx(lowest)
+        assert {row["uri"] for row in doc["failed_sample"]} == {
+            row["uri"] for row in table.filter(pads.field("status") == "failed").to_pylist()
+        }
+
+    def test_compare_with_itself_agrees_fully(self, output, capsys):
+        assert main(["compare", str(output), str(output), "--json", "--min-agreement", "1.0"]) == 0
+        doc = _json(capsys)
+        assert doc["top1_agreement"] == 1.0
+        assert doc["top5_overlap"] == 1.0
+        assert doc["rows"]["only_in_base"] == doc["rows"]["only_in_new"] == 0
+        assert doc["label_transitions"] == []
+        assert doc["labels_gained"] == doc["labels_lost"] == []
