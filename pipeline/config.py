@@ -233,7 +233,12 @@ class Config(_Section):
         results = {
             "input": data["input"],
             "model": data["model"],
-            "preprocess": {key: data["preprocess"][key] for key in RESULT_PREPROCESS_KEYS},
+            # mean and std only when set, so runs started before they existed still resume.
+            "preprocess": {
+                key: data["preprocess"][key]
+                for key in RESULT_PREPROCESS_KEYS
+                if key not in {"mean", "std"} or data["preprocess"][key] is not None
+            },
             "precision": PRECISION_CLASS[self.inference.precision],
         }
         return hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()
