@@ -11,17 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+from torch_oracle import reference_inputs, reference_model
 
 from pipeline import storage
 from pipeline.config import load_config
-from pipeline.decode import decode
 from pipeline.errors import ConfigError
 from pipeline.inference import InferenceSettings, Predictor
 from pipeline.job import run_job
 from pipeline.model import Embedding, build_model, embedding_dim, resolve_spec
 from pipeline.output import DATA_DIR, MANIFEST, OutputLocation
-from pipeline.planning import decode_settings
 from pipeline.schema import output_schema
 
 CLASSIFY_COLUMNS = {"top_k_ids", "top_k_labels", "top_k_scores", "label", "score"}
@@ -162,23 +161,13 @@ def convnext_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _reference(config, uris: list[str], weights: Path) -> dict[str, np.ndarray]:
     """Each good image's vector from plain torch in one process, fp32: the final Linear's input."""
-    spec, _ = resolve_spec(config.model, config.preprocess)
-    settings = decode_settings(config, spec)
-    model = torchvision.models.get_model(config.model.name, weights=None, num_classes=1000)
-    model.load_state_dict(load_file(str(weights)))
-    model.eval()
+    model = reference_model(config, weights)
     seen = {}
     FINAL_LINEAR[config.model.name](model).register_forward_hook(lambda _m, args, _o: seen.update(x=args[0]))
-    mean = torch.tensor(spec.preprocessing.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.preprocessing.std).view(1, 3, 1, 1)
     expected = {}
-    for uri in uris:
-        crop = decode(Path(uri).read_bytes(), settings).crop
-        if crop is None:
-            continue
-        x = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    for uri, x in reference_inputs(config, uris):
         with torch.inference_mode():
-            model((x - mean) / std)
+            model(x)
         expected[uri] = seen["x"][0].numpy()
     return expected
 

@@ -8,15 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torchvision
-from safetensors.torch import load_file
+from torch_oracle import reference_inputs, reference_model
 
 from pipeline import storage
-from pipeline.decode import decode
 from pipeline.job import run_job
-from pipeline.model import resolve_spec
 from pipeline.output import DATA_DIR, FAILURES, MANIFEST, OutputLocation
-from pipeline.planning import decode_settings
 
 pytestmark = pytest.mark.slow
 
@@ -28,22 +24,11 @@ def _read_output(out: Path) -> dict[str, dict]:
 
 def _reference(config, uris: list[str], weights: Path) -> dict[str, tuple[int, float]]:
     """Top-1 id and score per good image, computed in one process with plain torch in fp32."""
-    spec, _ = resolve_spec(config.model, config.preprocess)
-    settings = decode_settings(config, spec)
-    model = torchvision.models.get_model(config.model.name, weights=None, num_classes=1000)
-    model.load_state_dict(load_file(str(weights)))
-    model.eval()
-    mean = torch.tensor(spec.preprocessing.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.preprocessing.std).view(1, 3, 1, 1)
+    model = reference_model(config, weights)
     expected = {}
-    for uri in uris:
-        crop = decode(Path(uri).read_bytes(), settings).crop
-        if crop is None:
-            continue
-        x = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    for uri, x in reference_inputs(config, uris):
         with torch.inference_mode():
-            probabilities = torch.softmax(model((x - mean) / std), dim=1)
-        score, index = probabilities.max(dim=1)
+            score, index = torch.softmax(model(x), dim=1).max(dim=1)
         expected[uri] = (int(index), float(score))
     return expected
 
