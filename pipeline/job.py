@@ -335,7 +335,9 @@ def _write_with_progress(
     remote = ray.remote(num_cpus=0, scheduling_strategy=here)  # type: ignore[call-overload]  # stub omits node affinity
     tracker = remote(ProgressTracker).remote()
     state_ref = ray.put(state_dict) if state_dict is not None else None
-    carried_ref = ray.put(carried) if carried is not None else None  # once; each actor reads it
+    # Once, each actor reads it. One chunk: take() of a 512-row batch from a 1M-row table took
+    # 0.05 ms against 2 ms from the 8 chunks of the manifest's row groups.
+    carried_ref = ray.put(carried.combine_chunks()) if carried is not None else None
     dataset = build_dataset(
         config, todo, spec, state_ref, plan, run_id, progress=tracker, carried_ref=carried_ref
     )

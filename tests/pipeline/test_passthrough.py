@@ -21,7 +21,7 @@ from pipeline import storage
 from pipeline.cli import main
 from pipeline.config import RESERVED_COLUMNS, InputConfig, StorageConfig, load_config
 from pipeline.errors import ConfigError, InputError, OutputExistsError
-from pipeline.inspect import inspect_output
+from pipeline.inspect import compare_outputs, inspect_output
 from pipeline.job import run_job
 from pipeline.output import DATA_DIR, FAILURES, MANIFEST, RUN_STATE, OutputLocation
 from pipeline.schema import reserved_columns
@@ -117,6 +117,8 @@ class TestCarriedColumns:
         assert {str(pq.read_schema(part)) for part in parts} == {str(out.schema)}
         inspected = inspect_output(config.output.uri, config.storage)
         assert (inspected["counts"]["rows"], inspected["consistent_with_manifest"]) == (43, True)
+        compared = compare_outputs(config.output.uri, config.output.uri, config.storage)
+        assert (compared["rows"]["in_both"], compared["top1_agreement"]) == (43, 1.0)
 
     def test_csv_columns_arrive_as_pyarrow_infers_them(
         self, ray_session, sample_images, make_config, tmp_path
@@ -130,8 +132,8 @@ class TestCarriedColumns:
         path = tmp_path / "manifest.csv"
         path.write_text("\n".join(lines) + "\n")
         names = ["key", "zip", "seen", "score_ext", "flag", "note", "blank"]
-        config = make_config(path, input__passthrough_columns=json.dumps(names))
-        run_job(config)
+        config = make_config(path, input__passthrough_columns=json.dumps(names), model__task="embed")
+        run_job(config)  # embed: the carried columns follow the embedding as they follow the top-k
         inferred = pyarrow.csv.read_csv(path)
         expected = pa.schema(
             [
@@ -150,6 +152,7 @@ class TestCarriedColumns:
         out = output_table(config)
         assert_carried(out, inferred, names, expected)
         assert out.filter(pa.compute.is_null(out.column("key"))).num_rows == len(range(0, len(uris), 5))
+        assert out.column_names[: -len(names)][-4:] == ["embedding", "model_name", "model_sha256", "run_id"]
 
     def test_a_batch_of_nulls_keeps_the_manifests_types(self, ray_session, sample_images, tmp_path):
         """The inference actor's output schema is fixed: rows whose carried values are all null (and
