@@ -5,9 +5,9 @@
 
 The read emits only ids and URIs (and, when manifest columns are carried, each
 row's index into their table, :mod:`pipeline.input_manifest`), so on resume Ray
-Data's checkpoint filter drops finished rows before any bytes are fetched. How each stage is placed and
-sized (the :class:`~pipeline.planning.ResourcePlan`) and the stages' settings
-come from :mod:`pipeline.planning`.
+Data's checkpoint filter drops finished rows before any bytes are fetched. How
+each stage is placed and sized (the :class:`~pipeline.planning.ResourcePlan`)
+and the stages' settings come from :mod:`pipeline.planning`.
 """
 
 from __future__ import annotations

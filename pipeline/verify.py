@@ -187,7 +187,7 @@ def manifest_document(
         "timings_s": {name: round(seconds, 3) for name, seconds in summary["timings"].items()},
         "layout": {"data": DATA_DIR, "failures": FAILURES, "rows": rows},
         # input.passthrough_columns, each with the Arrow type its column has in the parts.
-        "passthrough_columns": carried,
+        "passthrough_columns": carried or [],
     }
 
 
