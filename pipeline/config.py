@@ -49,6 +49,8 @@ class InputConfig(_Section):
     # Local inputs (a manifest's paths included) must resolve, symlinks followed, under one
     # of these folders; others fail with reason outside_allowed_roots. Empty: anywhere.
     allowed_roots: list[str] = Field(default_factory=list)
+    # Manifest columns copied unchanged into every output row (pipeline.input_manifest).
+    passthrough_columns: list[str] = Field(default_factory=list)
 
     @field_validator("uri")
     @classmethod
@@ -187,6 +189,15 @@ class MetricsConfig(_Section):
     summary_path: str | None = None
 
 
+#: Names the pipeline writes or passes between stages (pipeline.schema's, both tasks; a test keeps
+#: the two equal): a carried manifest column must not take one.
+RESERVED_COLUMNS = frozenset(
+    {
+        *("row_id", "uri", "status", "reason", "error", "model_name", "model_sha256", "run_id"),
+        *("top_k_ids", "top_k_labels", "top_k_scores", "label", "score", "embedding"),
+        *("image", "data", "encoding", "carried_index"),
+    }
+)
 #: Preprocessing settings that change the pixels the model sees (the rest are limits and tuning).
 RESULT_PREPROCESS_KEYS = ("resize_size", "crop_size", "mean", "std", "reduced_decode", "decode_device")
 #: Model keys only one task reads: the other task's hash leaves them out.
@@ -216,7 +227,8 @@ class Config(_Section):
     def config_hash(self) -> str:
         """sha256 of the settings that change results; a resume must match it.
 
-        Hashed: which inputs (``input`` but ``allowed_roots``), the model (architecture,
+        Hashed: which inputs (``input`` but ``allowed_roots``; the carried columns, which shape
+        every part's schema, only when there are some), the model (architecture,
         weights, and the task's keys: labels and top-k to classify; the task, embedding
         dtype and normalisation to embed), the preprocessing that shapes the pixels, and
         the precision class (fp32, or mixed: bf16 and fp16 alike). A classification hash
@@ -227,6 +239,8 @@ class Config(_Section):
         """
         data = self.to_dict()
         data["input"].pop("allowed_roots", None)
+        if not data["input"]["passthrough_columns"]:  # hashed only when set: older runs still resume
+            data["input"].pop("passthrough_columns")
         other = "embed" if self.model.task == "classify" else "classify"
         for key in TASK_ONLY_MODEL_KEYS[other]:
             data["model"].pop(key)
@@ -332,6 +346,7 @@ def _check_semantics(config: Config) -> None:
     if actors.min_actors and actors.max_actors and actors.min_actors > actors.max_actors:
         allowed = f"must be <= resources.max_actors ({actors.max_actors})"
         raise ConfigError("resources.min_actors", actors.min_actors, allowed)
+    _check_passthrough(config.input)
     preprocess = config.preprocess
     if preprocess.crop_size and preprocess.resize_size and preprocess.crop_size > preprocess.resize_size:
         raise ConfigError(
@@ -339,6 +354,36 @@ def _check_semantics(config: Config) -> None:
             preprocess.crop_size,
             f"must be <= preprocess.resize_size ({preprocess.resize_size})",
         )
+
+
+def _check_passthrough(source: InputConfig) -> None:
+    """Carried columns come from a manifest, once each, and never under a name the output uses."""
+    names = source.passthrough_columns
+    key = "input.passthrough_columns"
+    if names and not source.is_manifest:
+        raise ConfigError(
+            key,
+            names,
+            f"needs a .parquet or .csv manifest as input.uri; {source.uri} is a directory or "
+            "prefix, whose listing has no columns to carry",
+        )
+    for index, name in enumerate(names):
+        if not name.strip() or name in names[:index]:
+            raise ConfigError(key, name, "each name must be a manifest column, given once")
+        if name in RESERVED_COLUMNS:
+            raise ConfigError(
+                key,
+                name,
+                f"the output has a column {name!r} already (names the pipeline uses: "
+                f"{', '.join(sorted(RESERVED_COLUMNS))}); rename it in the manifest",
+            )
+        if name == source.manifest_column:
+            raise ConfigError(
+                key,
+                name,
+                "it is input.manifest_column, written as the output's uri column (signed "
+                "query strings masked); carry a key column of your own to join on",
+            )
 
 
 def dump_yaml(config: Config) -> str:

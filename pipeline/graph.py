@@ -3,10 +3,11 @@
     listing (driver) -> read row_id/uri -> [checkpoint filter on resume]
       -> decode_batch (CPU tasks) -> Classify (actor pool) -> write_parquet
 
-The read emits only ids and URIs, so on resume Ray Data's checkpoint filter
-drops finished rows before any bytes are fetched. How each stage is placed and
-sized (the :class:`~pipeline.planning.ResourcePlan`) and the stages' settings
-come from :mod:`pipeline.planning`.
+The read emits only ids and URIs (and, when manifest columns are carried, each
+row's index into their table, :mod:`pipeline.input_manifest`), so on resume Ray
+Data's checkpoint filter drops finished rows before any bytes are fetched. How
+each stage is placed and sized (the :class:`~pipeline.planning.ResourcePlan`)
+and the stages' settings come from :mod:`pipeline.planning`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ray.data.datasource.filename_provider import FilenameProvider
 
 from pipeline import storage
 from pipeline.planning import decode_settings, inference_settings
+from pipeline.schema import CARRIED_INDEX_COLUMN
 from pipeline.stages import Classify, RunLabels, decode_batch
 
 if TYPE_CHECKING:
@@ -35,12 +37,18 @@ READ_ROWS_PER_TASK = 256
 
 
 class UriListDatasource(Datasource):
-    """A Ray Data read over a fixed listing: one block of ``row_id``/``uri`` per read task."""
+    """A Ray Data read over a fixed listing: one block of ``row_id``/``uri`` per read task.
 
-    def __init__(self, uris: list[str], rows_per_task: int = READ_ROWS_PER_TASK) -> None:
+    With ``carry``, each row also holds its position in the listing (:data:`CARRIED_INDEX_COLUMN`).
+    """
+
+    def __init__(
+        self, uris: list[str], rows_per_task: int = READ_ROWS_PER_TASK, *, carry: bool = False
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._uris = uris
         self._rows_per_task = rows_per_task
+        self._carry = carry
 
     def get_name(self) -> str:
         """Name shown in Ray Data's progress and stats."""
@@ -62,8 +70,11 @@ class UriListDatasource(Datasource):
         for start in range(0, len(self._uris), chunk):
             uris = self._uris[start : start + chunk]
 
-            def read(uris: list[str] = uris) -> list[pa.Table]:
-                return [pa.table({"row_id": [storage.row_id(u) for u in uris], "uri": uris})]
+            def read(uris: list[str] = uris, start: int = start, carry: bool = self._carry) -> list[pa.Table]:
+                columns: dict[str, Any] = {"row_id": [storage.row_id(u) for u in uris], "uri": uris}
+                if carry:
+                    columns[CARRIED_INDEX_COLUMN] = pa.array(range(start, start + len(uris)), pa.int64())
+                return [pa.table(columns)]
 
             size = sum(len(uri) + storage.ROW_ID_HEX_CHARS for uri in uris)
             metadata = BlockMetadata(num_rows=len(uris), size_bytes=size, input_files=None, exec_stats=None)
@@ -104,8 +115,13 @@ def build_dataset(
     plan: ResourcePlan,
     run_id: str,
     progress: Any = None,
+    carried_ref: Any = None,
 ) -> ray.data.Dataset:
-    """The whole graph up to (not including) the write."""
+    """The whole graph up to (not including) the write.
+
+    ``carried_ref``: the object-store reference of the carried columns' table, row for row
+    with ``uris`` (None: no column is carried).
+    """
     import ray.data
 
     labels = RunLabels(pipeline=config.job.name, run_id=run_id)
@@ -116,7 +132,7 @@ def build_dataset(
         allowed_roots=tuple(os.path.realpath(storage.normalise(root)) for root in config.input.allowed_roots),
     )
     dataset = ray.data.read_datasource(
-        UriListDatasource(uris),
+        UriListDatasource(uris, carry=carried_ref is not None),
         num_cpus=plan.read_num_cpus,
         resources=plan.decode_resources or None,
     )
@@ -160,6 +176,7 @@ def build_dataset(
             "labels": labels,
             "progress": progress,
             "device_decode": decoding if decoding.keep_jpeg else None,
+            "carried_ref": carried_ref,
         },
         **actor_remote_options(plan, settings),
     )

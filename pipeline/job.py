@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from pipeline import __version__, output, storage, verify
+from pipeline import __version__, input_manifest, output, storage, verify
 from pipeline.cluster import configure_data_context, connect_ray
 from pipeline.errors import (
     FailureBudgetExceededError,
@@ -33,6 +33,8 @@ from pipeline.progress import Display, ProgressTracker, watch_write
 from pipeline.summary import RunSummary
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from pipeline.config import Config
     from pipeline.planning import ResourcePlan
 
@@ -46,7 +48,9 @@ def _claim_output(
     have been checked, just before the first write.
     """
     state = output.inspect(location)
-    resume_id = output.check_can_start(state, config.job.run_id, config_hash, overwrite=overwrite)
+    resume_id = output.check_can_start(
+        state, config.job.run_id, config_hash, overwrite=overwrite, carried=config.input.passthrough_columns
+    )
     return resume_id or new_id, resume_id is not None and location.exists(output.INPUTS)
 
 
@@ -214,7 +218,10 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     log = get_logger(run_id=run_id, stage="driver")
     run.display.phase("listing inputs")
     listing = output.inputs_of_run(location, config.input, config.storage, run_id, resumed=resuming)
-    uris = listing.uris
+    uris, carried = listing.uris, listing.carried
+    if resuming:  # parts written before hold the carried columns' types of the run's start
+        started = location.read_json(output.RUN_STATE).get("passthrough_columns")
+        input_manifest.check_resumed_types(started, carried, config.input.uri, run_id)
     summary.inputs, summary.empty_manifest_cells, summary.output_uri = (
         len(uris),
         listing.empty_cells,
@@ -228,16 +235,17 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
         _clear(location, lease, log)
     log.info("run starting", inputs=len(uris), output=location.uri, resuming=resuming, model=spec.name)
     if not resuming:
-        output.start_run(
-            location, uris, {"run_id": run_id, "config_hash": config_hash, "started_at": run.started_wall}
-        )
+        state = {"run_id": run_id, "config_hash": config_hash, "started_at": run.started_wall}
+        if carried is not None:
+            state["passthrough_columns"] = input_manifest.described(carried.schema)
+        output.start_run(location, uris, state)
     metrics = run.job_metrics()
     metrics.start(spec.name, __version__, len(uris))
     run.display.phase("starting Ray")
     run.started_ray = connect_ray(config)
     summary.timings["ray_ready"] = time.monotonic() - run.started
     result, plan, summary.processed_this_run, summary.steady_images_per_second = _run_on_ray(
-        run, lease, uris, spec, state_dict
+        run, lease, listing, spec, state_dict
     )
     summary.succeeded, summary.failed, summary.failed_by_reason = (
         result.ok,
@@ -262,14 +270,14 @@ def _clear(location: output.OutputLocation, lease: Lease, log: Any) -> None:
 
 
 def _run_on_ray(
-    run: _Run, lease: Lease, uris: list[str], spec: ModelSpec, state_dict: Any
+    run: _Run, lease: Lease, listing: storage.Listing, spec: ModelSpec, state_dict: Any
 ) -> tuple[verify.Tally, ResourcePlan, int, float]:
     """Plan, restore, write what is left, then read the output back; note the timings."""
     import ray
 
     from pipeline.planning import plan_resources
 
-    config, location, timings = run.config, run.held(), run.summary.timings
+    config, location, timings, uris = run.config, run.held(), run.summary.timings, listing.uris
     plan: ResourcePlan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
     log = get_logger(run_id=run.summary.run_id, stage="driver")
     log.info("resource plan", **plan.as_dict())
@@ -286,12 +294,17 @@ def _run_on_ray(
     run.summary.resumed = run.done_at_start > 0  # said only when rows are actually skipped
     processed, steady = 0, 0.0
     if todo:  # else every part was written before the last attempt stopped: only the commit is left
-        processed, steady, first_landed = _write_with_progress(run, lease, todo, spec, state_dict, plan)
+        carried = listing.carried
+        carried = input_manifest.rows_to_do(carried, uris, todo) if carried is not None else None
+        processed, steady, first_landed = _write_with_progress(
+            run, lease, todo, carried, spec, state_dict, plan
+        )
         if first_landed is not None:
             timings["first_batch"] = first_landed - run.started_wall
         timings["written"] = time.time() - run.started_wall
     run.display.phase("verifying output")
-    result = verify.tally(location, config.storage, {storage.row_id(uri) for uri in uris})
+    ids = {storage.row_id(uri) for uri in uris}
+    result = verify.tally(location, config.storage, ids, carried=config.input.passthrough_columns)
     # A batch retried after an actor died is reported to the tracker twice: cap the count.
     return result, plan, min(processed, len(todo)), steady
 
@@ -300,6 +313,7 @@ def _write_with_progress(
     run: _Run,
     lease: Lease,
     todo: list[str],
+    carried: pa.Table | None,
     spec: ModelSpec,
     state_dict: Any,
     plan: ResourcePlan,
@@ -321,7 +335,12 @@ def _write_with_progress(
     remote = ray.remote(num_cpus=0, scheduling_strategy=here)  # type: ignore[call-overload]  # stub omits node affinity
     tracker = remote(ProgressTracker).remote()
     state_ref = ray.put(state_dict) if state_dict is not None else None
-    dataset = build_dataset(config, todo, spec, state_ref, plan, run_id, progress=tracker)
+    # Once, each actor reads it. One chunk: take() of a 512-row batch from a 1M-row table took
+    # 0.05 ms against 2 ms from the 8 chunks of the manifest's row groups.
+    carried_ref = ray.put(carried.combine_chunks()) if carried is not None else None
+    dataset = build_dataset(
+        config, todo, spec, state_ref, plan, run_id, progress=tracker, carried_ref=carried_ref
+    )
     data_uri, filesystem = location.uri_of(output.DATA_DIR), location.arrow_fs()
     try:
         processed, steady = watch_write(
@@ -353,6 +372,13 @@ def _commit(run: _Run, spec: ModelSpec, result: verify.Tally, plan: ResourcePlan
             "without redoing a row. To retry the failed inputs, fix them and run again with --overwrite."
         )
     document = verify.manifest_document(
-        config, summary.as_dict(), spec, plan.as_dict(), config_hash, started_wall, result.rows
+        config,
+        summary.as_dict(),
+        spec,
+        plan.as_dict(),
+        config_hash,
+        started_wall,
+        result.rows,
+        result.carried,
     )
     verify.commit(location, result, document)

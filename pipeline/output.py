@@ -36,7 +36,7 @@ from pipeline import redaction, storage
 from pipeline.errors import ConfigError, InputError, JobFailedError, OutputExistsError, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     import fsspec
 
@@ -282,8 +282,13 @@ def check_safe_target(location: OutputLocation, input_uri: str) -> None:
         )
 
 
-def check_can_start(state: RunState, run_id: str | None, config_hash: str, *, overwrite: bool) -> str | None:
-    """Decide whether this run may write here; return the run id to resume, if any."""
+def check_can_start(
+    state: RunState, run_id: str | None, config_hash: str, *, overwrite: bool, carried: Sequence[str] = ()
+) -> str | None:
+    """Decide whether this run may write here; return the run id to resume, if any.
+
+    ``carried``: this run's ``input.passthrough_columns``, named when they are what changed.
+    """
     if overwrite:
         return None
     if state.committed is not None:
@@ -305,6 +310,13 @@ def check_can_start(state: RunState, run_id: str | None, config_hash: str, *, ov
         raise OutputExistsError(
             f"output holds unfinished run {previous!r}, not {run_id!r}; resume it with "
             f"--run-id {previous}, or pass --overwrite to discard it"
+        )
+    started = [item["name"] for item in state.started.get("passthrough_columns", [])]
+    if state.started.get("config_hash") != config_hash and started != list(carried):
+        raise OutputExistsError(
+            f"output holds unfinished run {previous!r} whose parts carry the manifest columns "
+            f"{started or 'none'}, not {list(carried) or 'none'} (input.passthrough_columns): one output "
+            "cannot mix the two; resume with the same input.passthrough_columns, or pass --overwrite"
         )
     if state.started.get("config_hash") != config_hash:
         raise OutputExistsError(

@@ -10,6 +10,9 @@ writes the top-k columns (``top_k_ids``, ``top_k_labels``, ``top_k_scores``,
 ``label``, ``score``) and no ``embedding``; ``embed`` writes ``embedding``, a
 fixed-size list of ``dim`` float32 or float16 values, and none of the top-k
 columns. A failed row's task columns are null.
+
+After these come the carried columns (``input.passthrough_columns``), on ok and failed
+rows alike, with the types the manifest holds (:mod:`pipeline.input_manifest`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ BYTES_COLUMN = "data"
 ENCODING_COLUMN = "encoding"
 ENCODING_JPEG = "jpeg"  # the file's own bytes, decoded by the inference actor
 ENCODING_RAW = "raw"  # a crop decoded on the CPU worker: crop_size x crop_size x 3 uint8
+# A row's index into the carried columns' table, from the listing to the inference actor.
+CARRIED_INDEX_COLUMN = "carried_index"
+IN_FLIGHT_COLUMNS = (IMAGE_COLUMN, BYTES_COLUMN, ENCODING_COLUMN, CARRIED_INDEX_COLUMN)
 
 
 IDENTITY_FIELDS = (
@@ -75,10 +81,24 @@ EMBEDDING_TYPES = {"float32": pa.float32(), "float16": pa.float16()}
 
 
 def output_schema(
-    task: str = "classify", embedding_dim: int = 0, embedding_dtype: str = "float32"
+    task: str = "classify",
+    embedding_dim: int = 0,
+    embedding_dtype: str = "float32",
+    carried: pa.Schema | None = None,
 ) -> pa.Schema:
-    """The Parquet schema every part file of a ``task`` run has (``embed``: vectors of ``embedding_dim``)."""
+    """The Parquet schema every part file of a ``task`` run has (``embed``: vectors of ``embedding_dim``).
+
+    ``carried``: the carried columns' schema, appended as it is.
+    """
     if task == "embed":
         vector = pa.list_(EMBEDDING_TYPES[embedding_dtype], embedding_dim)
-        return pa.schema([*IDENTITY_FIELDS, pa.field(EMBEDDING_COLUMN, vector), *PROVENANCE_FIELDS])
-    return pa.schema([*IDENTITY_FIELDS, *CLASSIFY_FIELDS, *PROVENANCE_FIELDS])
+        task_fields: tuple[pa.Field, ...] = (pa.field(EMBEDDING_COLUMN, vector),)
+    else:
+        task_fields = CLASSIFY_FIELDS
+    return pa.schema([*IDENTITY_FIELDS, *task_fields, *PROVENANCE_FIELDS, *(carried or [])])
+
+
+def reserved_columns() -> frozenset[str]:
+    """Every name the pipeline writes (either task) or passes between stages: no carried column's."""
+    written = {field.name for field in (*IDENTITY_FIELDS, *CLASSIFY_FIELDS, *PROVENANCE_FIELDS)}
+    return frozenset({*written, EMBEDDING_COLUMN, *IN_FLIGHT_COLUMNS})

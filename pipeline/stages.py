@@ -24,6 +24,7 @@ from pipeline.metrics import STAGE_DECODE, STAGE_INFERENCE, worker_metrics
 from pipeline.reading import fetch_all
 from pipeline.schema import (
     BYTES_COLUMN,
+    CARRIED_INDEX_COLUMN,
     EMBEDDING_COLUMN,
     ENCODING_COLUMN,
     ENCODING_JPEG,
@@ -101,6 +102,7 @@ def decode_batch(
     pixels = (
         {BYTES_COLUMN: encoded, ENCODING_COLUMN: encodings} if settings.keep_jpeg else {IMAGE_COLUMN: images}
     )
+    carried = {CARRIED_INDEX_COLUMN: batch[CARRIED_INDEX_COLUMN]} if CARRIED_INDEX_COLUMN in batch else {}
     return {
         "row_id": batch["row_id"],
         "uri": np.array(
@@ -110,6 +112,7 @@ def decode_batch(
         "status": status,
         "reason": reasons,
         "error": errors,
+        **carried,
     }
 
 
@@ -133,10 +136,13 @@ class Classify:
         labels: RunLabels,
         progress: Any = None,
         device_decode: DecodeSettings | None = None,
+        carried_ref: Any = None,
     ) -> None:
         import ray
 
         state_dict = ray.get(state_dict_ref) if state_dict_ref is not None else None
+        # The carried columns, read once per actor; rows find theirs by CARRIED_INDEX_COLUMN.
+        self._carried: pa.Table | None = ray.get(carried_ref) if carried_ref is not None else None
         self.spec = spec
         self.labels = labels
         self.predictor = Predictor(spec, state_dict, settings, top_k=top_k)
@@ -147,8 +153,11 @@ class Classify:
         self._label_array = np.array(spec.labels, dtype=object)
         self._empty = self.predictor.predict(np.zeros((0, 1, 1, 3), np.uint8))  # the outputs' shapes
         embedding = spec.embedding
+        carried = self._carried.schema if self._carried is not None else None
         self._schema = (
-            output_schema("embed", embedding.dim, embedding.dtype) if embedding else output_schema()
+            output_schema("embed", embedding.dim, embedding.dtype, carried)
+            if embedding
+            else output_schema(carried=carried)
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -197,6 +206,9 @@ class Classify:
             "model_sha256": pa.array([self.spec.weights_sha256] * count, pa.string()),
             "run_id": pa.array([self.labels.run_id] * count, pa.string()),
         }
+        if self._carried is not None:  # Arrow's take: the manifest's types and nulls, untouched
+            rows = self._carried.take(pa.array(batch[CARRIED_INDEX_COLUMN], pa.int64()))
+            columns.update({name: rows.column(name).combine_chunks() for name in rows.column_names})
         return pa.Table.from_pydict(columns, schema=self._schema)
 
     def _images(

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     import fsspec
+    import pyarrow as pa
 
     from pipeline.config import InputConfig, StorageConfig
 
@@ -239,19 +240,24 @@ class Listing:
 
     uris: list[str]
     empty_cells: int = 0  # blank cells of a manifest's URI column, skipped
+    carried: pa.Table | None = None  # input.passthrough_columns, one row per URI (input_manifest)
 
     def __len__(self) -> int:
         return len(self.uris)
 
 
 def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
-    """Find every input: walk a directory or prefix, or read a manifest's URI column."""
+    """Find every input: walk a directory or prefix, or read a manifest's URI column (and carried ones)."""
+    from pipeline.input_manifest import read_manifest  # pyarrow: loaded only to read a manifest
+
     uri = normalise(source.uri)
     fs = fsspec_filesystem(uri, storage)
-    empty = 0
+    empty, carried = 0, None
     try:
         if source.is_manifest:
-            uris, empty = _read_manifest(uri, source.manifest_column, fs)
+            uris, empty, carried = read_manifest(
+                uri, fs_path(uri), source.manifest_column, fs, source.passthrough_columns
+            )
         else:
             uris = _walk(uri, fs, source)
     except FileNotFoundError as exc:
@@ -266,6 +272,7 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
         raise storage_error("list inputs at", uri, exc, storage) from exc
     if source.limit is not None:
         uris = uris[: source.limit]
+        carried = carried.slice(0, source.limit) if carried is not None else None
     if not uris:
         raise InputError(
             f"no inputs found at {uri} (extensions {', '.join(source.extensions)}, "
@@ -279,7 +286,7 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
             f"input manifest {uri} lists {len(repeated)} URIs more than once ({named}{more}); "
             "each input must appear once, so its output row is unambiguous"
         )
-    return Listing(uris, empty)
+    return Listing(uris, empty, carried)
 
 
 def _walk(uri: str, fs: fsspec.AbstractFileSystem, source: InputConfig) -> list[str]:
@@ -292,26 +299,6 @@ def _walk(uri: str, fs: fsspec.AbstractFileSystem, source: InputConfig) -> list[
     scheme = uri.split("://", 1)[0] + "://" if is_remote(uri) else ""  # fsspec drops it from the paths
     suffixes = tuple(source.extensions)
     return sorted(scheme + path for path in paths if path.lower().endswith(suffixes))
-
-
-def _read_manifest(uri: str, column: str, fs: fsspec.AbstractFileSystem) -> tuple[list[str], int]:
-    """The manifest's URIs exactly as written, and how many of its cells were blank."""
-    import pyarrow.csv
-    import pyarrow.parquet
-
-    with fs.open(fs_path(uri), "rb") as handle:
-        if uri.lower().endswith(".csv"):
-            table = pyarrow.csv.read_csv(handle)
-        else:
-            table = pyarrow.parquet.read_table(handle)
-    if column not in table.column_names:
-        raise InputError(
-            f"manifest {uri} has no column {column!r} (columns: {', '.join(table.column_names)}); "
-            "set input.manifest_column"
-        )
-    values = [None if value is None else str(value) for value in table.column(column).to_pylist()]
-    uris = [value for value in values if value is not None and value.strip()]
-    return uris, len(values) - len(uris)
 
 
 def botocore_errors() -> tuple[type[BaseException], ...]:

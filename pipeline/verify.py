@@ -34,7 +34,7 @@ from pipeline.output import (
 from pipeline.schema import STATUS_FAILED, STATUS_OK
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from pipeline.config import Config, StorageConfig
     from pipeline.model import ModelSpec
@@ -52,6 +52,7 @@ class Tally:
     failed_by_reason: dict[str, int]
     failures: pa.Table
     files: list[dict[str, Any]] = field(default_factory=list)
+    carried: list[dict[str, str]] = field(default_factory=list)  # carried columns as the parts hold them
 
     @property
     def failed(self) -> int:
@@ -59,11 +60,17 @@ class Tally:
         return sum(self.failed_by_reason.values())
 
 
-def tally(location: OutputLocation, storage_config: StorageConfig, expected_ids: Iterable[str]) -> Tally:
+def tally(
+    location: OutputLocation,
+    storage_config: StorageConfig,
+    expected_ids: Iterable[str],
+    carried: Sequence[str] = (),
+) -> Tally:
     """Read the parts back and prove every input is there exactly once.
 
     Reads one part at a time and keeps only the ids and the failed rows, so the
-    driver holds a few bytes per input, not the predictions.
+    driver holds a few bytes per input, not the predictions. The ``carried`` columns
+    must be in every part with one type (kept on the failed rows, for the dead-letter table).
     """
     data_uri = location.uri_of(DATA_DIR)
     root = storage.fs_path(location.uri)
@@ -81,10 +88,16 @@ def tally(location: OutputLocation, storage_config: StorageConfig, expected_ids:
         fragments = []
     if not fragments:
         raise JobFailedError(f"no part files under {data_uri}; not committing")
-    failure_schema = pa.schema([dataset.schema.field(name) for name in TALLY_COLUMNS])
+    columns = [*TALLY_COLUMNS, *carried]
+    failure_schema = _part_schema(fragments[0], columns)
     with storage.translate_errors("read back the parts under", data_uri, storage_config):
         for fragment in fragments:
-            table = fragment.to_table(columns=TALLY_COLUMNS)
+            if carried and _part_schema(fragment, columns) != failure_schema:
+                raise JobFailedError(
+                    f"part {fragment.path} holds the columns {_part_schema(fragment, columns)}, not "
+                    f"{failure_schema} as the others; not committing"
+                )
+            table = fragment.to_table(columns=columns)
             files.append({"path": posixpath.relpath(fragment.path, root), "rows": table.num_rows})
             ids.append(table.column("row_id"))
             statuses = table.column("status")
@@ -116,7 +129,17 @@ def tally(location: OutputLocation, storage_config: StorageConfig, expected_ids:
         failed_by_reason=dict(sorted(by_reason.items())),
         failures=failed,
         files=sorted(files, key=lambda item: str(item["path"])),
+        carried=[{"name": name, "type": str(failure_schema.field(name).type)} for name in carried],
     )
+
+
+def _part_schema(fragment: pads.ParquetFileFragment, columns: list[str]) -> pa.Schema:
+    """The schema of ``columns`` in one part; a column it lacks fails the commit."""
+    schema = fragment.physical_schema
+    missing = [name for name in columns if schema.get_field_index(name) < 0]
+    if missing:
+        raise JobFailedError(f"part {fragment.path} has no column {', '.join(missing)}; not committing")
+    return pa.schema([schema.field(name) for name in columns])
 
 
 def manifest_document(
@@ -127,6 +150,7 @@ def manifest_document(
     config_hash: str,
     started_wall: float,
     rows: int,
+    carried: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The ``_SUCCESS`` document of a run (:func:`commit` adds the layout's files and versions it)."""
     return {
@@ -162,6 +186,8 @@ def manifest_document(
         "images_per_second": round(summary["images_per_second"], 3),
         "timings_s": {name: round(seconds, 3) for name, seconds in summary["timings"].items()},
         "layout": {"data": DATA_DIR, "failures": FAILURES, "rows": rows},
+        # input.passthrough_columns, each with the Arrow type its column has in the parts.
+        "passthrough_columns": carried or [],
     }
 
 
