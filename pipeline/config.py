@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline import overrides as overrides_module
 from pipeline.errors import ConfigError
+from pipeline.input_checks import check_input
 
 Unit = Annotated[float, Field(ge=0, le=1)]  # a per-channel mean, on the 0-1 scale torchvision uses
 Spread = Annotated[float, Field(gt=0, le=1)]  # a per-channel standard deviation, same scale
@@ -39,9 +40,14 @@ class JobConfig(_Section):
 
 
 class InputConfig(_Section):
-    """Where the images are: a directory or prefix, or a Parquet/CSV manifest of URIs."""
+    """Where the images are: a directory or prefix of files or of shards, or a manifest of URIs."""
 
     uri: str = ""
+    # files: one image per file (or a manifest). parquet / webdataset: images inside shards
+    # (pipeline.shards). auto: decided from what the folder or prefix holds.
+    format: Literal["auto", "files", "parquet", "webdataset"] = "auto"
+    image_column: str = "image"  # parquet: the binary column holding each record's image
+    key_column: str | None = None  # parquet: each record's stable id; None: shard + row index
     manifest_column: str = "uri"
     extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
     recursive: bool = True
@@ -67,8 +73,13 @@ class InputConfig(_Section):
 
     @property
     def is_manifest(self) -> bool:
-        """True when the input is a manifest file rather than a directory or prefix."""
-        return self.uri.lower().endswith((".parquet", ".csv"))
+        """True when the input is a manifest file rather than a directory, a prefix or a shard."""
+        return self.format in ("auto", "files") and self.uri.lower().endswith((".parquet", ".csv"))
+
+    @property
+    def is_sharded(self) -> bool:
+        """True when ``format`` names shards (``auto`` is decided by the listing)."""
+        return self.format in ("parquet", "webdataset")
 
 
 class ModelConfig(_Section):
@@ -196,8 +207,16 @@ RESERVED_COLUMNS = frozenset(
         *("row_id", "uri", "status", "reason", "error", "model_name", "model_sha256", "run_id"),
         *("top_k_ids", "top_k_labels", "top_k_scores", "label", "score", "embedding"),
         *("image", "data", "encoding", "carried_index"),
+        *("shard_index", "record_bytes", "carried_row"),
     }
 )
+#: Input keys newer than the first runs: hashed only when they differ from their default.
+INPUT_KEYS_HASHED_WHEN_SET: dict[str, Any] = {
+    "passthrough_columns": [],
+    "format": "auto",
+    "image_column": "image",
+    "key_column": None,
+}
 #: Preprocessing settings that change the pixels the model sees (the rest are limits and tuning).
 RESULT_PREPROCESS_KEYS = ("resize_size", "crop_size", "mean", "std", "reduced_decode", "decode_device")
 #: Model keys only one task reads: the other task's hash leaves them out.
@@ -239,8 +258,9 @@ class Config(_Section):
         """
         data = self.to_dict()
         data["input"].pop("allowed_roots", None)
-        if not data["input"]["passthrough_columns"]:  # hashed only when set: older runs still resume
-            data["input"].pop("passthrough_columns")
+        for key, default in INPUT_KEYS_HASHED_WHEN_SET.items():  # older runs still resume
+            if data["input"][key] == default:
+                data["input"].pop(key)
         other = "embed" if self.model.task == "classify" else "classify"
         for key in TASK_ONLY_MODEL_KEYS[other]:
             data["model"].pop(key)
@@ -346,7 +366,7 @@ def _check_semantics(config: Config) -> None:
     if actors.min_actors and actors.max_actors and actors.min_actors > actors.max_actors:
         allowed = f"must be <= resources.max_actors ({actors.max_actors})"
         raise ConfigError("resources.min_actors", actors.min_actors, allowed)
-    _check_passthrough(config.input)
+    check_input(config.input, RESERVED_COLUMNS)
     preprocess = config.preprocess
     if preprocess.crop_size and preprocess.resize_size and preprocess.crop_size > preprocess.resize_size:
         raise ConfigError(
@@ -354,36 +374,6 @@ def _check_semantics(config: Config) -> None:
             preprocess.crop_size,
             f"must be <= preprocess.resize_size ({preprocess.resize_size})",
         )
-
-
-def _check_passthrough(source: InputConfig) -> None:
-    """Carried columns come from a manifest, once each, and never under a name the output uses."""
-    names = source.passthrough_columns
-    key = "input.passthrough_columns"
-    if names and not source.is_manifest:
-        raise ConfigError(
-            key,
-            names,
-            f"needs a .parquet or .csv manifest as input.uri; {source.uri} is a directory or "
-            "prefix, whose listing has no columns to carry",
-        )
-    for index, name in enumerate(names):
-        if not name.strip() or name in names[:index]:
-            raise ConfigError(key, name, "each name must be a manifest column, given once")
-        if name in RESERVED_COLUMNS:
-            raise ConfigError(
-                key,
-                name,
-                f"the output has a column {name!r} already (names the pipeline uses: "
-                f"{', '.join(sorted(RESERVED_COLUMNS))}); rename it in the manifest",
-            )
-        if name == source.manifest_column:
-            raise ConfigError(
-                key,
-                name,
-                "it is input.manifest_column, written as the output's uri column (signed "
-                "query strings masked); carry a key column of your own to join on",
-            )
 
 
 def dump_yaml(config: Config) -> str:

@@ -1,6 +1,6 @@
 """The one place the Ray Data graph is built: datasource, stages wiring, write.
 
-    listing (driver) -> read row_id/uri -> [checkpoint filter on resume]
+    listing (driver) -> read row_id/uri (or records of shards) -> [checkpoint filter on resume]
       -> decode_batch (CPU tasks) -> Classify (actor pool) -> write_parquet
 
 The read emits only ids and URIs (and, when manifest columns are carried, each
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pipeline.inference import InferenceSettings
     from pipeline.model import ModelSpec
     from pipeline.planning import ResourcePlan
+    from pipeline.shard_read import ShardDatasource
 
 READ_ROWS_PER_TASK = 256
 
@@ -116,11 +117,13 @@ def build_dataset(
     run_id: str,
     progress: Any = None,
     carried_ref: Any = None,
+    shard_source: ShardDatasource | None = None,
 ) -> ray.data.Dataset:
     """The whole graph up to (not including) the write.
 
     ``carried_ref``: the object-store reference of the carried columns' table, row for row
-    with ``uris`` (None: no column is carried).
+    with ``uris`` (None: no column is carried). ``shard_source``: read records from shards
+    (:mod:`pipeline.shard_read`) instead of the files ``uris`` lists.
     """
     import ray.data
 
@@ -131,8 +134,9 @@ def build_dataset(
         timeout_s=config.preprocess.max_read_seconds,
         allowed_roots=tuple(os.path.realpath(storage.normalise(root)) for root in config.input.allowed_roots),
     )
+    source = shard_source or UriListDatasource(uris, carry=carried_ref is not None)
     dataset = ray.data.read_datasource(
-        UriListDatasource(uris, carry=carried_ref is not None),
+        source,
         num_cpus=plan.read_num_cpus,
         resources=plan.decode_resources or None,
     )
@@ -177,6 +181,7 @@ def build_dataset(
             "progress": progress,
             "device_decode": decoding if decoding.keep_jpeg else None,
             "carried_ref": carried_ref,
+            "shards": shard_source.carried_schema() if shard_source is not None else None,
         },
         **actor_remote_options(plan, settings),
     )

@@ -8,7 +8,6 @@ inputs, and the model weights (checksum and architecture).
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,10 +15,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from pipeline import __version__, input_manifest, output, storage, verify
+from pipeline import __version__, input_manifest, output, shard_job, storage, verify
 from pipeline.cluster import configure_data_context, connect_ray
+from pipeline.commit import commit_run
 from pipeline.errors import (
-    FailureBudgetExceededError,
     JobFailedError,
     OutputInUseError,
     PipelineError,
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
 
     from pipeline.config import Config
     from pipeline.planning import ResourcePlan
+    from pipeline.shard_read import ShardDatasource
 
 
 def _claim_output(
@@ -220,8 +220,14 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     listing = output.inputs_of_run(location, config.input, config.storage, run_id, resumed=resuming)
     uris, carried = listing.uris, listing.carried
     if resuming:  # parts written before hold the carried columns' types of the run's start
-        started = location.read_json(output.RUN_STATE).get("passthrough_columns")
-        input_manifest.check_resumed_types(started, carried, config.input.uri, run_id)
+        started_state = location.read_json(output.RUN_STATE)
+        input_manifest.check_resumed_types(
+            started_state.get("passthrough_columns"), carried, config.input.uri, run_id
+        )
+        listing = storage.Listing(
+            uris, listing.empty_cells, carried, started_state.get("input_format", "files")
+        )
+    summary.input_format = listing.format
     summary.inputs, summary.empty_manifest_cells, summary.output_uri = (
         len(uris),
         listing.empty_cells,
@@ -236,6 +242,7 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     log.info("run starting", inputs=len(uris), output=location.uri, resuming=resuming, model=spec.name)
     if not resuming:
         state = {"run_id": run_id, "config_hash": config_hash, "started_at": run.started_wall}
+        state["input_format"] = listing.format
         if carried is not None:
             state["passthrough_columns"] = input_manifest.described(carried.schema)
         output.start_run(location, uris, state)
@@ -256,7 +263,7 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     summary.images_per_second = summary.processed_this_run / summary.seconds if summary.seconds else 0.0
     lease.check()  # a job that lost the output to another must not commit
     run.display.phase("committing")
-    _commit(run, spec, result, plan, config_hash)
+    commit_run(run.config, run.summary, run.held(), spec, result, plan, config_hash, run.started_wall)
     summary.status = "succeeded"  # only now: the manifest is written and read back
     summary.timings["committed"] = time.monotonic() - run.started
 
@@ -278,6 +285,7 @@ def _run_on_ray(
     from pipeline.planning import plan_resources
 
     config, location, timings, uris = run.config, run.held(), run.summary.timings, listing.uris
+    run_id = run.summary.run_id
     plan: ResourcePlan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
     log = get_logger(run_id=run.summary.run_id, stage="driver")
     log.info("resource plan", **plan.as_dict())
@@ -289,20 +297,29 @@ def _run_on_ray(
             used=plan.decode_num_cpus,
         )
     run.display.phase("restoring checkpoint")
-    todo = verify.restore_checkpoint(location, uris, run.summary.run_id)  # inputs no committed part holds
-    run.done_at_start = len(uris) - len(todo)
+    shards, sharded = None, listing.format != "files"
+    if sharded:  # the shards not completely written; their records are the work left
+        shards, run.done_at_start, total = shard_job.restore(config, location, uris, listing.format, run_id)
+        todo = uris if shards is not None else []
+    else:
+        todo = verify.restore_checkpoint(location, uris, run_id)  # inputs no committed part holds
+        run.done_at_start, total = len(uris) - len(todo), len(todo)
     run.summary.resumed = run.done_at_start > 0  # said only when rows are actually skipped
     processed, steady = 0, 0.0
     if todo:  # else every part was written before the last attempt stopped: only the commit is left
         carried = listing.carried
         carried = input_manifest.rows_to_do(carried, uris, todo) if carried is not None else None
         processed, steady, first_landed = _write_with_progress(
-            run, lease, todo, carried, spec, state_dict, plan
+            run, lease, (todo, total), carried, spec, state_dict, plan, shards
         )
         if first_landed is not None:
             timings["first_batch"] = first_landed - run.started_wall
         timings["written"] = time.time() - run.started_wall
     run.display.phase("verifying output")
+    if sharded:
+        result = shard_job.tally(config, location, uris)
+        run.summary.inputs, run.summary.failed_shards = result.rows, result.failed_shards
+        return result, plan, processed, steady
     ids = {storage.row_id(uri) for uri in uris}
     result = verify.tally(location, config.storage, ids, carried=config.input.passthrough_columns)
     # A batch retried after an actor died is reported to the tracker twice: cap the count.
@@ -312,13 +329,14 @@ def _run_on_ray(
 def _write_with_progress(
     run: _Run,
     lease: Lease,
-    todo: list[str],
+    work: tuple[list[str], int],
     carried: pa.Table | None,
     spec: ModelSpec,
     state_dict: Any,
     plan: ResourcePlan,
+    shards: ShardDatasource | None = None,
 ) -> tuple[int, float, float | None]:
-    """Build the graph over the unfinished inputs and run it to the last part.
+    """Build the graph over the unfinished inputs (``work``: them, and the rows they hold) and run it.
 
     Returns the rows processed, the steady-state rate and when the first batch landed.
     """
@@ -328,6 +346,7 @@ def _write_with_progress(
     from pipeline.graph import build_dataset, write_parquet
 
     config, location, run_id = run.config, run.held(), run.summary.run_id
+    todo, total = work
     configure_data_context(location)
     # On the driver's node, hard: a lost worker node must not take the progress counts with
     # it. A soft affinity to a head with no CPUs put the tracker on a worker node.
@@ -339,7 +358,15 @@ def _write_with_progress(
     # 0.05 ms against 2 ms from the 8 chunks of the manifest's row groups.
     carried_ref = ray.put(carried.combine_chunks()) if carried is not None else None
     dataset = build_dataset(
-        config, todo, spec, state_ref, plan, run_id, progress=tracker, carried_ref=carried_ref
+        config,
+        todo,
+        spec,
+        state_ref,
+        plan,
+        run_id,
+        progress=tracker,
+        carried_ref=carried_ref,
+        shard_source=shards,
     )
     data_uri, filesystem = location.uri_of(output.DATA_DIR), location.arrow_fs()
     try:
@@ -348,37 +375,10 @@ def _write_with_progress(
             config,
             lease,
             tracker,
-            len(todo),
+            total,
             run.job_metrics(),
             run.display,
         )
         return processed, steady, ray.get(tracker.first_landed_at.remote())
     finally:
         ray.data.DataContext.get_current().checkpoint_config = None  # later datasets must not inherit it
-
-
-def _commit(run: _Run, spec: ModelSpec, result: verify.Tally, plan: ResourcePlan, config_hash: str) -> None:
-    """Enforce the failure budget, then write the dead-letter table and the manifest."""
-    config, summary, location, started_wall = run.config, run.summary, run.held(), run.started_wall
-    fraction = summary.failed / summary.inputs if summary.inputs else 0.0
-    if fraction > config.output.max_failure_fraction:
-        needed = math.ceil(fraction * 1000) / 1000
-        raise FailureBudgetExceededError(
-            f"{summary.failed} of {summary.inputs} rows failed ({fraction:.1%}), above "
-            f"output.max_failure_fraction={config.output.max_failure_fraction}; rows are written "
-            f"under {location.uri_of(output.DATA_DIR)} (failed rows with their reason) but the run "
-            f"is NOT committed. To accept these failures, run the same command again with --set "
-            f"output.max_failure_fraction={needed:g}: it resumes run {summary.run_id} and commits "
-            "without redoing a row. To retry the failed inputs, fix them and run again with --overwrite."
-        )
-    document = verify.manifest_document(
-        config,
-        summary.as_dict(),
-        spec,
-        plan.as_dict(),
-        config_hash,
-        started_wall,
-        result.rows,
-        result.carried,
-    )
-    verify.commit(location, result, document)

@@ -60,7 +60,7 @@ LEASE_DIR = "_lease"  # pipeline.lease: one writer at a time
 # Every name this pipeline writes under an output; nothing else is ever deleted there.
 _OWN_FILES = re.compile(
     r"^(?:_SUCCESS|_run\.json|_inputs\.parquet|_?failures\.parquet|_summary-[^/]+\.json"
-    rf"|{CHECKPOINT_DIR}/.+|{LEASE_DIR}/[^/]+|{DATA_DIR}/part-[^/]+\.parquet)$"
+    rf"|{CHECKPOINT_DIR}/.+|_shards/[^/]+\.json|{LEASE_DIR}/[^/]+|{DATA_DIR}/part-[^/]+\.parquet)$"
 )
 _TEMP_FILE = re.compile(rf"(?:^|/)\.[^/]+{re.escape(storage.TEMP_SUFFIX)}$")
 FOREIGN_EXAMPLES = 3

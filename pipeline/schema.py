@@ -11,6 +11,7 @@ writes the top-k columns (``top_k_ids``, ``top_k_labels``, ``top_k_scores``,
 fixed-size list of ``dim`` float32 or float16 values, and none of the top-k
 columns. A failed row's task columns are null.
 
+A run over shards writes ``shard_index`` next (the record's shard, :mod:`pipeline.shards`).
 After these come the carried columns (``input.passthrough_columns``), on ok and failed
 rows alike, with the types the manifest holds (:mod:`pipeline.input_manifest`).
 """
@@ -40,6 +41,8 @@ class FailureReason(StrEnum):
     OUTSIDE_ALLOWED_ROOTS = "outside_allowed_roots"
     UNSUPPORTED_SCHEME = "unsupported_scheme"
     INVALID_URI = "invalid_uri"
+    NO_IMAGE = "no_image"  # a shard's record without image bytes (a null cell, no image member)
+    UNSAFE_MEMBER = "unsafe_member"  # a tar member named with "..", or an absolute path
 
 
 STATUS_OK = "ok"
@@ -54,7 +57,20 @@ ENCODING_JPEG = "jpeg"  # the file's own bytes, decoded by the inference actor
 ENCODING_RAW = "raw"  # a crop decoded on the CPU worker: crop_size x crop_size x 3 uint8
 # A row's index into the carried columns' table, from the listing to the inference actor.
 CARRIED_INDEX_COLUMN = "carried_index"
-IN_FLIGHT_COLUMNS = (IMAGE_COLUMN, BYTES_COLUMN, ENCODING_COLUMN, CARRIED_INDEX_COLUMN)
+# A shard's record (pipeline.shards): its image bytes, read with the shard, and its carried
+# values, pickled together (their Arrow types are restored by the inference actor).
+RECORD_BYTES_COLUMN = "record_bytes"
+CARRIED_ROW_COLUMN = "carried_row"
+IN_FLIGHT_COLUMNS = (
+    IMAGE_COLUMN,
+    BYTES_COLUMN,
+    ENCODING_COLUMN,
+    CARRIED_INDEX_COLUMN,
+    RECORD_BYTES_COLUMN,
+    CARRIED_ROW_COLUMN,
+)
+# Written by runs over shards: the record's shard, as its position in _inputs.parquet.
+SHARD_INDEX_FIELD = pa.field("shard_index", pa.int32(), nullable=False)
 
 
 IDENTITY_FIELDS = (
@@ -85,20 +101,24 @@ def output_schema(
     embedding_dim: int = 0,
     embedding_dtype: str = "float32",
     carried: pa.Schema | None = None,
+    *,
+    shards: bool = False,
 ) -> pa.Schema:
     """The Parquet schema every part file of a ``task`` run has (``embed``: vectors of ``embedding_dim``).
 
-    ``carried``: the carried columns' schema, appended as it is.
+    ``carried``: the carried columns' schema, appended as it is. ``shards``: a run over
+    shards, whose rows say which shard they come from (:data:`SHARD_INDEX_FIELD`).
     """
     if task == "embed":
         vector = pa.list_(EMBEDDING_TYPES[embedding_dtype], embedding_dim)
         task_fields: tuple[pa.Field, ...] = (pa.field(EMBEDDING_COLUMN, vector),)
     else:
         task_fields = CLASSIFY_FIELDS
-    return pa.schema([*IDENTITY_FIELDS, *task_fields, *PROVENANCE_FIELDS, *(carried or [])])
+    shard = (SHARD_INDEX_FIELD,) if shards else ()
+    return pa.schema([*IDENTITY_FIELDS, *task_fields, *PROVENANCE_FIELDS, *shard, *(carried or [])])
 
 
 def reserved_columns() -> frozenset[str]:
     """Every name the pipeline writes (either task) or passes between stages: no carried column's."""
     written = {field.name for field in (*IDENTITY_FIELDS, *CLASSIFY_FIELDS, *PROVENANCE_FIELDS)}
-    return frozenset({*written, EMBEDDING_COLUMN, *IN_FLIGHT_COLUMNS})
+    return frozenset({*written, EMBEDDING_COLUMN, SHARD_INDEX_FIELD.name, *IN_FLIGHT_COLUMNS})

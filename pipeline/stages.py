@@ -25,16 +25,20 @@ from pipeline.reading import fetch_all
 from pipeline.schema import (
     BYTES_COLUMN,
     CARRIED_INDEX_COLUMN,
+    CARRIED_ROW_COLUMN,
     EMBEDDING_COLUMN,
     ENCODING_COLUMN,
     ENCODING_JPEG,
     ENCODING_RAW,
     IMAGE_COLUMN,
+    RECORD_BYTES_COLUMN,
+    SHARD_INDEX_FIELD,
     STATUS_FAILED,
     STATUS_OK,
     FailureReason,
     output_schema,
 )
+from pipeline.shards import records_fetched, unpack_carried
 
 if TYPE_CHECKING:
     from pipeline.model import ModelSpec
@@ -62,6 +66,7 @@ def decode_batch(
 
     Each row is read through the filesystem of its own URI's scheme, within ``limits``
     (size, time, allowed roots); a relative manifest entry is read beside the manifest (``base``).
+    Records of shards bring their bytes (:data:`RECORD_BYTES_COLUMN`): nothing is fetched.
 
     With ``settings.keep_jpeg`` the rows carry bytes instead (:data:`BYTES_COLUMN`):
     JPEGs left for the inference device, or the raw crop of what was decoded here.
@@ -75,7 +80,10 @@ def decode_batch(
     status = np.full(len(uris), STATUS_OK, dtype=object)
     reasons = np.full(len(uris), None, dtype=object)
     errors = np.full(len(uris), None, dtype=object)
-    fetched = fetch_all(filesystems, uris, limits, fetch_threads, base)
+    if RECORD_BYTES_COLUMN in batch:
+        fetched = records_fetched(batch, limits.max_bytes)
+    else:
+        fetched = fetch_all(filesystems, uris, limits, fetch_threads, base)
     for index, (data, fetch_reason, detail) in enumerate(fetched):
         result = decode(data, settings) if fetch_reason is None else None
         if result is not None and result.encoded is not None:
@@ -102,7 +110,8 @@ def decode_batch(
     pixels = (
         {BYTES_COLUMN: encoded, ENCODING_COLUMN: encodings} if settings.keep_jpeg else {IMAGE_COLUMN: images}
     )
-    carried = {CARRIED_INDEX_COLUMN: batch[CARRIED_INDEX_COLUMN]} if CARRIED_INDEX_COLUMN in batch else {}
+    passed = (CARRIED_INDEX_COLUMN, SHARD_INDEX_FIELD.name, CARRIED_ROW_COLUMN)
+    carried = {name: batch[name] for name in passed if name in batch}
     return {
         "row_id": batch["row_id"],
         "uri": np.array(
@@ -137,7 +146,9 @@ class Classify:
         progress: Any = None,
         device_decode: DecodeSettings | None = None,
         carried_ref: Any = None,
+        shards: pa.Schema | None = None,
     ) -> None:
+        """``shards``: a run over shards, whose records carry these columns (empty: none)."""
         import ray
 
         state_dict = ray.get(state_dict_ref) if state_dict_ref is not None else None
@@ -153,11 +164,13 @@ class Classify:
         self._label_array = np.array(spec.labels, dtype=object)
         self._empty = self.predictor.predict(np.zeros((0, 1, 1, 3), np.uint8))  # the outputs' shapes
         embedding = spec.embedding
-        carried = self._carried.schema if self._carried is not None else None
+        self._shards = shards
+        carried = self._carried.schema if self._carried is not None else shards
+        with_shard = shards is not None
         self._schema = (
-            output_schema("embed", embedding.dim, embedding.dtype, carried)
+            output_schema("embed", embedding.dim, embedding.dtype, carried, shards=with_shard)
             if embedding
-            else output_schema(carried=carried)
+            else output_schema(carried=carried, shards=with_shard)
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -209,6 +222,10 @@ class Classify:
         if self._carried is not None:  # Arrow's take: the manifest's types and nulls, untouched
             rows = self._carried.take(pa.array(batch[CARRIED_INDEX_COLUMN], pa.int64()))
             columns.update({name: rows.column(name).combine_chunks() for name in rows.column_names})
+        if self._shards is not None:
+            columns[SHARD_INDEX_FIELD.name] = pa.array(batch[SHARD_INDEX_FIELD.name], pa.int32())
+            if len(self._shards):
+                columns.update(unpack_carried(batch[CARRIED_ROW_COLUMN], self._shards))
         return pa.Table.from_pydict(columns, schema=self._schema)
 
     def _images(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError, PipelineError, StorageError
+from pipeline.input_checks import SHARD_SUFFIXES, detect_format
 from pipeline.redaction import redact_url, scrub
 
 if TYPE_CHECKING:
@@ -241,6 +242,7 @@ class Listing:
     uris: list[str]
     empty_cells: int = 0  # blank cells of a manifest's URI column, skipped
     carried: pa.Table | None = None  # input.passthrough_columns, one row per URI (input_manifest)
+    format: str = "files"  # or the shards' format: the URIs are then shards (pipeline.shards)
 
     def __len__(self) -> int:
         return len(self.uris)
@@ -253,13 +255,14 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
     uri = normalise(source.uri)
     fs = fsspec_filesystem(uri, storage)
     empty, carried = 0, None
+    kind: str = source.format if source.is_sharded else "files"
     try:
         if source.is_manifest:
             uris, empty, carried = read_manifest(
                 uri, fs_path(uri), source.manifest_column, fs, source.passthrough_columns
             )
         else:
-            uris = _walk(uri, fs, source)
+            uris, kind = _walk(uri, fs, source)
     except FileNotFoundError as exc:
         raise InputError(f"input {uri} does not exist") from exc
     except PermissionError as exc:
@@ -286,19 +289,23 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
             f"input manifest {uri} lists {len(repeated)} URIs more than once ({named}{more}); "
             "each input must appear once, so its output row is unambiguous"
         )
-    return Listing(uris, empty, carried)
+    return Listing(uris, empty, carried, kind)
 
 
-def _walk(uri: str, fs: fsspec.AbstractFileSystem, source: InputConfig) -> list[str]:
+def _walk(uri: str, fs: fsspec.AbstractFileSystem, source: InputConfig) -> tuple[list[str], str]:
+    """The files (or shards) under ``uri``, sorted, and their format (``input.format``, or detected)."""
     root = fs_path(uri)
     if not fs.isdir(root):
+        if source.is_sharded and fs.exists(root):  # one shard
+            return [uri], source.format
         if fs.exists(root):
             raise InputError(f"input {uri} is a file; give a directory, a prefix or a .parquet/.csv manifest")
         raise FileNotFoundError(root)
-    paths = fs.find(root, maxdepth=None if source.recursive else 1)
     scheme = uri.split("://", 1)[0] + "://" if is_remote(uri) else ""  # fsspec drops it from the paths
-    suffixes = tuple(source.extensions)
-    return sorted(scheme + path for path in paths if path.lower().endswith(suffixes))
+    paths = [scheme + path for path in fs.find(root, maxdepth=None if source.recursive else 1)]
+    kind = source.format if source.format != "auto" else detect_format(paths, source.extensions, uri)
+    suffixes = tuple(source.extensions) if kind == "files" else SHARD_SUFFIXES[kind]
+    return sorted(path for path in paths if path.lower().endswith(suffixes)), kind
 
 
 def botocore_errors() -> tuple[type[BaseException], ...]:

@@ -14,7 +14,9 @@ class RunSummary:
     status: str
     output_uri: str
     task: str = "classify"  # model.task: what an ok row holds
-    inputs: int = 0
+    inputs: int = 0  # input files, or records of the shards (input_format: parquet, webdataset)
+    input_format: str = "files"
+    failed_shards: list[dict[str, str]] = field(default_factory=list)  # uri, reason, error
     empty_manifest_cells: int = 0  # blank cells of the manifest's URI column, skipped
     succeeded: int = 0
     failed: int = 0
@@ -49,6 +51,9 @@ class RunSummary:
             f"  failed     {self.failed}",
         ]
         lines += [f"    {reason:<18} {count}" for reason, count in self.failed_by_reason.items()]
+        if self.failed_shards:
+            lines.append(f"  shards     {len(self.failed_shards)} could not be read:")
+            lines += [f"    {item['uri']}: {item['reason']}: {item['error']}" for item in self.failed_shards]
         lines += [
             f"  processed  {self.processed_this_run} this run{' (resumed)' if self.resumed else ''}",
             f"  seconds    {self.seconds:.1f}",

@@ -50,9 +50,10 @@ class Tally:
     rows: int
     ok: int
     failed_by_reason: dict[str, int]
-    failures: pa.Table
+    failures: pa.Table | None  # None: written already, part by part (pipeline.shard_verify)
     files: list[dict[str, Any]] = field(default_factory=list)
     carried: list[dict[str, str]] = field(default_factory=list)  # carried columns as the parts hold them
+    failed_shards: list[dict[str, str]] = field(default_factory=list)  # shards not read to the end
 
     @property
     def failed(self) -> int:
@@ -78,23 +79,16 @@ def tally(
     failures: list[pa.Table] = []
     files: list[dict[str, Any]] = []
     ok = 0
-    try:
-        with storage.translate_errors("read back the parts under", data_uri, storage_config):
-            dataset = pads.dataset(
-                storage.fs_path(data_uri), filesystem=location.arrow_fs(), format="parquet"
-            )
-            fragments = list(dataset.get_fragments())
-    except FileNotFoundError:
-        fragments = []
+    fragments = part_fragments(location, storage_config)
     if not fragments:
         raise JobFailedError(f"no part files under {data_uri}; not committing")
     columns = [*TALLY_COLUMNS, *carried]
-    failure_schema = _part_schema(fragments[0], columns)
+    failure_schema = part_schema(fragments[0], columns)
     with storage.translate_errors("read back the parts under", data_uri, storage_config):
         for fragment in fragments:
-            if carried and _part_schema(fragment, columns) != failure_schema:
+            if carried and part_schema(fragment, columns) != failure_schema:
                 raise JobFailedError(
-                    f"part {fragment.path} holds the columns {_part_schema(fragment, columns)}, not "
+                    f"part {fragment.path} holds the columns {part_schema(fragment, columns)}, not "
                     f"{failure_schema} as the others; not committing"
                 )
             table = fragment.to_table(columns=columns)
@@ -133,7 +127,20 @@ def tally(
     )
 
 
-def _part_schema(fragment: pads.ParquetFileFragment, columns: list[str]) -> pa.Schema:
+def part_fragments(location: OutputLocation, storage_config: StorageConfig | None) -> list[Any]:
+    """The part files under ``data/`` (none when there is no such folder)."""
+    data_uri = location.uri_of(DATA_DIR)
+    try:
+        with storage.translate_errors("read back the parts under", data_uri, storage_config):
+            dataset = pads.dataset(
+                storage.fs_path(data_uri), filesystem=location.arrow_fs(), format="parquet"
+            )
+            return list(dataset.get_fragments())
+    except FileNotFoundError:
+        return []
+
+
+def part_schema(fragment: pads.ParquetFileFragment, columns: list[str]) -> pa.Schema:
     """The schema of ``columns`` in one part; a column it lacks fails the commit."""
     schema = fragment.physical_schema
     missing = [name for name in columns if schema.get_field_index(name) < 0]
@@ -209,7 +216,8 @@ def versions() -> dict[str, str]:
 
 def commit(location: OutputLocation, result: Tally, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write the dead-letter table, then the manifest last (listing the parts it covers)."""
-    location.write_table(FAILURES, result.failures)
+    if result.failures is not None:
+        location.write_table(FAILURES, result.failures)
     layout = {**manifest.get("layout", {}), "files": result.files, "failed_rows": result.failed}
     manifest = {
         **manifest,
@@ -244,6 +252,14 @@ def rows_written(location: OutputLocation) -> int:
         return int(pads.dataset(paths, filesystem=location.arrow_fs(), format="parquet").count_rows())
 
 
+def drop_unfinished(location: OutputLocation) -> tuple[list[str], list[str], int, int]:
+    """Steps 1 and 2 of :func:`restore_checkpoint`: committed checkpoints, orphans, deletions."""
+    pending, committed = _split_checkpoints(location.list_files(CHECKPOINT_DIR))
+    covered = {posixpath.basename(name).removesuffix(".parquet") for name in committed}
+    orphans = [name for name in location.list_files(DATA_DIR) if _part_base(name) not in covered]
+    return committed, orphans, location.delete(orphans), location.delete(sorted(pending))
+
+
 def restore_checkpoint(location: OutputLocation, uris: list[str], run_id: str | None = None) -> list[str]:
     """Make the output consistent after a crash; return the inputs no committed part holds.
 
@@ -266,12 +282,7 @@ def restore_checkpoint(location: OutputLocation, uris: list[str], run_id: str | 
     """
     from pipeline.logs import get_logger
 
-    checkpoints = location.list_files(CHECKPOINT_DIR)
-    pending, committed = _split_checkpoints(checkpoints)
-    covered = {posixpath.basename(name).removesuffix(".parquet") for name in committed}
-    orphans = [name for name in location.list_files(DATA_DIR) if _part_base(name) not in covered]
-    deleted_parts = location.delete(orphans)
-    dropped_pending = location.delete(sorted(pending))
+    committed, orphans, deleted_parts, dropped_pending = drop_unfinished(location)
     todo = uris
     if committed:
         with storage.translate_errors("read the checkpoint under", location.uri_of(CHECKPOINT_DIR)):
@@ -284,7 +295,7 @@ def restore_checkpoint(location: OutputLocation, uris: list[str], run_id: str | 
         ids = pa.array([storage.row_id(uri) for uri in uris], pa.string())
         keep = pc.invert(pc.is_in(ids, value_set=done)).to_pylist()
         todo = [uri for uri, wanted in zip(uris, keep, strict=True) if wanted]
-    if checkpoints or orphans:
+    if committed or orphans or dropped_pending:
         get_logger(run_id=run_id, stage="driver").info(
             "checkpoint restored",
             written=len(uris) - len(todo),

@@ -1,0 +1,204 @@
+"""Resume and commit for runs over shards, without a listing of records.
+
+:func:`restore` decides which shards to read again: those whose ledger entry
+(:mod:`pipeline.shards`) says every record of theirs is in a written part are skipped; the
+others are read again, their written rows filtered out by id. Only the ids of those
+partially written shards are held.
+
+:func:`tally` proves every record is in the output exactly once: per shard, the parts hold
+as many rows as the ledger says the shard holds, and no row id appears twice. The
+duplicate check reads the parts' ids in passes, each keeping only the ids of some of the
+256 two-hex-digit prefixes, so at most about :data:`IDS_PER_PASS` ids are held at a time.
+The failed rows go to ``_failures.parquet`` part by part, never gathered in the driver.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import storage
+from pipeline.errors import JobFailedError
+from pipeline.output import FAILURES
+from pipeline.schema import SHARD_INDEX_FIELD, STATUS_FAILED, STATUS_OK
+from pipeline.shards import LedgerEntry, Shard, read_ledger
+from pipeline.verify import TALLY_COLUMNS, Tally, drop_unfinished, part_fragments, part_schema
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pipeline.config import StorageConfig
+    from pipeline.output import OutputLocation
+
+IDS_PER_PASS = 500_000
+PREFIXES = 256  # row ids are hex: their first two digits split them evenly
+SHARD = SHARD_INDEX_FIELD.name
+
+
+def _rows_per_shard(fragments: list[Any], shards: int) -> np.ndarray:
+    """How many rows the parts hold of each shard."""
+    counts = np.zeros(shards, dtype=np.int64)
+    for fragment in fragments:
+        column = fragment.to_table(columns=[SHARD]).column(SHARD).to_numpy()
+        if len(column) and (column.min() < 0 or column.max() >= shards):
+            raise JobFailedError(f"part {fragment.path} holds rows of a shard this run does not list")
+        counts += np.bincount(column, minlength=shards)
+    return counts
+
+
+def restore(location: OutputLocation, uris: list[str], run_id: str) -> tuple[list[Shard], int]:
+    """Drop what an interrupted attempt left half-written; the shards to read, and the rows written."""
+    from pipeline.logs import get_logger
+
+    drop_unfinished(location)
+    ledger = read_ledger(location)
+    fragments = part_fragments(location, location.storage_config)
+    written = _rows_per_shard(fragments, len(uris))
+    complete = {
+        index
+        for index, entry in ledger.items()
+        if entry.failure is None and index < len(uris) and entry.records == written[index]
+    }
+    partial = pa.array(
+        [index for index in range(len(uris)) if index not in complete and written[index]], pa.int32()
+    )
+    skips: dict[int, set[str]] = {}
+    if len(partial):
+        for fragment in fragments:
+            table = fragment.to_table(columns=["row_id", SHARD], filter=pc.field(SHARD).isin(partial))
+            for index, row in zip(
+                table.column(SHARD).to_pylist(), table.column("row_id").to_pylist(), strict=True
+            ):
+                skips.setdefault(index, set()).add(row)
+    todo = [
+        Shard(index, uri, frozenset(skips.get(index, ())))
+        for index, uri in enumerate(uris)
+        if index not in complete
+    ]
+    done = int(written.sum())
+    if done or ledger:
+        get_logger(run_id=run_id, stage="driver").info(
+            "checkpoint restored",
+            written=done,
+            shards_complete=len(complete),
+            shards_partial=len(partial),
+            shards_to_read=len(todo),
+        )
+    return todo, done
+
+
+def tally(
+    location: OutputLocation, storage_config: StorageConfig, uris: list[str], carried: Sequence[str] = ()
+) -> Tally:
+    """Read the parts back against the ledger; write the failed rows; the counts to commit."""
+    ledger = read_ledger(location)
+    unread = [uri for index, uri in enumerate(uris) if index not in ledger]
+    if unread:
+        raise JobFailedError(
+            f"{len(unread)} shards were never read to their end (first: {unread[0]}); not committing"
+        )
+    fragments = part_fragments(location, storage_config)
+    root = storage.fs_path(location.uri)
+    columns = [*TALLY_COLUMNS, SHARD, *carried]
+    ok, by_reason, files = 0, Counter[str](), []
+    counts = np.zeros(len(uris), dtype=np.int64)
+    with storage.translate_errors("read back the parts under", location.uri, storage_config):
+        schema = part_schema(fragments[0], columns) if fragments else None
+        with _FailureWriter(location, schema) as failures:
+            for fragment in fragments:
+                if part_schema(fragment, columns) != schema:
+                    raise JobFailedError(
+                        f"part {fragment.path} has another schema than the others; not committing"
+                    )
+                table = fragment.to_table(columns=columns)
+                files.append({"path": posixpath.relpath(fragment.path, root), "rows": table.num_rows})
+                counts += np.bincount(table.column(SHARD).to_numpy(), minlength=len(uris))[: len(uris)]
+                statuses = table.column("status")
+                ok += int(pc.sum(pc.equal(statuses, STATUS_OK)).as_py() or 0)
+                failed = table.filter(pc.equal(statuses, STATUS_FAILED))
+                by_reason.update(str(reason) for reason in failed.column("reason").to_pylist())
+                failures.write(failed)
+    _check_counts(ledger, counts, uris)
+    rows = int(counts.sum())
+    if ok + by_reason.total() != rows:
+        raise JobFailedError(
+            f"output has {rows - ok - by_reason.total()} rows with an unknown status; not committing"
+        )
+    _check_unique(fragments, rows)
+    return Tally(
+        rows=rows,
+        ok=ok,
+        failed_by_reason=dict(sorted(by_reason.items())),
+        failures=None,
+        files=sorted(files, key=lambda item: str(item["path"])),
+        carried=[{"name": name, "type": str(schema.field(name).type)} for name in carried] if schema else [],
+        failed_shards=[entry.failure.as_dict() for _, entry in sorted(ledger.items()) if entry.failure],
+    )
+
+
+def _check_counts(ledger: dict[int, LedgerEntry], counts: np.ndarray, uris: list[str]) -> None:
+    """Every shard's records, as its read task counted them, are the rows the parts hold of it."""
+    wrong = [
+        (uris[index], ledger[index].records, int(counts[index]))
+        for index in range(len(uris))
+        if ledger[index].records != counts[index]
+    ]
+    if wrong:
+        uri, read, written = wrong[0]
+        raise JobFailedError(
+            f"output does not match the shards: {len(wrong)} shards differ (first: {uri}, {read} records "
+            f"read, {written} rows written); not committing"
+        )
+
+
+def _check_unique(fragments: list[Any], rows: int) -> None:
+    """No row id twice, holding at most about :data:`IDS_PER_PASS` ids at a time."""
+    passes = min(PREFIXES, max(1, math.ceil(rows / IDS_PER_PASS)))
+    for number in range(passes):
+        wanted = pa.array([f"{prefix:02x}" for prefix in range(PREFIXES) if prefix % passes == number])
+        chunks: list[pa.Array] = []
+        for fragment in fragments:
+            ids = fragment.to_table(columns=["row_id"]).column("row_id")
+            if passes > 1:
+                ids = ids.filter(pc.is_in(pc.utf8_slice_codeunits(ids, 0, 2), value_set=wanted))
+            chunks.extend(ids.chunks)
+        found = pa.chunked_array(chunks, pa.string())
+        duplicated = len(found) - (pc.count_distinct(found).as_py() if len(found) else 0)
+        if duplicated:
+            raise JobFailedError(
+                f"output has {duplicated} duplicated rows (two records with one id: is input.key_column "
+                "unique?); not committing"
+            )
+
+
+class _FailureWriter:
+    """``_failures.parquet``, written a part's failed rows at a time (an empty table when none)."""
+
+    def __init__(self, location: OutputLocation, schema: pa.Schema | None) -> None:
+        self._location, self._schema = (
+            location,
+            schema or pa.schema([(name, pa.string()) for name in TALLY_COLUMNS]),
+        )
+        self._handle: Any = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> Self:
+        self._handle = self._location.fs.open(self._location.path_of(FAILURES), "wb")
+        self._writer = pq.ParquetWriter(self._handle, self._schema)
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows and self._writer is not None:
+            self._writer.write_table(table.cast(self._schema))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._handle.close()
