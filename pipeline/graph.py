@@ -137,6 +137,8 @@ def build_dataset(
     source = shard_source or UriListDatasource(uris, carry=carried_ref is not None)
     dataset = ray.data.read_datasource(
         source,
+        # One block stream per shard: a few shards must not be split into blocks of a row or two.
+        override_num_blocks=len(shard_source.shards) if shard_source is not None else None,
         num_cpus=plan.read_num_cpus,
         resources=plan.decode_resources or None,
     )

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
 
@@ -27,14 +27,23 @@ def _split(files: Sequence[Path], shards: int) -> list[list[Path]]:
     return [list(files[start : start + size]) for start in range(0, len(files), size)]
 
 
-def parquet_shards(files: Sequence[Path], out: Path, shards: int = 3, row_group_rows: int = 100) -> list[Path]:
-    """Write ``files`` into ``shards`` Parquet files under ``out``; return their paths."""
+def parquet_shards(
+    files: Sequence[Path],
+    out: Path,
+    shards: int = 3,
+    row_group_rows: int = 100,
+    key_of: Callable[[Path], str] = str,
+) -> list[Path]:
+    """Write ``files`` into ``shards`` Parquet files under ``out``; return their paths.
+
+    ``key_of``: each file's key (its path; the URI it has elsewhere, e.g. uploaded to S3).
+    """
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, group in enumerate(_split(files, shards)):
         table = pa.table(
             {
-                "key": [str(path) for path in group],
+                "key": [key_of(path) for path in group],
                 "image": pa.array([path.read_bytes() for path in group], pa.binary()),
                 "name": [path.name for path in group],
                 "size_bytes": pa.array([path.stat().st_size for path in group], pa.int64()),
@@ -59,7 +68,7 @@ def add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def webdataset_shards(files: Sequence[Path], out: Path, shards: int = 3) -> list[Path]:
-    """Write ``files`` into ``shards`` WebDataset tars under ``out`` (image, .json, .cls); return their paths."""
+    """Write ``files`` into ``shards`` WebDataset tars under ``out`` (image, .json, .cls); their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, group in enumerate(_split(files, shards)):

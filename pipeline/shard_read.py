@@ -49,6 +49,11 @@ class ShardDatasource(Datasource):
         """Name shown in Ray Data's progress and stats."""
         return "ReadShards"
 
+    @property
+    def shards(self) -> list[Shard]:
+        """The shards to read, each by one task."""
+        return self._shards
+
     def carried_schema(self) -> pa.Schema:
         """The columns the records carry, with their types (empty: none)."""
         return self._spec.carried if self._spec.carried is not None else pa.schema([])
