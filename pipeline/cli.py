@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import __version__, logrelay, logs, sizing
+from pipeline.demo import demo_arguments
 from pipeline.errors import ConfigError, PipelineError, RunInterrupted
 
 if TYPE_CHECKING:
@@ -111,11 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = command(
-        "demo", "make a sample data set and run the job on it locally", "pipeline demo --images 300"
+        "demo",
+        "make a sample data set and run the job on it locally",
+        "pipeline demo --images 300 --format parquet",
     )
-    demo.add_argument("--images", type=int, default=300, help="number of good sample images")
-    demo.add_argument("--workdir", default="demo-output", help="where the data and output go")
-    demo.add_argument("--model", default="resnet18", help="torchvision architecture")
+    demo_arguments(demo)
 
     config = command(
         "config", "show the resolved config or its JSON schema", "pipeline config --config job.yaml --show"
@@ -285,32 +286,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``pipeline demo``."""
-    from pipeline import samples
-    from pipeline.config import load_config
-    from pipeline.job import run_job
+    from pipeline.demo import run_demo
 
-    workdir = Path(args.workdir).resolve()
-    data = workdir / "images"
-    if not data.exists():
-        print(f"making {args.images} sample images (and 3 broken files) under {data} ...")
-        samples.make_images(data, args.images)
-    config = load_config(
-        None,
-        [
-            f"input.uri={data}",
-            f"output.uri={workdir / 'predictions'}",
-            f"model.name={args.model}",
-            "model.random_init=true",
-            "job.name=demo",
-        ],
-    )
-    _configure_logging(config, relay=True)
-    summary = run_job(config, overwrite=True)
-    print(summary.render())
-    print(
-        f"\npredictions: {workdir / 'predictions' / 'data'}  manifest: {workdir / 'predictions' / '_SUCCESS'}"
-    )
-    return 0
+    return run_demo(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
