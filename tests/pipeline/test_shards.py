@@ -226,3 +226,18 @@ class TestFormatDetection:
             )
         with pytest.raises(ConfigError, match=r"the output has a column 'shard_index' already"):
             load_config(None, [*keys, "input.passthrough_columns=[shard_index]"], environ={})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "carried"), [("parquet", "name"), ("webdataset", "json")])
+def test_demo_makes_and_runs_a_sample_of_each_format(kind, carried, ray_session, tmp_path, capsys):
+    """``pipeline demo --format``: the sample packed into 3 shards, run, committed, a column carried."""
+    from pipeline.cli import main
+
+    assert main(["demo", "--images", "12", "--workdir", str(tmp_path), "--format", kind]) == 0
+    out = tmp_path / f"predictions-{kind}"
+    committed = json.loads((out / MANIFEST).read_text())
+    assert (committed["input_format"], committed["counts"]["inputs"]) == (kind, 15)
+    assert len(list((tmp_path / kind).iterdir())) == 3
+    assert pq.read_table(out / DATA_DIR).column(carried).null_count == 0
+    assert "succeeded" in capsys.readouterr().out
