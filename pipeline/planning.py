@@ -213,6 +213,12 @@ def print_plan(config: Config, *, sized: dict[str, Any] | None, as_json: bool = 
     import ray
 
     listing = storage.list_inputs(config.input, config.storage)
+    found, inputs = f"{len(listing)}", len(listing)
+    if listing.format != "files":  # shards: their records, where the footers say (parquet)
+        from pipeline.shard_job import survey
+
+        inputs = survey(config, listing.format, listing.uris)[1] or len(listing)
+        found = f"{inputs} records in {len(listing)} {listing.format} shards"
     started = not ray.is_initialized()
     if started:
         address = config.resources.ray_address
@@ -225,11 +231,12 @@ def print_plan(config: Config, *, sized: dict[str, Any] | None, as_json: bool = 
         if started:
             ray.shutdown()
     cluster = {"CPU": plan.cluster_cpus, "GPU": plan.cluster_gpus}
-    stages = rounded(_stages(config, plan, len(listing)))
+    stages = rounded(_stages(config, plan, inputs))
     if as_json:
         document = {
             "config": config.to_dict(),
-            "inputs_found": len(listing),
+            "inputs_found": inputs,
+            "input_format": listing.format,
             "cluster": cluster,
             "resource_plan": rounded(plan.as_dict()),
             "stages": stages,
@@ -239,7 +246,7 @@ def print_plan(config: Config, *, sized: dict[str, Any] | None, as_json: bool = 
         return
     print("# resolved config")
     print(dump_yaml(config))
-    print(f"# inputs found: {len(listing)}")
+    print(f"# inputs found: {found}")
     print("# stages on this cluster " + json.dumps(cluster))
     print(json.dumps(stages, indent=2))
     if sized is not None:

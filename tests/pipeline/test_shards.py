@@ -193,6 +193,22 @@ def _cut_part_of_shard(out: Path, shard: int, keep: int) -> int:
     return 0
 
 
+def test_plan_counts_the_records_of_parquet_shards(ray_session, sample_images, tmp_path, capsys):
+    """``pipeline plan`` over shards: records from the footers, not shards, as the inputs found."""
+    from pipeline.cli import main
+
+    files = sorted(path for path in sample_images.rglob("*") if path.is_file())
+    sample_shards.parquet_shards(files, tmp_path / "shards", 3)
+    assert (
+        main(
+            ["plan", "--set", f"input.uri={tmp_path / 'shards'}", "--set", "model.random_init=true", "--json"]
+        )
+        == 0
+    )
+    document = json.loads(capsys.readouterr().out)
+    assert (document["inputs_found"], document["input_format"]) == (len(files), "parquet")
+
+
 class TestFormatDetection:
     def test_a_folder_of_one_kind_is_read_as_that_kind(self, tmp_path):
         for kind, name in (("parquet", "a.parquet"), ("webdataset", "a.tar"), ("files", "a.jpg")):
