@@ -29,7 +29,7 @@ from pipeline.lease import Lease
 from pipeline.logs import STDERR, bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
 from pipeline.model import ModelSpec, check_architecture, resolve_spec
-from pipeline.progress import Display, ProgressTracker, watch_write
+from pipeline.progress import Display, ProgressSeries, ProgressTracker, watch_write
 from pipeline.summary import RunSummary
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ class _Run:
     started_ray: bool = False
     done_at_start: int | None = None  # rows already written when this attempt began (after restore)
     display: Display = field(default_factory=lambda: Display(sys.stderr, enabled=False))
+    series: ProgressSeries | None = None  # rows done over time, once this attempt writes
 
     def held(self) -> output.OutputLocation:
         """The output, while the job holds its lease."""
@@ -323,6 +324,7 @@ def _write_with_progress(
     state_ref = ray.put(state_dict) if state_dict is not None else None
     dataset = build_dataset(config, todo, spec, state_ref, plan, run_id, progress=tracker)
     data_uri, filesystem = location.uri_of(output.DATA_DIR), location.arrow_fs()
+    run.series = ProgressSeries(run.started_wall)
     try:
         processed, steady = watch_write(
             lambda: write_parquet(dataset, data_uri, filesystem, run_id, plan),
@@ -332,6 +334,7 @@ def _write_with_progress(
             len(todo),
             run.job_metrics(),
             run.display,
+            run.series,
         )
         return processed, steady, ray.get(tracker.first_landed_at.remote())
     finally:
@@ -355,4 +358,6 @@ def _commit(run: _Run, spec: ModelSpec, result: verify.Tally, plan: ResourcePlan
     document = verify.manifest_document(
         config, summary.as_dict(), spec, plan.as_dict(), config_hash, started_wall, result.rows
     )
+    if run.series is not None:  # none when every part was written by an earlier attempt
+        document["progress"] = run.series.as_dict()
     verify.commit(location, result, document)
