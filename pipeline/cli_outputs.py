@@ -56,21 +56,21 @@ def _storage(args: argparse.Namespace) -> StorageConfig:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``pipeline inspect``."""
-    from pipeline import inspect
+    from pipeline import inspect, inspect_text
 
     doc = inspect.inspect_output(args.output_uri, _storage(args))
-    print(json.dumps(doc, indent=2) if args.json else inspect.render_inspect(doc))
+    print(json.dumps(doc, indent=2) if args.json else inspect_text.render_inspect(doc))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``pipeline compare``; the result is printed before a --min-agreement failure is reported."""
-    from pipeline import inspect
+    from pipeline import inspect, inspect_text
 
     if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
         raise ConfigError("--min-agreement", args.min_agreement, "expected a fraction from 0 to 1")
     doc = inspect.compare_outputs(args.base_uri, args.new_uri, _storage(args))
-    print(json.dumps(doc, indent=2) if args.json else inspect.render_compare(doc))
+    print(json.dumps(doc, indent=2) if args.json else inspect_text.render_compare(doc))
     sys.stdout.flush()
     inspect.check_agreement(doc, args.min_agreement)
     return 0
