@@ -1,4 +1,4 @@
-"""The pipeline command: run, plan, demo, config, models, bench; inspect, compare, report (cli_outputs).
+"""The pipeline command: run, plan, demo, config, models, bench, inspect, compare, report.
 
 Exit codes: 0 success, 2 bad config/input/model, 3 output already committed,
 4 storage unreachable, 5 too many failed rows, 6 job failed or cluster unreachable,

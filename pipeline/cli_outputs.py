@@ -1,4 +1,4 @@
-"""The commands that read a committed output: ``inspect``, ``compare`` and ``report``.
+"""The commands that read committed outputs: ``inspect``, ``compare`` and ``report``.
 
 Kept apart from :mod:`pipeline.cli` (which runs jobs) because they share only the storage
 settings with it: each reads ``storage.*`` from ``--config``, the environment and ``--set``,
@@ -41,8 +41,16 @@ def add_commands(command: Factory, add_config_args: Callable[[argparse.ArgumentP
     compare.add_argument(
         "--min-agreement", type=float, metavar="X", help="exit 9 when top-1 agreement is below X (0 to 1)"
     )
+    report = command(
+        "report",
+        "write one self-contained HTML page of a committed output: numbers, plots, pictures",
+        "pipeline report s3://bucket/preds/2026-12-01 --html run.html",
+    )
+    report.add_argument("output_uri", help="the output: a folder or an s3:// prefix holding _SUCCESS")
+    report.add_argument("--html", required=True, metavar="FILE", help="the page to write (a local file)")
     for reader in (inspect, compare):
         reader.add_argument("--json", action="store_true", help="print one JSON document (docs/inspect.md)")
+    for reader in (inspect, compare, report):
         add_config_args(reader)  # only storage.* is read: the endpoint, region, timeouts
 
 
@@ -76,7 +84,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """``pipeline report``."""
+    from pathlib import Path
+
+    from pipeline import report
+
+    html = Path(args.html)
+    size = report.write_report(args.output_uri, _storage(args), html)
+    print(f"report written: {html} ({size / 1024:,.0f} kB)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "inspect": cmd_inspect,
     "compare": cmd_compare,
+    "report": cmd_report,
 }

@@ -118,7 +118,11 @@ def _one(connection: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any]:
 
 def inspect_output(uri: str, storage_config: StorageConfig) -> dict[str, Any]:
     """The ``pipeline inspect --json`` document of one committed output."""
-    output = open_committed(uri, storage_config)
+    return inspect_committed(open_committed(uri, storage_config))
+
+
+def inspect_committed(output: Committed) -> dict[str, Any]:
+    """:func:`inspect_output` of an output already opened (the report also reads its manifest)."""
     manifest = output.manifest
     task = str(manifest.get("model", {}).get("task") or "classify")
     with _duckdb(rows=output) as db:

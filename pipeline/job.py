@@ -252,6 +252,10 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     _commit(run, spec, result, plan, config_hash)
     summary.status = "succeeded"  # only now: the manifest is written and read back
     summary.timings["committed"] = time.monotonic() - run.started
+    if config.output.report:  # after the commit: a report that fails only logs a warning
+        from pipeline.report import write_after_commit
+
+        write_after_commit(location, config.storage, log)
 
 
 def _clear(location: output.OutputLocation, lease: Lease, log: Any) -> None:
