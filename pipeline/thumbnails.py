@@ -60,9 +60,7 @@ def thumbnails(uris: list[str], storage_config: StorageConfig, allowed_roots: li
     found = []
     for uri, (data, reason, detail) in zip(shown, fetched, strict=True):
         if data is None:
-            found.append(
-                Thumbnail(uri, None, f"not read: {reason} ({detail})" if detail else f"not read: {reason}")
-            )
+            found.append(Thumbnail(uri, None, _not_read(reason, detail)))
             continue
         try:
             found.append(Thumbnail(uri, _data_uri(data)))
