@@ -6,7 +6,7 @@ document, same queries); the plots are :mod:`pipeline.report_plots`'s SVGs, the 
 Content-Security-Policy that allows nothing else, so it opens offline and makes no request.
 The HTML is a Jinja2 template (``templates/report.html.j2``), escaped automatically.
 
-With ``output.report: true`` the job writes the page as ``report.html`` beside ``_SUCCESS``
+With ``output.report: true`` the job writes the page as ``_report.html`` beside ``_SUCCESS``
 after the commit (:func:`write_after_commit`); a failure there is a warning, never a failed
 run: the output is committed already. docs/inspect.md: what each section shows.
 """
@@ -100,7 +100,7 @@ def write_report(uri: str, storage_config: StorageConfig, html: Path) -> int:
 
 
 def write_after_commit(location: OutputLocation, storage_config: StorageConfig, log: Any) -> bool:
-    """``output.report``: write ``report.html`` beside ``_SUCCESS``; on any failure log a warning only."""
+    """``output.report``: write ``_report.html`` beside ``_SUCCESS``; on any failure log a warning only."""
     try:
         page = render(inspect.open_committed(location.uri, storage_config), storage_config)
         location.write_bytes(REPORT, page.encode("utf-8"))
