@@ -185,6 +185,17 @@ class TestReportCommand:
             assert path.as_uri() in page  # each by name
         assert "image file is truncated" in page  # the failed row's reason and error
 
+    def test_an_output_from_before_the_series_says_no_series(self, tmp_path, write_output):
+        rows = [{"row_id": "r0", "status": "ok", "score": 0.5}]  # no labels kept: an ok row all the same
+        rows.append({"row_id": "r1", "status": "ok", "top_k_labels": ["cat", "dog", "emu"]})
+        root = write_output(tmp_path / "out", rows)  # its _SUCCESS has no "progress", like older outputs
+        page = tmp_path / "report.html"
+        assert main(["report", str(root), "--html", str(page)]) == 0
+        html = page.read_text(encoding="utf-8")
+        assert "no series" in html
+        assert "Failures by reason" in html
+        assert "no failed rows" in html
+
     def test_an_embed_output_shows_dimension_norms_and_nan_inf_and_no_label_plots(
         self, tmp_path, write_output
     ):
