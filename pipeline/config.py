@@ -139,6 +139,9 @@ class OutputConfig(_Section):
     # One writer per output: a job holds a lease on it, renewed every third of this. A
     # crashed job's lease lapses after this long (a job killed on the same host at once).
     lease_seconds: float = Field(default=120.0, ge=1.0, le=86_400.0)
+    # After the commit, also write _report.html beside _SUCCESS (pipeline.report); a failure
+    # there is a warning in the log, never a failed run.
+    report: bool = False
 
 
 class StorageConfig(_Section):
