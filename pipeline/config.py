@@ -25,6 +25,20 @@ from pipeline.errors import ConfigError
 Unit = Annotated[float, Field(ge=0, le=1)]  # a per-channel mean, on the 0-1 scale torchvision uses
 Spread = Annotated[float, Field(gt=0, le=1)]  # a per-channel standard deviation, same scale
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# What input.allowed_schemes may name: "local" is a plain path (absolute or relative to the
+# manifest), "file" a file:// URL, the others their URL schemes (docs/http.md).
+InputScheme = Literal["local", "file", "s3", "s3a", "gs", "gcs", "az", "abfs", "http", "https"]
+DEFAULT_ALLOWED_SCHEMES: tuple[InputScheme, ...] = (
+    "local",
+    "s3",
+    "s3a",
+    "gs",
+    "gcs",
+    "az",
+    "abfs",
+    "http",
+    "https",
+)
 
 
 class _Section(BaseModel):
@@ -51,6 +65,9 @@ class InputConfig(_Section):
     allowed_roots: list[str] = Field(default_factory=list)
     # Manifest columns copied unchanged into every output row (pipeline.input_manifest).
     passthrough_columns: list[str] = Field(default_factory=list)
+    # The kinds of input a manifest may name; others fail with reason scheme_not_allowed.
+    # file:// URLs are left out by default: a manifest from elsewhere cannot point into this host.
+    allowed_schemes: list[InputScheme] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_SCHEMES))
 
     @field_validator("uri")
     @classmethod
@@ -155,6 +172,26 @@ class StorageConfig(_Section):
     anonymous: bool = False
 
 
+class HttpConfig(_Section):
+    """How ``http://`` and ``https://`` inputs are fetched (pipeline.http_fetch, docs/http.md)."""
+
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Longest silence while waiting for the response or the next bytes of its body.
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    # Tries per URL on 429, 5xx, timeouts and refused connections; then the row fails.
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    # First wait between tries; doubled each try, with jitter, never more than max_wait_s.
+    backoff_s: float = Field(default=0.5, ge=0)
+    # Longest wait before a retry, a server's Retry-After included.
+    max_wait_s: float = Field(default=30.0, ge=0)
+    max_redirects: int = Field(default=5, ge=0, le=30)
+    # Hosts a decode worker keeps connections to (each up to preprocess.fetch_threads).
+    max_hosts: int = Field(default=32, ge=1, le=1024)
+    # Link-local and cloud metadata addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254,
+    # metadata.google.internal) are refused (address_not_allowed) unless this is true.
+    allow_link_local: bool = False
+
+
 class ResourcesConfig(_Section):
     """How the stages map onto the Ray cluster."""
 
@@ -219,6 +256,7 @@ class Config(_Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -230,18 +268,19 @@ class Config(_Section):
     def config_hash(self) -> str:
         """sha256 of the settings that change results; a resume must match it.
 
-        Hashed: which inputs (``input`` but ``allowed_roots``; the carried columns, which shape
-        every part's schema, only when there are some), the model (architecture,
-        weights, and the task's keys: labels and top-k to classify; the task, embedding
-        dtype and normalisation to embed), the preprocessing that shapes the pixels, and
-        the precision class (fp32, or mixed: bf16 and fp16 alike). A classification hash
-        is the one it was before ``model.task`` existed. Everything else only
-        changes how, where or with what limits the job runs, so a resume may change it:
-        a smaller batch after an out-of-memory, a higher failure budget after exit 5, more
-        resources, other retry settings.
+        Hashed: which inputs (``input`` but its limits ``allowed_roots`` and
+        ``allowed_schemes``; the carried columns, which shape every part's schema, only when
+        there are some), the model (architecture, weights, and the task's keys: labels and
+        top-k to classify; the task, embedding dtype and normalisation to embed), the
+        preprocessing that shapes the pixels, and the precision class (fp32, or mixed: bf16
+        and fp16 alike). A classification hash is the one it was before ``model.task``
+        existed. Everything else only changes how, where or with what limits the job runs,
+        so a resume may change it: a smaller batch after an out-of-memory, a higher failure
+        budget after exit 5, more resources, other retry settings.
         """
         data = self.to_dict()
-        data["input"].pop("allowed_roots", None)
+        for limit in ("allowed_roots", "allowed_schemes"):
+            data["input"].pop(limit, None)
         if not data["input"]["passthrough_columns"]:  # hashed only when set: older runs still resume
             data["input"].pop("passthrough_columns")
         other = "embed" if self.model.task == "classify" else "classify"

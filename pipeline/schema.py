@@ -40,6 +40,10 @@ class FailureReason(StrEnum):
     OUTSIDE_ALLOWED_ROOTS = "outside_allowed_roots"
     UNSUPPORTED_SCHEME = "unsupported_scheme"
     INVALID_URI = "invalid_uri"
+    SCHEME_NOT_ALLOWED = "scheme_not_allowed"
+    ADDRESS_NOT_ALLOWED = "address_not_allowed"
+    HTTP_ERROR = "http_error"
+    REDIRECT_LOOP = "redirect_loop"
 
 
 STATUS_OK = "ok"

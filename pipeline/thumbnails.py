@@ -48,7 +48,7 @@ def thumbnails(uris: list[str], storage_config: StorageConfig, allowed_roots: li
     shown = uris[:MAX_PICTURES]
     if not shown:
         return []
-    limits = storage.ReadLimits(
+    limits = reading.ReadLimits(
         max_bytes=MAX_BYTES,
         timeout_s=READ_TIMEOUT_S,
         allowed_roots=tuple(os.path.realpath(storage.normalise(root)) for root in allowed_roots),
