@@ -136,7 +136,6 @@ def _make_pool(settings: HttpSettings) -> urllib3.PoolManager:
         num_pools=settings.max_hosts,
         maxsize=settings.pool_size,
         block=True,  # bounded: a thread waits for a free connection rather than opening another
-        headers={"User-Agent": USER_AGENT},
     )
     if not settings.allow_link_local:
         manager.pool_classes_by_scheme = {"http": GuardedHTTPPool, "https": GuardedHTTPSPool}
@@ -228,7 +227,7 @@ def _request(
             response = pool.request(
                 "GET",
                 url,
-                headers=headers or None,
+                headers={"User-Agent": USER_AGENT, **headers},  # given headers replace the pool's
                 preload_content=False,
                 redirect=False,
                 retries=False,
