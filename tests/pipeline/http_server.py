@@ -18,6 +18,7 @@ Every request is recorded (path, whether it carried an Authorization header, cli
 from __future__ import annotations
 
 import base64
+import sys
 import threading
 import time
 from collections import Counter
@@ -42,7 +43,7 @@ class ImageServer:
         self.client_ports: set[int] = set()  # one per connection the clients opened
         self.attempts: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -62,6 +63,13 @@ class ImageServer:
             self.requests.append((path, authorised))
             self.attempts[path] += 1
             return self.attempts[path]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hangs up (as the fetcher does at a size limit or timeout) is no error here."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
 
 def _handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
@@ -173,7 +181,10 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client stopped reading (a body over its limit)
+            self.close_connection = True
 
     def _redirect(self, location: str) -> None:
         self._send(302, b"", headers={"Location": location})
