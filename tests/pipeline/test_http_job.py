@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -96,8 +97,11 @@ def test_every_http_failure_is_one_row_with_its_reason(image_server, make_config
         assert (row["status"] == "ok") is (expected[uri] is None)
     assert by_given[f"{base}/error"]["error"] == "HTTP 500 after 2 attempts"
     assert rows[f"{base}/img/0.jpg"]["uri"] == f"{base}/img/0.jpg"  # a plain URL is kept as given
+    reasons = Counter(reason for reason in expected.values() if reason is not None)
     manifest_json = json.loads((out / "_SUCCESS").read_text())
-    assert manifest_json["counts"]["failed"] == sum(reason is not None for reason in expected.values())
+    assert manifest_json["counts"]["failed"] == reasons.total()
+    assert manifest_json["failed_by_reason"] == dict(reasons)
+    assert all(reason in result.stdout for reason in reasons)  # the run summary names each
     for secret in SECRETS:
         assert secret not in result.stdout + result.stderr
         for path in out.rglob("*"):
