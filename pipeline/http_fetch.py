@@ -183,7 +183,11 @@ def _check_target(url: str, settings: HttpSettings, allowed_schemes: tuple[str, 
     """Refuse a URL (the first or a redirect's) this job may not read; its basic-auth header if any."""
     import urllib3
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port that is no number or out of range
+    except ValueError:
+        raise HttpRefusedError(FailureReason.INVALID_URI, "not a valid URL") from None
     scheme = parts.scheme.lower()
     if scheme not in HTTP_SCHEMES or scheme not in allowed_schemes:
         shown = scheme or "local"

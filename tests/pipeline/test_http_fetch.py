@@ -149,6 +149,17 @@ class TestAllowed:
         allowed = replace(LIMITS, allowed_schemes=(*LIMITS.allowed_schemes, "file"))
         assert fetch(f"file://{image}", allowed) == (jpegs[0], None, "")
 
+    @pytest.mark.parametrize(
+        "url", ["http://", "http://host:99999/x.jpg", "http://host:port/x.jpg", "http://[::1/x"]
+    )
+    def test_a_broken_url_is_invalid_not_retried(self, url: str, waits):
+        assert fetch(url) == (
+            None,
+            FailureReason.INVALID_URI,
+            "no host in the URL" if url == "http://" else "not a valid URL",
+        )
+        assert waits == []
+
     def test_unknown_schemes_are_still_unsupported(self):
         assert fetch("ftp://host/x.jpg")[1] == FailureReason.UNSUPPORTED_SCHEME
 
@@ -232,6 +243,13 @@ class TestConfig:
         assert caught.value.key == key
         assert caught.value.exit_code == 2
         assert str(caught.value.value) in value
+
+    def test_the_workers_defaults_are_the_configs(self):
+        """What a ReadLimits made without settings uses is what the config gives by default."""
+        config = load_config(None, ["input.uri=/data", "model.random_init=true"], environ={})
+        given = http_fetch.HttpSettings(**config.http.model_dump(), pool_size=config.preprocess.fetch_threads)
+        assert given == http_fetch.DEFAULT_SETTINGS == reading.ReadLimits(1, 1).http
+        assert tuple(config.input.allowed_schemes) == reading.ReadLimits(1, 1).allowed_schemes
 
     def test_limits_do_not_change_the_config_hash(self):
         """A resume may narrow the allowed schemes or change HTTP settings: they are limits, not results."""
