@@ -136,10 +136,26 @@ def _make_pool(settings: HttpSettings) -> urllib3.PoolManager:
         num_pools=settings.max_hosts,
         maxsize=settings.pool_size,
         block=True,  # bounded: a thread waits for a free connection rather than opening another
+        ca_certs=_ca_certs(),
     )
     if not settings.allow_link_local:
         manager.pool_classes_by_scheme = {"http": GuardedHTTPPool, "https": GuardedHTTPSPool}
     return manager
+
+
+def _ca_certs() -> str | None:
+    """The CAs https:// URLs are verified against: the system's (or ``SSL_CERT_FILE``), else certifi's.
+
+    The image's Python (python-build-standalone, on a base without ca-certificates) may find
+    no system store; then certifi's Mozilla bundle, which botocore and requests use too.
+    """
+    import ssl
+
+    if ssl.create_default_context().cert_store_stats()["x509_ca"]:
+        return None  # urllib3 loads the default paths, SSL_CERT_FILE / SSL_CERT_DIR included
+    import certifi
+
+    return str(certifi.where())
 
 
 def fetch_url(

@@ -18,11 +18,15 @@ Every request is recorded (path, whether it carried an Authorization header, cli
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import ipaddress
+import ssl
 import sys
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 BASIC_USER, BASIC_PASSWORD = "user", "s3cret-pass"  # a fake, searched for in outputs
 BIG_BYTES = 2 * 1024 * 1024
@@ -35,7 +39,14 @@ KINDS = frozenset(
 class ImageServer:
     """The server, its images by name, and what it was asked."""
 
-    def __init__(self, images: dict[str, bytes], *, retry_after: int = 1, slow_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        images: dict[str, bytes],
+        *,
+        retry_after: int = 1,
+        slow_s: float = 3.0,
+        certificate: tuple[Path, Path] | None = None,
+    ) -> None:
         self.images = images
         self.retry_after = retry_after
         self.slow_s = slow_s
@@ -45,7 +56,13 @@ class ImageServer:
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "http"
+        if certificate is not None:  # https, with a certificate no CA store trusts
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*certificate)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def start(self) -> ImageServer:
@@ -63,6 +80,40 @@ class ImageServer:
             self.requests.append((path, authorised))
             self.attempts[path] += 1
             return self.attempts[path]
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself, and its key, as PEM files in ``folder``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pipeline test server")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "server.pem", folder / "server.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
 
 
 class _QuietServer(ThreadingHTTPServer):

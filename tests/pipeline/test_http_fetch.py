@@ -11,7 +11,7 @@ import socket
 from dataclasses import replace
 
 import pytest
-from http_server import BASIC_PASSWORD, BASIC_USER, ImageServer
+from http_server import BASIC_PASSWORD, BASIC_USER, ImageServer, self_signed_certificate
 
 from pipeline import http_fetch, reading, storage
 from pipeline.config import StorageConfig, load_config
@@ -129,6 +129,23 @@ class TestLimits:
             assert [reason for _, reason, _ in results] == [None] * 40
         assert http_fetch.pool_for(settings) is http_fetch.pool_for(replace(settings))
         assert 1 <= len(image_server.client_ports) <= settings.pool_size
+
+
+class TestHttps:
+    def test_certificates_are_verified_against_the_trusted_cas(self, tmp_path, jpegs, waits, monkeypatch):
+        """A certificate no CA store trusts is refused; trusted through SSL_CERT_FILE, the image is read."""
+        certificate = self_signed_certificate(tmp_path)
+        server = ImageServer({"1.jpg": jpegs[1]}, certificate=certificate).start()
+        try:
+            url = f"{server.url}/img/1.jpg"
+            data, reason, detail = fetch(url, replace(LIMITS, http=replace(FAST, max_hosts=11)))
+            assert (data, reason) == (None, FailureReason.HTTP_ERROR)
+            assert "SSLCertVerificationError" in detail
+            monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+            trusting = replace(LIMITS, http=replace(FAST, max_hosts=12))  # a new pool reads the CAs again
+            assert fetch(url, trusting) == (jpegs[1], None, "")
+        finally:
+            server.stop()
 
 
 class TestAllowed:
