@@ -141,6 +141,9 @@ def test_a_thousand_urls_with_transient_failures_commit_exactly_once(
     assert all(image_server.attempts[url.removeprefix(image_server.url)] == 2 for url in transient)
 
 
+KILL_AFTER_PARTS = 2  # committed checkpoints, of about four
+
+
 def _written_parts(out: Path) -> int:
     checkpoints = out / "_checkpoint"
     if not checkpoints.exists():
@@ -150,9 +153,19 @@ def _written_parts(out: Path) -> int:
 
 def test_killed_url_run_resumes_with_every_url_once(image_server, make_config, tmp_path):
     """SIGKILL of the whole job mid-run; the rerun commits, every URL once, only the rest fetched again."""
-    urls = [f"{image_server.url}/img/{index}.jpg" for index in range(480)]
+    urls = [f"{image_server.url}/img/{index}.jpg" for index in range(240)]
     manifest = write_manifest(tmp_path / "urls.parquet", urls)
-    config = make_config(manifest, **FAST_HTTP, output__rows_per_file=16)  # 224 crops: seconds per part
+    config = make_config(  # tests/storage/test_resume.py's pace: seconds between parts, room to kill
+        manifest,
+        **FAST_HTTP,
+        output__rows_per_file=8,
+        preprocess__batch_size=4,
+        preprocess__resize_size=160,
+        preprocess__crop_size=160,
+        inference__batch_size=4,
+        inference__torch_threads=1,
+        preprocess__fetch_threads=4,
+    )
     command = _command(config, tmp_path)
     out = Path(config.output.uri)
     log = tmp_path / "first.log"
@@ -162,7 +175,7 @@ def test_killed_url_run_resumes_with_every_url_once(image_server, make_config, t
         )
     try:
         deadline = time.monotonic() + 300
-        while _written_parts(out) < 1 and first.poll() is None and time.monotonic() < deadline:
+        while _written_parts(out) < KILL_AFTER_PARTS and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert first.poll() is None, f"the run ended before it could be killed: {log.read_text()[-3000:]}"
     finally:
@@ -176,9 +189,9 @@ def test_killed_url_run_resumes_with_every_url_once(image_server, make_config, t
     assert second.returncode == 0, second.stderr[-3000:]
     committed = json.loads((out / "_SUCCESS").read_text())
     assert committed["resumed"] is True
-    assert committed["counts"] == {"inputs": 480, "succeeded": 480, "failed": 0}
-    assert 0 < committed["processed_this_run"] < 480
+    assert committed["counts"] == {"inputs": 240, "succeeded": 240, "failed": 0}
+    assert 0 < committed["processed_this_run"] < 240
     table = pq.read_table(out / "data", columns=["row_id", "uri"])
     assert sorted(table.column("uri").to_pylist()) == sorted(urls)
-    assert len(set(table.column("row_id").to_pylist())) == 480
-    assert len(image_server.requests) - fetched_before < 480  # finished URLs were not fetched again
+    assert len(set(table.column("row_id").to_pylist())) == 240
+    assert len(image_server.requests) - fetched_before < 240  # finished URLs were not fetched again
