@@ -305,41 +305,6 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
     return overrides_module.env_overrides(Config, environ)
 
 
-def _field_path(loc: tuple[int | str, ...]) -> tuple[list[str], type[BaseModel]]:
-    """The leading part of a pydantic error location that names config keys, and the model there.
-
-    Union members (``int``, ``literal['auto']``) that pydantic appends are dropped.
-    """
-    model: type[BaseModel] = Config
-    path: list[str] = []
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            break
-        path.append(str(part))
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-    return path, model
-
-
-def _error_from_validation(exc: ValidationError) -> ConfigError:
-    errors = exc.errors()
-    first = errors[0]
-    path, model = _field_path(first["loc"])
-    if first["type"] == "extra_forbidden":
-        key = ".".join([*path, str(first["loc"][-1])])
-        allowed = ", ".join(sorted(model.model_fields))
-        return ConfigError(key, first.get("input"), f"unknown key; allowed keys here: {allowed}")
-    key = ".".join(path)
-    if first["type"] == "missing":
-        return ConfigError(key, None, "this key is required")
-    # A union field reports one error per member: say all of them.
-    messages = [e["msg"] for e in errors if ".".join(_field_path(e["loc"])[0]) == key]
-    message = " or ".join(dict.fromkeys(m[:1].lower() + m[1:] for m in messages))
-    return ConfigError(key, first.get("input"), message)
-
-
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
@@ -369,7 +334,7 @@ def load_config(
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise _error_from_validation(exc) from None
+        raise overrides_module.validation_error(Config, exc) from None
     _check_semantics(config)
     return config
 
