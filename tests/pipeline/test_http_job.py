@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from http_server import BASIC_PASSWORD, BASIC_USER
@@ -79,8 +80,10 @@ def test_every_http_failure_is_one_row_with_its_reason(image_server, make_config
         f"http://{BASIC_USER}:{BASIC_PASSWORD}@{host}/missing?sig={SECRETS[0]}": "not_found",
         str(local): None,  # local paths beside URLs, as before
     }
-    manifest = write_manifest(tmp_path / "urls.parquet", list(expected))
-    config = make_config(manifest, **FAST_HTTP, **SMALL)
+    manifest = tmp_path / "urls.parquet"  # with a column carried to every row, failed or not
+    skus = pa.array(range(100, 100 + len(expected)), pa.int32())
+    pq.write_table(pa.table({"uri": list(expected), "sku": skus}), manifest)
+    config = make_config(manifest, **FAST_HTTP, **SMALL, input__passthrough_columns="[sku]")
     result = subprocess.run(
         _command(config, tmp_path), capture_output=True, text=True, timeout=600, env=_job_env(), check=False
     )
@@ -92,7 +95,9 @@ def test_every_http_failure_is_one_row_with_its_reason(image_server, make_config
     rows = rows_by_uri(out)
     by_given = {uri: rows[redaction.redact_url(uri)] for uri in expected}
     assert {uri: row["reason"] for uri, row in by_given.items()} == expected
-    for uri, row in by_given.items():
+    assert table.schema.field("sku").type == pa.int32()
+    for sku, (uri, row) in enumerate(by_given.items(), start=100):
+        assert row["sku"] == sku
         assert row["row_id"] == storage.row_id(uri)  # from the URL as given, secrets and all
         assert (row["status"] == "ok") is (expected[uri] is None)
     assert by_given[f"{base}/error"]["error"] == "HTTP 500 after 2 attempts"
