@@ -42,8 +42,13 @@ def render(output: inspect.Committed, storage_config: StorageConfig) -> str:
         failed_groups.setdefault(str(row["reason"]), []).append(row)
     shown = [row["uri"] for row in doc["lowest_confidence"]]
     shown += [row["uri"] for row in doc["failed_sample"] if row["reason"] in PICTURED_FAILURES]
-    allowed_roots = (manifest.get("config") or {}).get("input", {}).get("allowed_roots") or []
-    pictures = thumbnails.thumbnails(list(dict.fromkeys(shown)), storage_config, allowed_roots)
+    run_input = (manifest.get("config") or {}).get("input", {})
+    pictures = thumbnails.thumbnails(
+        list(dict.fromkeys(shown)),
+        storage_config,
+        run_input.get("allowed_roots") or [],
+        run_input.get("allowed_schemes"),  # None: a run from before the key, which read every scheme
+    )
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("pipeline", "templates"),
         autoescape=True,

@@ -1,11 +1,11 @@
 """Small pictures of a few inputs for the report, read the way the job reads them, and bounded.
 
 Each source is read through :func:`pipeline.reading.fetch_all` (the job's own storage code:
-local files or ``s3://`` through the ``storage.*`` settings), within :data:`MAX_BYTES`,
-:data:`READ_TIMEOUT_S` and the run's ``input.allowed_roots``; at most :data:`MAX_PICTURES`
-are read, and only pictures of at most :data:`MAX_PIXELS` are decoded. An input that cannot be
-shown (deleted since the run, refused, undecodable) gets the reason in words instead: a report
-never fails because of one picture.
+local files, ``s3://`` through the ``storage.*`` settings, URLs), within :data:`MAX_BYTES`,
+:data:`READ_TIMEOUT_S` and the run's ``input.allowed_roots`` and ``allowed_schemes``; at most
+:data:`MAX_PICTURES` are read, and only pictures of at most :data:`MAX_PIXELS` are decoded. An
+input that cannot be shown (deleted since the run, refused, undecodable) gets the reason in
+words instead: a report never fails because of one picture.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from PIL import Image, ImageOps
 
 from pipeline import reading, storage
+from pipeline.config import InputScheme
 from pipeline.schema import FailureReason
 
 if TYPE_CHECKING:
@@ -43,8 +44,17 @@ class Thumbnail:
     note: str = ""
 
 
-def thumbnails(uris: list[str], storage_config: StorageConfig, allowed_roots: list[str]) -> list[Thumbnail]:
-    """A thumbnail (or the reason for none) of each of the first :data:`MAX_PICTURES` of ``uris``."""
+def thumbnails(
+    uris: list[str],
+    storage_config: StorageConfig,
+    allowed_roots: list[str],
+    allowed_schemes: list[str] | None = None,
+) -> list[Thumbnail]:
+    """A thumbnail (or the reason for none) of each of the first :data:`MAX_PICTURES` of ``uris``.
+
+    Read within the run's ``input.allowed_roots`` and ``input.allowed_schemes`` (None: every
+    scheme the job reads, ``file://`` included); URLs with the default ``http.*`` settings.
+    """
     shown = uris[:MAX_PICTURES]
     if not shown:
         return []
@@ -52,6 +62,7 @@ def thumbnails(uris: list[str], storage_config: StorageConfig, allowed_roots: li
         max_bytes=MAX_BYTES,
         timeout_s=READ_TIMEOUT_S,
         allowed_roots=tuple(os.path.realpath(storage.normalise(root)) for root in allowed_roots),
+        allowed_schemes=tuple(allowed_schemes or get_args(InputScheme)),
     )
     try:
         fetched = reading.fetch_all(storage.Filesystems(storage_config), shown, limits, THREADS)
