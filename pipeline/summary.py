@@ -48,7 +48,8 @@ class RunSummary:
             f"  succeeded  {self.succeeded}",
             f"  failed     {self.failed}",
         ]
-        lines += [f"    {reason:<18} {count}" for reason, count in self.failed_by_reason.items()]
+        width = max(map(len, self.failed_by_reason), default=0)
+        lines += [f"    {reason:<{width}}  {count}" for reason, count in self.failed_by_reason.items()]
         lines += [
             f"  processed  {self.processed_this_run} this run{' (resumed)' if self.resumed else ''}",
             f"  seconds    {self.seconds:.1f}",
