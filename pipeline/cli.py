@@ -1,4 +1,4 @@
-"""The pipeline command: run, plan, demo, config, models, bench, inspect, compare.
+"""The pipeline command: run, plan, demo, config, models, bench, inspect, compare, report.
 
 Exit codes: 0 success, 2 bad config/input/model, 3 output already committed,
 4 storage unreachable, 5 too many failed rows, 6 job failed or cluster unreachable,
@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import __version__, logrelay, logs, sizing
+from pipeline import __version__, cli_outputs, logrelay, logs, sizing
 from pipeline.demo import demo_arguments
 from pipeline.errors import ConfigError, PipelineError, RunInterrupted
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from pipeline.config import Config, StorageConfig
+    from pipeline.config import Config
 
 
 def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
@@ -150,25 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model-seconds", type=float, default=8.0, help="how long to time the model alone")
     _add_overrides(bench, "preprocess.batch_size=32 (the bench sets input, output and precision)")
 
-    inspect = command(
-        "inspect",
-        "summarise a committed output: outcomes, throughput, model, labels, confidence, failed rows",
-        "pipeline inspect s3://bucket/preds/2026-12-01 --set storage.endpoint_url=http://minio:9000",
-    )
-    inspect.add_argument("output_uri", help="the output: a folder or an s3:// prefix holding _SUCCESS")
-    compare = command(
-        "compare",
-        "compare two committed outputs row by row: agreement, label transitions, rows in one only",
-        "pipeline compare s3://bucket/preds/resnet50 s3://bucket/preds/convnext --min-agreement 0.9",
-    )
-    compare.add_argument("base_uri", help="the reference output")
-    compare.add_argument("new_uri", help="the output compared with it")
-    compare.add_argument(
-        "--min-agreement", type=float, metavar="X", help="exit 9 when top-1 agreement is below X (0 to 1)"
-    )
-    for reader in (inspect, compare):
-        reader.add_argument("--json", action="store_true", help="print one JSON document (docs/inspect.md)")
-        _add_config_args(reader)  # only storage.* is read: the endpoint, region, timeouts
+    cli_outputs.add_commands(command, _add_config_args)
     return parser
 
 
@@ -298,36 +280,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
-def _storage(args: argparse.Namespace) -> StorageConfig:
-    """``storage.*`` from --config, the environment and --set; placeholders stand in for input and model."""
-    from pipeline.config import load_config
-
-    unused = {"input.uri": "-", "model.weights": None, "model.random_init": True}
-    return load_config(args.config, args.overrides, flags=unused).storage
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    """``pipeline inspect``."""
-    from pipeline import inspect
-
-    doc = inspect.inspect_output(args.output_uri, _storage(args))
-    print(json.dumps(doc, indent=2) if args.json else inspect.render_inspect(doc))
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    """``pipeline compare``; the result is printed before a --min-agreement failure is reported."""
-    from pipeline import inspect
-
-    if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
-        raise ConfigError("--min-agreement", args.min_agreement, "expected a fraction from 0 to 1")
-    doc = inspect.compare_outputs(args.base_uri, args.new_uri, _storage(args))
-    print(json.dumps(doc, indent=2) if args.json else inspect.render_compare(doc))
-    sys.stdout.flush()
-    inspect.check_agreement(doc, args.min_agreement)
-    return 0
-
-
 COMMANDS = {
     "run": cmd_run,
     "plan": cmd_plan,
@@ -335,8 +287,7 @@ COMMANDS = {
     "config": cmd_config,
     "models": cmd_models,
     "bench": cmd_bench,
-    "inspect": cmd_inspect,
-    "compare": cmd_compare,
+    **cli_outputs.COMMANDS,
 }
 
 

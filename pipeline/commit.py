@@ -8,7 +8,7 @@ records are unknown, and a bad shard must not pass unnoticed where a bad file wo
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline import output, verify
 from pipeline.errors import FailureBudgetExceededError
@@ -29,8 +29,12 @@ def commit_run(
     plan: ResourcePlan,
     config_hash: str,
     started_wall: float,
+    progress: dict[str, Any] | None = None,
 ) -> None:
-    """Enforce the failure budget, then write the dead-letter table and the manifest."""
+    """Enforce the failure budget, then write the dead-letter table and the manifest.
+
+    ``progress``: the attempt's rows done over time (none when earlier attempts wrote every part).
+    """
     shards = len(result.failed_shards)
     failed, inputs = summary.failed + shards, summary.inputs + shards
     fraction = failed / inputs if inputs else 0.0
@@ -55,6 +59,8 @@ def commit_run(
         result.rows,
         result.carried,
     )
+    if progress is not None:
+        document["progress"] = progress
     if summary.input_format != "files":
         document["input_format"] = summary.input_format
         document["failed_shards"] = result.failed_shards

@@ -26,6 +26,20 @@ from pipeline.input_checks import check_input
 Unit = Annotated[float, Field(ge=0, le=1)]  # a per-channel mean, on the 0-1 scale torchvision uses
 Spread = Annotated[float, Field(gt=0, le=1)]  # a per-channel standard deviation, same scale
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# What input.allowed_schemes may name: "local" is a plain path (absolute or relative to the
+# manifest), "file" a file:// URL, the others their URL schemes (docs/http.md).
+InputScheme = Literal["local", "file", "s3", "s3a", "gs", "gcs", "az", "abfs", "http", "https"]
+DEFAULT_ALLOWED_SCHEMES: tuple[InputScheme, ...] = (
+    "local",
+    "s3",
+    "s3a",
+    "gs",
+    "gcs",
+    "az",
+    "abfs",
+    "http",
+    "https",
+)
 
 
 class _Section(BaseModel):
@@ -57,6 +71,9 @@ class InputConfig(_Section):
     allowed_roots: list[str] = Field(default_factory=list)
     # Manifest columns copied unchanged into every output row (pipeline.input_manifest).
     passthrough_columns: list[str] = Field(default_factory=list)
+    # The kinds of input a manifest may name; others fail with reason scheme_not_allowed.
+    # file:// URLs are left out by default: a manifest from elsewhere cannot point into this host.
+    allowed_schemes: list[InputScheme] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_SCHEMES))
 
     @field_validator("uri")
     @classmethod
@@ -150,6 +167,9 @@ class OutputConfig(_Section):
     # One writer per output: a job holds a lease on it, renewed every third of this. A
     # crashed job's lease lapses after this long (a job killed on the same host at once).
     lease_seconds: float = Field(default=120.0, ge=1.0, le=86_400.0)
+    # After the commit, also write _report.html beside _SUCCESS (pipeline.report); a failure
+    # there is a warning in the log, never a failed run.
+    report: bool = False
 
 
 class StorageConfig(_Section):
@@ -161,6 +181,26 @@ class StorageConfig(_Section):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
     anonymous: bool = False
+
+
+class HttpConfig(_Section):
+    """How ``http://`` and ``https://`` inputs are fetched (pipeline.http_fetch, docs/http.md)."""
+
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Longest silence while waiting for the response or the next bytes of its body.
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    # Tries per URL on 429, 5xx, timeouts and refused connections; then the row fails.
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    # First wait between tries; doubled each try, with jitter, never more than max_wait_s.
+    backoff_s: float = Field(default=0.5, ge=0)
+    # Longest wait before a retry, a server's Retry-After included.
+    max_wait_s: float = Field(default=30.0, ge=0)
+    max_redirects: int = Field(default=5, ge=0, le=30)
+    # Hosts a decode worker keeps connections to (each up to preprocess.fetch_threads).
+    max_hosts: int = Field(default=32, ge=1, le=1024)
+    # Link-local and cloud metadata addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254,
+    # metadata.google.internal) are refused (address_not_allowed) unless this is true.
+    allow_link_local: bool = False
 
 
 class ResourcesConfig(_Section):
@@ -235,6 +275,7 @@ class Config(_Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -246,18 +287,19 @@ class Config(_Section):
     def config_hash(self) -> str:
         """sha256 of the settings that change results; a resume must match it.
 
-        Hashed: which inputs (``input`` but ``allowed_roots``; the carried columns, which shape
-        every part's schema, only when there are some), the model (architecture,
-        weights, and the task's keys: labels and top-k to classify; the task, embedding
-        dtype and normalisation to embed), the preprocessing that shapes the pixels, and
-        the precision class (fp32, or mixed: bf16 and fp16 alike). A classification hash
-        is the one it was before ``model.task`` existed. Everything else only
-        changes how, where or with what limits the job runs, so a resume may change it:
-        a smaller batch after an out-of-memory, a higher failure budget after exit 5, more
-        resources, other retry settings.
+        Hashed: which inputs (``input`` but its limits ``allowed_roots`` and
+        ``allowed_schemes``; the carried columns, which shape every part's schema, only when
+        there are some), the model (architecture, weights, and the task's keys: labels and
+        top-k to classify; the task, embedding dtype and normalisation to embed), the
+        preprocessing that shapes the pixels, and the precision class (fp32, or mixed: bf16
+        and fp16 alike). A classification hash is the one it was before ``model.task``
+        existed. Everything else only changes how, where or with what limits the job runs,
+        so a resume may change it: a smaller batch after an out-of-memory, a higher failure
+        budget after exit 5, more resources, other retry settings.
         """
         data = self.to_dict()
         data["input"].pop("allowed_roots", None)
+        data["input"].pop("allowed_schemes", None)
         for key, default in INPUT_KEYS_HASHED_WHEN_SET.items():  # older runs still resume
             if data["input"][key] == default:
                 data["input"].pop(key)
@@ -281,41 +323,6 @@ class Config(_Section):
 def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
     """``PIPELINE_OUTPUT__URI=x`` -> ``("output.uri", "x")``, in a stable order."""
     return overrides_module.env_overrides(Config, environ)
-
-
-def _field_path(loc: tuple[int | str, ...]) -> tuple[list[str], type[BaseModel]]:
-    """The leading part of a pydantic error location that names config keys, and the model there.
-
-    Union members (``int``, ``literal['auto']``) that pydantic appends are dropped.
-    """
-    model: type[BaseModel] = Config
-    path: list[str] = []
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            break
-        path.append(str(part))
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-    return path, model
-
-
-def _error_from_validation(exc: ValidationError) -> ConfigError:
-    errors = exc.errors()
-    first = errors[0]
-    path, model = _field_path(first["loc"])
-    if first["type"] == "extra_forbidden":
-        key = ".".join([*path, str(first["loc"][-1])])
-        allowed = ", ".join(sorted(model.model_fields))
-        return ConfigError(key, first.get("input"), f"unknown key; allowed keys here: {allowed}")
-    key = ".".join(path)
-    if first["type"] == "missing":
-        return ConfigError(key, None, "this key is required")
-    # A union field reports one error per member: say all of them.
-    messages = [e["msg"] for e in errors if ".".join(_field_path(e["loc"])[0]) == key]
-    message = " or ".join(dict.fromkeys(m[:1].lower() + m[1:] for m in messages))
-    return ConfigError(key, first.get("input"), message)
 
 
 def load_config(
@@ -347,7 +354,7 @@ def load_config(
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise _error_from_validation(exc) from None
+        raise overrides_module.validation_error(Config, exc) from None
     _check_semantics(config)
     return config
 

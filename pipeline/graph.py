@@ -20,7 +20,8 @@ import pyarrow as pa
 from ray.data.datasource import Datasource, ReadTask
 from ray.data.datasource.filename_provider import FilenameProvider
 
-from pipeline import storage
+from pipeline import reading, storage
+from pipeline.http_fetch import HttpSettings
 from pipeline.planning import decode_settings, inference_settings
 from pipeline.schema import CARRIED_INDEX_COLUMN
 from pipeline.stages import Classify, RunLabels, decode_batch
@@ -129,10 +130,12 @@ def build_dataset(
 
     labels = RunLabels(pipeline=config.job.name, run_id=run_id)
     decoding = decode_settings(config, spec)
-    limits = storage.ReadLimits(
+    limits = reading.ReadLimits(
         max_bytes=config.preprocess.max_input_bytes,
         timeout_s=config.preprocess.max_read_seconds,
         allowed_roots=tuple(os.path.realpath(storage.normalise(root)) for root in config.input.allowed_roots),
+        allowed_schemes=tuple(config.input.allowed_schemes),
+        http=HttpSettings(**config.http.model_dump(), pool_size=config.preprocess.fetch_threads),
     )
     source = shard_source or UriListDatasource(uris, carry=carried_ref is not None)
     dataset = ray.data.read_datasource(

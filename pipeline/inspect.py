@@ -8,8 +8,9 @@ temporary folder beyond it. Remote parts are read through the job's own fsspec f
 (``storage.*``), so DuckDB needs no S3 extension of its own. docs/inspect.md: the fields.
 
 :func:`inspect_output` and :func:`compare_outputs` return plain dicts (the ``--json``
-documents, also what a report would draw); :func:`render_inspect` and
-:func:`render_compare` turn them into text.
+documents, also what :mod:`pipeline.report` draws); :mod:`pipeline.inspect_text` turns them
+into text. An ``embed`` output (``model.task``) has vectors, not labels: inspect gives their
+dimension, norms and NaN/Inf count instead of labels and confidence.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ BINS = 10  # confidence histogram: [0, 0.1), [0.1, 0.2), ... [0.9, 1.0]
 SHOWN = 10  # rows in each list: top labels, lowest confidence, transitions, examples
 FAILED_PER_REASON = 3  # the failed sample takes up to this many rows of each reason
 TOP = 5  # compare's overlap is over the first TOP labels of each row
-TEXT_EXAMPLES = 3  # compare's text shows this many of each difference (--json: SHOWN)
+LOWEST_LABELS = 3  # the lowest-confidence rows carry their first labels and scores
 
 
 @dataclass(frozen=True)
@@ -117,33 +118,15 @@ def _one(connection: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any]:
 
 def inspect_output(uri: str, storage_config: StorageConfig) -> dict[str, Any]:
     """The ``pipeline inspect --json`` document of one committed output."""
-    output = open_committed(uri, storage_config)
+    return inspect_committed(open_committed(uri, storage_config))
+
+
+def inspect_committed(output: Committed) -> dict[str, Any]:
+    """:func:`inspect_output` of an output already opened (the report also reads its manifest)."""
     manifest = output.manifest
+    task = str(manifest.get("model", {}).get("task") or "classify")
     with _duckdb(rows=output) as db:
         outcomes = _dicts(db, "SELECT status, reason, count(*) AS n FROM rows GROUP BY ALL ORDER BY ALL")
-        labels = _dicts(
-            db,
-            "SELECT label, count(*) AS rows FROM rows WHERE status = 'ok' GROUP BY label "
-            "ORDER BY rows DESC, label LIMIT ?",
-            SHOWN,
-        )
-        distinct = _one(db, "SELECT count(DISTINCT label) AS n FROM rows WHERE status = 'ok'")["n"]
-        stats = _one(
-            db,
-            "SELECT avg(score) AS mean, min(score) AS min, max(score) AS max FROM rows WHERE status = 'ok'",
-        )
-        bins = _dicts(
-            db,
-            "SELECT least(floor(score * ?), ? - 1)::INTEGER AS bin, count(*) AS n FROM rows "
-            "WHERE status = 'ok' AND score IS NOT NULL GROUP BY bin",
-            BINS,
-            BINS,
-        )
-        lowest = _dicts(
-            db,
-            "SELECT row_id, uri, label, score FROM rows WHERE status = 'ok' ORDER BY score, row_id LIMIT ?",
-            SHOWN,
-        )
         failed = _dicts(
             db,
             "SELECT row_id, uri, reason, error FROM rows WHERE status = 'failed' "
@@ -152,11 +135,11 @@ def inspect_output(uri: str, storage_config: StorageConfig) -> dict[str, Any]:
             FAILED_PER_REASON,
             2 * SHOWN,
         )
+        predictions = _embeddings(db) if task == "embed" else _predictions(db)
     ok = sum(item["n"] for item in outcomes if item["status"] == "ok")
     by_reason = {item["reason"]: item["n"] for item in outcomes if item["status"] == "failed"}
     counts = {"rows": sum(item["n"] for item in outcomes), "ok": ok, "failed": sum(by_reason.values())}
     promised = manifest.get("counts", {})
-    per_bin = {item["bin"]: item["n"] for item in bins}
     return {
         "uri": output.uri,
         "run_id": manifest.get("run_id"),
@@ -180,17 +163,97 @@ def inspect_output(uri: str, storage_config: StorageConfig) -> dict[str, Any]:
         "config_hash": manifest.get("config_hash"),
         "parts": len(output.parts),
         "warnings": manifest.get("warnings", []),
+        "task": task,
+        **predictions,
+        "failed_sample": failed,
+    }
+
+
+def _bins(rows: list[dict[str, Any]], low: float = 0.0, high: float = 1.0) -> list[dict[str, Any]]:
+    """:data:`BINS` equal bins from ``low`` to ``high`` with the ``{bin, n}`` counts of a query."""
+    per_bin = {item["bin"]: item["n"] for item in rows}
+    width = (high - low) / BINS
+    return [
+        {"low": round(low + i * width, 6), "high": round(low + (i + 1) * width, 6), "rows": per_bin.get(i, 0)}
+        for i in range(BINS)
+    ]
+
+
+def _predictions(db: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """A ``classify`` output's labels, confidence histogram and lowest-confidence rows."""
+    labels = _dicts(
+        db,
+        "SELECT label, count(*) AS rows FROM rows WHERE status = 'ok' GROUP BY label "
+        "ORDER BY rows DESC, label LIMIT ?",
+        SHOWN,
+    )
+    distinct = _one(db, "SELECT count(DISTINCT label) AS n FROM rows WHERE status = 'ok'")["n"]
+    stats = _one(
+        db, "SELECT avg(score) AS mean, min(score) AS min, max(score) AS max FROM rows WHERE status = 'ok'"
+    )
+    bins = _dicts(
+        db,
+        "SELECT least(floor(score * ?), ? - 1)::INTEGER AS bin, count(*) AS n FROM rows "
+        "WHERE status = 'ok' AND score IS NOT NULL GROUP BY bin",
+        BINS,
+        BINS,
+    )
+    lowest = _dicts(
+        db,
+        "SELECT row_id, uri, label, score, top_k_labels[1:?] AS top_labels, top_k_scores[1:?] AS top_scores "
+        "FROM rows WHERE status = 'ok' ORDER BY score, row_id LIMIT ?",
+        LOWEST_LABELS,
+        LOWEST_LABELS,
+        SHOWN,
+    )
+    return {
         "labels": {"distinct": distinct, "top": labels},
         "confidence": {
             **{key: None if value is None else float(value) for key, value in stats.items()},
-            "bins": [
-                {"low": round(i / BINS, 6), "high": round((i + 1) / BINS, 6), "rows": per_bin.get(i, 0)}
-                for i in range(BINS)
-            ],
+            "bins": _bins(bins),
         },
         "lowest_confidence": lowest,
-        "failed_sample": failed,
+        "embedding": None,
     }
+
+
+# Each ok row's vector length, L2 norm and count of NaN/Inf values (DOUBLE: float16 vectors too).
+_VECTORS = """
+SELECT len(embedding) AS dim, sqrt(list_sum(list_transform(embedding, lambda x: x::DOUBLE * x))) AS norm,
+       len(list_filter(embedding, lambda x: NOT isfinite(x::DOUBLE))) AS nonfinite
+FROM rows WHERE status = 'ok'
+"""
+
+
+_VECTOR_STATS = f"""
+SELECT min(dim) AS dim, max(dim) AS max_dim, avg(norm) FILTER (isfinite(norm)) AS norm_mean,
+       min(norm) FILTER (isfinite(norm)) AS norm_min, max(norm) FILTER (isfinite(norm)) AS norm_max,
+       count(*) FILTER (nonfinite > 0) AS rows_with_nan_or_inf,
+       coalesce(sum(nonfinite), 0)::BIGINT AS nan_or_inf_values
+FROM ({_VECTORS})
+"""  # noqa: S608 - fixed text, no input in it
+_NORM_BINS = f"""
+SELECT least(floor((norm - ?) / ? * {BINS}), {BINS} - 1)::INTEGER AS bin, count(*) AS n
+FROM ({_VECTORS}) WHERE isfinite(norm) GROUP BY bin
+"""  # noqa: S608 - fixed text, no input in it
+
+
+def _embeddings(db: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """An ``embed`` output's vectors: dimension, norms (finite ones) and NaN/Inf count; no labels."""
+    stats = _one(db, _VECTOR_STATS)
+    low, high = stats["norm_min"] or 0.0, stats["norm_max"] or 0.0
+    bins = _dicts(db, _NORM_BINS, low, (high - low) or 1.0)
+    norms = {
+        key: None if stats[key] is None else float(stats[key])
+        for key in ("norm_mean", "norm_min", "norm_max")
+    }
+    embedding = {
+        "dim": stats["dim"] if stats["dim"] == stats["max_dim"] else None,
+        "norms": {**norms, "bins": _bins(bins, low, high if high > low else low + 1.0)},
+        "rows_with_nan_or_inf": stats["rows_with_nan_or_inf"],
+        "nan_or_inf_values": stats["nan_or_inf_values"],
+    }
+    return {"labels": None, "confidence": None, "lowest_confidence": [], "embedding": embedding}
 
 
 # The first TOP labels of a row as TOP hashes: fixed-width columns cost the join far less than
@@ -310,78 +373,3 @@ def check_agreement(result: dict[str, Any], minimum: float | None) -> None:
         f"top-1 agreement {shown} is below --min-agreement {minimum:.1%} "
         f"({result['top1_agreeing_rows']:,} of {result['rows']['ok_in_both']:,} rows ok in both runs agree)"
     )
-
-
-def _pct(part: float, whole: float) -> str:
-    return f"{part / whole:.1%}" if whole else "-"
-
-
-def render_inspect(doc: dict[str, Any]) -> str:
-    """``pipeline inspect``'s text."""
-    counts, model, conf = doc["counts"], doc["model"], doc["confidence"]
-    committed = f" (committed {doc['committed_at']})" if doc["committed_at"] else ""
-    lines = [f"output     {doc['uri']}", f"run        {doc['run_id']}{committed}"]
-    lines.append(
-        f"outcome    {counts['rows']:,} rows: {counts['ok']:,} ok ({_pct(counts['ok'], counts['rows'])}), "
-        f"{counts['failed']:,} failed"
-        + ("" if doc["consistent_with_manifest"] else "  WARNING: the parts do not match _SUCCESS's counts")
-    )
-    lines += [f"             {reason:<22}{n:>10,}" for reason, n in doc["failed_by_reason"].items()]
-    speed = doc["throughput"]
-    lines.append(f"throughput {speed['images_per_second']} images/s over {speed['seconds']} s")
-    timeline = ", ".join(f"{name} {seconds} s" for name, seconds in doc["timeline_s"].items())
-    lines.append(f"start-up   {timeline or '-'}")
-    lines.append(f"model      {model['name']}  weights sha256 {model['sha256']}")
-    lines.append(f"config     {doc['config_hash']}  ({doc['parts']} part files)")
-    lines += [f"warning    {text}" for text in doc["warnings"]]
-    lines.append(f"\ntop labels ({doc['labels']['distinct']:,} distinct)")
-    lines += [
-        f"  {item['label']:<30}{item['rows']:>10,}  {_pct(item['rows'], counts['ok'])}"
-        for item in doc["labels"]["top"]
-    ]
-    mean = "-" if conf["mean"] is None else f"{conf['mean']:.3f}"
-    lines.append(f"\nconfidence (score of ok rows; mean {mean})")
-    widest = max([item["rows"] for item in conf["bins"]] + [1])
-    for item in conf["bins"]:
-        bar = "#" * round(40 * item["rows"] / widest)
-        lines.append(f"  {item['low']:.1f}-{item['high']:.1f} {item['rows']:>10,}  {bar}")
-    lines.append("\nlowest confidence")
-    lines += [f"  {row['score']:.4f}  {row['label']:<24} {row['uri']}" for row in doc["lowest_confidence"]]
-    lines.append("\nfailed rows (a sample, by reason)" if doc["failed_sample"] else "\nfailed rows: none")
-    lines += [f"  {row['reason']:<20} {row['uri']}  {row['error'] or ''}" for row in doc["failed_sample"]]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def render_compare(doc: dict[str, Any]) -> str:
-    """``pipeline compare``'s text."""
-    rows, agreement, overlap = doc["rows"], doc["top1_agreement"], doc["top5_overlap"]
-    lines = [
-        f"{side:<5}{doc[side]['uri']}  run {doc[side]['run_id']}  model {doc[side]['model']['name']} "
-        f"({str(doc[side]['model']['sha256'])[:12]})"
-        for side in ("base", "new")
-    ]
-    lines.append(
-        f"rows       {rows['in_both']:,} in both, {rows['only_in_base']:,} only in base, "
-        f"{rows['only_in_new']:,} only in new"
-    )
-    lines.append(
-        f"failures   {rows['failed_only_in_base']:,} failed only in base, "
-        f"{rows['failed_only_in_new']:,} only in new, {rows['failed_in_both']:,} in both"
-    )
-    lines.append(
-        f"agreement  top-1 {'-' if agreement is None else f'{agreement:.1%}'} "
-        f"({doc['top1_agreeing_rows']:,} of {rows['ok_in_both']:,} rows ok in both); "
-        f"top-{TOP} overlap {'-' if overlap is None else f'{overlap:.1%}'}"
-    )
-    lines.append(
-        "\nlabel transitions (base -> new)" if doc["label_transitions"] else "\nlabel transitions: none"
-    )
-    lines += [f"  {item['rows']:>10,}  {item['base']} -> {item['new']}" for item in doc["label_transitions"]]
-    for title, key in (("labels gained", "labels_gained"), ("labels lost", "labels_lost")):
-        lines.append(f"\n{title} (ok rows, base -> new)" if doc[key] else f"\n{title}: none")
-        lines += [f"  {i['change']:>+10,}  {i['label']:<30} {i['base']:,} -> {i['new']:,}" for i in doc[key]]
-    for kind, shown in doc["examples"].items():
-        if shown:
-            lines.append(f"\n{kind.replace('_', ' ')} (e.g.)")
-            lines += [f"  {row['uri']}  {row['reason'] or ''}" for row in shown[:TEXT_EXAMPLES]]
-    return "\n".join(line.rstrip() for line in lines)

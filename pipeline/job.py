@@ -28,7 +28,7 @@ from pipeline.lease import Lease
 from pipeline.logs import STDERR, bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
 from pipeline.model import ModelSpec, check_architecture, resolve_spec
-from pipeline.progress import Display, ProgressTracker, watch_write
+from pipeline.progress import Display, ProgressSeries, ProgressTracker, watch_write
 from pipeline.summary import RunSummary
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class _Run:
     started_ray: bool = False
     done_at_start: int | None = None  # rows already written when this attempt began (after restore)
     display: Display = field(default_factory=lambda: Display(sys.stderr, enabled=False))
+    series: ProgressSeries | None = None  # rows done over time, once this attempt writes
 
     def held(self) -> output.OutputLocation:
         """The output, while the job holds its lease."""
@@ -263,9 +264,14 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     summary.images_per_second = summary.processed_this_run / summary.seconds if summary.seconds else 0.0
     lease.check()  # a job that lost the output to another must not commit
     run.display.phase("committing")
-    commit_run(run.config, run.summary, run.held(), spec, result, plan, config_hash, run.started_wall)
+    series = run.series.as_dict() if run.series is not None else None
+    commit_run(run.config, run.summary, run.held(), spec, result, plan, config_hash, run.started_wall, series)
     summary.status = "succeeded"  # only now: the manifest is written and read back
     summary.timings["committed"] = time.monotonic() - run.started
+    if config.output.report:  # after the commit: a report that fails only logs a warning
+        from pipeline.report import write_after_commit
+
+        write_after_commit(location, config.storage, log)
 
 
 def _clear(location: output.OutputLocation, lease: Lease, log: Any) -> None:
@@ -369,6 +375,7 @@ def _write_with_progress(
         shard_source=shards,
     )
     data_uri, filesystem = location.uri_of(output.DATA_DIR), location.arrow_fs()
+    run.series = ProgressSeries(run.started_wall)
     try:
         processed, steady = watch_write(
             lambda: write_parquet(dataset, data_uri, filesystem, run_id, plan),
@@ -378,6 +385,7 @@ def _write_with_progress(
             total,
             run.job_metrics(),
             run.display,
+            run.series,
         )
         return processed, steady, ray.get(tracker.first_landed_at.remote())
     finally:

@@ -53,13 +53,16 @@ DATA_DIR = "data"
 # readers glob data/ (docs/storage.md, "Reading with other tools").
 FAILURES = "_failures.parquet"
 SUMMARY_TEMPLATE = "_summary-{run_id}.json"
+# output.report: pipeline.report's page, written after the commit; _-prefixed like every file
+# beside data/, or pyarrow, pandas and Spark reading the output folder try it as Parquet.
+REPORT = "_report.html"
 PENDING_CHECKPOINT_SUFFIX = ".pending.parquet"  # Ray Data's two-phase checkpoint commit
 ATTEMPT_PREFIX = "attempt-"
 _ATTEMPT = re.compile(rf"^{ATTEMPT_PREFIX}(\d+)$")
 LEASE_DIR = "_lease"  # pipeline.lease: one writer at a time
 # Every name this pipeline writes under an output; nothing else is ever deleted there.
 _OWN_FILES = re.compile(
-    r"^(?:_SUCCESS|_run\.json|_inputs\.parquet|_?failures\.parquet|_summary-[^/]+\.json"
+    r"^(?:_SUCCESS|_run\.json|_inputs\.parquet|_?failures\.parquet|_summary-[^/]+\.json|_report\.html"
     rf"|{CHECKPOINT_DIR}/.+|_shards/[^/]+\.json|{LEASE_DIR}/[^/]+|{DATA_DIR}/part-[^/]+\.parquet)$"
 )
 _TEMP_FILE = re.compile(rf"(?:^|/)\.[^/]+{re.escape(storage.TEMP_SUFFIX)}$")

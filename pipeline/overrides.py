@@ -2,6 +2,7 @@
 
 Each source becomes dotted keys set into the nested mapping the loader validates
 (:func:`pipeline.config.load_config`); an override's text is typed by the schema's field.
+The way back too: a validation error becomes the dotted key it concerns (:func:`validation_error`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import yaml
 from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
+    from pydantic import BaseModel, ValidationError
 
 ENV_PREFIX = "PIPELINE_"
 ENV_NESTING = "__"
@@ -99,3 +100,41 @@ def apply(
         set_path(data, dotted.strip(), parse_scalar(schema, dotted.strip(), text), "--set")
     for dotted, value in flags.items():
         set_path(data, dotted, value, "flag")
+
+
+def _field_path(schema: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[list[str], type[BaseModel]]:
+    """The leading part of a pydantic error location that names config keys, and the model there.
+
+    Union members (``int``, ``literal['auto']``) that pydantic appends are dropped.
+    """
+    from pydantic import BaseModel
+
+    model: type[BaseModel] = schema
+    path: list[str] = []
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        path.append(str(part))
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return path, model
+
+
+def validation_error(schema: type[BaseModel], exc: ValidationError) -> ConfigError:
+    """The first problem pydantic found, as a :class:`ConfigError` naming the dotted key and value."""
+    errors = exc.errors()
+    first = errors[0]
+    path, model = _field_path(schema, first["loc"])
+    if first["type"] == "extra_forbidden":
+        key = ".".join([*path, str(first["loc"][-1])])
+        allowed = ", ".join(sorted(model.model_fields))
+        return ConfigError(key, first.get("input"), f"unknown key; allowed keys here: {allowed}")
+    key = ".".join(path)
+    if first["type"] == "missing":
+        return ConfigError(key, None, "this key is required")
+    # A union field reports one error per member: say all of them.
+    messages = [e["msg"] for e in errors if ".".join(_field_path(schema, e["loc"])[0]) == key]
+    message = " or ".join(dict.fromkeys(m[:1].lower() + m[1:] for m in messages))
+    return ConfigError(key, first.get("input"), message)

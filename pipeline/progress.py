@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 POLL_INTERVAL_S = 1.0
 LOG_EVERY_S = 60.0
+SERIES_EVERY_S = 5.0  # one point of the progress series per this many seconds, at first
+SERIES_MAX_POINTS = 400  # then every other point is dropped and the spacing doubled
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
 
 
@@ -67,6 +69,36 @@ class ProgressTracker:
     def first_landed_at(self) -> float | None:
         """Wall-clock time the first batch landed (None before it did)."""
         return self.first[0] if self.first else None
+
+
+class ProgressSeries:
+    """Rows done over time, for the report's throughput plot: small whatever the run's length.
+
+    Points are ``[seconds since the attempt started, rows ok, rows failed]`` (this attempt's
+    rows), one per :data:`SERIES_EVERY_S`; past :data:`SERIES_MAX_POINTS` every other point is
+    dropped and the spacing doubled, so a week-long run keeps a few kB in ``_SUCCESS``.
+    """
+
+    def __init__(self, started_wall: float, every_s: float = SERIES_EVERY_S) -> None:
+        self.started_wall = started_wall
+        self.every_s = every_s
+        self.points: list[list[float]] = [[0.0, 0, 0]]  # nothing was done when the attempt started
+
+    def record(self, ok: int, failed: int, *, now: float | None = None, last: bool = False) -> None:
+        """Note the totals at ``now`` (wall clock) if a point is due, or always when ``last``."""
+        seconds = round((time.time() if now is None else now) - self.started_wall, 1)
+        if not last and seconds - self.points[-1][0] < self.every_s:
+            return
+        if len(self.points) > 1 and self.points[-1][0] == seconds:
+            self.points.pop()
+        self.points.append([seconds, int(ok), int(failed)])
+        if len(self.points) > SERIES_MAX_POINTS:
+            self.points = [*self.points[:-1:2], self.points[-1]]
+            self.every_s *= 2
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``progress`` field of ``_SUCCESS`` (docs/inspect.md)."""
+        return {"every_s": self.every_s, "columns": ["seconds", "ok", "failed"], "points": self.points}
 
 
 class _Figures(ProgressColumn):
@@ -168,10 +200,11 @@ def watch_write(
     total: int,
     metrics: JobMetrics,
     display: Display,
+    series: ProgressSeries | None = None,
 ) -> tuple[int, float]:
     """Run ``write_output`` in a thread; poll progress, push metrics, detect stalls and a lost lease.
 
-    Returns the rows processed and the steady-state rate.
+    Each poll's totals also go to ``series``. Returns the rows processed and the steady-state rate.
     """
     import ray
 
@@ -194,6 +227,8 @@ def watch_write(
             writer.join(POLL_INTERVAL_S)
             ok, failed = ray.get(tracker.get.remote())
             done = ok + sum(failed.values())
+            if series is not None:
+                series.record(ok, done - ok)
             now = time.monotonic()
             if done != last_done:
                 last_change, last_done = now, done
@@ -214,6 +249,8 @@ def watch_write(
         exc = failure[0]
         raise JobFailedError(f"the Ray Data job failed: {root_cause(exc)}") from exc
     ok, failed = ray.get(tracker.get.remote())
+    if series is not None:
+        series.record(ok, sum(failed.values()), last=True)
     return int(ok) + int(sum(failed.values())), float(ray.get(tracker.steady_rate.remote()))
 
 

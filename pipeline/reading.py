@@ -1,15 +1,18 @@
 """Reading each input's bytes in a decode worker: bounded, and refusals become row reasons.
 
 :func:`fetch_all` reads a batch on a thread pool; :func:`fetch` reads one input within
-:class:`~pipeline.storage.ReadLimits` (size, time, allowed roots) through its own scheme's
+:class:`ReadLimits` (size, time, allowed roots and schemes) through its own scheme's
 filesystem from :class:`~pipeline.storage.Filesystems`, a relative manifest entry beside the
-manifest (:func:`resolve_entry`). Local files are opened ``O_NONBLOCK`` and checked with
-``fstat``, so a FIFO or a device is refused, never waited on; objects are read with one ranged
-GET of at most ``max_bytes + 1`` bytes. An input this pipeline will not or cannot read
-(missing, denied, too large, a special file, outside the allowed roots, an unsupported scheme,
-too slow; :func:`is_object_error`) becomes its row's :class:`~pipeline.schema.FailureReason`
-and a short detail. A transient storage failure (:func:`pipeline.storage.is_transient`) is
-raised instead: the task fails and the run stays uncommitted and resumable.
+manifest (:func:`resolve_entry`); ``http(s)://`` entries through :mod:`pipeline.http_fetch`.
+Local files are opened ``O_NONBLOCK`` and checked with ``fstat``, so a FIFO or a device is
+refused, never waited on; objects are read with one ranged GET of at most ``max_bytes + 1``
+bytes. An input this pipeline will not or cannot read (missing, denied, too large, a special
+file, outside the allowed roots, a scheme not read or not allowed, too slow, an HTTP error;
+:func:`is_object_error`) becomes its row's :class:`~pipeline.schema.FailureReason` and a short
+detail. A transient object-store failure (:func:`pipeline.storage.is_transient`) is raised
+instead: the task fails and the run stays uncommitted and resumable. HTTP URLs are the
+exception: each names its own server, which one job cannot wait for, so once its retries are
+spent a URL is its row's ``http_error`` or ``timeout``.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import os
 import posixpath
 import stat
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline import storage
+from pipeline import http_fetch, storage
+from pipeline.config import DEFAULT_ALLOWED_SCHEMES
 from pipeline.schema import FailureReason
 
 if TYPE_CHECKING:
@@ -32,6 +37,17 @@ HTTP_CLIENT_ERROR = 400
 HTTP_RANGE_NOT_SATISFIABLE = 416
 
 Fetched = tuple[bytes | None, FailureReason | None, str]  # bytes, or a reason and a detail
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds on reading one input, so no input can hang or blow up a worker, or reach too far."""
+
+    max_bytes: int
+    timeout_s: float
+    allowed_roots: tuple[str, ...] = ()  # real paths; empty: local inputs may be anywhere
+    allowed_schemes: tuple[str, ...] = DEFAULT_ALLOWED_SCHEMES  # "local" for plain paths
+    http: http_fetch.HttpSettings = http_fetch.DEFAULT_SETTINGS
 
 
 def resolve_entry(uri: str, base: str | None) -> str:
@@ -60,9 +76,7 @@ class _RefusedError(Exception):
         self.reason, self.detail = reason, detail
 
 
-def fetch(
-    filesystems: storage.Filesystems, uri: str, limits: storage.ReadLimits, base: str | None = None
-) -> Fetched:
+def fetch(filesystems: storage.Filesystems, uri: str, limits: ReadLimits, base: str | None = None) -> Fetched:
     """Read one input; an input-level failure becomes a reason and a short detail.
 
     Transient storage failures (throttling, 5xx, timeouts, connection errors)
@@ -71,7 +85,7 @@ def fetch(
     """
     try:
         data = _read(filesystems, uri, limits, base)
-    except _RefusedError as refused:
+    except (_RefusedError, http_fetch.HttpRefusedError) as refused:
         return None, refused.reason, refused.detail
     except FileNotFoundError:
         return None, FailureReason.NOT_FOUND, "vanished between listing and reading"
@@ -85,7 +99,7 @@ def fetch(
 def fetch_all(
     filesystems: storage.Filesystems,
     uris: list[str],
-    limits: storage.ReadLimits,
+    limits: ReadLimits,
     threads: int,
     base: str | None = None,
 ) -> list[Fetched]:
@@ -108,26 +122,33 @@ def fetch_all(
     return [future.result() if future.done() and not future.cancelled() else late for future in futures]
 
 
-def _read(filesystems: storage.Filesystems, uri: str, limits: storage.ReadLimits, base: str | None) -> bytes:
+def _read(filesystems: storage.Filesystems, uri: str, limits: ReadLimits, base: str | None) -> bytes:
     """The input's bytes through its own scheme's filesystem, or :class:`_RefusedError`."""
     if "\x00" in uri:
         raise _RefusedError(FailureReason.INVALID_URI, "contains a NUL byte")
     target = resolve_entry(uri, base)
     scheme = storage.scheme_of(target)
-    if scheme in storage.LOCAL_SCHEMES:
-        data = _read_local(target.removeprefix("file://"), limits)
-    elif scheme in READABLE_REMOTE_SCHEMES:
-        data = _read_remote(filesystems.for_scheme(scheme), target, limits)
-    else:
+    if scheme not in (*storage.LOCAL_SCHEMES, *READABLE_REMOTE_SCHEMES, *http_fetch.HTTP_SCHEMES):
         raise _RefusedError(
             FailureReason.UNSUPPORTED_SCHEME, f"{scheme}:// inputs are not read by this pipeline"
         )
+    if (scheme or "local") not in limits.allowed_schemes:
+        shown = f"{scheme}://" if scheme else "local paths"
+        raise _RefusedError(FailureReason.SCHEME_NOT_ALLOWED, f"{shown} not in input.allowed_schemes")
+    if scheme in storage.LOCAL_SCHEMES:
+        data = _read_local(target.removeprefix("file://"), limits)
+    elif scheme in http_fetch.HTTP_SCHEMES:
+        data = http_fetch.fetch_url(
+            target, limits.http, limits.allowed_schemes, limits.max_bytes, limits.timeout_s
+        )
+    else:
+        data = _read_remote(filesystems.for_scheme(scheme), target, limits)
     if len(data) > limits.max_bytes:
         raise _RefusedError(FailureReason.TOO_LARGE, f"over preprocess.max_input_bytes={limits.max_bytes}")
     return data
 
 
-def _read_remote(fs: fsspec.AbstractFileSystem, uri: str, limits: storage.ReadLimits) -> bytes:
+def _read_remote(fs: fsspec.AbstractFileSystem, uri: str, limits: ReadLimits) -> bytes:
     """At most ``max_bytes + 1`` bytes of an object (one ranged GET)."""
     try:
         return bytes(fs.cat_file(storage.fs_path(uri), start=0, end=limits.max_bytes + 1))
@@ -150,7 +171,7 @@ _FILE_KINDS = {
 }
 
 
-def _read_local(path: str, limits: storage.ReadLimits) -> bytes:
+def _read_local(path: str, limits: ReadLimits) -> bytes:
     """At most ``max_bytes + 1`` bytes of a regular file; never blocks on a FIFO or a device."""
     real = os.path.realpath(path)
     roots = limits.allowed_roots
@@ -172,7 +193,7 @@ def _read_local(path: str, limits: storage.ReadLimits) -> bytes:
         os.close(fd)
 
 
-def _read_regular(fd: int, limits: storage.ReadLimits) -> bytes:
+def _read_regular(fd: int, limits: ReadLimits) -> bytes:
     info = os.fstat(fd)
     if stat.S_ISDIR(info.st_mode):
         raise IsADirectoryError

@@ -43,6 +43,10 @@ class FailureReason(StrEnum):
     INVALID_URI = "invalid_uri"
     NO_IMAGE = "no_image"  # a shard's record without image bytes (a null cell, no image member)
     UNSAFE_MEMBER = "unsafe_member"  # a tar member named with "..", or an absolute path
+    SCHEME_NOT_ALLOWED = "scheme_not_allowed"
+    ADDRESS_NOT_ALLOWED = "address_not_allowed"
+    HTTP_ERROR = "http_error"
+    REDIRECT_LOOP = "redirect_loop"
 
 
 STATUS_OK = "ok"

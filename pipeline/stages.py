@@ -21,7 +21,7 @@ from pipeline.decode import DecodeSettings, decode
 from pipeline.inference import InferenceSettings, Predictor
 from pipeline.logs import bad_input_sampler
 from pipeline.metrics import STAGE_DECODE, STAGE_INFERENCE, worker_metrics
-from pipeline.reading import fetch_all
+from pipeline.reading import ReadLimits, fetch_all
 from pipeline.schema import (
     BYTES_COLUMN,
     CARRIED_INDEX_COLUMN,
@@ -56,7 +56,7 @@ def decode_batch(
     batch: dict[str, np.ndarray],
     *,
     filesystems: storage.Filesystems,
-    limits: storage.ReadLimits,
+    limits: ReadLimits,
     base: str | None,
     settings: DecodeSettings,
     fetch_threads: int,

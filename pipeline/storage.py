@@ -1,8 +1,8 @@
 """Storage for local paths and object stores: URIs, filesystems, writes, listing, errors.
 
 One fsspec filesystem per URI scheme, from :class:`StorageConfig` (S3 credentials only from
-the AWS chain, so none reach logs or the manifest); :class:`Filesystems` and :class:`ReadLimits`
-go to the decode workers, which read inputs with :mod:`pipeline.reading`. Writes are all or
+the AWS chain, so none reach logs or the manifest); :class:`Filesystems` go to the decode
+workers, which read inputs with :mod:`pipeline.reading` (within its ``ReadLimits``). Writes are all or
 nothing (:func:`write_atomic`) or only if absent (:func:`create_exclusive`). Transient failures
 (:func:`is_transient`, and :data:`RETRIED_IO_ERRORS` as Ray Data matches them) are retried by
 botocore, then raised: the job fails and can be resumed, rather than committing rows lost to an
@@ -117,15 +117,6 @@ def fsspec_filesystem(uri: str, storage: StorageConfig) -> fsspec.AbstractFileSy
 def fs_path(uri: str) -> str:
     """The path part fsspec and pyarrow expect (``bucket/key`` for S3)."""
     return uri.split("://", 1)[1] if is_remote(uri) else uri
-
-
-@dataclass(frozen=True)
-class ReadLimits:
-    """Bounds on reading one input, so no input can hang or blow up a worker."""
-
-    max_bytes: int
-    timeout_s: float
-    allowed_roots: tuple[str, ...] = ()  # real paths; empty: local inputs may be anywhere
 
 
 class Filesystems:

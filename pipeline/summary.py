@@ -50,7 +50,8 @@ class RunSummary:
             f"  succeeded  {self.succeeded}",
             f"  failed     {self.failed}",
         ]
-        lines += [f"    {reason:<18} {count}" for reason, count in self.failed_by_reason.items()]
+        width = max(map(len, self.failed_by_reason), default=0)
+        lines += [f"    {reason:<{width}}  {count}" for reason, count in self.failed_by_reason.items()]
         if self.failed_shards:
             lines.append(f"  shards     {len(self.failed_shards)} could not be read:")
             lines += [f"    {item['uri']}: {item['reason']}: {item['error']}" for item in self.failed_shards]

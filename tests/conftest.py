@@ -246,12 +246,18 @@ def _fresh_structlog() -> Iterator[None]:
 
 
 def write_committed(
-    root: Path, rows: list[dict[str, object]], *, parts: int = 2, commit: bool = True
+    root: Path,
+    rows: list[dict[str, object]],
+    *,
+    parts: int = 2,
+    commit: bool = True,
+    embedding_dim: int = 0,
 ) -> Path:
     """An output folder made by hand: ``rows`` (schema columns) in ``parts`` Parquet files, then ``_SUCCESS``.
 
     A row gives ``row_id``, ``status`` and, when ok, ``top_k_labels`` (the first is the label,
-    scores fall from 0.9) or ``score``; the rest is filled in. No Ray involved.
+    scores fall from 0.9) or ``score``; the rest is filled in. With ``embedding_dim``: an
+    ``embed`` output, whose ok rows give ``embedding``. No Ray involved.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -284,7 +290,8 @@ def write_committed(
     for index in range(parts):
         chunk = full[index::parts]
         name = f"data/part-{index:03d}.parquet"
-        pq.write_table(pa.Table.from_pylist(chunk, schema=output_schema()), root / name)
+        schema = output_schema("embed", embedding_dim) if embedding_dim else output_schema()
+        pq.write_table(pa.Table.from_pylist(chunk, schema=schema), root / name)
         files.append({"path": name, "rows": len(chunk)})
     if commit:
         failed = [row for row in full if row["status"] == "failed"]
@@ -299,7 +306,11 @@ def write_committed(
             "counts": {"inputs": len(full), "succeeded": len(full) - len(failed), "failed": len(failed)},
             "failed_by_reason": by_reason,
             "config_hash": "cd" * 32,
-            "model": {"name": "resnet18", "sha256": "ab" * 32},
+            "model": {
+                "name": "resnet18",
+                "sha256": "ab" * 32,
+                "task": "embed" if embedding_dim else "classify",
+            },
             "seconds": 10.0,
             "images_per_second": len(full) / 10.0,
             "timings_s": {"ray_ready": 1.0, "first_batch": 2.5, "written": 9.0},

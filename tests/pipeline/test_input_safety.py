@@ -26,7 +26,7 @@ from pipeline.schema import FailureReason
 pytestmark = pytest.mark.slow
 
 SECRET_SIGNATURE = "c2VjcmV0LXNpZ25hdHVyZS0xMjM0NTY3ODkw"  # noqa: S105  # a fake, searched for
-LIMITS = storage.ReadLimits(max_bytes=1 << 20, timeout_s=30)
+LIMITS = reading.ReadLimits(max_bytes=1 << 20, timeout_s=30)
 
 
 def rows_by_uri(out: Path) -> dict[str, dict]:
@@ -57,7 +57,7 @@ class TestReads:
         assert reading.fetch(fs, "/dev/zero", LIMITS)[1] == FailureReason.NOT_A_REGULAR_FILE
         big = tmp_path / "big.jpg"
         big.write_bytes(b"\xff" * 5000)
-        small = storage.ReadLimits(max_bytes=4096, timeout_s=30)
+        small = reading.ReadLimits(max_bytes=4096, timeout_s=30)
         data, reason, detail = reading.fetch(fs, str(big), small)
         assert (data, reason) == (None, FailureReason.TOO_LARGE)
         assert "5000 bytes" in detail
@@ -79,7 +79,7 @@ class TestReads:
 
         uris = ["s3://b/a.jpg", "s3://b/hang.jpg", "s3://b/c.jpg", "s3://b/d.jpg"]
         started = time.monotonic()
-        limits = storage.ReadLimits(max_bytes=100, timeout_s=1)
+        limits = reading.ReadLimits(max_bytes=100, timeout_s=1)
         results = reading.fetch_all(Stores(StorageConfig()), uris, limits, threads=2)
         release.set()
         assert time.monotonic() - started < 10
@@ -108,7 +108,7 @@ class TestReads:
         results = reading.fetch_all(Stores(StorageConfig()), uris, LIMITS, threads=1)
         assert results[0] == (b"local", None, "")
         assert results[1] == (b"from s3", None, "")
-        assert results[2][1] == FailureReason.UNSUPPORTED_SCHEME
+        assert results[2][1] == FailureReason.ADDRESS_NOT_ALLOWED  # a metadata address, never asked
         assert seen == ["bucket/secret.jpg"]
 
 
@@ -151,6 +151,7 @@ class TestJob:
         config = make_config(
             manifest,
             input__allowed_roots=f"[{images}]",
+            input__allowed_schemes="[local]",  # and no URLs: the signed one is refused unread
             preprocess__max_input_bytes=200_000,
         )
         summary = run_job(config)
@@ -167,7 +168,7 @@ class TestJob:
             "/dev/zero": "outside_allowed_roots",
             str(big): "too_large",
             given[6]: "invalid_uri",
-            masked: "unsupported_scheme",
+            masked: "scheme_not_allowed",
         }
         assert {uri: row["reason"] for uri, row in rows.items()} == expected
         assert rows[given[0]]["row_id"] == storage.row_id(given[0])
@@ -206,7 +207,8 @@ def test_signed_url_and_nul_byte_via_cli(sample_images, make_config, tmp_path):
         tmp_path / "m.parquet", [str(next(sample_images.glob("shard-*/*.jpg"))), signed, "a\x00b.jpg"]
     )
     config_path = tmp_path / "job.yaml"
-    config_path.write_text(dump_yaml(make_config(manifest)), encoding="utf-8")
+    config = make_config(manifest, input__allowed_schemes="[local]")
+    config_path.write_text(dump_yaml(config), encoding="utf-8")
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "run", "--config", str(config_path)],
         capture_output=True,
@@ -217,5 +219,5 @@ def test_signed_url_and_nul_byte_via_cli(sample_images, make_config, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert SECRET_SIGNATURE not in result.stdout + result.stderr
-    assert "unsupported_scheme" in result.stdout
+    assert "scheme_not_allowed" in result.stdout
     assert "invalid_uri" in result.stdout

@@ -85,7 +85,9 @@ class TestInspectHandMade:
         assert (bins[0]["low"], bins[0]["high"]) == (0.0, 0.1)
         lowest = doc["lowest_confidence"]
         assert [row["row_id"] for row in lowest[:3]] == ["r0", "r1", "r2"]
-        assert set(lowest[0]) == {"row_id", "uri", "label", "score"}
+        assert set(lowest[0]) == {"row_id", "uri", "label", "score", "top_labels", "top_scores"}
+        assert lowest[0]["top_labels"] == ["cat", "x1", "x2"]  # the first 3, for the report's grid
+        assert lowest[0]["top_scores"] == pytest.approx([0.9, 0.8, 0.7])
         failed = {row["row_id"]: row for row in doc["failed_sample"]}
         assert failed["f1"]["reason"] == "not_found"
         assert failed["f2"]["error"] == "image file is truncated"
@@ -98,6 +100,34 @@ class TestInspectHandMade:
             assert heading in text.lower(), heading
         assert "resnet18" in text
         assert "timeout" in text
+
+    def test_an_embed_output_gives_dimension_norms_and_nan_inf(self, tmp_path, write_output, capsys):
+        nan, inf = float("nan"), float("inf")
+        rows = [
+            _row("e0", embedding=[3.0, 4.0, 0.0]),  # norm 5
+            _row("e1", embedding=[0.0, 0.0, 1.0]),  # norm 1
+            _row("e2", embedding=[nan, 1.0, inf]),  # two bad values: its norm is left out
+            _row("f1", status="failed", reason="truncated", error="image file is truncated"),
+        ]
+        root = write_output(tmp_path / "out", rows, embedding_dim=3)
+        assert main(["inspect", str(root), "--json"]) == 0
+        doc = _json(capsys)
+        assert doc["task"] == "embed"
+        assert doc["counts"] == {"rows": 4, "ok": 3, "failed": 1}
+        embedding = doc["embedding"]
+        assert embedding["dim"] == 3
+        assert (embedding["rows_with_nan_or_inf"], embedding["nan_or_inf_values"]) == (1, 2)
+        norms = embedding["norms"]
+        assert (norms["norm_min"], norms["norm_max"], norms["norm_mean"]) == (1.0, 5.0, 3.0)
+        assert [b["rows"] for b in norms["bins"]] == [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        assert (norms["bins"][0]["low"], norms["bins"][-1]["high"]) == (1.0, 5.0)
+        assert doc["labels"] is None
+        assert doc["confidence"] is None
+        assert main(["inspect", str(root)]) == 0
+        text = capsys.readouterr().out
+        assert "dimension 3" in text
+        assert "NaN/Inf   1 rows (2 values)" in text
+        assert "top labels" not in text
 
     def test_an_uncommitted_output_is_refused_with_its_exit_code(self, tmp_path, write_output, capsys):
         root = write_output(tmp_path / "out", BASE, commit=False)

@@ -14,7 +14,7 @@ import pytest
 from pipeline import logs
 from pipeline.job import run_job
 from pipeline.output import CHECKPOINT_DIR, DATA_DIR, MANIFEST
-from pipeline.progress import Display
+from pipeline.progress import SERIES_MAX_POINTS, Display, ProgressSeries
 
 COLOUR = re.compile(r"\x1b\[[0-9;]*(?:3[0-8]|9[0-7])[0-9;]*m")
 
@@ -111,3 +111,30 @@ def test_a_resumed_run_counts_down_the_rows_left_not_all_inputs(ray_session, sam
     text = _text(second)
     assert f"{left}/{left}" in text
     assert f"/{inputs}" not in text
+
+
+class TestProgressSeries:
+    def test_one_point_per_interval_and_always_the_last(self) -> None:
+        series = ProgressSeries(started_wall=1000.0, every_s=5.0)
+        for second in range(1, 13):  # polled every second, as watch_write does
+            series.record(ok=10 * second, failed=second // 4, now=1000.0 + second)
+        series.record(ok=125, failed=3, now=1012.5, last=True)
+        assert series.as_dict() == {
+            "every_s": 5.0,
+            "columns": ["seconds", "ok", "failed"],
+            "points": [[0.0, 0, 0], [5.0, 50, 1], [10.0, 100, 2], [12.5, 125, 3]],
+        }
+
+    def test_a_long_run_stays_small(self) -> None:
+        series = ProgressSeries(started_wall=0.0, every_s=1.0)
+        hours = 48
+        for second in range(1, hours * 3600):
+            series.record(ok=second, failed=0, now=float(second))
+        series.record(ok=hours * 3600, failed=0, now=float(hours * 3600), last=True)
+        points = series.as_dict()["points"]
+        assert len(points) <= SERIES_MAX_POINTS
+        assert points[0] == [0.0, 0, 0]
+        assert points[-1] == [float(hours * 3600), hours * 3600, 0]
+        seconds = [point[0] for point in points]
+        assert seconds == sorted(seconds)
+        assert series.every_s > 1.0  # the spacing grew as points were dropped

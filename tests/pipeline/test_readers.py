@@ -26,7 +26,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.job import run_job
-from pipeline.output import CHECKPOINT_DIR, DATA_DIR, FAILURES, INPUTS
+from pipeline.output import CHECKPOINT_DIR, DATA_DIR, FAILURES, INPUTS, REPORT
 
 pytestmark = [
     pytest.mark.slow,
@@ -49,6 +49,7 @@ def output(ray_session, sample_images, weights_file, tmp_path_factory) -> Path:
         "model.weights": str(weights_file),
         "inference.precision": "fp32",
         "logging.progress": "off",
+        "output.report": "true",  # the page beside _SUCCESS must not trip a reader either
     }
     summary = run_job(load_config(None, [f"{k}={v}" for k, v in items.items()], environ={}))
     assert (summary.inputs, summary.failed) == (INPUTS_COUNT, FAILED_COUNT)
@@ -56,6 +57,7 @@ def output(ray_session, sample_images, weights_file, tmp_path_factory) -> Path:
     assert pq.read_metadata(root / FAILURES).num_rows == FAILED_COUNT
     assert pq.read_metadata(root / INPUTS).num_rows == INPUTS_COUNT
     assert list((root / CHECKPOINT_DIR).rglob("*.parquet"))
+    assert (root / REPORT).is_file()
     return root
 
 

@@ -127,6 +127,19 @@ def upload_images(
     return sorted(uris)
 
 
+def upload_folder(client: Any, bucket: str, root: Path, prefix: str) -> str:
+    """Upload every file under ``root`` (e.g. a hand-made output) to ``prefix``; return its s3:// URI."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(root)}", Body=path.read_bytes())
+    return f"s3://{bucket}/{prefix}"
+
+
+def storage_flags(endpoint: str) -> list[str]:
+    """The ``--set`` flags that point a reading command (inspect, compare, report) at the moto server."""
+    return ["--set", f"storage.endpoint_url={endpoint}", "--set", f"storage.region={REGION}"]
+
+
 def list_keys(client: Any, bucket: str, prefix: str) -> list[str]:
     """Every key under ``prefix``."""
     keys = []

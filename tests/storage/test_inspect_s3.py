@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from storage_s3 import REGION, free_port, job_environment
+from storage_s3 import REGION, free_port, job_environment, storage_flags, upload_folder
 
 from pipeline.cli import main
 
@@ -22,38 +22,27 @@ def _row(row_id, label=None, status="ok"):
 ROWS = [_row(f"r{i}", "cat" if i % 3 else "dog") for i in range(12)] + [_row("bad", status="failed")]
 
 
-def _upload(s3, bucket, root, prefix):
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            s3.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(root)}", Body=path.read_bytes())
-    return f"s3://{bucket}/{prefix}"
-
-
-def _storage_flags(moto_endpoint: str) -> list[str]:
-    return ["--set", f"storage.endpoint_url={moto_endpoint}", "--set", f"storage.region={REGION}"]
-
-
 def test_inspect_and_compare_an_s3_output(s3, bucket, moto, tmp_path, write_output, capsys):
-    uri = _upload(s3, bucket, write_output(tmp_path / "out", ROWS), "preds/run-1")
-    assert main(["inspect", uri, "--json", *_storage_flags(moto.endpoint)]) == 0
+    uri = upload_folder(s3, bucket, write_output(tmp_path / "out", ROWS), "preds/run-1")
+    assert main(["inspect", uri, "--json", *storage_flags(moto.endpoint)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["uri"] == uri
     assert doc["counts"] == {"rows": 13, "ok": 12, "failed": 1}
     assert doc["labels"]["top"] == [{"label": "cat", "rows": 8}, {"label": "dog", "rows": 4}]
     assert doc["consistent_with_manifest"] is True
 
-    assert main(["compare", uri, uri, "--min-agreement", "1", *_storage_flags(moto.endpoint)]) == 0
+    assert main(["compare", uri, uri, "--min-agreement", "1", *storage_flags(moto.endpoint)]) == 0
     assert "100.0%" in capsys.readouterr().out
 
 
 def test_uncommitted_s3_output_is_refused(s3, bucket, moto, tmp_path, write_output, capsys):
-    uri = _upload(s3, bucket, write_output(tmp_path / "out", ROWS, commit=False), "preds/run-2")
-    assert main(["inspect", uri, *_storage_flags(moto.endpoint)]) == 8
+    uri = upload_folder(s3, bucket, write_output(tmp_path / "out", ROWS, commit=False), "preds/run-2")
+    assert main(["inspect", uri, *storage_flags(moto.endpoint)]) == 8
     assert "not committed" in capsys.readouterr().err
 
 
 def test_storage_settings_from_the_environment_in_a_fresh_process(s3, bucket, moto, tmp_path, write_output):
-    uri = _upload(s3, bucket, write_output(tmp_path / "out", ROWS), "preds/run-3")
+    uri = upload_folder(s3, bucket, write_output(tmp_path / "out", ROWS), "preds/run-3")
     env = job_environment(PIPELINE_STORAGE__ENDPOINT_URL=moto.endpoint, PIPELINE_STORAGE__REGION=REGION)
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "inspect", uri],

@@ -105,7 +105,7 @@ class TestListing:
         assert FAKE_SECRET_ACCESS_KEY not in str(caught.value)
 
 
-LIMITS = storage.ReadLimits(max_bytes=1 << 20, timeout_s=30)
+LIMITS = reading.ReadLimits(max_bytes=1 << 20, timeout_s=30)
 
 
 class TestFetch:
