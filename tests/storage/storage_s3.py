@@ -26,6 +26,17 @@ IMAGE_SIZES = ((64, 64), (96, 72), (160, 120), (120, 160))
 BROKEN = {"broken/empty.jpg": b"", "broken/not-an-image.jpg": b"plain text with a .jpg name\n"}
 FAKE_ACCESS_KEY_ID = "AKIAPIPELINETEST0001"
 FAKE_SECRET_ACCESS_KEY = "pipelineTestSecret/0123456789abcdefGHIJKLmn"  # noqa: S105  # a fake, for moto
+# Config overrides for a run that is killed mid-way: small parts and slow inference leave
+# seconds between parts, so the kill lands after some parts and before the commit.
+KILLABLE_PACE = {
+    "output__rows_per_file": 8,
+    "preprocess__batch_size": 4,
+    "preprocess__resize_size": 160,
+    "preprocess__crop_size": 160,
+    "inference__batch_size": 4,
+    "inference__torch_threads": 1,
+    "resources__object_store_memory_bytes": 150 * 1024 * 1024,
+}
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ import pytest
 from storage_s3 import (
     FAKE_ACCESS_KEY_ID,
     FAKE_SECRET_ACCESS_KEY,
+    KILLABLE_PACE,
     get_bytes,
     job_environment,
     list_keys,
@@ -122,13 +123,7 @@ class TestCrashAndResume:
         uris = upload_images(s3, bucket, "in", IMAGES, seed=7)
         config = s3_config(
             bucket,
-            output__rows_per_file=8,
-            preprocess__batch_size=4,
-            preprocess__resize_size=160,  # slower inference: seconds between parts, room to kill in between
-            preprocess__crop_size=160,
-            inference__batch_size=4,
-            inference__torch_threads=1,
-            resources__object_store_memory_bytes=150 * 1024 * 1024,
+            **KILLABLE_PACE,
         )
         config_path = write_config(config)
         first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from storage_s3 import list_keys, read_json, read_parts
+from storage_s3 import KILLABLE_PACE, list_keys, read_json, read_parts
 from test_resume import DEADLINE_S, kill_group, start_job
 
 from pipeline import sample_shards, samples, storage
@@ -119,13 +119,7 @@ def test_killed_shard_run_resumes_without_loss_or_duplicates(
     config = s3_config(
         bucket,
         input__format=kind,
-        output__rows_per_file=8,
-        preprocess__batch_size=4,
-        preprocess__resize_size=160,  # slower inference: seconds between parts, room to kill in between
-        preprocess__crop_size=160,
-        inference__batch_size=4,
-        inference__torch_threads=1,
-        resources__object_store_memory_bytes=150 * 1024 * 1024,
+        **KILLABLE_PACE,
     )
     config_path = write_config(config)
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
