@@ -61,14 +61,15 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def make_config(tmp_path: Path, weights_file: Path) -> Callable[..., Config]:
-    """Build a validated config for a local run; keyword ``section__key=value`` overrides."""
+@pytest.fixture(scope="session")
+def local_config(weights_file: Path) -> Callable[..., Config]:
+    """Build a validated config for a local run into ``output_uri``, usable from fixtures of any
+    scope; keyword ``section__key=value`` overrides."""
 
-    def build(input_uri: Path | str, **overrides: object) -> Config:
+    def build(input_uri: Path | str, output_uri: Path | str, **overrides: object) -> Config:
         items = {
             "input.uri": str(input_uri),
-            "output.uri": str(tmp_path / "out"),
+            "output.uri": str(output_uri),
             "model.name": TEST_MODEL,
             "model.weights": str(weights_file),
             "inference.precision": "fp32",
@@ -76,6 +77,16 @@ def make_config(tmp_path: Path, weights_file: Path) -> Callable[..., Config]:
         }
         items.update({key.replace("__", "."): value for key, value in overrides.items()})
         return load_config(None, [f"{k}={v}" for k, v in items.items() if v is not None], environ={})
+
+    return build
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, local_config: Callable[..., Config]) -> Callable[..., Config]:
+    """:func:`local_config` writing to this test's ``tmp_path / "out"``."""
+
+    def build(input_uri: Path | str, **overrides: object) -> Config:
+        return local_config(input_uri, tmp_path / "out", **overrides)
 
     return build
 

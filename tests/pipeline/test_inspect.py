@@ -207,21 +207,11 @@ class TestCompare:
 @pytest.mark.slow
 class TestRealRun:
     @pytest.fixture(scope="class")
-    def output(self, ray_session, sample_images, weights_file, tmp_path_factory) -> Path:
-        from pipeline.config import load_config
+    def output(self, ray_session, sample_images, local_config, tmp_path_factory) -> Path:
         from pipeline.job import run_job
 
         root = tmp_path_factory.mktemp("inspect") / "out"
-        items = {
-            "input.uri": str(sample_images),
-            "output.uri": str(root),
-            "model.name": weights_file.stem,
-            "model.weights": str(weights_file),
-            "inference.precision": "fp32",
-            "logging.progress": "off",
-            "output.rows_per_file": 16,
-        }
-        run_job(load_config(None, [f"{k}={v}" for k, v in items.items()], environ={}))
+        run_job(local_config(sample_images, root, output__rows_per_file=16))
         return root
 
     def test_inspect_matches_the_manifest_and_the_parts(self, output, capsys):

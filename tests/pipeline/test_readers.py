@@ -24,7 +24,6 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import load_config
 from pipeline.job import run_job
 from pipeline.output import CHECKPOINT_DIR, DATA_DIR, FAILURES, INPUTS, REPORT
 
@@ -39,19 +38,11 @@ FAILED_COUNT = 3
 
 
 @pytest.fixture(scope="module")
-def output(ray_session, sample_images, weights_file, tmp_path_factory) -> Path:
+def output(ray_session, sample_images, local_config, tmp_path_factory) -> Path:
     """The root of one committed output with failed rows (the broken files)."""
     root = tmp_path_factory.mktemp("readers") / "out"
-    items = {
-        "input.uri": str(sample_images),
-        "output.uri": str(root),
-        "model.name": weights_file.stem,  # conftest saves its test model's weights as <name>.safetensors
-        "model.weights": str(weights_file),
-        "inference.precision": "fp32",
-        "logging.progress": "off",
-        "output.report": "true",  # the page beside _SUCCESS must not trip a reader either
-    }
-    summary = run_job(load_config(None, [f"{k}={v}" for k, v in items.items()], environ={}))
+    # output.report: the page beside _SUCCESS must not trip a reader either
+    summary = run_job(local_config(sample_images, root, output__report="true"))
     assert (summary.inputs, summary.failed) == (INPUTS_COUNT, FAILED_COUNT)
     # What the readers must step over: the dead-letter table, the inputs, the checkpoint.
     assert pq.read_metadata(root / FAILURES).num_rows == FAILED_COUNT

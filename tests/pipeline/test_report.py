@@ -29,21 +29,10 @@ def _picture_tiles(html: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def reported(ray_session, sample_images, weights_file, tmp_path_factory) -> Path:
+def reported(ray_session, sample_images, local_config, tmp_path_factory) -> Path:
     """A real local run with ``output.report: true``: its output folder."""
-    from pipeline.config import load_config
-
     root = tmp_path_factory.mktemp("report") / "out"
-    items = {
-        "input.uri": str(sample_images),
-        "output.uri": str(root),
-        "model.name": weights_file.stem,
-        "model.weights": str(weights_file),
-        "inference.precision": "fp32",
-        "logging.progress": "off",
-        "output.report": "true",
-    }
-    summary = run_job(load_config(None, [f"{k}={v}" for k, v in items.items()], environ={}))
+    summary = run_job(local_config(sample_images, root, output__report="true"))
     assert (summary.status, summary.inputs, summary.failed) == ("succeeded", INPUTS, FAILED)
     return root
 
