@@ -2,12 +2,15 @@
 
 It answers discovery (``/version``, ``/api``, ``/apis``, ``/api/v1``, ``/apis/<group>/<version>``)
 for the built-in kinds the chart uses and for every CRD under ``crds/``, answers 404 to reads
-(nothing exists yet), and accepts ``POST``s of objects, keeping what it was sent.
+(nothing exists yet), and accepts ``POST``s of objects, keeping what it was sent. With
+``unique_names`` it also keeps names as the API server does: a second create of the same name
+is refused (409 AlreadyExists) and ``metadata.generateName`` gets a random suffix.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,7 +62,9 @@ class FakeKubeAPI:
     """The server's state: what it serves, and the objects it was sent."""
 
     resources: dict[str, list[tuple[str, str, bool]]]
+    unique_names: bool = False
     created: list[dict[str, Any]] = field(default_factory=list)
+    names: set[tuple[str, str]] = field(default_factory=set)
     requests: list[tuple[str, str]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -166,6 +171,16 @@ class FakeKubeAPI:
         metadata = stored.setdefault("metadata", {})
         if "namespaces" in parts:
             metadata["namespace"] = parts[parts.index("namespaces") + 1]
+        if self.unique_names:
+            if not metadata.get("name") and metadata.get("generateName"):
+                # The API server's suffix: 5 characters of an alphabet without vowels or look-alikes.
+                suffix = "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))  # noqa: S311
+                metadata["name"] = metadata["generateName"] + suffix
+            key = (path, str(metadata.get("name")))
+            with self._lock:
+                if key in self.names:
+                    return 409, _status(409, "AlreadyExists", f"{plural} {key[1]!r} already exists")
+                self.names.add(key)
         metadata.update(
             uid=f"uid-{len(self.created)}", resourceVersion="1", creationTimestamp="2026-01-01T00:00:00Z"
         )

@@ -308,6 +308,9 @@ def scheduled_rayjob(cron_workflow: Obj) -> Obj:
         manifest = manifest.replace(placeholder, value)
     assert "{{" not in manifest, f"unfilled Argo placeholder in {manifest}"
     rayjob: Obj = yaml.safe_load(manifest)
+    metadata = rayjob["metadata"]
+    if "generateName" in metadata:  # the API server's suffix, as it would pick one
+        metadata["name"] = metadata.pop("generateName") + "x7k2q"
     return rayjob
 
 

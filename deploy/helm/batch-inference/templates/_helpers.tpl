@@ -94,9 +94,9 @@ RayJob names over 47 characters; 40 leaves room for the "-<revision>" suffix.
 {{- printf "%s-%d" (include "batch-inference.fullname" . | trunc 40 | trimSuffix "-") (int .Release.Revision) }}
 {{- end }}
 
-{{/* The CronWorkflow's name; its Workflows (and so the RayJobs) are "<name>-<10-digit time>" <= 47. */}}
+{{/* The CronWorkflow's name; its Workflows are "<name>-<10-digit time>", their RayJobs that plus "-<5 random>": <= 47. */}}
 {{- define "batch-inference.cronWorkflowName" -}}
-{{- include "batch-inference.fullname" . | trunc 36 | trimSuffix "-" }}
+{{- include "batch-inference.fullname" . | trunc 30 | trimSuffix "-" }}
 {{- end }}
 
 {{/* image reference: repository@digest when a digest is given, else repository:tag. */}}

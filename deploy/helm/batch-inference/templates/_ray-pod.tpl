@@ -27,6 +27,8 @@ spec:
   # binds its own Role to this ServiceAccount); the worker pods mount no token.
   {{- end }}
   automountServiceAccountToken: {{ $head }}
+  # The driver drains in-flight batches on SIGTERM (stopGraceSeconds), then writes and pushes.
+  terminationGracePeriodSeconds: {{ include "batch-inference.terminationGracePeriodSeconds" $root }}
   securityContext:
     {{- include "batch-inference.podSecurityContext" $root | nindent 4 }}
   {{- with $values.imagePullSecrets }}
