@@ -209,9 +209,3 @@ def worker_pods(release: Release) -> list[Pod]:
         )
         pods.append(Pod(labels, ip=f"10.244.2.{10 + index}"))
     return pods
-
-
-def submitter_pod(release: Release) -> Pod:
-    """The submitter pod KubeRay starts from submitterPodTemplate."""
-    labels = _first_rayjob_spec(release)["submitterPodTemplate"]["metadata"]["labels"]
-    return Pod(dict(labels), ip="10.244.3.10")

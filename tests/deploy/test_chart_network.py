@@ -22,7 +22,7 @@ from deploy_manifests import (
     Release,
     validate,
 )
-from deploy_netpol import Address, NetworkPolicies, Pod, head_pod, submitter_pod, worker_pods
+from deploy_netpol import Address, NetworkPolicies, Pod, head_pod, worker_pods
 
 ALL_VALUES = ["default", *ENVIRONMENTS]
 GCS, DASHBOARD, CLIENT, METRICS = 6379, 8265, 10001, 8080
@@ -72,7 +72,7 @@ def render(helm: HelmRunner, values: dict[str, Any]) -> Release:
 
 
 class TestIngress:
-    """Only this release's Ray pods (any port), its submitter, Prometheus and the operator get in."""
+    """Only this release's Ray pods (any port), Prometheus and the operator get in."""
 
     @pytest.mark.parametrize("values", ALL_VALUES)
     def test_ray_pods_are_isolated_both_ways(self, releases: dict[str, Release], values: str) -> None:
@@ -100,16 +100,6 @@ class TestIngress:
                         port,
                     )
 
-    @pytest.mark.parametrize("values", ALL_VALUES)
-    def test_submitter_reaches_only_the_jobs_api(self, releases: dict[str, Release], values: str) -> None:
-        """The submitter pod reaches the head's dashboard port (Jobs API) and no other port."""
-        release = releases[values]
-        policies = NetworkPolicies.of(release)
-        submitter, head = submitter_pod(release), head_pod(release)
-        assert policies.allows(submitter, head, DASHBOARD)
-        for port in (GCS, CLIENT, METRICS, *DYNAMIC_RAY_PORTS):
-            assert not policies.allows(submitter, head, port), port
-
     @pytest.mark.parametrize(
         "labels",
         [
@@ -117,6 +107,7 @@ class TestIngress:
             release_labels("schedule"),
             release_labels("scheduled-run"),
             release_labels("rayjob"),
+            release_labels("submitter"),
             {**release_labels("submitter"), "app.kubernetes.io/instance": "another-release"},
             release_labels("ray", instance="another-release"),
             {"app.kubernetes.io/component": "ray"},
@@ -127,6 +118,7 @@ class TestIngress:
             "workflow-component",
             "scheduled-run-component",
             "rayjob-component",
+            "submitter-component",
             "other-release-submitter",
             "other-release-ray-pod",
             "component-only",
@@ -134,7 +126,7 @@ class TestIngress:
         ],
     )
     def test_other_pods_get_nothing(self, releases: dict[str, Release], labels: dict[str, str]) -> None:
-        """A pod that is not one of this release's Ray pods or its submitter reaches no port of a Ray pod."""
+        """A pod that is not one of this release's Ray pods reaches no Ray port (HTTPMode: no submitter)."""
         release = releases["default"]
         policies = NetworkPolicies.of(release)
         intruder = Pod(labels, ip="10.244.9.9")
@@ -214,9 +206,7 @@ class TestIngress:
                     if "podSelector" in peer and "namespaceSelector" not in peer:
                         labels = peer["podSelector"]["matchLabels"]
                         assert labels["app.kubernetes.io/instance"] == RELEASE
-                        assert labels["app.kubernetes.io/component"] in ("ray", "submitter")
-                        if labels["app.kubernetes.io/component"] == "submitter":
-                            assert rule["ports"] == [{"port": DASHBOARD, "protocol": "TCP"}]
+                        assert labels["app.kubernetes.io/component"] == "ray"
 
     def test_every_ingress_rule_names_its_peers(self, releases: dict[str, Release]) -> None:
         """No ingress rule is open to every source (a rule without `from`)."""
@@ -363,7 +353,6 @@ class TestEgress:
             for port in (*api_ports, 5432, *RAY_PORTS):
                 assert not policies.egress_allows(pod, stranger, port), port
                 assert not policies.egress_allows(pod, other_release, port), port
-            assert not policies.egress_allows(pod, submitter_pod(release), DASHBOARD)
 
     def test_extra_rules_are_added_verbatim(self, helm: HelmRunner) -> None:
         """extraEgress / extraIngress add rules (here: GKE's metadata server, an API-server proxy source)."""

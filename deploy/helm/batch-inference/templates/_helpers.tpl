@@ -55,7 +55,7 @@ app.kubernetes.io/component: ray
 
 {{/*
 The subset of rayPodLabels that selects this release's Ray pods (head and workers) and nothing
-else: not the submitter, not the scheduled Workflow's pod, not another release's Ray pods.
+else: not the scheduled Workflow's pod, not another release's Ray pods.
 */}}
 {{- define "batch-inference.rayPodSelectorLabels" -}}
 {{ include "batch-inference.selectorLabels" . }}

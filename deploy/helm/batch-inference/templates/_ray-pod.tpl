@@ -1,8 +1,8 @@
 {{/*
 The pod template of a Ray node group, one for the head and for every worker group. Call with
 (dict "root" $ "group" <.Values.head or a worker group> "workerGroup" <its name>); without
-workerGroup it is the head's: the Ray head ports, and the ServiceAccount token the autoscaler
-sidecar needs.
+workerGroup it is the head's: the Ray head ports, the driver-log container, and the
+ServiceAccount token volume that only the autoscaler sidecar mounts.
 */}}
 {{- define "batch-inference.rayPodTemplate" -}}
 {{- $root := .root -}}
@@ -22,11 +22,9 @@ metadata:
   {{- end }}
 spec:
   serviceAccountName: {{ include "batch-inference.serviceAccountName" $root }}
-  {{- if $head }}
-  # The in-tree autoscaler sidecar talks to the Kubernetes API with this token (KubeRay
-  # binds its own Role to this ServiceAccount); the worker pods mount no token.
-  {{- end }}
-  automountServiceAccountToken: {{ $head }}
+  # No container gets the ServiceAccount token by default: on the head only the autoscaler
+  # sidecar mounts it (kube-api-access below, autoscalerOptions.volumeMounts).
+  automountServiceAccountToken: false
   # The driver drains in-flight batches on SIGTERM (stopGraceSeconds), then writes and pushes.
   terminationGracePeriodSeconds: {{ include "batch-inference.terminationGracePeriodSeconds" $root }}
   securityContext:
@@ -77,8 +75,69 @@ spec:
         {{- include "batch-inference.containerSecurityContext" $root | nindent 8 }}
       volumeMounts:
         {{- include "batch-inference.rayVolumeMounts" $root | nindent 8 }}
+    {{- if $head }}
+    {{- include "batch-inference.driverLogContainer" $root | nindent 4 }}
+    {{- end }}
   volumes:
     {{- include "batch-inference.rayVolumes" $root | nindent 4 }}
+    {{- if $head }}
+    {{- include "batch-inference.kubeApiAccessVolume" $root | nindent 4 }}
+    {{- end }}
+{{- end }}
+
+{{/*
+The head's driver-log container: prints the job driver's log (the pipeline's JSON lines, which
+Ray's Jobs API writes to job-driver-<id>.log on the head) on its own stdout, so `kubectl logs
+<head> -c driver-log` and the cluster's log collector see them. It reads the Ray log volume
+only, holds no token and no credentials.
+*/}}
+{{- define "batch-inference.driverLogContainer" -}}
+- name: driver-log
+  image: {{ include "batch-inference.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: ["/bin/sh", "-c"]
+  args:
+    - |
+      while :; do
+        for log in /tmp/ray/session_latest/logs/job-driver-*.log; do
+          [ -e "$log" ] && exec tail -n +1 -F "$log"
+        done
+        sleep 2
+      done
+  resources:
+    {{- toYaml .Values.driverLog.resources | nindent 4 }}
+  securityContext:
+    {{- include "batch-inference.containerSecurityContext" . | nindent 4 }}
+  volumeMounts:
+    - name: ray-logs
+      mountPath: /tmp/ray
+      readOnly: true
+{{- end }}
+
+{{/*
+What Kubernetes mounts for a ServiceAccount token when automountServiceAccountToken is on (a
+bound, expiring token, the cluster's CA and the namespace), as a volume that only the autoscaler
+sidecar mounts; Ray's autoscaler re-reads the token as the kubelet rotates it.
+*/}}
+{{- define "batch-inference.kubeApiAccessVolume" -}}
+- name: kube-api-access
+  projected:
+    defaultMode: 0444
+    sources:
+      - serviceAccountToken:
+          path: token
+          expirationSeconds: 3607
+      - configMap:
+          name: kube-root-ca.crt
+          items:
+            - key: ca.crt
+              path: ca.crt
+      - downwardAPI:
+          items:
+            - path: namespace
+              fieldRef:
+                apiVersion: v1
+                fieldPath: metadata.namespace
 {{- end }}
 
 {{/*
