@@ -1,8 +1,9 @@
 """A tiny Kubernetes API server on 127.0.0.1 for Helm to install into.
 
 It answers discovery (``/version``, ``/api``, ``/apis``, ``/api/v1``, ``/apis/<group>/<version>``)
-for the built-in kinds the chart uses and for every CRD under ``crds/``, answers 404 to reads
-(nothing exists yet), and accepts ``POST``s of objects, keeping what it was sent. With
+for the built-in kinds the chart uses and for every CRD under ``crds/``, answers reads of the
+``existing`` objects (the harness gives it the ``kubernetes`` Endpoints) and 404 to others, and
+accepts ``POST``s of objects, keeping what it was sent. With
 ``unique_names`` it also keeps names as the API server does: a second create of the same name
 is refused (409 AlreadyExists) and ``metadata.generateName`` gets a random suffix.
 """
@@ -20,6 +21,21 @@ from typing import Any
 import yaml
 
 KUBERNETES_VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"}
+# The API server's address as every cluster publishes it: the `kubernetes` Service's Endpoints.
+API_SERVER_ENDPOINT = ("172.20.0.10", 6443)
+EXISTING_OBJECTS: dict[str, dict[str, Any]] = {
+    "/api/v1/namespaces/default/endpoints/kubernetes": {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default"},
+        "subsets": [
+            {
+                "addresses": [{"ip": API_SERVER_ENDPOINT[0]}],
+                "ports": [{"name": "https", "port": API_SERVER_ENDPOINT[1], "protocol": "TCP"}],
+            }
+        ],
+    }
+}
 
 # group/version -> (plural, kind, namespaced) for the built-in kinds a chart may create.
 BUILTIN_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
@@ -29,8 +45,10 @@ BUILTIN_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
         ("serviceaccounts", "ServiceAccount", True),
         ("services", "Service", True),
         ("pods", "Pod", True),
+        ("endpoints", "Endpoints", True),
         ("namespaces", "Namespace", False),
     ],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
     "batch/v1": [("jobs", "Job", True), ("cronjobs", "CronJob", True)],
     "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True), ("ingresses", "Ingress", True)],
     "rbac.authorization.k8s.io/v1": [
@@ -63,6 +81,7 @@ class FakeKubeAPI:
 
     resources: dict[str, list[tuple[str, str, bool]]]
     unique_names: bool = False
+    existing: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: list[dict[str, Any]] = field(default_factory=list)
     names: set[tuple[str, str]] = field(default_factory=set)
     requests: list[tuple[str, str]] = field(default_factory=list)
@@ -216,7 +235,7 @@ def _handler_for(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
             api.requests.append(("GET", path))
-            document = api.discovery(path)
+            document = api.discovery(path) or api.existing.get(path)
             if document is None:
                 self._reply(404, _status(404, "NotFound", f"{path} not found"))
             else:

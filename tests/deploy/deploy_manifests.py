@@ -25,7 +25,7 @@ from typing import Any
 
 import jsonschema
 import yaml
-from deploy_fake_api import BUILTIN_RESOURCES, FakeKubeAPI, crd_resources
+from deploy_fake_api import BUILTIN_RESOURCES, EXISTING_OBJECTS, FakeKubeAPI, crd_resources
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -154,7 +154,9 @@ class HelmRunner:
 
 def start_fake_api() -> FakeKubeAPI:
     """A fake Kubernetes API serving the built-in kinds and the CRDs under crds/."""
-    return FakeKubeAPI(resources={**BUILTIN_RESOURCES, **crd_resources(CRD_DIR)}).start()
+    return FakeKubeAPI(
+        resources={**BUILTIN_RESOURCES, **crd_resources(CRD_DIR)}, existing=dict(EXISTING_OBJECTS)
+    ).start()
 
 
 @contextmanager

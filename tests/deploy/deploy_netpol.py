@@ -209,3 +209,16 @@ def worker_pods(release: Release) -> list[Pod]:
         )
         pods.append(Pod(labels, ip=f"10.244.2.{10 + index}"))
     return pods
+
+
+def workflow_pod(release: Release) -> Pod:
+    """The scheduled Workflow's step pod: the chart's podMetadata labels plus Argo's own."""
+    (cron,) = release.of_kind("CronWorkflow")
+    labels = dict(cron["spec"]["workflowSpec"]["podMetadata"]["labels"])
+    labels.update(
+        {
+            "workflows.argoproj.io/workflow": "batch-inference-1767225600",
+            "workflows.argoproj.io/completed": "false",
+        }
+    )
+    return Pod(labels, ip="10.244.4.10")

@@ -55,12 +55,15 @@ class TestCronWorkflow:
         assert runtime_env["env_vars"]["PYTHONUNBUFFERED"] == "1"
 
     def test_scheduled_rayjob_is_the_chart_rayjob(self, cron: dict, releases: dict[str, Release]) -> None:
-        """Apart from its output env var, a scheduled run's RayJob is the one-off RayJob."""
+        """Apart from its dated output, a scheduled run's RayJob is the one-off RayJob."""
         one_off = copy.deepcopy(releases["default"].one("RayJob")["spec"])  # the fixture is shared
         scheduled = scheduled_rayjob(cron)["spec"]
         env_vars = yaml.safe_load(scheduled.pop("runtimeEnvYAML"))["env_vars"]
-        env_vars.pop("PIPELINE_OUTPUT__URI")
-        assert env_vars == yaml.safe_load(one_off.pop("runtimeEnvYAML"))["env_vars"]
+        one_off_env_vars = yaml.safe_load(one_off.pop("runtimeEnvYAML"))["env_vars"]
+        assert env_vars.pop("PIPELINE_OUTPUT__URI").startswith(
+            one_off_env_vars.pop("PIPELINE_OUTPUT__URI") + "/"
+        )
+        assert env_vars == one_off_env_vars
         assert scheduled == one_off
 
     def test_workflow_pod_is_non_root(self, cron: dict) -> None:

@@ -91,7 +91,18 @@ KubeRay names the RayCluster "<rayjob>-<5 random>" and services and pods after t
 RayJob names over 47 characters; 40 leaves room for the "-<revision>" suffix.
 */}}
 {{- define "batch-inference.rayJobName" -}}
+{{- if .Values.rayJob.name }}
+{{- .Values.rayJob.name }}
+{{- else }}
 {{- printf "%s-%d" (include "batch-inference.fullname" . | trunc 40 | trimSuffix "-") (int .Release.Revision) }}
+{{- end }}
+{{- end }}
+
+{{/* The Kueue queue label of a RayJob (kueueQueueName), or nothing. */}}
+{{- define "batch-inference.kueueLabel" -}}
+{{- with .Values.kueueQueueName }}
+kueue.x-k8s.io/queue-name: {{ . }}
+{{- end }}
 {{- end }}
 
 {{/* The CronWorkflow's name; its Workflows are "<name>-<10-digit time>", their RayJobs that plus "-<5 random>": <= 47. */}}

@@ -10,13 +10,19 @@ ServiceAccount token volume that only the autoscaler sidecar mounts.
 {{- $group := .group -}}
 {{- $workerGroup := .workerGroup -}}
 {{- $head := not $workerGroup -}}
+{{- $annotations := deepCopy ($values.podAnnotations | default dict) }}
+{{- if ternary $values.disruption.protectHead $values.disruption.protectWorkers $head }}
+{{- /* Node consolidation (Karpenter) and scale-down (cluster-autoscaler) leave the node alone while this pod runs. */}}
+{{- $_ := set $annotations "karpenter.sh/do-not-disrupt" "true" }}
+{{- $_ := set $annotations "cluster-autoscaler.kubernetes.io/safe-to-evict" "false" }}
+{{- end }}
 metadata:
   labels:
     {{- include "batch-inference.rayPodLabels" $root | nindent 4 }}
     {{- with $workerGroup }}
     batch-inference/worker-group: {{ . }}
     {{- end }}
-  {{- with $values.podAnnotations }}
+  {{- with $annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -27,6 +33,9 @@ spec:
   automountServiceAccountToken: false
   # The driver drains in-flight batches on SIGTERM (stopGraceSeconds), then writes and pushes.
   terminationGracePeriodSeconds: {{ include "batch-inference.terminationGracePeriodSeconds" $root }}
+  {{- with $values.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
   securityContext:
     {{- include "batch-inference.podSecurityContext" $root | nindent 4 }}
   {{- with $values.imagePullSecrets }}
@@ -70,7 +79,7 @@ spec:
       {{- . | nindent 6 }}
       {{- end }}
       resources:
-        {{- toYaml $group.resources | nindent 8 }}
+        {{- include "batch-inference.rayResources" (dict "root" $root "resources" $group.resources) | nindent 8 }}
       securityContext:
         {{- include "batch-inference.containerSecurityContext" $root | nindent 8 }}
       volumeMounts:
@@ -169,6 +178,30 @@ envFrom:
   - secretRef:
       name: {{ . }}
 {{- end }}
+{{- end }}
+
+{{/*
+A Ray container's resources, with an ephemeral-storage request for its emptyDirs (unless the
+values give one): the scheduler then puts the pod on a node with that much disk, rather than
+the kubelet evicting it hours into a run when /tmp/ray fills. Call with (dict "root" $ "resources" <map>).
+*/}}
+{{- define "batch-inference.rayResources" -}}
+{{- $resources := deepCopy .resources }}
+{{- $requests := $resources.requests | default dict }}
+{{- if not (hasKey $requests "ephemeral-storage") }}
+{{- $_ := set $requests "ephemeral-storage" (include "batch-inference.scratchSize" .root) }}
+{{- end }}
+{{- $_ := set $resources "requests" $requests }}
+{{- toYaml $resources }}
+{{- end }}
+
+{{/* The emptyDirs' size limits added up ("<n>Mi"); scratch sizes are whole Mi or Gi (values.schema.json). */}}
+{{- define "batch-inference.scratchSize" -}}
+{{- $mebibytes := 0 }}
+{{- range (list .Values.scratch.tmpSizeLimit .Values.scratch.rayLogsSizeLimit) }}
+{{- $mebibytes = add $mebibytes (ternary (mul (trimSuffix "Gi" . | int) 1024) (trimSuffix "Mi" . | int) (hasSuffix "Gi" .)) }}
+{{- end }}
+{{- printf "%dMi" $mebibytes }}
 {{- end }}
 
 {{/* Writable scratch space: the root filesystem is read-only. */}}
