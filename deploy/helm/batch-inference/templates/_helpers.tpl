@@ -123,3 +123,31 @@ kueue.x-k8s.io/queue-name: {{ . }}
 {{- define "batch-inference.workflowServiceAccountName" -}}
 {{- printf "%s-workflow" (include "batch-inference.fullname" . | trunc 54 | trimSuffix "-") }}
 {{- end }}
+
+{{/* Where the head mounts the Pushgateway credentials (pushgatewayAuth.existingSecret). */}}
+{{- define "batch-inference.pushgatewayAuthPath" -}}
+/etc/pipeline-secrets/pushgateway
+{{- end }}
+
+{{/*
+The pipeline config written to the ConfigMap: .Values.config, plus the paths of the mounted
+Pushgateway credentials when pushgatewayAuth.existingSecret is set (files, never the secret).
+*/}}
+{{- define "batch-inference.pipelineConfig" -}}
+{{- $config := deepCopy .Values.config }}
+{{- with .Values.pushgatewayAuth.existingSecret }}
+{{- $metrics := $config.metrics | default dict }}
+{{- if not $metrics.pushgateway_url }}
+{{- fail "pushgatewayAuth.existingSecret is set but config.metrics.pushgateway_url is not: name the Pushgateway the credentials are for" }}
+{{- end }}
+{{- $dir := include "batch-inference.pushgatewayAuthPath" $ }}
+{{- if eq $.Values.pushgatewayAuth.type "bearer" }}
+{{- $_ := set $metrics "pushgateway_token_file" (printf "%s/token" $dir) }}
+{{- else }}
+{{- $_ := set $metrics "pushgateway_username_file" (printf "%s/username" $dir) }}
+{{- $_ := set $metrics "pushgateway_password_file" (printf "%s/password" $dir) }}
+{{- end }}
+{{- $_ := set $config "metrics" $metrics }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}

@@ -84,6 +84,12 @@ spec:
         {{- include "batch-inference.containerSecurityContext" $root | nindent 8 }}
       volumeMounts:
         {{- include "batch-inference.rayVolumeMounts" $root | nindent 8 }}
+        {{- if and $head $values.pushgatewayAuth.existingSecret }}
+        # The driver (on the head) pushes with these; workers never push.
+        - name: pushgateway-auth
+          mountPath: {{ include "batch-inference.pushgatewayAuthPath" $root }}
+          readOnly: true
+        {{- end }}
     {{- if $head }}
     {{- include "batch-inference.driverLogContainer" $root | nindent 4 }}
     {{- end }}
@@ -91,6 +97,17 @@ spec:
     {{- include "batch-inference.rayVolumes" $root | nindent 4 }}
     {{- if $head }}
     {{- include "batch-inference.kubeApiAccessVolume" $root | nindent 4 }}
+    {{- with $values.pushgatewayAuth.existingSecret }}
+    - name: pushgateway-auth
+      secret:
+        secretName: {{ . }}
+        defaultMode: 0440
+        items:
+          {{- range (eq $values.pushgatewayAuth.type "bearer" | ternary (list "token") (list "username" "password")) }}
+          - key: {{ . }}
+            path: {{ . }}
+          {{- end }}
+    {{- end }}
     {{- end }}
 {{- end }}
 
