@@ -136,14 +136,19 @@ class HelmRunner:
         return out
 
     def install(
-        self, values: Mapping[str, Any] | None = None, *, chart: Path = CHART, release: str = RELEASE
+        self,
+        values: Mapping[str, Any] | None = None,
+        *,
+        chart: Path = CHART,
+        release: str = RELEASE,
+        namespace: str = NAMESPACE,
     ) -> Release:
-        """``helm install RELEASE CHART`` with ``values`` merged over the chart's defaults."""
+        """``helm install RELEASE CHART -n NAMESPACE`` with ``values`` merged over the chart's defaults."""
         self._count += 1
         values_file = self.workdir / f"values-{self._count}.json"
         values_file.write_text(json.dumps(dict(values or {})), encoding="utf-8")
         self.api.take_created()
-        result = self._run("install", str(self.kubeconfig), str(chart), release, NAMESPACE, str(values_file))
+        result = self._run("install", str(self.kubeconfig), str(chart), release, namespace, str(values_file))
         objects = [doc for doc in yaml.safe_load_all(result["manifest"]) if doc]
         return Release(result=result, objects=objects, posted=self.api.take_created())
 
