@@ -110,12 +110,30 @@ kueue.x-k8s.io/queue-name: {{ . }}
 {{- include "batch-inference.fullname" . | trunc 30 | trimSuffix "-" }}
 {{- end }}
 
-{{/* image reference: repository@digest when a digest is given, else repository:tag. */}}
+{{/*
+The CPU image (head, CPU groups, driver-log, autoscaler): repository@digest when a digest is
+given, else repository:tag ("<appVersion>-cpu" by default). Fails the render when
+image.pullPolicy is Always without digests: a moving tag pulled for every pod lets workers
+started later run other code than the head.
+*/}}
 {{- define "batch-inference.image" -}}
+{{- if and (eq .Values.image.pullPolicy "Always") (not (and .Values.image.digest .Values.gpuImage.digest)) }}
+{{- fail "image.pullPolicy Always pulls the tag again for every pod, so workers started later may run other code than the head: pin image.digest and gpuImage.digest, or use immutable tags with IfNotPresent" }}
+{{- end }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default (printf "%s-gpu" .Chart.AppVersion) .Values.image.tag) }}
+{{- printf "%s:%s" .Values.image.repository (default (printf "%s-cpu" .Chart.AppVersion) .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The GPU image (worker groups of type gpu only): gpuImage, its repository defaulting to image.repository. */}}
+{{- define "batch-inference.gpuImage" -}}
+{{- $repository := default .Values.image.repository .Values.gpuImage.repository }}
+{{- if .Values.gpuImage.digest }}
+{{- printf "%s@%s" $repository .Values.gpuImage.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default (printf "%s-gpu" .Chart.AppVersion) .Values.gpuImage.tag) }}
 {{- end }}
 {{- end }}
 

@@ -58,7 +58,8 @@ spec:
   {{- end }}
   containers:
     - name: {{ ternary "ray-head" "ray-worker" $head }}
-      image: {{ include "batch-inference.image" $root }}
+      # The GPU image only where the group has GPUs; the head and CPU groups run the CPU image.
+      image: {{ ternary (include "batch-inference.gpuImage" $root) (include "batch-inference.image" $root) (eq ($group.type | default "") "gpu") }}
       imagePullPolicy: {{ $values.image.pullPolicy }}
       ports:
         {{- if $head }}
