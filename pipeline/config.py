@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline import overrides as overrides_module
 from pipeline.errors import ConfigError
 from pipeline.input_checks import check_input
+from pipeline.push_auth import check_push_auth
 
 Unit = Annotated[float, Field(ge=0, le=1)]  # a per-channel mean, on the 0-1 scale torchvision uses
 Spread = Annotated[float, Field(gt=0, le=1)]  # a per-channel standard deviation, same scale
@@ -238,6 +239,10 @@ class MetricsConfig(_Section):
     pushgateway_url: str | None = None
     push_interval_s: float = Field(default=15.0, gt=0)
     summary_path: str | None = None
+    # Files (a mounted Secret) with Pushgateway credentials, never the secret (pipeline.push_auth).
+    pushgateway_username_file: str | None = None
+    pushgateway_password_file: str | None = None
+    pushgateway_token_file: str | None = None
 
 
 #: Names the pipeline writes or passes between stages (pipeline.schema's, both tasks; a test keeps
@@ -374,6 +379,7 @@ def _check_semantics(config: Config) -> None:
         allowed = f"must be <= resources.max_actors ({actors.max_actors})"
         raise ConfigError("resources.min_actors", actors.min_actors, allowed)
     check_input(config.input, RESERVED_COLUMNS)
+    check_push_auth(config.metrics)
     preprocess = config.preprocess
     if preprocess.crop_size and preprocess.resize_size and preprocess.crop_size > preprocess.resize_size:
         raise ConfigError(

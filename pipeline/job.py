@@ -29,6 +29,7 @@ from pipeline.logs import STDERR, bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
 from pipeline.model import ModelSpec, check_architecture, resolve_spec
 from pipeline.progress import Display, ProgressSeries, ProgressTracker, watch_write
+from pipeline.push_auth import auth_handler
 from pipeline.summary import RunSummary
 
 if TYPE_CHECKING:
@@ -79,11 +80,13 @@ class _Run:
     def job_metrics(self) -> JobMetrics:
         """The run's driver metrics (created once, under the run id known now)."""
         if self.metrics is None:
+            m = self.config.metrics
             self.metrics = JobMetrics(
                 pipeline=self.config.job.name,
                 run_id=self.summary.run_id,
-                pushgateway_url=self.config.metrics.pushgateway_url,
-                push_interval_s=self.config.metrics.push_interval_s,
+                pushgateway_url=m.pushgateway_url,
+                push_interval_s=m.push_interval_s,
+                push_handler=auth_handler(m),
                 registry=self.registry,
             )
         return self.metrics

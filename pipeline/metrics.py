@@ -27,13 +27,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.exposition import pushadd_to_gateway
+from prometheus_client.exposition import default_handler, pushadd_to_gateway
 
 from pipeline.schema import FailureReason
 
 if TYPE_CHECKING:
     from ray.util.metrics import Counter, Histogram
     from ray.util.metrics import Gauge as RayGauge
+
+    from pipeline.push_auth import Handler
 
 PUSH_JOB_NAME = "batch-inference"
 PUSH_TIMEOUT_S = 5.0
@@ -184,6 +186,7 @@ class JobMetrics:
     success_registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     pushgateway_url: str | None = None
     push_interval_s: float = 15.0
+    push_handler: Handler | None = None  # adds the Pushgateway's credentials (pipeline.push_auth)
     push_failures: int = 0
     _last_push: float = 0.0
     _done: int = 0
@@ -307,8 +310,8 @@ class JobMetrics:
     def push(self, *, force: bool = False, include_last_success: bool = False) -> None:
         """POST (push-add) to the Pushgateway, so metrics not sent keep their old value.
 
-        A failed push is logged (first failure, then every tenth) and counted in
-        ``push_failures``; it never fails the job.
+        A failed push (unreachable, or refused: 401 without the right credentials) is logged
+        (first failure, then every tenth) and counted in ``push_failures``; it never fails the job.
         """
         if not self.pushgateway_url:
             return
@@ -326,6 +329,7 @@ class JobMetrics:
                     registry=registry,
                     grouping_key=grouping,
                     timeout=PUSH_TIMEOUT_S,
+                    handler=self.push_handler or default_handler,
                 )
         except OSError as exc:  # URLError, HTTPError, timeouts, refused connections
             self.push_failures += 1

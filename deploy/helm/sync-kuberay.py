@@ -42,6 +42,12 @@ PLAIN_FILES = {
     "rayjob.yaml": "RayJob",
 }
 FILES = (*PLAIN_FILES, "raycronjob.yaml")
+# KubeRay 1.7 serves RayCronJob only behind an alpha feature gate that is off by default.
+RAYCRONJOB_NOTE = """\
+# Needs the KubeRay operator's alpha RayCronJob feature gate (off by default in 1.7): start the
+# operator with --feature-gates=RayCronJob=true (kuberay-operator chart: featureGates, name
+# RayCronJob, enabled true); without it the RayCronJob is stored but never runs.
+"""
 # Files that hold exactly one object; networkpolicy.yaml holds the chart's two NetworkPolicies.
 SINGLE_OBJECT_FILES = ("serviceaccount.yaml", "configmap.yaml", "podmonitor.yaml", "rayjob.yaml")
 DATED_OUTPUT = "$(date -u +%Y-%m-%d)"
@@ -119,7 +125,9 @@ def render(helm: HelmRunner) -> dict[str, str]:
     """File name -> the text of that deploy/kuberay file, one YAML document per object."""
     files = expected_manifests(helm.install(chart_values()))
     return {
-        name: HEADER + yaml.dump_all(objects, Dumper=_BlockStyleDumper, sort_keys=False, width=200)
+        name: HEADER
+        + (RAYCRONJOB_NOTE if name == "raycronjob.yaml" else "")
+        + yaml.dump_all(objects, Dumper=_BlockStyleDumper, sort_keys=False, width=200)
         for name, objects in files.items()
     }
 

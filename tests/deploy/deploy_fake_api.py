@@ -1,13 +1,17 @@
 """A tiny Kubernetes API server on 127.0.0.1 for Helm to install into.
 
 It answers discovery (``/version``, ``/api``, ``/apis``, ``/api/v1``, ``/apis/<group>/<version>``)
-for the built-in kinds the chart uses and for every CRD under ``crds/``, answers 404 to reads
-(nothing exists yet), and accepts ``POST``s of objects, keeping what it was sent.
+for the built-in kinds the chart uses and for every CRD under ``crds/``, answers reads of the
+``existing`` objects (the harness gives it the ``kubernetes`` Endpoints) and 404 to others, and
+accepts ``POST``s of objects, keeping what it was sent. With
+``unique_names`` it also keeps names as the API server does: a second create of the same name
+is refused (409 AlreadyExists) and ``metadata.generateName`` gets a random suffix.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +21,21 @@ from typing import Any
 import yaml
 
 KUBERNETES_VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"}
+# The API server's address as every cluster publishes it: the `kubernetes` Service's Endpoints.
+API_SERVER_ENDPOINT = ("172.20.0.10", 6443)
+EXISTING_OBJECTS: dict[str, dict[str, Any]] = {
+    "/api/v1/namespaces/default/endpoints/kubernetes": {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default"},
+        "subsets": [
+            {
+                "addresses": [{"ip": API_SERVER_ENDPOINT[0]}],
+                "ports": [{"name": "https", "port": API_SERVER_ENDPOINT[1], "protocol": "TCP"}],
+            }
+        ],
+    }
+}
 
 # group/version -> (plural, kind, namespaced) for the built-in kinds a chart may create.
 BUILTIN_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
@@ -26,8 +45,10 @@ BUILTIN_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
         ("serviceaccounts", "ServiceAccount", True),
         ("services", "Service", True),
         ("pods", "Pod", True),
+        ("endpoints", "Endpoints", True),
         ("namespaces", "Namespace", False),
     ],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
     "batch/v1": [("jobs", "Job", True), ("cronjobs", "CronJob", True)],
     "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True), ("ingresses", "Ingress", True)],
     "rbac.authorization.k8s.io/v1": [
@@ -59,7 +80,10 @@ class FakeKubeAPI:
     """The server's state: what it serves, and the objects it was sent."""
 
     resources: dict[str, list[tuple[str, str, bool]]]
+    unique_names: bool = False
+    existing: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: list[dict[str, Any]] = field(default_factory=list)
+    names: set[tuple[str, str]] = field(default_factory=set)
     requests: list[tuple[str, str]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -166,6 +190,16 @@ class FakeKubeAPI:
         metadata = stored.setdefault("metadata", {})
         if "namespaces" in parts:
             metadata["namespace"] = parts[parts.index("namespaces") + 1]
+        if self.unique_names:
+            if not metadata.get("name") and metadata.get("generateName"):
+                # The API server's suffix: 5 characters of an alphabet without vowels or look-alikes.
+                suffix = "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))  # noqa: S311
+                metadata["name"] = metadata["generateName"] + suffix
+            key = (path, str(metadata.get("name")))
+            with self._lock:
+                if key in self.names:
+                    return 409, _status(409, "AlreadyExists", f"{plural} {key[1]!r} already exists")
+                self.names.add(key)
         metadata.update(
             uid=f"uid-{len(self.created)}", resourceVersion="1", creationTimestamp="2026-01-01T00:00:00Z"
         )
@@ -201,7 +235,7 @@ def _handler_for(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
             api.requests.append(("GET", path))
-            document = api.discovery(path)
+            document = api.discovery(path) or api.existing.get(path)
             if document is None:
                 self._reply(404, _status(404, "NotFound", f"{path} not found"))
             else:

@@ -25,7 +25,7 @@ from typing import Any
 
 import jsonschema
 import yaml
-from deploy_fake_api import BUILTIN_RESOURCES, FakeKubeAPI, crd_resources
+from deploy_fake_api import BUILTIN_RESOURCES, EXISTING_OBJECTS, FakeKubeAPI, crd_resources
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -136,14 +136,19 @@ class HelmRunner:
         return out
 
     def install(
-        self, values: Mapping[str, Any] | None = None, *, chart: Path = CHART, release: str = RELEASE
+        self,
+        values: Mapping[str, Any] | None = None,
+        *,
+        chart: Path = CHART,
+        release: str = RELEASE,
+        namespace: str = NAMESPACE,
     ) -> Release:
-        """``helm install RELEASE CHART`` with ``values`` merged over the chart's defaults."""
+        """``helm install RELEASE CHART -n NAMESPACE`` with ``values`` merged over the chart's defaults."""
         self._count += 1
         values_file = self.workdir / f"values-{self._count}.json"
         values_file.write_text(json.dumps(dict(values or {})), encoding="utf-8")
         self.api.take_created()
-        result = self._run("install", str(self.kubeconfig), str(chart), release, NAMESPACE, str(values_file))
+        result = self._run("install", str(self.kubeconfig), str(chart), release, namespace, str(values_file))
         objects = [doc for doc in yaml.safe_load_all(result["manifest"]) if doc]
         return Release(result=result, objects=objects, posted=self.api.take_created())
 
@@ -154,7 +159,9 @@ class HelmRunner:
 
 def start_fake_api() -> FakeKubeAPI:
     """A fake Kubernetes API serving the built-in kinds and the CRDs under crds/."""
-    return FakeKubeAPI(resources={**BUILTIN_RESOURCES, **crd_resources(CRD_DIR)}).start()
+    return FakeKubeAPI(
+        resources={**BUILTIN_RESOURCES, **crd_resources(CRD_DIR)}, existing=dict(EXISTING_OBJECTS)
+    ).start()
 
 
 @contextmanager
@@ -308,6 +315,9 @@ def scheduled_rayjob(cron_workflow: Obj) -> Obj:
         manifest = manifest.replace(placeholder, value)
     assert "{{" not in manifest, f"unfilled Argo placeholder in {manifest}"
     rayjob: Obj = yaml.safe_load(manifest)
+    metadata = rayjob["metadata"]
+    if "generateName" in metadata:  # the API server's suffix, as it would pick one
+        metadata["name"] = metadata.pop("generateName") + "x7k2q"
     return rayjob
 
 

@@ -211,7 +211,14 @@ def worker_pods(release: Release) -> list[Pod]:
     return pods
 
 
-def submitter_pod(release: Release) -> Pod:
-    """The submitter pod KubeRay starts from submitterPodTemplate."""
-    labels = _first_rayjob_spec(release)["submitterPodTemplate"]["metadata"]["labels"]
-    return Pod(dict(labels), ip="10.244.3.10")
+def workflow_pod(release: Release) -> Pod:
+    """The scheduled Workflow's step pod: the chart's podMetadata labels plus Argo's own."""
+    (cron,) = release.of_kind("CronWorkflow")
+    labels = dict(cron["spec"]["workflowSpec"]["podMetadata"]["labels"])
+    labels.update(
+        {
+            "workflows.argoproj.io/workflow": "batch-inference-1767225600",
+            "workflows.argoproj.io/completed": "false",
+        }
+    )
+    return Pod(labels, ip="10.244.4.10")

@@ -84,7 +84,10 @@ class TestRender:
         notes = releases["default"].result["info"]["notes"]
         rayjob = releases["default"].one("RayJob")["metadata"]["name"]
         assert f"get rayjob {rayjob} -w" in notes
-        assert f"logs -f job/{rayjob}" in notes
+        assert (
+            "logs -f -c driver-log -l ray.io/node-type=head,app.kubernetes.io/instance=batch-inference"
+            in notes
+        )
         assert "port-forward svc/" in notes
         scheduled_notes = scheduled.result["info"]["notes"]
         cron = scheduled.one("CronWorkflow")["metadata"]["name"]

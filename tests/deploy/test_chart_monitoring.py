@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -129,7 +130,9 @@ class TestMonitoringFiles:
         assert rule["metadata"]["labels"]["release"] == "kps"
         expected = []
         for path in sorted((chart / "files" / "alerts").glob("*.yaml")):
-            expected += yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+            groups = yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+            # The defaults push to no Pushgateway: the groups reading pushed series are left out.
+            expected += [group for group in groups if not group["name"].endswith(".pushed")]
         assert rule["spec"]["groups"] == expected
         assert "batch-inference.sample" in [g["name"] for g in expected]
         for group in rule["spec"]["groups"]:
@@ -164,3 +167,68 @@ class TestMonitoringFiles:
         release = helm.install(chart=chart)
         assert not release.of_kind("PrometheusRule")
         assert [cm["metadata"]["name"] for cm in release.of_kind("ConfigMap")] == ["batch-inference-config"]
+
+
+def rule_exprs(release: Release) -> dict[str, str]:
+    """Alert name -> expression, as the release's PrometheusRule renders them."""
+    return {
+        rule["alert"]: rule["expr"]
+        for group in release.one("PrometheusRule")["spec"]["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+
+
+class TestRulesForThisRelease:
+    """The PrometheusRule holds what can be evaluated, scoped to this release."""
+
+    def test_pushed_rules_only_with_a_pushgateway(self, releases: dict[str, Release]) -> None:
+        """Without metrics.pushgateway_url no rule reads a pushed series (none fires forever on absent())."""
+        default = rule_exprs(releases["default"])
+        assert default
+        assert not [name for name, expr in default.items() if "pipeline_job_" in expr and "ray_" not in expr]
+        assert not [name for name, expr in default.items() if "absent(" in expr]
+        sources = {
+            rule["alert"]
+            for path in (REPO / "monitoring" / "alerts").glob("*.yaml")
+            for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+            for rule in group["rules"]
+        }
+        for env in ("staging", "prod"):
+            assert set(rule_exprs(releases[env])) == sources
+
+    def test_rules_name_this_release(self, helm: HelmRunner) -> None:
+        """Another release in another namespace: its namespace, its names' prefix, its release label."""
+        release = helm.install(
+            {"schedule": {"enabled": True}, "rayJob": {"enabled": False}}, release="nightly-x", namespace="ml"
+        )
+        exprs = rule_exprs(release)
+        spilling = exprs["PipelineObjectStoreSpilling"]
+        assert 'batch_inference_release="nightly-x"' in spilling
+        scoped = {name: expr for name, expr in exprs.items() if "kuberay_" in expr or "kube_pod_" in expr}
+        assert set(scoped) == {
+            "PipelineRayJobInvalid",
+            "PipelineImagePullFailing",
+            "PipelinePodsUnschedulable",
+        }
+        rayjob = f"{release.one('CronWorkflow')['metadata']['name']}-1767225600-x7k2q"  # a run's RayJob
+        for name, expr in scoped.items():
+            assert 'namespace="ml"' in expr, name
+            (pattern,) = re.findall(r'(?:name|pod)=~"([^"]+)"', expr)
+            for ours in (rayjob, f"{rayjob}-abcde-head-fghij", f"{rayjob}-abcde-gpu-worker-klmno"):
+                assert re.fullmatch(pattern, ours), (name, pattern, ours)
+            assert not re.fullmatch(pattern, "batch-inference-1767225600-x7k2q"), (name, pattern)
+
+    def test_long_release_names_still_match(self, helm: HelmRunner) -> None:
+        """With a name cut to fit KubeRay's limits, the one-off RayJob still matches the rules' prefix."""
+        release = helm.install(release="a-long-release-name-for-nightly-batch-classification")
+        (pattern,) = re.findall(r'name=~"([^"]+)"', rule_exprs(release)["PipelineRayJobInvalid"])
+        assert re.fullmatch(pattern, release.one("RayJob")["metadata"]["name"])
+
+    def test_pod_monitor_labels_the_release(self, releases: dict[str, Release]) -> None:
+        """The PodMonitor copies the pods' instance label into batch_inference_release."""
+        relabelings = releases["prod"].one("PodMonitor")["spec"]["podMetricsEndpoints"][0]["relabelings"]
+        assert {
+            "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+            "targetLabel": "batch_inference_release",
+        } in relabelings

@@ -7,22 +7,27 @@ and connections that must not.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from deploy_fake_api import API_SERVER_ENDPOINT, BUILTIN_RESOURCES, FakeKubeAPI, crd_resources
 from deploy_manifests import (
+    CRD_DIR,
     ENVIRONMENTS,
     RELEASE,
     REPO,
     HelmRefused,
     HelmRunner,
     Release,
+    environment_values,
     validate,
 )
-from deploy_netpol import Address, NetworkPolicies, Pod, head_pod, submitter_pod, worker_pods
+from deploy_netpol import Address, NetworkPolicies, Pod, head_pod, worker_pods, workflow_pod
 
 ALL_VALUES = ["default", *ENVIRONMENTS]
 GCS, DASHBOARD, CLIENT, METRICS = 6379, 8265, 10001, 8080
@@ -39,7 +44,6 @@ PRIVATE = [
     Address("100.64.3.4"),  # RFC 6598: EKS custom networking pod ranges
 ]
 METADATA_SERVICE = Address("169.254.169.254")
-KUBE_API = [Address("10.96.0.1"), Address("172.20.0.10")]
 
 PROMETHEUS = Pod({"app.kubernetes.io/name": "prometheus"}, namespace="monitoring", ip="10.244.5.5")
 OPERATOR = Pod({"app.kubernetes.io/name": "kuberay-operator"}, namespace="kuberay-system", ip="10.244.6.6")
@@ -58,6 +62,15 @@ def release_labels(component: str | None = None, instance: str = RELEASE) -> dic
     return labels
 
 
+def api_server(values: str) -> list[Address]:
+    """The API server's addresses for a values file: its kubernetesApi.cidrs, else what the chart looks up."""
+    env = environment_values(values) if values != "default" else {}
+    cidrs = env.get("networkPolicy", {}).get("egress", {}).get("kubernetesApi", {}).get("cidrs")
+    if cidrs:
+        return [Address(str(next(ipaddress.ip_network(cidr).hosts()))) for cidr in cidrs]
+    return [Address(API_SERVER_ENDPOINT[0])]
+
+
 def ray_pods(release: Release) -> list[Pod]:
     """The head and one pod of each worker group."""
     return [head_pod(release), *worker_pods(release)]
@@ -72,7 +85,7 @@ def render(helm: HelmRunner, values: dict[str, Any]) -> Release:
 
 
 class TestIngress:
-    """Only this release's Ray pods (any port), its submitter, Prometheus and the operator get in."""
+    """Only this release's Ray pods (any port), Prometheus and the operator get in."""
 
     @pytest.mark.parametrize("values", ALL_VALUES)
     def test_ray_pods_are_isolated_both_ways(self, releases: dict[str, Release], values: str) -> None:
@@ -100,16 +113,6 @@ class TestIngress:
                         port,
                     )
 
-    @pytest.mark.parametrize("values", ALL_VALUES)
-    def test_submitter_reaches_only_the_jobs_api(self, releases: dict[str, Release], values: str) -> None:
-        """The submitter pod reaches the head's dashboard port (Jobs API) and no other port."""
-        release = releases[values]
-        policies = NetworkPolicies.of(release)
-        submitter, head = submitter_pod(release), head_pod(release)
-        assert policies.allows(submitter, head, DASHBOARD)
-        for port in (GCS, CLIENT, METRICS, *DYNAMIC_RAY_PORTS):
-            assert not policies.allows(submitter, head, port), port
-
     @pytest.mark.parametrize(
         "labels",
         [
@@ -117,6 +120,7 @@ class TestIngress:
             release_labels("schedule"),
             release_labels("scheduled-run"),
             release_labels("rayjob"),
+            release_labels("submitter"),
             {**release_labels("submitter"), "app.kubernetes.io/instance": "another-release"},
             release_labels("ray", instance="another-release"),
             {"app.kubernetes.io/component": "ray"},
@@ -127,6 +131,7 @@ class TestIngress:
             "workflow-component",
             "scheduled-run-component",
             "rayjob-component",
+            "submitter-component",
             "other-release-submitter",
             "other-release-ray-pod",
             "component-only",
@@ -134,7 +139,7 @@ class TestIngress:
         ],
     )
     def test_other_pods_get_nothing(self, releases: dict[str, Release], labels: dict[str, str]) -> None:
-        """A pod that is not one of this release's Ray pods or its submitter reaches no port of a Ray pod."""
+        """A pod that is not one of this release's Ray pods reaches no Ray port (HTTPMode: no submitter)."""
         release = releases["default"]
         policies = NetworkPolicies.of(release)
         intruder = Pod(labels, ip="10.244.9.9")
@@ -214,9 +219,7 @@ class TestIngress:
                     if "podSelector" in peer and "namespaceSelector" not in peer:
                         labels = peer["podSelector"]["matchLabels"]
                         assert labels["app.kubernetes.io/instance"] == RELEASE
-                        assert labels["app.kubernetes.io/component"] in ("ray", "submitter")
-                        if labels["app.kubernetes.io/component"] == "submitter":
-                            assert rule["ports"] == [{"port": DASHBOARD, "protocol": "TCP"}]
+                        assert labels["app.kubernetes.io/component"] == "ray"
 
     def test_every_ingress_rule_names_its_peers(self, releases: dict[str, Release]) -> None:
         """No ingress rule is open to every source (a rule without `from`)."""
@@ -318,17 +321,50 @@ class TestEgress:
     def test_only_the_head_reaches_the_kubernetes_api(
         self, releases: dict[str, Release], values: str
     ) -> None:
-        """The head (its autoscaler sidecar) reaches the API server ports; workers do not."""
+        """The head (its autoscaler) reaches the API server's addresses on its ports; workers do not."""
         release = releases[values]
         policies = NetworkPolicies.of(release)
         head = head_pod(release)
-        for address in KUBE_API:
+        for address in api_server(values):
             assert policies.egress_allows(head, address, 443)
             assert policies.egress_allows(head, address, 6443)
             assert not policies.egress_allows(head, address, 22)
             for worker in worker_pods(release):
                 assert not policies.egress_allows(worker, address, 443)
                 assert not policies.egress_allows(worker, address, 6443)
+
+    @pytest.mark.parametrize("values", ALL_VALUES)
+    def test_kubernetes_api_rule_names_its_addresses(self, releases: dict[str, Release], values: str) -> None:
+        """The head's API rule reaches the API server only, not any other address on 443/6443."""
+        release = releases[values]
+        policies = NetworkPolicies.of(release)
+        head = head_pod(release)
+        for elsewhere in (Address("10.96.0.1"), Address("10.0.12.7"), Address("172.20.0.99")):
+            assert not policies.egress_allows(head, elsewhere, 6443), elsewhere
+            assert not policies.egress_allows(head, elsewhere, 443), elsewhere
+
+    @pytest.mark.parametrize("env", ["staging", "prod"])
+    def test_staging_and_prod_name_their_api_server(self, env: str) -> None:
+        """Staging and prod set kubernetesApi.cidrs in their values file (`helm template` renders them)."""
+        api = environment_values(env)["networkPolicy"]["egress"]["kubernetesApi"]
+        assert api["cidrs"]
+        assert not api.get("allowAnyAddress")
+
+    def test_unknown_api_server_fails_to_render(self, tmp_path: Path) -> None:
+        """Without cidrs, where the API server cannot be looked up, helm install fails naming the key."""
+        api = FakeKubeAPI(
+            resources={**BUILTIN_RESOURCES, **crd_resources(CRD_DIR)}
+        ).start()  # nothing to look up
+        try:
+            helm = HelmRunner(api, tmp_path)
+            with pytest.raises(HelmRefused, match=r"networkPolicy\.egress\.kubernetesApi\.cidrs"):
+                helm.install({})
+            allowed = helm.install(
+                {"networkPolicy": {"egress": {"kubernetesApi": {"allowAnyAddress": True}}}}
+            )
+            assert NetworkPolicies.of(allowed).egress_allows(head_pod(allowed), Address("10.96.0.1"), 443)
+        finally:
+            api.stop()
 
     def test_kubernetes_api_follows_values(self, helm: HelmRunner) -> None:
         """kubernetesApi.cidrs narrows the API rule; enabled false removes it."""
@@ -347,23 +383,36 @@ class TestEgress:
 
     @pytest.mark.parametrize("values", ALL_VALUES)
     def test_nothing_else_is_reachable(self, releases: dict[str, Release], values: str) -> None:
-        """No other port or address: not the Internet on other ports, not other pods, not other releases.
-
-        The head's API rule is the one documented exception: with kubernetesApi.cidrs empty it may
-        reach any address on the API ports (443, 6443); test_kubernetes_api_follows_values narrows it.
-        """
+        """No other port or address: not the Internet on other ports, not other pods, not other releases."""
         release = releases[values]
         policies = NetworkPolicies.of(release)
         other_release = Pod(release_labels("ray", instance="another-release"), ip="10.244.9.14")
         stranger = Pod({"app": "postgres"}, namespace="default", ip="10.244.9.15")
         for pod in ray_pods(release):
-            api_ports = () if pod.labels["ray.io/node-type"] == "head" else (443, 6443)
             for port in (22, 80, 3306, 5432, 8080):
                 assert not policies.egress_allows(pod, Address("1.2.3.4"), port), port
-            for port in (*api_ports, 5432, *RAY_PORTS):
+            for port in (443, 6443, 5432, *RAY_PORTS):
                 assert not policies.egress_allows(pod, stranger, port), port
                 assert not policies.egress_allows(pod, other_release, port), port
-            assert not policies.egress_allows(pod, submitter_pod(release), DASHBOARD)
+
+    def test_workers_reach_any_public_https_host_by_default(self, releases: dict[str, Release]) -> None:
+        """The default's trade-off: any public address on 443 (any cloud's storage), nothing private."""
+        release = releases["prod"]
+        policies = NetworkPolicies.of(release)
+        for worker in worker_pods(release):
+            for public in (S3, GCS_ENDPOINT, Address("1.2.3.4")):
+                assert policies.egress_allows(worker, public, 443)
+
+    def test_an_allow_list_reaches_only_the_store(self, helm: HelmRunner) -> None:
+        """objectStorage.ipBlocks as an allow-list (S3's ranges, a VPC endpoint): other hosts cut off."""
+        allow_list = [{"cidr": "52.216.0.0/15"}, {"cidr": "10.40.12.0/24"}]
+        release = render(helm, {"networkPolicy": {"egress": {"objectStorage": {"ipBlocks": allow_list}}}})
+        policies = NetworkPolicies.of(release)
+        for pod in ray_pods(release):
+            assert policies.egress_allows(pod, S3, 443)
+            assert policies.egress_allows(pod, Address("10.40.12.5"), 443)
+            for elsewhere in (GCS_ENDPOINT, Address("1.2.3.4"), METADATA_SERVICE):
+                assert not policies.egress_allows(pod, elsewhere, 443), elsewhere
 
     def test_extra_rules_are_added_verbatim(self, helm: HelmRunner) -> None:
         """extraEgress / extraIngress add rules (here: GKE's metadata server, an API-server proxy source)."""
@@ -436,3 +485,32 @@ class TestNetworkValuesSchema:
         """An empty ports list (a rule open on every port), a bad CIDR or a typo fails helm install."""
         with pytest.raises(HelmRefused, match=r"(?i)schema|values don't meet"):
             helm.install(values)
+
+
+class TestWorkflowStepPod:
+    """The scheduled Workflow's step pod (Argo's executor) reaches the API server and nothing else."""
+
+    @pytest.mark.parametrize("values", ["staging", "prod"])
+    def test_reaches_only_the_api_server(self, releases: dict[str, Release], values: str) -> None:
+        """Egress to the API server on 443/6443; not the metadata service, the Internet, DNS or Ray."""
+        release = releases[values]
+        policies = NetworkPolicies.of(release)
+        step = workflow_pod(release)
+        assert policies.selecting(step, "Egress")
+        assert policies.selecting(step, "Ingress")
+        for address in api_server(values):
+            assert policies.egress_allows(step, address, 443)
+        for address, port in ((METADATA_SERVICE, 80), (S3, 443), (Address("1.2.3.4"), 443)):
+            assert not policies.egress_allows(step, address, port), address
+        assert not policies.egress_allows(step, KUBE_DNS, 53, "UDP")
+        assert not policies.egress_allows(step, head_pod(release), DASHBOARD)
+
+    @pytest.mark.parametrize("values", ["staging", "prod"])
+    def test_accepts_no_connection(self, releases: dict[str, Release], values: str) -> None:
+        """Nothing reaches the step pod: not the Ray pods, not another pod of the namespace."""
+        release = releases[values]
+        policies = NetworkPolicies.of(release)
+        step = workflow_pod(release)
+        for source in (*ray_pods(release), Pod({"app": "anything"}, ip="10.244.9.17")):
+            for port in (80, 443, 8080):
+                assert not policies.ingress_allows(source, step, port)

@@ -114,16 +114,16 @@ class TestHardening:
                 assert security["seccompProfile"]["type"] == "RuntimeDefault"
                 assert not workflow.get("hostNetwork")
                 checked += 1
-        assert checked >= 4 * 4  # head, 2 worker groups and the submitter in each RayJob
+        assert checked >= 4 * 3  # head and 2 worker groups in each RayJob
 
     def test_every_container_is_hardened(self, releases, scheduled, with_credentials_secret) -> None:
-        """Container security context on the head, workers, submitter and the autoscaler sidecar."""
+        """Container security context on the head, its driver-log container, workers and the autoscaler."""
         for release in all_releases(releases, scheduled, with_credentials_secret):
             names = set()
             for container in all_containers(release):
                 assert_hardened_container(container["securityContext"], container["name"])
                 names.add(container["name"])
-            assert names == {"ray-head", "ray-worker", "ray-job-submitter"}
+            assert names == {"ray-head", "driver-log", "ray-worker"}
             for options in autoscaler_options(release):
                 assert_hardened_container(options["securityContext"], "autoscaler")
             steps = workflow_step_containers(release)
@@ -181,24 +181,53 @@ class TestHardening:
             for pod in all_pod_specs(release):
                 volumes = {v["name"]: v for v in pod["volumes"]}
                 for container in pod["containers"]:
+                    if container["name"] == "driver-log":  # reads the Ray log volume, writes nothing
+                        assert all(m["readOnly"] for m in container["volumeMounts"])
+                        continue
                     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
                     wanted = ["/tmp", "/tmp/ray"] if container["name"] in RAY_CONTAINERS else ["/tmp"]
                     for path in wanted:
                         assert volumes[mounts[path]]["emptyDir"]["sizeLimit"]
                     assert env_of(container)["HOME"]["value"].startswith("/tmp")
 
-    def test_only_the_head_mounts_an_api_token(self, releases, scheduled) -> None:
-        """Workers and the submitter mount no ServiceAccount token; the head does, for the autoscaler only."""
+    def test_only_the_autoscaler_gets_an_api_token(self, releases, scheduled) -> None:
+        """No pod mounts the ServiceAccount token; on the head only the autoscaler mounts a projected one."""
         for release in [*releases.values(), scheduled]:
             for obj in release.objects:
                 if obj["kind"] == "ServiceAccount" and not obj["metadata"]["name"].endswith("-workflow"):
                     assert obj["automountServiceAccountToken"] is False
                 if obj["kind"] not in ("RayJob", "CronWorkflow"):
                     continue
-                spec = rayjob_spec_of(obj)
-                assert spec["submitterPodTemplate"]["spec"]["automountServiceAccountToken"] is False
-                for group in spec["rayClusterSpec"]["workerGroupSpecs"]:
-                    assert group["template"]["spec"]["automountServiceAccountToken"] is False
+                cluster = rayjob_spec_of(obj)["rayClusterSpec"]
+                for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+                    pod = group["template"]["spec"]
+                    assert pod["automountServiceAccountToken"] is False
+                    token_volumes = {
+                        volume["name"]
+                        for volume in pod["volumes"]
+                        if any(
+                            "serviceAccountToken" in source
+                            for source in volume.get("projected", {}).get("sources", [])
+                        )
+                    }
+                    for container in pod["containers"]:
+                        mounted = {mount["name"] for mount in container["volumeMounts"]}
+                        assert not mounted & token_volumes, f"{container['name']} mounts an API token"
+                head_volumes = {v["name"]: v for v in cluster["headGroupSpec"]["template"]["spec"]["volumes"]}
+                (mount,) = [
+                    m
+                    for m in cluster["autoscalerOptions"]["volumeMounts"]
+                    if m["name"] in head_volumes and "projected" in head_volumes[m["name"]]
+                ]
+                assert mount["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+                assert mount["readOnly"] is True
+                sources = head_volumes[mount["name"]]["projected"]["sources"]
+                assert [next(iter(source)) for source in sources] == [
+                    "serviceAccountToken",
+                    "configMap",
+                    "downwardAPI",
+                ]
+                assert sources[1]["configMap"]["name"] == "kube-root-ca.crt"
 
 
 class TestRayAuthentication:
@@ -208,7 +237,7 @@ class TestRayAuthentication:
     def test_token_auth_on_every_ray_process(self, releases: dict[str, Release], values: str) -> None:
         """RAY_AUTH_MODE=token, RAY_AUTH_TOKEN from a secretKeyRef: every container and the autoscaler."""
         release = releases[values]
-        envs = [env_of(c) for c in all_containers(release)]
+        envs = [env_of(c) for c in all_containers(release) if c["name"] in RAY_CONTAINERS]
         envs += [{e["name"]: e for e in options["env"]} for options in autoscaler_options(release)]
         assert envs
         for env in envs:
@@ -248,7 +277,7 @@ class TestCredentials:
     """No credential value is ever rendered; storage keys come from a Secret reference or cloud identity."""
 
     def test_storage_secret_is_a_reference(self, with_credentials_secret: Release) -> None:
-        """credentialsSecret becomes envFrom.secretRef on every Ray container, never on the submitter."""
+        """credentialsSecret becomes envFrom.secretRef on every Ray container, never on driver-log."""
         for container in all_containers(with_credentials_secret):
             refs = [source["secretRef"]["name"] for source in container.get("envFrom", [])]
             assert refs == (["s3-keys"] if container["name"] in RAY_CONTAINERS else [])

@@ -1,19 +1,27 @@
-"""docker/Dockerfile invariants, checked without building (no Docker engine here)."""
+"""docker/Dockerfile's invariants, checked without building (no Docker engine here); what images carry."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
 import shlex
 import tomllib
 from dataclasses import dataclass, field
+from importlib import metadata
 
 import pytest
 import yaml
 from deploy_manifests import CHART, REPO, Release
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 DOCKERFILE = REPO / "docker" / "Dockerfile"
+FINAL_TARGETS = ("cpu", "gpu")
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+# Runtime dependencies the package uses without importing them: fsspec loads s3fs by name for s3:// URIs.
+LOADED_BY_NAME = {"s3fs"}
 BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|make|cmake|clang|git|curl|wget|python3?-dev)\b")
 
 
@@ -65,6 +73,22 @@ def pins() -> dict[str, Requirement]:
     return {Requirement(dep).name: Requirement(dep) for dep in project["dependencies"]}
 
 
+def stage(stages: list[Stage], name: str) -> Stage:
+    """The stage of that name."""
+    (found,) = [s for s in stages if s.name == name]
+    return found
+
+
+def lineage(stages: list[Stage], name: str) -> list[str]:
+    """A stage's bases, nearest first, down to the external image."""
+    names = {s.name: s for s in stages}
+    chain = []
+    while name in names:
+        name = names[name].base
+        chain.append(name)
+    return chain
+
+
 def pinned_version(requirement: Requirement) -> str:
     """The version of an exact ``==`` pin."""
     (spec,) = requirement.specifier
@@ -73,51 +97,65 @@ def pinned_version(requirement: Requirement) -> str:
 
 
 class TestDockerfile:
-    """The image matches pyproject.toml and the chart."""
+    """Two images from one Dockerfile, on one pinned slim base, matching pyproject.toml and the chart."""
 
-    def test_bases_are_pinned(self, dockerfile) -> None:
-        """Every external base image has an exact tag or a digest, never latest or a bare name."""
+    def test_bases_are_pinned_by_digest(self, dockerfile) -> None:
+        """Every external base image is pinned by sha256 digest (a tag can be moved), beside its tag."""
         _, stages = dockerfile
         names = {stage.name for stage in stages}
-        external = [s.base for s in stages if s.base.split(":")[0] not in names and "${" not in s.base]
-        assert len(external) >= 3
+        external = [s.base for s in stages if s.base not in names]
+        assert len(external) >= 2
         for base in external:
-            assert "@sha256:" in base or re.search(r":[^:]*\d+\.\d+|:[a-z]+-\d{8}$", base), (
-                f"{base} is not pinned"
-            )
-            assert not base.endswith(":latest")
+            assert DIGEST.search(base), f"{base} is not pinned by digest"
+            assert re.search(r":[^:@]*\d[^:@]*@", base), f"{base} names no version tag beside its digest"
 
-    def test_multi_stage_final_is_the_flavour_base(self, dockerfile) -> None:
-        """The final stage starts from the flavour's base (GPU: CUDA runtime; CPU: Ubuntu)."""
-        global_args, stages = dockerfile
-        final = stages[-1]
-        assert final.base == "base-${FLAVOUR}"
-        assert global_args["FLAVOUR"] == "gpu"
-        bases = {s.name: s.base for s in stages}
-        assert re.match(r"nvidia/cuda:[\d.]+-runtime-", bases["base-gpu"])
-        assert {"base-gpu", "base-cpu", "builder", "final"} <= set(bases)
+    def test_two_targets_on_one_slim_base(self, dockerfile) -> None:
+        """Targets cpu and gpu run on one Ubuntu base; no CUDA base image duplicates torch's CUDA."""
+        _, stages = dockerfile
+        for target in FINAL_TARGETS:
+            chain = lineage(stages, target)
+            assert chain[:2] == ["runtime", "base"], chain
+            assert chain[-1].startswith("ubuntu:"), chain
+        assert stages[-1].name == "cpu", "a plain docker build (no --target) makes the cpu image"
+        assert not any("nvidia/cuda" in s.base for s in stages)
 
-    def test_final_stage_runs_non_root_as_the_chart_user(self, dockerfile) -> None:
+    def test_each_target_installs_its_torch(self, dockerfile) -> None:
+        """cpu: torch's CPU index, no gpu extra, CUDA-less; gpu: PyPI's CUDA wheels and the gpu extra."""
+        _, stages = dockerfile
+        (cpu_install,) = stage(stages, "builder-cpu").args("RUN")
+        (gpu_install,) = stage(stages, "builder-gpu").args("RUN")
+        assert "--index-url https://download.pytorch.org/whl/cpu" in cpu_install
+        assert '"/src"' in cpu_install
+        assert "torch.version.cuda is None" in cpu_install
+        assert "--index-url https://pypi.org/simple" in gpu_install
+        assert '"/src[gpu]"' in gpu_install
+        assert "import pipeline, pynvml" in gpu_install
+        project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+        assert any(pin.startswith("nvidia-ml-py==") for pin in project["optional-dependencies"]["gpu"])
+        for target in FINAL_TARGETS:
+            sources = {copy.split()[0] for copy in stage(stages, target).args("COPY")}
+            assert sources == {f"--from=builder-{target}"}, (target, sources)
+
+    def test_final_stages_run_non_root_as_the_chart_user(self, dockerfile) -> None:
         """USER is a numeric non-root UID:GID, the one the chart's pods run as."""
         _, stages = dockerfile
-        (user,) = stages[-1].args("USER")
+        (user,) = stage(stages, "runtime").args("USER")
         uid, gid = (int(part) for part in user.split(":"))
         values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))["podSecurityContext"]
         assert uid > 0
         assert (uid, gid) == (values["runAsUser"], values["runAsGroup"])
+        for target in FINAL_TARGETS:
+            assert not stage(stages, target).args("USER"), f"{target} must not switch user back"
 
-    def test_final_stage_has_no_build_tools_or_caches(self, dockerfile) -> None:
-        """The final stage installs nothing: no package manager, compiler, uv/pip or cache mount."""
+    def test_final_stages_have_no_build_tools_or_caches(self, dockerfile) -> None:
+        """runtime, cpu and gpu install nothing: no package manager, compiler, uv/pip or cache mount."""
         _, stages = dockerfile
-        final = stages[-1]
-        for command in final.args("RUN"):
-            assert not re.search(r"\b(apt-get|apt|pip|uv|conda)\b", command), command
-            assert not BUILD_TOOLS.search(command), command
-            assert "--mount=type=cache" not in command
-        copies = final.args("COPY")
-        assert all(c.startswith("--from=builder ") for c in copies), copies
-        builder = next(s for s in stages if s.name == "builder")
-        assert any("UV_NO_CACHE=1" in env for env in builder.args("ENV"))
+        for name in ("runtime", *FINAL_TARGETS):
+            for command in stage(stages, name).args("RUN"):
+                assert not re.search(r"\b(apt-get|apt|pip|uv|conda)\b", command), command
+                assert not BUILD_TOOLS.search(command), command
+                assert "--mount=type=cache" not in command
+        assert any("UV_NO_CACHE=1" in env for env in stage(stages, "builder").args("ENV"))
 
     def test_versions_match_pyproject_and_chart(self, dockerfile, pins) -> None:
         """Python, ray, torch and torchvision are the versions pyproject.toml pins and the chart declares."""
@@ -132,33 +170,23 @@ class TestDockerfile:
         chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
         assert chart["appVersion"] == project["version"]
 
-    def test_gpu_flavour_installs_the_gpu_extra(self, dockerfile) -> None:
-        """The GPU image has the NVML bindings (the gpu extra) and checks they import at build time."""
-        global_args, stages = dockerfile
-        builder = next(s for s in stages if s.name == "builder")
-        assert global_args["FLAVOUR"] == "gpu"
-        assert "FLAVOUR" in builder.args("ARG")
-        install = next(run for run in builder.args("RUN") if "/src${extra}" in run)
-        assert 'if [ "${FLAVOUR}" = gpu ]; then extra="[gpu]"' in install
-        assert 'python -c "import pynvml"' in install
-        project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-        assert any(pin.startswith("nvidia-ml-py==") for pin in project["optional-dependencies"]["gpu"])
-
     def test_entrypoint_is_the_chart_entrypoint(self, dockerfile, releases: dict[str, Release]) -> None:
         """ENTRYPOINT + CMD run exactly what the RayJob's entrypoint runs."""
         _, stages = dockerfile
-        final = stages[-1]
-        (entrypoint,) = final.args("ENTRYPOINT")
-        (cmd,) = final.args("CMD")
+        runtime = stage(stages, "runtime")
+        (entrypoint,) = runtime.args("ENTRYPOINT")
+        (cmd,) = runtime.args("CMD")
         command = yaml.safe_load(entrypoint) + yaml.safe_load(cmd)
         assert command == shlex.split(releases["default"].one("RayJob")["spec"]["entrypoint"])
 
     def test_weights_can_be_baked_in(self, dockerfile) -> None:
-        """MODEL_WEIGHTS copies a context file to /opt/models, where config model.weights points."""
+        """MODEL_WEIGHTS copies a context file to /opt/models in both images (config model.weights)."""
         _, stages = dockerfile
-        builder = next(s for s in stages if s.name == "builder")
+        builder = stage(stages, "builder")
         assert 'MODEL_WEIGHTS=""' in builder.args("ARG")
         assert any("/opt/models" in run and "MODEL_WEIGHTS" in run for run in builder.args("RUN"))
+        for target in FINAL_TARGETS:
+            assert any("/opt/models" in copy for copy in stage(stages, target).args("COPY"))
         config = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))["config"]
         assert config["model"]["weights"].startswith("/opt/models/")
 
@@ -172,3 +200,42 @@ class TestDockerfile:
         assert lines[0] == "*"
         admitted = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
         assert admitted == {"pyproject.toml", "README.md", "pipeline", "models"}
+
+
+def imported_distributions() -> set[str]:
+    """Canonical names of the distributions whose modules pipeline/ imports."""
+    modules: set[str] = set()
+    for path in (REPO / "pipeline").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                modules.add(node.module.split(".")[0])
+    owners = metadata.packages_distributions()
+    return {canonicalize_name(dist) for module in modules for dist in owners.get(module, [])}
+
+
+class TestWhatTheImagesCarry:
+    """Every runtime dependency is used by the package; the CPU image carries no CUDA."""
+
+    def test_every_runtime_dependency_is_used(self, pins) -> None:
+        """Each [project] dependency is imported by pipeline/ (or loaded by name, like s3fs)."""
+        used = imported_distributions()
+        assert {"ray", "torch", "pyarrow"} <= used  # the scan finds imports
+        unused = sorted(name for name in map(canonicalize_name, pins) if name not in used | LOADED_BY_NAME)
+        assert unused == [], "runtime dependencies pipeline/ never imports (move them to the extra that does)"
+
+    def test_cpu_image_carries_no_cuda_packages(self) -> None:
+        """scripts/image-sizes.py: the cpu set has no nvidia-*/triton or NVML; the gpu set has them."""
+        spec = importlib.util.spec_from_file_location("image_sizes", REPO / "scripts" / "image-sizes.py")
+        assert spec is not None
+        assert spec.loader is not None
+        sizes = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sizes)
+        cpu, gpu = set(sizes.closure("cpu")), set(sizes.closure("gpu"))
+        assert not [name for name in cpu if sizes.CUDA_PACKAGES.match(name)]
+        assert "nvidia-ml-py" not in cpu
+        assert {"nvidia-ml-py", "torch", "ray"} <= gpu
+        assert any(sizes.CUDA_PACKAGES.match(name) for name in gpu)
+        assert cpu < gpu
+        assert "kubernetes" not in gpu

@@ -46,7 +46,7 @@ def local_config(rendered: str, images: Path, output: Path) -> dict[str, Any]:
 
 
 def submit_when_ready(client: JobSubmissionClient, **job: Any) -> str:
-    """Submit as KubeRay's submitter does, which also waits for the head's job agent to come up."""
+    """Submit as KubeRay's operator does in HTTPMode, waiting for the head's job agent to come up."""
     deadline = time.monotonic() + AGENT_TIMEOUT_S
     while True:
         try:
@@ -76,7 +76,7 @@ def cluster(releases: dict[str, Release], local_cluster):
 def test_rendered_rayjob_succeeds_on_a_local_cluster(
     releases: dict[str, Release], cluster, tmp_path: Path
 ) -> None:
-    """The rendered entrypoint + runtimeEnvYAML, submitted as KubeRay does, succeed and commit output."""
+    """The rendered entrypoint + runtimeEnvYAML, submitted to the Jobs API as HTTPMode does, commit."""
     from ray.job_submission import JobStatus
 
     release = releases["default"]
@@ -93,11 +93,16 @@ def test_rendered_rayjob_succeeds_on_a_local_cluster(
         yaml.safe_dump(local_config(rendered, tmp_path / "images", output)), encoding="utf-8"
     )
 
+    # The RayJob names its output in its runtime env (the ConfigMap's, so a RayJob rendered alone
+    # writes where its values say); the local run points it, like the mounted config, at tmp_path.
+    runtime_env = yaml.safe_load(rayjob["runtimeEnvYAML"])
+    assert runtime_env["env_vars"]["PIPELINE_OUTPUT__URI"] == yaml.safe_load(rendered)["output"]["uri"]
+    runtime_env["env_vars"]["PIPELINE_OUTPUT__URI"] = str(output)
     client = JobSubmissionClient(cluster.dashboard_url)
     job_id = submit_when_ready(
         client,
         entrypoint=rayjob["entrypoint"].replace(mounted, str(config_file)),
-        runtime_env=yaml.safe_load(rayjob["runtimeEnvYAML"]),
+        runtime_env=runtime_env,
     )
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while (status := client.get_job_status(job_id)) not in {

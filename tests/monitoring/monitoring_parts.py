@@ -59,9 +59,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_get(url: str, timeout: float = 5.0) -> bytes:
-    """GET a URL and return the body."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310  # loopback test servers
+def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> bytes:
+    """GET a URL (with these request headers) and return the body."""
+    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310  # loopback test servers
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
         return bytes(response.read())
 
 
@@ -75,6 +76,7 @@ class Server:
     log: Path
     env: dict[str, str] | None = None
     temp_dirs: list[Path] = field(default_factory=list)
+    ready_headers: dict[str, str] = field(default_factory=dict)  # e.g. credentials the server asks for
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 60.0) -> Server:
@@ -88,7 +90,7 @@ class Server:
             if self.process.poll() is not None:
                 pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")
             with contextlib.suppress(OSError):
-                http_get(self.ready_url, timeout=2)
+                http_get(self.ready_url, timeout=2, headers=self.ready_headers)
                 return self
             time.sleep(0.25)
         pytest.fail(f"{self.name} not ready at {self.ready_url} after {timeout:.0f}s:\n{self.tail()}")

@@ -55,7 +55,7 @@ app.kubernetes.io/component: ray
 
 {{/*
 The subset of rayPodLabels that selects this release's Ray pods (head and workers) and nothing
-else: not the submitter, not the scheduled Workflow's pod, not another release's Ray pods.
+else: not the scheduled Workflow's pod, not another release's Ray pods.
 */}}
 {{- define "batch-inference.rayPodSelectorLabels" -}}
 {{ include "batch-inference.selectorLabels" . }}
@@ -91,24 +91,81 @@ KubeRay names the RayCluster "<rayjob>-<5 random>" and services and pods after t
 RayJob names over 47 characters; 40 leaves room for the "-<revision>" suffix.
 */}}
 {{- define "batch-inference.rayJobName" -}}
+{{- if .Values.rayJob.name }}
+{{- .Values.rayJob.name }}
+{{- else }}
 {{- printf "%s-%d" (include "batch-inference.fullname" . | trunc 40 | trimSuffix "-") (int .Release.Revision) }}
 {{- end }}
-
-{{/* The CronWorkflow's name; its Workflows (and so the RayJobs) are "<name>-<10-digit time>" <= 47. */}}
-{{- define "batch-inference.cronWorkflowName" -}}
-{{- include "batch-inference.fullname" . | trunc 36 | trimSuffix "-" }}
 {{- end }}
 
-{{/* image reference: repository@digest when a digest is given, else repository:tag. */}}
+{{/* The Kueue queue label of a RayJob (kueueQueueName), or nothing. */}}
+{{- define "batch-inference.kueueLabel" -}}
+{{- with .Values.kueueQueueName }}
+kueue.x-k8s.io/queue-name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* The CronWorkflow's name; its Workflows are "<name>-<10-digit time>", their RayJobs that plus "-<5 random>": <= 47. */}}
+{{- define "batch-inference.cronWorkflowName" -}}
+{{- include "batch-inference.fullname" . | trunc 30 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The CPU image (head, CPU groups, driver-log, autoscaler): repository@digest when a digest is
+given, else repository:tag ("<appVersion>-cpu" by default). Fails the render when
+image.pullPolicy is Always without digests: a moving tag pulled for every pod lets workers
+started later run other code than the head.
+*/}}
 {{- define "batch-inference.image" -}}
+{{- if and (eq .Values.image.pullPolicy "Always") (not (and .Values.image.digest .Values.gpuImage.digest)) }}
+{{- fail "image.pullPolicy Always pulls the tag again for every pod, so workers started later may run other code than the head: pin image.digest and gpuImage.digest, or use immutable tags with IfNotPresent" }}
+{{- end }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default (printf "%s-gpu" .Chart.AppVersion) .Values.image.tag) }}
+{{- printf "%s:%s" .Values.image.repository (default (printf "%s-cpu" .Chart.AppVersion) .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The GPU image (worker groups of type gpu only): gpuImage, its repository defaulting to image.repository. */}}
+{{- define "batch-inference.gpuImage" -}}
+{{- $repository := default .Values.image.repository .Values.gpuImage.repository }}
+{{- if .Values.gpuImage.digest }}
+{{- printf "%s@%s" $repository .Values.gpuImage.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default (printf "%s-gpu" .Chart.AppVersion) .Values.gpuImage.tag) }}
 {{- end }}
 {{- end }}
 
 {{/* The ServiceAccount the scheduled Workflows run as (schedule.enabled). */}}
 {{- define "batch-inference.workflowServiceAccountName" -}}
 {{- printf "%s-workflow" (include "batch-inference.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Where the head mounts the Pushgateway credentials (pushgatewayAuth.existingSecret). */}}
+{{- define "batch-inference.pushgatewayAuthPath" -}}
+/etc/pipeline-secrets/pushgateway
+{{- end }}
+
+{{/*
+The pipeline config written to the ConfigMap: .Values.config, plus the paths of the mounted
+Pushgateway credentials when pushgatewayAuth.existingSecret is set (files, never the secret).
+*/}}
+{{- define "batch-inference.pipelineConfig" -}}
+{{- $config := deepCopy .Values.config }}
+{{- with .Values.pushgatewayAuth.existingSecret }}
+{{- $metrics := $config.metrics | default dict }}
+{{- if not $metrics.pushgateway_url }}
+{{- fail "pushgatewayAuth.existingSecret is set but config.metrics.pushgateway_url is not: name the Pushgateway the credentials are for" }}
+{{- end }}
+{{- $dir := include "batch-inference.pushgatewayAuthPath" $ }}
+{{- if eq $.Values.pushgatewayAuth.type "bearer" }}
+{{- $_ := set $metrics "pushgateway_token_file" (printf "%s/token" $dir) }}
+{{- else }}
+{{- $_ := set $metrics "pushgateway_username_file" (printf "%s/username" $dir) }}
+{{- $_ := set $metrics "pushgateway_password_file" (printf "%s/password" $dir) }}
+{{- end }}
+{{- $_ := set $config "metrics" $metrics }}
+{{- end }}
+{{- toYaml $config }}
 {{- end }}

@@ -22,43 +22,16 @@ ttlSecondsAfterFinished: {{ $values.rayJob.ttlSecondsAfterFinished }}
 activeDeadlineSeconds: {{ $values.rayJob.activeDeadlineSeconds }}
 preRunningDeadlineSeconds: {{ $values.rayJob.preRunningDeadlineSeconds }}
 backoffLimit: {{ $values.rayJob.backoffLimit }}
-submissionMode: K8sJobMode
-submitterConfig:
-  backoffLimit: {{ $values.submitter.backoffLimit }}
-submitterPodTemplate:
-  metadata:
-    labels:
-      {{- include "batch-inference.labels" $root | nindent 6 }}
-      app.kubernetes.io/component: submitter
-  spec:
-    restartPolicy: Never
-    serviceAccountName: {{ include "batch-inference.serviceAccountName" $root }}
-    automountServiceAccountToken: false
-    securityContext:
-      {{- include "batch-inference.podSecurityContext" $root | nindent 6 }}
-    {{- with $values.imagePullSecrets }}
-    imagePullSecrets:
-      {{- range . }}
-      - name: {{ . }}
-      {{- end }}
-    {{- end }}
-    containers:
-      - name: ray-job-submitter
-        image: {{ include "batch-inference.image" $root }}
-        imagePullPolicy: {{ $values.image.pullPolicy }}
-        env:
-          {{- include "batch-inference.rayEnv" $root | nindent 10 }}
-        resources:
-          {{- toYaml $values.submitter.resources | nindent 10 }}
-        securityContext:
-          {{- include "batch-inference.containerSecurityContext" $root | nindent 10 }}
-        volumeMounts:
-          - name: tmp
-            mountPath: /tmp
-    volumes:
-      - name: tmp
-        emptyDir:
-          sizeLimit: 64Mi
+{{- /*
+HTTPMode: the KubeRay operator submits the job to the head's Jobs API itself (with the job id it
+keeps in status, so a repeated submit is a no-op) and polls its status there. No submitter pod
+follows the driver's log, so a broken log stream cannot fail a healthy run (K8sJobMode fails
+the RayJob after its submitter's backoffLimit breaks; SidecarMode without the alpha
+SidecarSubmitterRestart gate after one). The job's status comes from Ray's Jobs API, and the
+run's own record is its manifest and pushed metrics. The driver's log reaches `kubectl logs` through
+the head's driver-log container instead (templates/_ray-pod.tpl).
+*/}}
+submissionMode: HTTPMode
 rayClusterSpec:
   rayVersion: {{ $values.rayVersion | quote }}
   enableInTreeAutoscaling: true
@@ -68,6 +41,10 @@ rayClusterSpec:
     secretName: {{ $values.rayAuth.existingSecret }}
   {{- end }}
   autoscalerOptions:
+    # v2: what Ray 2.60 runs under KubeRay anyway (it turns v2 on when KubeRay sets
+    # RAY_CLOUD_INSTANCE_ID and RAY_NODE_TYPE_NAME); naming it makes KubeRay apply v2's rules and
+    # accept the per-group idleTimeoutSeconds below, which it refuses under v1.
+    version: v2
     upscalingMode: {{ $values.autoscaler.upscalingMode }}
     idleTimeoutSeconds: {{ $values.autoscaler.idleTimeoutSeconds }}
     imagePullPolicy: {{ $values.image.pullPolicy }}
@@ -80,6 +57,12 @@ rayClusterSpec:
     volumeMounts:
       - name: tmp
         mountPath: /tmp
+      # The only container of the head pod with a Kubernetes API token (the pod mounts none by
+      # default): the autoscaler scales the worker groups through the API; the driver in ray-head
+      # runs user-facing code and gets no token (templates/_ray-pod.tpl, kube-api-access).
+      - name: kube-api-access
+        mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+        readOnly: true
   headGroupSpec:
     serviceType: ClusterIP
     rayStartParams:

@@ -1,0 +1,45 @@
+{{/*
+How long things may take, and the checks that keep the deadlines consistent (values.yaml states
+the arithmetic above `rayJob`). KubeRay 1.7 counts activeDeadlineSeconds and
+preRunningDeadlineSeconds from an attempt's start and restarts both clocks on each retry
+(rayjob_controller.go, initRayJobStatusIfNeed); an attempt that passes activeDeadlineSeconds is
+not retried, one that fails otherwise is, up to backoffLimit times. Between two attempts KubeRay
+deletes the failed attempt's cluster and waits for its pods to go.
+*/}}
+
+{{/* Seconds every Ray pod gets to stop after SIGTERM: the driver's drain time plus 30 s to write the open part, the summary and the last push. */}}
+{{- define "batch-inference.terminationGracePeriodSeconds" -}}
+{{- add (int .Values.stopGraceSeconds) 30 -}}
+{{- end }}
+
+{{/* Seconds between two attempts: the failed attempt's pods stop (their grace period), then KubeRay's reconciles (every few seconds) create the next cluster. */}}
+{{- define "batch-inference.retryGapSeconds" -}}
+{{- add (include "batch-inference.terminationGracePeriodSeconds" . | int) 60 -}}
+{{- end }}
+
+{{/* The longest a RayJob can run: every attempt to its deadline, and the gaps between them. */}}
+{{- define "batch-inference.rayJobMaxSeconds" -}}
+{{- $job := .Values.rayJob -}}
+{{- $attempts := add (int $job.backoffLimit) 1 -}}
+{{- add (mul $attempts (int $job.activeDeadlineSeconds)) (mul (int $job.backoffLimit) (include "batch-inference.retryGapSeconds" . | int)) -}}
+{{- end }}
+
+{{/* The scheduled Workflow's deadline: the longest RayJob plus 600 s for its pod's start and last poll, so the Workflow never gives up on a RayJob that is still running. */}}
+{{- define "batch-inference.workflowDeadlineSeconds" -}}
+{{- add (include "batch-inference.rayJobMaxSeconds" . | int) 600 -}}
+{{- end }}
+
+{{/* Fails the render, naming the keys, when the deadlines contradict each other. Renders nothing. */}}
+{{- define "batch-inference.checkDeadlines" -}}
+{{- $job := .Values.rayJob -}}
+{{- if ge (int $job.preRunningDeadlineSeconds) (int $job.activeDeadlineSeconds) }}
+{{- fail (printf "rayJob.preRunningDeadlineSeconds (%d) must be less than rayJob.activeDeadlineSeconds (%d): KubeRay counts both from an attempt's start" (int $job.preRunningDeadlineSeconds) (int $job.activeDeadlineSeconds)) }}
+{{- end }}
+{{- if .Values.schedule.enabled }}
+{{- $workflow := include "batch-inference.workflowDeadlineSeconds" . | int }}
+{{- $latest := add (int .Values.schedule.startingDeadlineSeconds) $workflow }}
+{{- if gt $latest (int .Values.schedule.intervalSeconds) }}
+{{- fail (printf "a scheduled run may last longer than schedule.intervalSeconds (%d): schedule.startingDeadlineSeconds (%d) + the Workflow's deadline (%d s = (rayJob.backoffLimit %d + 1) x rayJob.activeDeadlineSeconds %d + retries' gaps + 600) = %d s; lower rayJob.backoffLimit or rayJob.activeDeadlineSeconds (values.yaml states the arithmetic)" (int .Values.schedule.intervalSeconds) (int .Values.schedule.startingDeadlineSeconds) $workflow (int $job.backoffLimit) (int $job.activeDeadlineSeconds) $latest) }}
+{{- end }}
+{{- end }}
+{{- end }}
