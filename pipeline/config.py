@@ -163,7 +163,9 @@ class OutputConfig(_Section):
     # None: decide, about a minute of work per part (pipeline.planning.part_rows).
     rows_per_file: int | None = Field(default=None, ge=1)
     mode: Literal["error", "overwrite"] = "error"
-    max_failure_fraction: float = Field(default=1.0, ge=0.0, le=1.0)
+    # Above this fraction of failed rows the run is not committed (exit 5). On by default: a
+    # minimal config whose every input failed must not commit and exit 0.
+    max_failure_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     # One writer per output: a job holds a lease on it, renewed every third of this. A
     # crashed job's lease lapses after this long (a job killed on the same host at once).
     lease_seconds: float = Field(default=120.0, ge=1.0, le=86_400.0)

@@ -80,6 +80,39 @@ class TestPrecedence:
         assert config.model.name == "resnet50"
 
 
+#: Keys the example sets to show their shape (a bucket, a weights file): the code has no such default.
+EXAMPLE_PLACEHOLDERS = {"input.uri", "model.weights", "output.uri"}
+
+
+def _leaves(data: dict, prefix: str = "") -> dict[str, object]:
+    """``{"section.key": value}`` of a nested mapping."""
+    found: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            found.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            found[f"{prefix}{key}"] = value
+    return found
+
+
+class TestDefaults:
+    def test_the_failure_budget_is_on_without_the_example(self, sample_images):
+        """A config that never names output.max_failure_fraction still fails a run above 5% failed rows."""
+        config = load_config(None, [f"input.uri={sample_images}", "model.random_init=true"], environ={})
+        assert config.output.max_failure_fraction == 0.05
+
+    def test_the_example_config_agrees_with_the_code_on_every_key(self):
+        """examples/config.yaml holds every key the code has, each at the code's own default."""
+        from pipeline.config import Config
+
+        example = yaml.safe_load((Path(__file__).parents[2] / "examples" / "config.yaml").read_text())
+        defaults = Config.model_validate({"input": {"uri": "-"}}).to_dict()
+        shown, code = _leaves(example), _leaves(defaults)
+        assert set(shown) == set(code)
+        differing = {key: (shown[key], code[key]) for key in code if shown[key] != code[key]}
+        assert set(differing) == EXAMPLE_PLACEHOLDERS, differing
+
+
 class TestErrors:
     @pytest.mark.parametrize(
         ("section", "key", "value", "expected"),
