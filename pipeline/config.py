@@ -163,6 +163,9 @@ class OutputConfig(_Section):
     # None: decide, about a minute of work per part (pipeline.planning.part_rows).
     rows_per_file: int | None = Field(default=None, ge=1)
     mode: Literal["error", "overwrite"] = "error"
+    # An output already committed with this same configuration (a scheduler's retry after
+    # success): skip exits 0 and writes nothing there; fail exits 3 (pipeline run --strict).
+    if_committed: Literal["skip", "fail"] = "skip"
     # Above this fraction of failed rows the run is not committed (exit 5). On by default: a
     # minimal config whose every input failed must not commit and exit 0.
     max_failure_fraction: float = Field(default=0.05, ge=0.0, le=1.0)

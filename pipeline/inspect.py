@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline import storage
-from pipeline.errors import AgreementTooLowError, OutputNotCommittedError, StorageError
+from pipeline.errors import AgreementTooLowError, OutputNotCommittedError, OutputNotFoundError
 from pipeline.output import DATA_DIR, MANIFEST, OutputLocation, UnreadableFileError
 
 if TYPE_CHECKING:
@@ -58,7 +58,9 @@ def open_committed(uri: str, storage_config: StorageConfig) -> Committed:
     if not location.exists(MANIFEST):
         parts = location.list_files(DATA_DIR)
         if not parts:
-            raise StorageError(f"no output at {location.uri}: neither {MANIFEST} nor {DATA_DIR}/ is there")
+            raise OutputNotFoundError(
+                f"no output at {location.uri}: neither {MANIFEST} nor {DATA_DIR}/ is there (a mistyped path?)"
+            )
         raise OutputNotCommittedError(
             f"{location.uri} is not committed: {len(parts)} file(s) under {DATA_DIR}/ but no {MANIFEST} "
             "(a run in progress, failed or interrupted); its rows are not results"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from pipeline.errors import (
     OutputInUseError,
     PipelineError,
     RunInterrupted,
+    UnexpectedError,
 )
 from pipeline.lease import Lease
 from pipeline.logs import STDERR, bind_run, get_logger, unbind_run
@@ -70,6 +72,8 @@ class _Run:
     done_at_start: int | None = None  # rows already written when this attempt began (after restore)
     display: Display = field(default_factory=lambda: Display(sys.stderr, enabled=False))
     series: ProgressSeries | None = None  # rows done over time, once this attempt writes
+    # Set once _SUCCESS is written and read back: a signal from then on cannot undo the run.
+    committed: threading.Event = field(default_factory=threading.Event)
 
     def held(self) -> output.OutputLocation:
         """The output, while the job holds its lease."""
@@ -89,22 +93,33 @@ class _Run:
         return self.metrics
 
     def failed(self, exc: Exception) -> PipelineError:
-        """Record why the run failed; the error to raise (an unexpected one as :class:`JobFailedError`)."""
+        """Record why the run failed; the error to raise.
+
+        Ray's own errors (a lost node or actor outside the write) are the Ray job failing;
+        any other exception is one no step foresaw: :class:`UnexpectedError`, a bug.
+        """
         if isinstance(exc, PipelineError):
             self.summary.error = str(exc)
             return exc
         self.summary.error = f"{type(exc).__name__}: {exc}"
-        return JobFailedError(self.summary.error)
+        if type(exc).__module__.startswith("ray."):
+            return JobFailedError(self.summary.error)
+        return UnexpectedError(exc)
 
-    def interrupted(self, exc: BaseException) -> None:
-        """SIGINT or SIGTERM: say so, with the rows completely written by now.
+    def interrupted(self, exc: BaseException) -> bool:
+        """SIGINT or SIGTERM: say so, with the rows completely written by now; False if the run committed.
 
-        Ray is left up (shut down under Ray Data's threads, still writing, it ended the process
-        with exit 1); the CLI exits after the summary; the next run deletes parts in flight.
+        A signal that came after this run's ``_SUCCESS`` was written (while it was read back)
+        changes nothing: the run succeeded, and says so. Otherwise Ray is left up (shut down
+        under Ray Data's threads, still writing, it ended the process with exit 1); the CLI
+        exits after the summary; the next run deletes parts in flight.
         """
         summary = self.summary
+        if summary.status != "succeeded" and self._manifest_is_ours():
+            summary.status = "succeeded"
         if summary.status == "succeeded":  # committed before the signal came: it stays so
-            return
+            self.committed.set()
+            return False
         summary.status = "interrupted"
         summary.error = str(exc) or "interrupted"
         self.started_ray = False
@@ -112,6 +127,16 @@ class _Run:
             with contextlib.suppress(PipelineError):  # best effort: the next run recounts anyway
                 written = verify.rows_written(self.location)
                 summary.processed_this_run = max(0, written - self.done_at_start)
+        return True
+
+    def _manifest_is_ours(self) -> bool:
+        """Whether the output's ``_SUCCESS`` is this run's (written before a signal interrupted the rest)."""
+        if self.location is None:
+            return False
+        try:
+            return self.location.read_json(output.MANIFEST).get("run_id") == self.summary.run_id
+        except (FileNotFoundError, PipelineError):
+            return False
 
     def stop_ray(self) -> None:
         """Shut down the cluster this run started (once)."""
@@ -150,16 +175,21 @@ def run_job(
     overwrite: bool = False,
     registry: CollectorRegistry | None = None,
     progress_stream: IO[str] | None = None,
+    committed: threading.Event | None = None,
 ) -> RunSummary:
     """Run the whole job; raise a :class:`PipelineError` on failure.
 
-    The output is checked (no input in it, no foreign files) and leased before its state
-    is read, so two jobs on one output never both write; the lease is held until the job
+    The output is checked (no input in it, no foreign files); one already committed with
+    this configuration is left as it is, and the summary says ``already_committed`` (a
+    scheduler's retry after success). Otherwise the output is leased before its state is
+    read, so two jobs on one output never both write; the lease is held until the job
     ends, committed or not. From here on every failure pushes status ``failed`` and, once
     the output is held, writes a run summary; a job refused because another holds the
-    output reports nothing (the holder reports for this pipeline).
+    output reports nothing (the holder reports for this pipeline). ``committed`` is set
+    once ``_SUCCESS`` is written: the CLI's signal handler stops interrupting from then on.
     """
     check_architecture(config.model.name)  # a config error: refused before anything is reported
+    overwrite = overwrite or config.output.mode == "overwrite"
     run = _Run(
         config,
         registry or CollectorRegistry(),
@@ -173,9 +203,15 @@ def run_job(
     stream = progress_stream or STDERR.stream()
     show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
     run.display = Display(stream, enabled=show)
+    if committed is not None:
+        run.committed = committed
     try:
         location = output.OutputLocation.open(config.output.uri, config.storage)
         output.check_safe_target(location, config.input.uri)
+        strict = config.output.if_committed == "fail"
+        done = None if overwrite else output.committed_here(location, config.config_hash(), strict=strict)
+        if done is not None:
+            return _already_committed(run, done)
         lease = Lease.acquire(location, config.output.lease_seconds)
     except Exception as exc:
         run.report = not isinstance(exc, OutputInUseError)
@@ -187,23 +223,36 @@ def run_job(
     with lease:
         run.location = location
         try:
-            _run_leased(
-                run,
-                location,
-                lease,
-                overwrite=overwrite or config.output.mode == "overwrite",
-            )
+            _run_leased(run, location, lease, overwrite=overwrite)
         except Exception as exc:
             error = run.failed(exc)
             if error is exc:
                 raise
             raise error from exc
         except (RunInterrupted, KeyboardInterrupt) as exc:
-            run.interrupted(exc)
-            raise
+            if run.interrupted(exc):
+                raise
         finally:
             run.finish()
     return run.summary
+
+
+def _already_committed(run: _Run, manifest: dict[str, Any]) -> RunSummary:
+    """The summary of a rerun that finds its own committed run: the counts it committed, nothing done.
+
+    Nothing is written to the output and nothing pushed: the committed run reported itself.
+    """
+    summary, counts = run.summary, manifest.get("counts", {})
+    summary.run_id, summary.status = str(manifest.get("run_id")), "already_committed"
+    summary.inputs, summary.succeeded, summary.failed = (
+        int(counts.get("inputs", 0)),
+        int(counts.get("succeeded", 0)),
+        int(counts.get("failed", 0)),
+    )
+    summary.failed_by_reason = dict(manifest.get("failed_by_reason", {}))
+    run.report = False
+    run.finish()
+    return summary
 
 
 def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, overwrite: bool) -> None:
@@ -267,6 +316,7 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     series = run.series.as_dict() if run.series is not None else None
     commit_run(run.config, run.summary, run.held(), spec, result, plan, config_hash, run.started_wall, series)
     summary.status = "succeeded"  # only now: the manifest is written and read back
+    run.committed.set()
     summary.timings["committed"] = time.monotonic() - run.started
     if config.output.report:  # after the commit: a report that fails only logs a warning
         from pipeline.report import write_after_commit

@@ -33,7 +33,14 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 
 from pipeline import redaction, storage
-from pipeline.errors import ConfigError, InputError, JobFailedError, OutputExistsError, StorageError
+from pipeline.errors import (
+    ConfigError,
+    InputError,
+    JobFailedError,
+    OutputExistsError,
+    ResumeRefusedError,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -285,6 +292,27 @@ def check_safe_target(location: OutputLocation, input_uri: str) -> None:
         )
 
 
+def committed_here(location: OutputLocation, config_hash: str, *, strict: bool) -> dict[str, Any] | None:
+    """The manifest of the run committed here with this configuration, or None if none is committed.
+
+    Read before the lease is taken, so a rerun of a committed output writes nothing there.
+    A run committed with another configuration (or any, when ``strict``) is refused (exit 3).
+    """
+    committed = inspect(location).committed
+    if committed is None:
+        return None
+    same = committed.get("config_hash") == config_hash
+    if same and not strict:
+        return committed
+    what = "this configuration" if same else "a different configuration"
+    raise OutputExistsError(
+        f"output {location.uri} already holds run {committed.get('run_id')!r}, committed "
+        f"{committed.get('committed_at') or committed.get('finished_at')} with {what}"
+        + ("; --strict (output.if_committed: fail) refuses it" if same else "")
+        + ". Nothing was written: pass --overwrite to redo it, or choose another output.uri"
+    )
+
+
 def check_can_start(
     state: RunState, run_id: str | None, config_hash: str, *, overwrite: bool, carried: Sequence[str] = ()
 ) -> str | None:
@@ -294,15 +322,15 @@ def check_can_start(
     """
     if overwrite:
         return None
-    if state.committed is not None:
+    if state.committed is not None:  # committed between committed_here and the lease: say so
         raise OutputExistsError(
             f"output already holds committed run {state.committed.get('run_id')!r} "
-            f"(finished {state.committed.get('finished_at')}); nothing to do. "
-            "Pass --overwrite to run it again from scratch."
+            f"(committed {state.committed.get('committed_at')}) since this job started; nothing "
+            "was done. Pass --overwrite to run it again from scratch."
         )
     if state.started is None:
         if state.has_data:
-            raise OutputExistsError(
+            raise ResumeRefusedError(
                 f"output holds a {DATA_DIR}/ folder but no {RUN_STATE}: it was not written by this "
                 "pipeline, or by a run whose state is lost; choose another output.uri, or pass "
                 "--overwrite to delete it"
@@ -310,19 +338,19 @@ def check_can_start(
         return None
     previous = str(state.started.get("run_id"))
     if run_id is not None and run_id != previous:
-        raise OutputExistsError(
+        raise ResumeRefusedError(
             f"output holds unfinished run {previous!r}, not {run_id!r}; resume it with "
             f"--run-id {previous}, or pass --overwrite to discard it"
         )
     started = [item["name"] for item in state.started.get("passthrough_columns", [])]
     if state.started.get("config_hash") != config_hash and started != list(carried):
-        raise OutputExistsError(
+        raise ResumeRefusedError(
             f"output holds unfinished run {previous!r} whose parts carry the manifest columns "
             f"{started or 'none'}, not {list(carried) or 'none'} (input.passthrough_columns): one output "
             "cannot mix the two; resume with the same input.passthrough_columns, or pass --overwrite"
         )
     if state.started.get("config_hash") != config_hash:
-        raise OutputExistsError(
+        raise ResumeRefusedError(
             f"output holds unfinished run {previous!r} made with a different configuration; "
             "resume it with the same configuration, or pass --overwrite to discard it"
         )

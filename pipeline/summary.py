@@ -37,8 +37,11 @@ class RunSummary:
 
     def render(self) -> str:
         """Human-readable lines for the console."""
+        status = self.status
+        if status == "already_committed":
+            status += " with this configuration: nothing to do, nothing written (--overwrite redoes it)"
         lines = [
-            f"run {self.run_id}: {self.status}",
+            f"run {self.run_id}: {status}",
             f"  output     {self.output_uri}",
             f"  task       {self.task}",
             f"  inputs     {self.inputs}"

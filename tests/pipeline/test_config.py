@@ -359,7 +359,7 @@ class TestCliHabits:
                 main([name, "--help"])
             text = capsys.readouterr().out
             assert f"example:\n  pipeline {name}" in text, name
-            assert "6 job failed or cluster unreachable" in text, name
+            assert "\n    6  the Ray job failed" in text, name
             assert "``" not in text, name
         with pytest.raises(SystemExit):
             main(["bench", "--help"])

@@ -13,7 +13,7 @@ from hostile_corpus import hostile_corpus
 from PIL import Image
 
 from pipeline.decode import DecodeSettings, decode, resize_and_crop
-from pipeline.errors import FailureBudgetExceededError, ModelError, OutputExistsError
+from pipeline.errors import FailureBudgetExceededError, ModelError, ResumeRefusedError
 from pipeline.job import run_job
 from pipeline.model import build_model
 from pipeline.output import DATA_DIR, MANIFEST
@@ -151,7 +151,7 @@ class TestHostileRun:
         message = str(refused.value)
         assert "--set output.max_failure_fraction=" in message
         assert "--overwrite" in message
-        with pytest.raises(OutputExistsError, match="different configuration"):
+        with pytest.raises(ResumeRefusedError, match="different configuration"):
             run_job(make_config(manifest, output__max_failure_fraction="1.0", model__name="resnet34"))
         summary = run_job(
             make_config(manifest, output__max_failure_fraction="1.0", inference__batch_size="2")

@@ -9,7 +9,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipeline.cli import main
-from pipeline.errors import AgreementTooLowError, OutputNotCommittedError, StorageError
+from pipeline.errors import AgreementTooLowError, OutputNotCommittedError, OutputNotFoundError
 
 NOT_COMMITTED_EXIT = 8
 AGREEMENT_EXIT = 9
@@ -137,9 +137,13 @@ class TestInspectHandMade:
         assert "not committed" in err
         assert OutputNotCommittedError.exit_code == NOT_COMMITTED_EXIT
 
-    def test_nothing_at_the_uri_is_a_storage_error(self, tmp_path, capsys):
-        assert main(["inspect", str(tmp_path / "nowhere")]) == StorageError.exit_code
-        assert "nowhere" in capsys.readouterr().err
+    def test_nothing_at_the_uri_is_not_found_not_a_storage_error(self, tmp_path, capsys):
+        """A mistyped path exits 12 naming it, not 4 ("storage unreachable")."""
+        assert main(["inspect", str(tmp_path / "nowhere")]) == OutputNotFoundError.exit_code == 12
+        err = capsys.readouterr().err
+        assert "no output at" in err
+        assert "nowhere" in err
+        assert "unreachable" not in err
 
 
 class TestCompare:

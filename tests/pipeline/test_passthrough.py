@@ -20,7 +20,7 @@ import yaml
 from pipeline import storage
 from pipeline.cli import main
 from pipeline.config import RESERVED_COLUMNS, InputConfig, StorageConfig, load_config
-from pipeline.errors import ConfigError, InputError, OutputExistsError
+from pipeline.errors import ConfigError, InputError, ResumeRefusedError
 from pipeline.inspect import compare_outputs, inspect_output
 from pipeline.job import run_job
 from pipeline.output import DATA_DIR, FAILURES, MANIFEST, RUN_STATE, OutputLocation
@@ -312,7 +312,7 @@ class TestResumeRefusals:
             {"name": "title", "type": "string"},
         ]
         other = make_config(path, input__passthrough_columns='["item_id"]', input__limit=4)
-        with pytest.raises(OutputExistsError, match=r"carry the manifest columns \['item_id', 'title'\]"):
+        with pytest.raises(ResumeRefusedError, match=r"carry the manifest columns \['item_id', 'title'\]"):
             run_job(other)
         pq.write_table(manifest.set_column(1, "item_id", manifest["item_id"].cast(pa.string())), path)
         with pytest.raises(InputError, match="item_id int64 -> string"):
