@@ -264,20 +264,44 @@ def inspect(location: OutputLocation) -> RunState:
     return RunState(committed, started, has_data)
 
 
+def _same_place_forms(uri: str) -> set[str]:
+    """The forms of a URI naming one place: ``s3a://`` as ``s3://``; a local path, also symlinks resolved."""
+    normal = storage.normalise(uri)
+    if storage.is_remote(normal):
+        scheme, rest = normal.split("://", 1)
+        return {f"{'s3' if scheme in storage.S3_SCHEMES else scheme}://{rest.rstrip('/')}"}
+    return {normal, os.path.realpath(normal)}
+
+
+def _within(inner: set[str], outer: set[str]) -> bool:
+    """Whether some form of ``inner`` is ``outer`` or below it, by whole path segments."""
+    return any(i == o or i.startswith(o.rstrip("/") + "/") for i in inner for o in outer)
+
+
 def check_safe_target(location: OutputLocation, input_uri: str) -> None:
-    """Refuse an output that holds the input, or files this pipeline did not write.
+    """Refuse an output that is the input, holds it, is inside it, or holds files this pipeline did not write.
 
     Raised as a config error on ``output.uri`` before anything is written or deleted.
-    An empty or missing output, or one holding only this pipeline's files, is fine.
+    An output inside a listed input would be listed with it by the next run (its parts
+    read as images); an input inside the output mixes predictions with images, and
+    ``--overwrite`` could reach them. An empty or missing output, or one holding only
+    this pipeline's files, is fine.
     """
-    source = storage.normalise(input_uri)
-    out = location.uri
-    if source == out or source.startswith(out.rstrip("/") + "/"):
+    source, out = storage.normalise(input_uri), location.uri
+    sources, outs = _same_place_forms(input_uri), _same_place_forms(out)
+    if _within(sources, outs):
         raise ConfigError(
             "output.uri",
             out,
             f"it holds the input ({source}); writing there would mix predictions with the images "
             "and --overwrite could delete them: choose a folder or prefix outside the input",
+        )
+    if _within(outs, sources):
+        raise ConfigError(
+            "output.uri",
+            out,
+            f"it is inside the input ({source}); the next run over that input would list the "
+            "predictions as inputs: choose a folder or prefix outside the input",
         )
     foreign = [name for name in location.list_files() if not is_own(name)]
     if foreign:
