@@ -175,6 +175,15 @@ class UnexpectedError(PipelineError):
         super().__init__(f"unexpected error {type(cause).__name__}" + (f": {lines[0]}" if lines else ""))
 
 
+def as_pipeline_error(exc: Exception) -> PipelineError:
+    """``exc`` as the error a command ends with: Ray's own as :class:`JobFailedError`, others unforeseen."""
+    if isinstance(exc, PipelineError):
+        return exc
+    if type(exc).__module__.startswith("ray."):  # a lost node or actor outside the write
+        return JobFailedError(f"{type(exc).__name__}: {exc}")
+    return UnexpectedError(exc)
+
+
 class RunInterrupted(BaseException):  # a signal, like KeyboardInterrupt, not an error
     """Raised in the driver when SIGINT or SIGTERM asks the run to stop.
 

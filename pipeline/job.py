@@ -16,16 +16,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from pipeline import __version__, input_manifest, output, shard_job, storage, verify
+from pipeline import __version__, input_manifest, output, output_safety, shard_job, storage, verify
 from pipeline.cluster import configure_data_context, connect_ray
 from pipeline.commit import commit_run
-from pipeline.errors import (
-    JobFailedError,
-    OutputInUseError,
-    PipelineError,
-    RunInterrupted,
-    UnexpectedError,
-)
+from pipeline.errors import OutputInUseError, PipelineError, RunInterrupted, as_pipeline_error
 from pipeline.lease import Lease
 from pipeline.logs import STDERR, bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
@@ -93,18 +87,9 @@ class _Run:
         return self.metrics
 
     def failed(self, exc: Exception) -> PipelineError:
-        """Record why the run failed; the error to raise.
-
-        Ray's own errors (a lost node or actor outside the write) are the Ray job failing;
-        any other exception is one no step foresaw: :class:`UnexpectedError`, a bug.
-        """
-        if isinstance(exc, PipelineError):
-            self.summary.error = str(exc)
-            return exc
-        self.summary.error = f"{type(exc).__name__}: {exc}"
-        if type(exc).__module__.startswith("ray."):
-            return JobFailedError(self.summary.error)
-        return UnexpectedError(exc)
+        """Record why the run failed; the error to raise (:func:`~pipeline.errors.as_pipeline_error`)."""
+        self.summary.error = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+        return as_pipeline_error(exc)
 
     def interrupted(self, exc: BaseException) -> bool:
         """SIGINT or SIGTERM: say so, with the rows completely written by now; False if the run committed.
@@ -115,7 +100,7 @@ class _Run:
         exits after the summary; the next run deletes parts in flight.
         """
         summary = self.summary
-        if summary.status != "succeeded" and self._manifest_is_ours():
+        if self.location is not None and output.committed_by(self.location, summary.run_id):
             summary.status = "succeeded"
         if summary.status == "succeeded":  # committed before the signal came: it stays so
             self.committed.set()
@@ -128,15 +113,6 @@ class _Run:
                 written = verify.rows_written(self.location)
                 summary.processed_this_run = max(0, written - self.done_at_start)
         return True
-
-    def _manifest_is_ours(self) -> bool:
-        """Whether the output's ``_SUCCESS`` is this run's (written before a signal interrupted the rest)."""
-        if self.location is None:
-            return False
-        try:
-            return self.location.read_json(output.MANIFEST).get("run_id") == self.summary.run_id
-        except (FileNotFoundError, PipelineError):
-            return False
 
     def stop_ray(self) -> None:
         """Shut down the cluster this run started (once)."""
@@ -179,10 +155,9 @@ def run_job(
 ) -> RunSummary:
     """Run the whole job; raise a :class:`PipelineError` on failure.
 
-    The output is checked (no input in it, no foreign files); one already committed with
-    this configuration is left as it is, and the summary says ``already_committed`` (a
-    scheduler's retry after success). Otherwise the output is leased before its state is
-    read, so two jobs on one output never both write; the lease is held until the job
+    The output is checked (:mod:`pipeline.output_safety`); one committed with this config
+    is left as it is (status ``already_committed``). Otherwise it is leased before its state
+    is read, so two jobs on one output never both write; the lease is held until the job
     ends, committed or not. From here on every failure pushes status ``failed`` and, once
     the output is held, writes a run summary; a job refused because another holds the
     output reports nothing (the holder reports for this pipeline). ``committed`` is set
@@ -203,15 +178,14 @@ def run_job(
     stream = progress_stream or STDERR.stream()
     show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
     run.display = Display(stream, enabled=show)
-    if committed is not None:
-        run.committed = committed
+    run.committed = committed or run.committed
     try:
         location = output.OutputLocation.open(config.output.uri, config.storage)
-        output.check_safe_target(location, config.input.uri)
-        strict = config.output.if_committed == "fail"
-        done = None if overwrite else output.committed_here(location, config.config_hash(), strict=strict)
-        if done is not None:
-            return _already_committed(run, done)
+        done = output_safety.check_before_lease(location, config, overwrite=overwrite)
+        if done is not None:  # nothing written there, nothing pushed: the committed run reported itself
+            run.summary, run.report = RunSummary.of_commit(done, location.uri), False
+            run.finish()
+            return run.summary
         lease = Lease.acquire(location, config.output.lease_seconds)
     except Exception as exc:
         run.report = not isinstance(exc, OutputInUseError)
@@ -235,24 +209,6 @@ def run_job(
         finally:
             run.finish()
     return run.summary
-
-
-def _already_committed(run: _Run, manifest: dict[str, Any]) -> RunSummary:
-    """The summary of a rerun that finds its own committed run: the counts it committed, nothing done.
-
-    Nothing is written to the output and nothing pushed: the committed run reported itself.
-    """
-    summary, counts = run.summary, manifest.get("counts", {})
-    summary.run_id, summary.status = str(manifest.get("run_id")), "already_committed"
-    summary.inputs, summary.succeeded, summary.failed = (
-        int(counts.get("inputs", 0)),
-        int(counts.get("succeeded", 0)),
-        int(counts.get("failed", 0)),
-    )
-    summary.failed_by_reason = dict(manifest.get("failed_by_reason", {}))
-    run.report = False
-    run.finish()
-    return summary
 
 
 def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, overwrite: bool) -> None:

@@ -31,6 +31,21 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
+    @classmethod
+    def of_commit(cls, manifest: dict[str, Any], output_uri: str) -> RunSummary:
+        """A rerun's summary when the output holds this configuration's commit: its counts, nothing done."""
+        counts = manifest.get("counts", {})
+        return cls(
+            run_id=str(manifest.get("run_id")),
+            status="already_committed",
+            output_uri=output_uri,
+            task=str(manifest.get("model", {}).get("task") or "classify"),
+            inputs=int(counts.get("inputs", 0)),
+            succeeded=int(counts.get("succeeded", 0)),
+            failed=int(counts.get("failed", 0)),
+            failed_by_reason=dict(manifest.get("failed_by_reason", {})),
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
         return asdict(self)

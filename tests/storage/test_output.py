@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from storage_s3 import FAKE_SECRET_ACCESS_KEY, free_port, list_keys, read_json
 
-from pipeline import output, storage, verify
+from pipeline import output, output_safety, storage, verify
 from pipeline.config import StorageConfig
 from pipeline.errors import JobFailedError, OutputExistsError, ResumeRefusedError, StorageError
 
@@ -89,14 +89,14 @@ class TestRunState:
 
     def test_a_commit_of_this_config_is_found_and_another_refused(self, s3, bucket, location):
         """Before the lease: the same config_hash is the committed run to report; another is exit 3."""
-        assert output.committed_here(location, "h", strict=False) is None
+        assert output_safety.committed_here(location, "h", strict=False) is None
         manifest = {"run_id": RUN, "config_hash": "h", "committed_at": "t"}
         s3.put_object(Bucket=bucket, Key="out/_SUCCESS", Body=json.dumps(manifest))
-        assert output.committed_here(location, "h", strict=False) == manifest
+        assert output_safety.committed_here(location, "h", strict=False) == manifest
         with pytest.raises(OutputExistsError, match="with this configuration; --strict"):
-            output.committed_here(location, "h", strict=True)
+            output_safety.committed_here(location, "h", strict=True)
         with pytest.raises(OutputExistsError, match="with a different configuration") as caught:
-            output.committed_here(location, "other", strict=False)
+            output_safety.committed_here(location, "other", strict=False)
         assert caught.value.exit_code == 3
 
     def test_foreign_data_is_refused(self, s3, bucket, location):

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from storage_s3 import job_environment, list_keys, read_json, read_parts, upload_images
 
-from pipeline import output
+from pipeline import output, output_safety
 from pipeline.config import StorageConfig
 from pipeline.errors import ConfigError, InputError, ModelError, StorageError
 from pipeline.job import run_job
@@ -180,7 +180,7 @@ class TestNesting:
         """s3://b/in-preds is beside s3://b/in, not inside it: the rule is by path segment."""
         config = s3_config(bucket, output__uri=f"s3://{bucket}/in-preds")
         location = output.OutputLocation.open(config.output.uri, config.storage)
-        output.check_safe_target(location, f"s3://{bucket}/in")
+        output_safety.check_safe_target(location, f"s3://{bucket}/in")
 
 
 class TestOneWriter:
