@@ -136,6 +136,16 @@ class ClusterUnreachableError(JobFailedError):
     """Raised when the configured Ray cluster does not answer within ``resources.connect_timeout_s``."""
 
 
+class OutputsNotComparableError(PipelineError):
+    """Raised by ``pipeline compare`` for two outputs that hold different things.
+
+    A ``classify`` output (labels) and an ``embed`` output (vectors), or vectors of two
+    dimensions: no row of one can be set against a row of the other.
+    """
+
+    exit_code = 2
+
+
 class OutputNotFoundError(PipelineError):
     """Raised by ``pipeline inspect``, ``compare`` and ``report`` when nothing is at the URI.
 

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -158,6 +159,7 @@ def hits_an_unforeseen_error(case: Case) -> int:
         raise ZeroDivisionError("a bug")
 
     case.monkeypatch.setattr(inspect, "inspect_committed", bug)
+    case.monkeypatch.setattr(tempfile, "tempdir", str(case.tmp_path))  # its traceback file goes there
     return main(["inspect", str(out)])
 
 

@@ -202,6 +202,17 @@ class TestCompare:
     def test_min_agreement_outside_0_1_is_a_usage_error(self, pair, capsys):
         assert main(["compare", *map(str, pair), "--min-agreement", "1.5"]) == 2
 
+    def test_the_overlap_is_named_for_the_labels_the_runs_kept(self, tmp_path, write_output, capsys):
+        """Runs with top_k 3: the overlap is said as top-3 (was always "top-5"), over those 3 labels."""
+        base = write_output(tmp_path / "b3", [_row("r0", ["cat", "dog", "cow"]), _row("r1", ["a", "b", "c"])])
+        new = write_output(tmp_path / "n3", [_row("r0", ["cat", "cow", "emu"]), _row("r1", ["a", "b", "c"])])
+        assert main(["compare", str(base), str(new)]) == 0
+        text = capsys.readouterr().out
+        assert "top-3 overlap 83.3%" in text  # (2/3 + 3/3) / 2
+        assert "top-5" not in text
+        assert main(["compare", str(base), str(new), "--json"]) == 0
+        assert _json(capsys)["overlap_k"] == 3
+
     def test_an_uncommitted_side_is_refused(self, pair, tmp_path, write_output, capsys):
         loose = write_output(tmp_path / "loose", NEW, commit=False)
         assert main(["compare", str(pair[0]), str(loose)]) == NOT_COMMITTED_EXIT

@@ -19,9 +19,10 @@ import yaml
 
 from pipeline import storage
 from pipeline.cli import main
+from pipeline.compare import compare_outputs
 from pipeline.config import RESERVED_COLUMNS, InputConfig, StorageConfig, load_config
 from pipeline.errors import ConfigError, InputError, ResumeRefusedError
-from pipeline.inspect import compare_outputs, inspect_output
+from pipeline.inspect import inspect_output
 from pipeline.job import run_job
 from pipeline.output import DATA_DIR, FAILURES, MANIFEST, RUN_STATE, OutputLocation
 from pipeline.schema import reserved_columns
