@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--json", action="store_true", help="print the plan, sizing and Helm values as one JSON document"
     )
+    plan.add_argument("--show-config", action="store_true", help="also print the resolved config")
 
     demo = command(
         "demo",
@@ -268,14 +269,16 @@ def cmd_models(_: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """``pipeline plan``."""
+    """``pipeline plan``: run's own checks first (same exit codes), then what the run will do and how."""
     from pipeline.planning import print_plan
+    from pipeline.preflight import check_run
 
     sizing.check_headroom(args.headroom)
     for flag in ("target-images-per-hour", "decode-rate", "model-rate", "cpus-per-pod", "gpus-per-pod"):
         sizing.check_positive(f"--{flag}", getattr(args, flag.replace("-", "_")))
     config = _load(args)
     _configure_logging(config)
+    verdict = check_run(config)
     sized = None
     if args.target_images_per_hour is not None:
         decode, model = sizing.resolve_rates(
@@ -290,7 +293,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             cpus_per_pod=args.cpus_per_pod,
             gpus_per_pod=args.gpus_per_pod,
         )
-    print_plan(config, sized=sized, as_json=args.json)
+    print_plan(config, sized=sized, as_json=args.json, verdict=verdict, show_config=args.show_config)
     return 0
 
 
