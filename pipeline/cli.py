@@ -53,6 +53,20 @@ def _exit_codes_text() -> str:
     return "\n".join(lines)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option's help ends with its default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "default" in text
+            or action.default in (None, False, [], "==SUPPRESS==")
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs)."""
     exit_codes = _exit_codes_text()
@@ -71,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=summary,
             description=f"{summary[:1].upper()}{summary[1:]}.",
             epilog=f"example:\n  {example}\n\n{exit_codes}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
 
     run = command(

@@ -349,18 +349,22 @@ def load_config(
         if not file.is_file():
             raise ConfigError("--config", str(path), "expected an existing YAML file")
         try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+            with file.open(encoding="utf-8") as stream:  # PyYAML's error then names the file
+                loaded = yaml.safe_load(stream)
         except yaml.YAMLError as exc:
-            raise ConfigError("--config", str(path), f"not valid YAML: {exc}") from exc
+            problem = overrides_module.yaml_problem(exc, str(path))
+            raise ConfigError("--config", str(path), f"not valid YAML: {problem}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("--config", str(path), "expected a mapping of sections at the top")
         data = loaded or {}
-    overrides_module.apply(data, Config, os.environ if environ is None else environ, overrides, flags or {})
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        raise overrides_module.validation_error(Config, exc) from None
-    _check_semantics(config)
+    env = os.environ if environ is None else environ
+    from_env = overrides_module.apply(data, Config, env, overrides, flags or {})
+    with overrides_module.naming_variables(from_env):
+        try:
+            config = Config.model_validate(data)
+        except ValidationError as exc:
+            raise overrides_module.validation_error(Config, exc) from None
+        _check_semantics(config)
     return config
 
 

@@ -57,16 +57,18 @@ class PipelineError(Exception):
 class ConfigError(PipelineError):
     """Raised before any work when the configuration is invalid.
 
-    The message names the key, the offending value and what is allowed.
+    The message names the key, the offending value and what is allowed; where the value came
+    from an environment variable, the variable first (that is what to fix).
     """
 
     exit_code = 2
 
-    def __init__(self, key: str, value: object, allowed: str) -> None:
+    def __init__(self, key: str, value: object, allowed: str, *, variable: str | None = None) -> None:
         self.key = key
         self.value = value
         self.allowed = allowed
-        super().__init__(f"config key '{key}': got {value!r}; {allowed}")
+        named = f"environment variable {variable} (config key '{key}')" if variable else f"config key '{key}'"
+        super().__init__(f"{named}: got {value!r}; {allowed}")
 
 
 class InputError(PipelineError):

@@ -175,10 +175,11 @@ def _bins(rows: list[dict[str, Any]], low: float = 0.0, high: float = 1.0) -> li
     """:data:`BINS` equal bins from ``low`` to ``high`` with the ``{bin, n}`` counts of a query."""
     per_bin = {item["bin"]: item["n"] for item in rows}
     width = (high - low) / BINS
-    return [
-        {"low": round(low + i * width, 6), "high": round(low + (i + 1) * width, 6), "rows": per_bin.get(i, 0)}
-        for i in range(BINS)
-    ]
+
+    def edge(i: int) -> float:  # 12 significant digits: unit norms' bins can be 1e-7 wide
+        return float(f"{low + i * width:.12g}")
+
+    return [{"low": edge(i), "high": edge(i + 1), "rows": per_bin.get(i, 0)} for i in range(BINS)]
 
 
 def _predictions(db: duckdb.DuckDBPyConnection) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 TEXT_EXAMPLES = 3  # compare's text shows this many of each difference (--json: SHOWN)
@@ -56,7 +57,13 @@ def _embedding_lines(embedding: dict[str, Any], ok: int) -> list[str]:
         f"  NaN/Inf   {embedding['rows_with_nan_or_inf']:,} rows ({embedding['nan_or_inf_values']:,} values)",
         f"\nL2 norms (finite vectors; mean {mean})",
     ]
-    return lines + _histogram(norms["bins"], 3)
+    return lines + _histogram(norms["bins"], _decimals(norms["bins"]))
+
+
+def _decimals(bins: list[dict[str, Any]], least: int = 3) -> int:
+    """Enough decimals that no two bin edges print alike (unit vectors' norms differ in the 6th)."""
+    width = bins[0]["high"] - bins[0]["low"] if bins else 1.0
+    return min(12, max(least, math.ceil(-math.log10(width)) + 1)) if width > 0 else least
 
 
 def _prediction_lines(doc: dict[str, Any], ok: int) -> list[str]:

@@ -146,6 +146,25 @@ class TestInspectHandMade:
         assert "unreachable" not in err
 
 
+class TestNormHistogram:
+    def test_unit_vectors_get_bins_whose_labels_differ(self, tmp_path, write_output, capsys):
+        """Norms within 1e-4 of 1 (normalize: true): each bin has its own label, not 1.000-1.000 ten times."""
+        import numpy as np
+
+        rng = np.random.default_rng(3)
+        rows = []
+        for index in range(20):
+            vector = rng.normal(size=4)
+            vector *= (1 + (index - 10) * 1e-5) / np.linalg.norm(vector)
+            rows.append({"row_id": f"r{index}", "status": "ok", "embedding": vector.tolist()})
+        root = write_output(tmp_path / "unit", rows, embedding_dim=4)
+        assert main(["inspect", str(root)]) == 0
+        text = capsys.readouterr().out
+        labels = [line.split()[0] for line in text.split("L2 norms")[1].splitlines()[1:11]]
+        assert len(set(labels)) == 10, labels
+        assert "1.000-1.000" not in text
+
+
 class TestCompare:
     def test_known_differences(self, pair, capsys):
         base, new = pair
