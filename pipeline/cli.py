@@ -217,17 +217,17 @@ def _configure_logging(config: Config, *, relay: bool = False) -> None:
         logrelay.install()
 
 
-def _stop_cleanly_on_signals(committed: threading.Event, late: list[int]) -> None:
+def _stop_cleanly_on_signals(settled: threading.Event, late: list[int]) -> None:
     """SIGINT (Ctrl-C) and SIGTERM (what Kubernetes sends first) stop the run cleanly, once.
 
     The run then shuts Ray down, counts the rows it wrote, writes its summary and pushes
     its status; further signals are ignored while it does (SIGKILL still ends it). Once
-    the run has ``committed``, a signal only goes into ``late``: the run succeeded, and
-    finishes (summary, metrics, Ray's shutdown) to exit 0.
+    the run has ``settled`` (committed, or failed and reporting it), a signal only goes into
+    ``late``: the run finishes (summary, metrics, Ray's shutdown) with its own exit code.
     """
 
     def stop(signum: int, _frame: object) -> None:
-        if committed.is_set():
+        if settled.is_set():
             late.append(signum)
             return
         for name in (signal.SIGINT, signal.SIGTERM):
@@ -245,9 +245,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     strict = "fail" if args.strict else None
     config = _load(args, flags={"job.run_id": args.run_id, "output.if_committed": strict})
     _configure_logging(config, relay=True)
-    committed, late = threading.Event(), list[int]()
-    _stop_cleanly_on_signals(committed, late)
-    summary = run_job(config, overwrite=args.overwrite, committed=committed)
+    settled, late = threading.Event(), list[int]()
+    _stop_cleanly_on_signals(settled, late)
+    summary = run_job(config, overwrite=args.overwrite, settled=settled)
     print(summary.render())
     for signum in late:
         logs.get_logger(run_id=summary.run_id, stage="driver").warning(

@@ -66,8 +66,9 @@ class _Run:
     done_at_start: int | None = None  # rows already written when this attempt began (after restore)
     display: Display = field(default_factory=lambda: Display(sys.stderr, enabled=False))
     series: ProgressSeries | None = None  # rows done over time, once this attempt writes
-    # Set once _SUCCESS is written and read back: a signal from then on cannot undo the run.
-    committed: threading.Event = field(default_factory=threading.Event)
+    # Set once the outcome is decided (_SUCCESS read back, or the run failed and reports):
+    # a signal from then on changes nothing, so the exit code agrees with the summary.
+    settled: threading.Event = field(default_factory=threading.Event)
 
     def held(self) -> output.OutputLocation:
         """The output, while the job holds its lease."""
@@ -103,7 +104,7 @@ class _Run:
         if self.location is not None and output.committed_by(self.location, summary.run_id):
             summary.status = "succeeded"
         if summary.status == "succeeded":  # committed before the signal came: it stays so
-            self.committed.set()
+            self.settled.set()
             return False
         summary.status = "interrupted"
         summary.error = str(exc) or "interrupted"
@@ -124,6 +125,7 @@ class _Run:
 
     def finish(self) -> None:
         """Push the final status and write the summary (status is ``succeeded`` only once committed)."""
+        self.settled.set()
         summary = self.summary
         summary.seconds = time.monotonic() - self.started
         self.display.close()
@@ -151,7 +153,7 @@ def run_job(
     overwrite: bool = False,
     registry: CollectorRegistry | None = None,
     progress_stream: IO[str] | None = None,
-    committed: threading.Event | None = None,
+    settled: threading.Event | None = None,
 ) -> RunSummary:
     """Run the whole job; raise a :class:`PipelineError` on failure.
 
@@ -160,8 +162,9 @@ def run_job(
     is read, so two jobs on one output never both write; the lease is held until the job
     ends, committed or not. From here on every failure pushes status ``failed`` and, once
     the output is held, writes a run summary; a job refused because another holds the
-    output reports nothing (the holder reports for this pipeline). ``committed`` is set
-    once ``_SUCCESS`` is written: the CLI's signal handler stops interrupting from then on.
+    output reports nothing (the holder reports for this pipeline). ``settled`` is set once
+    the outcome is decided (committed, or failed and reporting): the CLI's signal handler
+    stops interrupting from then on.
     """
     check_architecture(config.model.name)  # a config error: refused before anything is reported
     overwrite = overwrite or config.output.mode == "overwrite"
@@ -178,7 +181,7 @@ def run_job(
     stream = progress_stream or STDERR.stream()
     show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
     run.display = Display(stream, enabled=show)
-    run.committed = committed or run.committed
+    run.settled = settled or run.settled
     try:
         location = output.OutputLocation.open(config.output.uri, config.storage)
         done = output_safety.check_before_lease(location, config, overwrite=overwrite)
@@ -272,7 +275,7 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     series = run.series.as_dict() if run.series is not None else None
     commit_run(run.config, run.summary, run.held(), spec, result, plan, config_hash, run.started_wall, series)
     summary.status = "succeeded"  # only now: the manifest is written and read back
-    run.committed.set()
+    run.settled.set()
     summary.timings["committed"] = time.monotonic() - run.started
     if config.output.report:  # after the commit: a report that fails only logs a warning
         from pipeline.report import write_after_commit

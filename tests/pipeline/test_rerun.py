@@ -32,26 +32,30 @@ from pipeline.output import MANIFEST, OutputLocation
 from pipeline.summary import RunSummary
 
 ROOT = Path(pipeline.__file__).parents[1]
-# The final push of a committed run: its status gauge says succeeded.
-SUCCEEDED = re.compile(rb'pipeline_job_status\{[^}]*status="succeeded"[^}]*\} 1\.0')
+
+
+def final_push(status: str) -> re.Pattern[bytes]:
+    """A run's final push: its status gauge says ``status`` (succeeded or failed)."""
+    return re.compile(rb'pipeline_job_status\{[^}]*status="' + status.encode() + rb'"[^}]*\} 1\.0')
 
 
 class SignallingGateway:
-    """A Pushgateway stand-in that sends SIGTERM to the job when the job pushes ``succeeded``.
+    """A Pushgateway stand-in that sends SIGTERM to the job when the job pushes its final ``status``.
 
     It answers that push only after the signal is sent, so the signal reaches the driver
-    while it is still finishing the committed run.
+    while it is still finishing the run.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, status: str = "succeeded") -> None:
         self.job: subprocess.Popen[str] | None = None
         self.signalled = threading.Event()
+        final = final_push(status)
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if SUCCEEDED.search(body) and gateway.job is not None and not gateway.signalled.is_set():
+                if final.search(body) and gateway.job is not None and not gateway.signalled.is_set():
                     gateway.job.send_signal(signal.SIGTERM)
                     gateway.signalled.set()
                     time.sleep(0.5)  # the driver is inside this push when its handler runs
@@ -152,6 +156,38 @@ def test_signal_after_commit_exits_0_and_reruns_change_nothing(tmp_path, make_co
     assert _snapshot(out) == before
 
 
+@pytest.mark.slow
+def test_a_signal_while_a_failed_run_reports_keeps_its_exit_code(tmp_path, make_config):
+    """SIGTERM while a run that failed (exit 5) pushes its status: still exit 5, summary failed."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for index in range(5):
+        (bad / f"{index}.jpg").write_text("not an image")
+    gateway = SignallingGateway("failed")
+    try:
+        config = make_config(
+            bad,
+            output__max_failure_fraction=None,
+            metrics__pushgateway_url=gateway.url,
+            metrics__push_interval_s=600,
+        )
+        path = tmp_path / "job.yaml"
+        path.write_text(dump_yaml(config), encoding="utf-8")
+        with subprocess.Popen(
+            _command(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+        ) as job:
+            gateway.job = job
+            _, stderr = job.communicate(timeout=300)
+    finally:
+        gateway.close()
+    assert gateway.signalled.is_set(), "the job never pushed a failed status"
+    assert job.returncode == 5, stderr[-3000:]
+    assert "Traceback" not in stderr
+    [summary] = [json.loads(p.read_text()) for p in Path(config.output.uri).glob("_summary-*.json")]
+    assert summary["status"] == "failed"
+    assert "output.max_failure_fraction" in summary["error"]
+
+
 def test_a_signal_while_the_manifest_is_read_back_leaves_the_run_succeeded(
     tmp_path, local_config, write_output
 ):
@@ -163,7 +199,7 @@ def test_a_signal_while_the_manifest_is_read_back_leaves_the_run_succeeded(
     run.location = OutputLocation.open(str(out), config.storage)
     assert run.interrupted(RunInterrupted(signal.SIGTERM)) is False
     assert run.summary.status == "succeeded"
-    assert run.committed.is_set()
+    assert run.settled.is_set()
 
     other = _Run(config, None, RunSummary(run_id="another-run", status="failed", output_uri=str(out)))  # type: ignore[arg-type]
     other.location = run.location
