@@ -66,8 +66,8 @@ class _Run:
     done_at_start: int | None = None  # rows already written when this attempt began (after restore)
     display: Display = field(default_factory=lambda: Display(sys.stderr, enabled=False))
     series: ProgressSeries | None = None  # rows done over time, once this attempt writes
-    # Set once the outcome is decided (_SUCCESS read back, or the run failed and reports):
-    # a signal from then on changes nothing, so the exit code agrees with the summary.
+    # Set once the outcome is decided (_SUCCESS read back, or a failure being reported): the
+    # CLI's signal handler stops interrupting then, so the exit code agrees with the summary.
     settled: threading.Event = field(default_factory=threading.Event)
 
     def held(self) -> output.OutputLocation:
@@ -162,9 +162,7 @@ def run_job(
     is read, so two jobs on one output never both write; the lease is held until the job
     ends, committed or not. From here on every failure pushes status ``failed`` and, once
     the output is held, writes a run summary; a job refused because another holds the
-    output reports nothing (the holder reports for this pipeline). ``settled`` is set once
-    the outcome is decided (committed, or failed and reporting): the CLI's signal handler
-    stops interrupting from then on.
+    output reports nothing (the holder reports for this pipeline). ``settled``: see :class:`_Run`.
     """
     check_architecture(config.model.name)  # a config error: refused before anything is reported
     overwrite = overwrite or config.output.mode == "overwrite"
