@@ -34,6 +34,8 @@ _EXPORTS = {
     "JobFailedError": "pipeline.errors",
     "ClusterUnreachableError": "pipeline.errors",
     "OutputInUseError": "pipeline.errors",
+    "ResumeRefusedError": "pipeline.errors",
+    "UnexpectedError": "pipeline.errors",
 }
 __all__ = [
     "ClusterUnreachableError",
@@ -46,8 +48,10 @@ __all__ = [
     "OutputExistsError",
     "OutputInUseError",
     "PipelineError",
+    "ResumeRefusedError",
     "RunSummary",
     "StorageError",
+    "UnexpectedError",
     "__version__",
     "load_config",
     "run_job",
@@ -65,7 +69,9 @@ if TYPE_CHECKING:
         OutputExistsError,
         OutputInUseError,
         PipelineError,
+        ResumeRefusedError,
         StorageError,
+        UnexpectedError,
     )
     from pipeline.job import run_job
     from pipeline.summary import RunSummary

@@ -1,9 +1,8 @@
 """The pipeline command: run, plan, demo, config, models, bench, inspect, compare, report.
 
-Exit codes: 0 success, 2 bad config/input/model, 3 output already committed,
-4 storage unreachable, 5 too many failed rows, 6 job failed or cluster unreachable,
-7 output in use by another job, 8 output not committed (no _SUCCESS), 9 agreement
-below --min-agreement, 130/143 interrupted by SIGINT/SIGTERM.
+Every exit code is in :data:`pipeline.errors.EXIT_CODES` (``--help`` ends with them). An
+error the pipeline did not foresee ends as one line naming it and the file holding its
+traceback (:func:`pipeline.logs.save_traceback`), never as a traceback on the terminal.
 """
 
 from __future__ import annotations
@@ -11,14 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
+import textwrap
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import __version__, cli_outputs, logrelay, logs, sizing
 from pipeline.demo import demo_arguments
-from pipeline.errors import ConfigError, PipelineError, RunInterrupted
+from pipeline.errors import EXIT_CODES, ConfigError, PipelineError, RunInterrupted, UnexpectedError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,9 +44,32 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     _add_overrides(parser, "output.uri=s3://bucket/run")
 
 
+def _exit_codes_text() -> str:
+    """``--help``'s list of exit codes, from :data:`~pipeline.errors.EXIT_CODES` (Markdown quotes dropped)."""
+    lines = ["exit codes:"]
+    for code, meaning in EXIT_CODES.items():
+        wrapped = textwrap.wrap(re.sub(r"`([^`]*)`", r"\1", meaning), width=92)
+        lines += [f"  {code:>3}  {wrapped[0]}", *(f"       {line}" for line in wrapped[1:])]
+    return "\n".join(lines)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option's help ends with its default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "default" in text
+            or action.default in (None, False, [], "==SUPPRESS==")
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs)."""
-    exit_codes = __doc__.split("\n\n", 1)[1].strip()
+    exit_codes = _exit_codes_text()
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description=__doc__.splitlines()[0],
@@ -60,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=summary,
             description=f"{summary[:1].upper()}{summary[1:]}.",
             epilog=f"example:\n  {example}\n\n{exit_codes}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
 
     run = command(
@@ -71,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--run-id", help="run id (resume an unfinished run by giving its id)")
     run.add_argument("--overwrite", action="store_true", help="discard a committed or unfinished run first")
+    run.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 3 when the output is already committed, even with this configuration "
+        "(output.if_committed: fail); without it such a rerun exits 0 and does nothing",
+    )
     run.add_argument("--summary-json", help="also write the run summary to this file")
 
     plan = command(
@@ -110,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--json", action="store_true", help="print the plan, sizing and Helm values as one JSON document"
     )
+    plan.add_argument("--show-config", action="store_true", help="also print the resolved config")
 
     demo = command(
         "demo",
@@ -185,14 +217,19 @@ def _configure_logging(config: Config, *, relay: bool = False) -> None:
         logrelay.install()
 
 
-def _stop_cleanly_on_signals() -> None:
+def _stop_cleanly_on_signals(settled: threading.Event, late: list[int]) -> None:
     """SIGINT (Ctrl-C) and SIGTERM (what Kubernetes sends first) stop the run cleanly, once.
 
     The run then shuts Ray down, counts the rows it wrote, writes its summary and pushes
-    its status; further signals are ignored while it does (SIGKILL still ends it).
+    its status; further signals are ignored while it does (SIGKILL still ends it). Once
+    the run has ``settled`` (committed, or failed and reporting it), a signal only goes into
+    ``late``: the run finishes (summary, metrics, Ray's shutdown) with its own exit code.
     """
 
     def stop(signum: int, _frame: object) -> None:
+        if settled.is_set():
+            late.append(signum)
+            return
         for name in (signal.SIGINT, signal.SIGTERM):
             signal.signal(name, signal.SIG_IGN)
         raise RunInterrupted(signum)
@@ -205,11 +242,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``pipeline run``."""
     from pipeline.job import run_job
 
-    config = _load(args, flags={"job.run_id": args.run_id})
+    strict = "fail" if args.strict else None
+    config = _load(args, flags={"job.run_id": args.run_id, "output.if_committed": strict})
     _configure_logging(config, relay=True)
-    _stop_cleanly_on_signals()
-    summary = run_job(config, overwrite=args.overwrite)
+    settled, late = threading.Event(), list[int]()
+    _stop_cleanly_on_signals(settled, late)
+    summary = run_job(config, overwrite=args.overwrite, settled=settled)
     print(summary.render())
+    for signum in late:
+        logs.get_logger(run_id=summary.run_id, stage="driver").warning(
+            f"{signal.Signals(signum).name} came after the commit: the run succeeded, exit 0"
+        )
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")
     return 0
@@ -240,14 +283,16 @@ def cmd_models(_: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """``pipeline plan``."""
+    """``pipeline plan``: run's own checks first (same exit codes), then what the run will do and how."""
     from pipeline.planning import print_plan
+    from pipeline.preflight import check_run
 
     sizing.check_headroom(args.headroom)
     for flag in ("target-images-per-hour", "decode-rate", "model-rate", "cpus-per-pod", "gpus-per-pod"):
         sizing.check_positive(f"--{flag}", getattr(args, flag.replace("-", "_")))
     config = _load(args)
     _configure_logging(config)
+    verdict = check_run(config)
     sized = None
     if args.target_images_per_hour is not None:
         decode, model = sizing.resolve_rates(
@@ -262,7 +307,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             cpus_per_pod=args.cpus_per_pod,
             gpus_per_pod=args.gpus_per_pod,
         )
-    print_plan(config, sized=sized, as_json=args.json)
+    print_plan(config, sized=sized, as_json=args.json, verdict=verdict, show_config=args.show_config)
     return 0
 
 
@@ -308,6 +353,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     """Run one command; errors become their exit code and one line on stderr."""
     try:
         return COMMANDS[args.command](args)
+    except UnexpectedError as exc:
+        return _unexpected(exc)
     except PipelineError as exc:
         logs.say_error(str(exc), exc.exit_code)
         return exc.exit_code
@@ -324,3 +371,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `pipeline config --schema | head`: the reader left, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a bug: one line and where its traceback is, never the traceback
+        return _unexpected(UnexpectedError(exc))
+
+
+def _unexpected(error: UnexpectedError) -> int:
+    """Say an unforeseen error in one line naming the file its traceback went to; its exit code."""
+    path = logs.save_traceback(error.cause)
+    logs.say_error(
+        f"{error} (a bug in the pipeline: please report it with the traceback in {path})",
+        error.exit_code,
+        traceback_file=str(path),
+    )
+    return error.exit_code

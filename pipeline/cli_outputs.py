@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError
 
+#: ``--cosine-threshold``'s default, as :data:`pipeline.compare.COSINE_THRESHOLD` (not imported: the CLI
+#: starts without DuckDB); tests/pipeline/test_compare_embed.py keeps the two equal.
+COSINE_THRESHOLD = 0.99
+
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
@@ -33,13 +37,25 @@ def add_commands(command: Factory, add_config_args: Callable[[argparse.ArgumentP
     inspect.add_argument("output_uri", help="the output: a folder or an s3:// prefix holding _SUCCESS")
     compare = command(
         "compare",
-        "compare two committed outputs row by row: agreement, label transitions, rows in one only",
+        "compare two committed outputs row by row: agreement, label transitions or cosine, rows in one only",
         "pipeline compare s3://bucket/preds/resnet50 s3://bucket/preds/convnext --min-agreement 0.9",
     )
     compare.add_argument("base_uri", help="the reference output")
     compare.add_argument("new_uri", help="the output compared with it")
     compare.add_argument(
-        "--min-agreement", type=float, metavar="X", help="exit 9 when top-1 agreement is below X (0 to 1)"
+        "--min-agreement",
+        type=float,
+        metavar="X",
+        help="exit 9 when the agreement is below X (0 to 1): top-1 labels for classify outputs; for "
+        "embed outputs the fraction of rows whose cosine is at least --cosine-threshold",
+    )
+    compare.add_argument(
+        "--cosine-threshold",
+        type=float,
+        default=COSINE_THRESHOLD,
+        metavar="T",
+        help=f"embed outputs: a row agrees when its cosine between the runs is at least T "
+        f"(-1 to 1, default {COSINE_THRESHOLD})",
     )
     report = command(
         "report",
@@ -73,14 +89,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``pipeline compare``; the result is printed before a --min-agreement failure is reported."""
-    from pipeline import inspect, inspect_text
+    from pipeline import compare, inspect_text
 
     if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
         raise ConfigError("--min-agreement", args.min_agreement, "expected a fraction from 0 to 1")
-    doc = inspect.compare_outputs(args.base_uri, args.new_uri, _storage(args))
+    if not -1 <= args.cosine_threshold <= 1:
+        raise ConfigError("--cosine-threshold", args.cosine_threshold, "expected a cosine from -1 to 1")
+    doc = compare.compare_outputs(
+        args.base_uri, args.new_uri, _storage(args), cosine_threshold=args.cosine_threshold
+    )
     print(json.dumps(doc, indent=2) if args.json else inspect_text.render_compare(doc))
     sys.stdout.flush()
-    inspect.check_agreement(doc, args.min_agreement)
+    compare.check_agreement(doc, args.min_agreement)
     return 0
 
 

@@ -164,7 +164,12 @@ class OutputConfig(_Section):
     # None: decide, about a minute of work per part (pipeline.planning.part_rows).
     rows_per_file: int | None = Field(default=None, ge=1)
     mode: Literal["error", "overwrite"] = "error"
-    max_failure_fraction: float = Field(default=1.0, ge=0.0, le=1.0)
+    # An output already committed with this same configuration (a scheduler's retry after
+    # success): skip exits 0 and writes nothing there; fail exits 3 (pipeline run --strict).
+    if_committed: Literal["skip", "fail"] = "skip"
+    # Above this fraction of failed rows the run is not committed (exit 5). On by default: a
+    # minimal config whose every input failed must not commit and exit 0.
+    max_failure_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     # One writer per output: a job holds a lease on it, renewed every third of this. A
     # crashed job's lease lapses after this long (a job killed on the same host at once).
     lease_seconds: float = Field(default=120.0, ge=1.0, le=86_400.0)
@@ -349,18 +354,22 @@ def load_config(
         if not file.is_file():
             raise ConfigError("--config", str(path), "expected an existing YAML file")
         try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+            with file.open(encoding="utf-8") as stream:  # PyYAML's error then names the file
+                loaded = yaml.safe_load(stream)
         except yaml.YAMLError as exc:
-            raise ConfigError("--config", str(path), f"not valid YAML: {exc}") from exc
+            problem = overrides_module.yaml_problem(exc, str(path))
+            raise ConfigError("--config", str(path), f"not valid YAML: {problem}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("--config", str(path), "expected a mapping of sections at the top")
         data = loaded or {}
-    overrides_module.apply(data, Config, os.environ if environ is None else environ, overrides, flags or {})
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        raise overrides_module.validation_error(Config, exc) from None
-    _check_semantics(config)
+    env = os.environ if environ is None else environ
+    from_env = overrides_module.apply(data, Config, env, overrides, flags or {})
+    with overrides_module.naming_variables(from_env):
+        try:
+            config = Config.model_validate(data)
+        except ValidationError as exc:
+            raise overrides_module.validation_error(Config, exc) from None
+        _check_semantics(config)
     return config
 
 

@@ -66,6 +66,9 @@ def run_demo(args: argparse.Namespace) -> int:
             f"model.name={args.model}",
             "model.random_init=true",
             "job.name=demo",
+            # The three broken files are there to be shown as rows with a reason, whatever
+            # --images is (3 of 23 would be above the default budget of 5%).
+            "output.max_failure_fraction=1.0",
         ],
     )
     logs.configure(config.logging.format, config.logging.level)

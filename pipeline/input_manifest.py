@@ -41,8 +41,12 @@ def read_manifest(
     import pyarrow.parquet
 
     with fs.open(path, "rb") as handle:
-        if uri.lower().endswith(".csv"):
-            table = pyarrow.csv.read_csv(handle)
+        if uri.lower().endswith(".csv"):  # CSV has no types: the text as written (000999 stays so)
+            text = {name: pa.string() for name in (column, *carried)}
+            options = pyarrow.csv.ConvertOptions(
+                column_types=text, strings_can_be_null=True, quoted_strings_can_be_null=False
+            )
+            table = pyarrow.csv.read_csv(handle, convert_options=options)
         else:
             table = pyarrow.parquet.read_table(handle)
     if column not in table.column_names:

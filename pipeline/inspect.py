@@ -1,16 +1,17 @@
-"""What a committed output holds, and how two differ: ``pipeline inspect`` and ``pipeline compare``.
+"""What a committed output holds: ``pipeline inspect``, and the readers ``pipeline compare`` shares.
 
 Every aggregate is a DuckDB query over the parts the manifest lists: DuckDB streams them
 (only the columns a query names, a row group at a time) and keeps aggregates, never the
 rows, so memory does not grow with the output. The one large
-intermediate, compare's join on ``row_id``, runs under :data:`MEMORY_LIMIT` and spills to a
-temporary folder beyond it. Remote parts are read through the job's own fsspec filesystem
-(``storage.*``), so DuckDB needs no S3 extension of its own. docs/inspect.md: the fields.
+intermediate, compare's join on ``row_id`` (:mod:`pipeline.compare`), runs under
+:data:`MEMORY_LIMIT` and spills to a temporary folder beyond it. Remote parts are read
+through the job's own fsspec filesystem (``storage.*``), so DuckDB needs no S3 extension of
+its own. docs/inspect.md: the fields.
 
-:func:`inspect_output` and :func:`compare_outputs` return plain dicts (the ``--json``
-documents, also what :mod:`pipeline.report` draws); :mod:`pipeline.inspect_text` turns them
-into text. An ``embed`` output (``model.task``) has vectors, not labels: inspect gives their
-dimension, norms and NaN/Inf count instead of labels and confidence.
+:func:`inspect_output` returns a plain dict (the ``--json`` document, also what
+:mod:`pipeline.report` draws); :mod:`pipeline.inspect_text` turns it into text. An ``embed`` output
+(``model.task``) has vectors, not labels: inspect gives their dimension, norms and NaN/Inf
+count instead of labels and confidence.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline import storage
-from pipeline.errors import AgreementTooLowError, OutputNotCommittedError, StorageError
+from pipeline.errors import OutputNotCommittedError, OutputNotFoundError
 from pipeline.output import DATA_DIR, MANIFEST, OutputLocation, UnreadableFileError
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ MEMORY_LIMIT = "1GB"  # DuckDB's own; the process adds pyarrow's scan buffers an
 BINS = 10  # confidence histogram: [0, 0.1), [0.1, 0.2), ... [0.9, 1.0]
 SHOWN = 10  # rows in each list: top labels, lowest confidence, transitions, examples
 FAILED_PER_REASON = 3  # the failed sample takes up to this many rows of each reason
-TOP = 5  # compare's overlap is over the first TOP labels of each row
 LOWEST_LABELS = 3  # the lowest-confidence rows carry their first labels and scores
 
 
@@ -58,7 +58,9 @@ def open_committed(uri: str, storage_config: StorageConfig) -> Committed:
     if not location.exists(MANIFEST):
         parts = location.list_files(DATA_DIR)
         if not parts:
-            raise StorageError(f"no output at {location.uri}: neither {MANIFEST} nor {DATA_DIR}/ is there")
+            raise OutputNotFoundError(
+                f"no output at {location.uri}: neither {MANIFEST} nor {DATA_DIR}/ is there (a mistyped path?)"
+            )
         raise OutputNotCommittedError(
             f"{location.uri} is not committed: {len(parts)} file(s) under {DATA_DIR}/ but no {MANIFEST} "
             "(a run in progress, failed or interrupted); its rows are not results"
@@ -173,10 +175,11 @@ def _bins(rows: list[dict[str, Any]], low: float = 0.0, high: float = 1.0) -> li
     """:data:`BINS` equal bins from ``low`` to ``high`` with the ``{bin, n}`` counts of a query."""
     per_bin = {item["bin"]: item["n"] for item in rows}
     width = (high - low) / BINS
-    return [
-        {"low": round(low + i * width, 6), "high": round(low + (i + 1) * width, 6), "rows": per_bin.get(i, 0)}
-        for i in range(BINS)
-    ]
+
+    def edge(i: int) -> float:  # 12 significant digits: unit norms' bins can be 1e-7 wide
+        return float(f"{low + i * width:.12g}")
+
+    return [{"low": edge(i), "high": edge(i + 1), "rows": per_bin.get(i, 0)} for i in range(BINS)]
 
 
 def _predictions(db: duckdb.DuckDBPyConnection) -> dict[str, Any]:
@@ -254,122 +257,3 @@ def _embeddings(db: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "nan_or_inf_values": stats["nan_or_inf_values"],
     }
     return {"labels": None, "confidence": None, "lowest_confidence": [], "embedding": embedding}
-
-
-# The first TOP labels of a row as TOP hashes: fixed-width columns cost the join far less than
-# a list of strings (half the time at 10M rows). Labels within a row are distinct (top-k of
-# distinct classes), so equal pairs count the shared labels; capped at the denominator where a
-# labels file repeats a name.
-_HASHES = ", ".join(
-    f"if(top_k_labels[{i}] IS NULL, NULL, hash(top_k_labels[{i}])) AS h{i}" for i in range(1, TOP + 1)
-)
-_SHARED = " + ".join(
-    f"coalesce((b.h{i} = n.h{j})::INTEGER, 0)" for i in range(1, TOP + 1) for j in range(1, TOP + 1)
-)
-_SIDE = f"SELECT row_id, status, label, least({TOP}, len(top_k_labels)) AS k, {_HASHES} FROM"
-# One row per row_id of either run. ``example`` is the row_id where the row is one of the
-# differences compare shows examples of (NULL for the millions of rows that agree).
-_PAIRS = f"""
-CREATE TEMP TABLE pairs AS
-SELECT b.row_id IS NOT NULL AS in_base, n.row_id IS NOT NULL AS in_new,
-       b.status AS base_status, n.status AS new_status, b.label AS base_label, n.label AS new_label,
-       CASE WHEN b.status = 'ok' AND n.status = 'ok' THEN
-         least({_SHARED}, least(b.k, n.k)) / nullif(least(b.k, n.k), 0) END AS overlap,
-       CASE WHEN n.row_id IS NULL THEN 'only_in_base' WHEN b.row_id IS NULL THEN 'only_in_new'
-            WHEN b.status = 'failed' AND n.status = 'ok' THEN 'failed_only_in_base'
-            WHEN b.status = 'ok' AND n.status = 'failed' THEN 'failed_only_in_new' END AS kind,
-       CASE WHEN kind IS NOT NULL THEN coalesce(b.row_id, n.row_id) END AS example
-FROM ({_SIDE} base) AS b FULL OUTER JOIN ({_SIDE} new) AS n ON b.row_id = n.row_id
-"""  # noqa: S608 - fixed text, no input in it
-_KINDS = ("only_in_base", "only_in_new", "failed_only_in_base", "failed_only_in_new")
-_DISTRIBUTION = """
-WITH b AS (SELECT base_label AS label, count(*) AS n FROM pairs WHERE base_status = 'ok' GROUP BY 1),
-     n AS (SELECT new_label AS label, count(*) AS n FROM pairs WHERE new_status = 'ok' GROUP BY 1)
-SELECT label, coalesce(b.n, 0) AS base, coalesce(n.n, 0) AS new, new - base AS change
-FROM b FULL OUTER JOIN n USING (label) WHERE change <> 0
-"""
-
-
-def compare_outputs(base_uri: str, new_uri: str, storage_config: StorageConfig) -> dict[str, Any]:
-    """The ``pipeline compare --json`` document: ``new`` against ``base``, row by row."""
-    base, new = open_committed(base_uri, storage_config), open_committed(new_uri, storage_config)
-    with _duckdb(base=base, new=new) as db:
-        db.execute(_PAIRS)
-        rows = _one(
-            db,
-            "SELECT count(*) FILTER (in_base) AS base, count(*) FILTER (in_new) AS new, "
-            "count(*) FILTER (in_base AND in_new) AS in_both, "
-            "count(*) FILTER (NOT in_new) AS only_in_base, count(*) FILTER (NOT in_base) AS only_in_new, "
-            "count(*) FILTER (base_status = 'ok' AND new_status = 'ok') AS ok_in_both, "
-            "count(*) FILTER (base_status = 'failed' AND new_status = 'failed') AS failed_in_both, "
-            "count(*) FILTER (kind = 'failed_only_in_base') AS failed_only_in_base, "
-            "count(*) FILTER (kind = 'failed_only_in_new') AS failed_only_in_new FROM pairs",
-        )
-        agreeing, overlap = db.execute(
-            "SELECT count(*) FILTER (base_label = new_label), avg(overlap) FROM pairs "
-            "WHERE base_status = 'ok' AND new_status = 'ok'"
-        ).fetchall()[0]
-        transitions = _dicts(
-            db,
-            "SELECT base_label AS base, new_label AS new, count(*) AS rows FROM pairs "
-            "WHERE base_status = 'ok' AND new_status = 'ok' AND base_label <> new_label "
-            "GROUP BY ALL ORDER BY rows DESC, base, new LIMIT ?",
-            SHOWN,
-        )
-        gained = _dicts(db, _DISTRIBUTION + " AND change > 0 ORDER BY change DESC, label LIMIT ?", SHOWN)
-        lost = _dicts(db, _DISTRIBUTION + " AND change < 0 ORDER BY change, label LIMIT ?", SHOWN)
-        examples = _examples(db)
-    return {
-        "base": _identity(base),
-        "new": _identity(new),
-        "rows": rows,
-        "top1_agreement": agreeing / rows["ok_in_both"] if rows["ok_in_both"] else None,
-        "top1_agreeing_rows": agreeing,
-        "top5_overlap": None if overlap is None else float(overlap),
-        "label_transitions": transitions,
-        "labels_gained": gained,
-        "labels_lost": lost,
-        "examples": examples,
-    }
-
-
-def _examples(db: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]]:
-    """Up to :data:`SHOWN` rows of each difference, with URI, reason and error from the side that has them."""
-    db.execute(
-        "CREATE TEMP TABLE examples AS SELECT kind, example AS row_id FROM pairs WHERE example IS NOT NULL "
-        "QUALIFY row_number() OVER (PARTITION BY kind ORDER BY example) <= ?",
-        [SHOWN],
-    )
-    found: dict[str, list[dict[str, Any]]] = {}
-    for kind in _KINDS:
-        side = "new" if kind in {"only_in_new", "failed_only_in_new"} else "base"
-        found[kind] = _dicts(
-            db,
-            f"SELECT row_id, uri, status, reason, error FROM {side} "  # noqa: S608 - a fixed name
-            "WHERE row_id IN (SELECT row_id FROM examples WHERE kind = ?) ORDER BY row_id",
-            kind,
-        )
-    return found
-
-
-def _identity(output: Committed) -> dict[str, Any]:
-    manifest = output.manifest
-    model = manifest.get("model", {})
-    return {
-        "uri": output.uri,
-        "run_id": manifest.get("run_id"),
-        "model": {"name": model.get("name"), "sha256": model.get("sha256")},
-        "config_hash": manifest.get("config_hash"),
-    }
-
-
-def check_agreement(result: dict[str, Any], minimum: float | None) -> None:
-    """Raise :class:`AgreementTooLowError` when the top-1 agreement is below ``minimum``."""
-    agreement = result["top1_agreement"]
-    if minimum is None or (agreement is not None and agreement >= minimum):
-        return
-    shown = "unknown (no row is ok in both runs)" if agreement is None else f"{agreement:.1%}"
-    raise AgreementTooLowError(
-        f"top-1 agreement {shown} is below --min-agreement {minimum:.1%} "
-        f"({result['top1_agreeing_rows']:,} of {result['rows']['ok_in_both']:,} rows ok in both runs agree)"
-    )

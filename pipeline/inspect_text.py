@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from pipeline.inspect import TOP
-
 TEXT_EXAMPLES = 3  # compare's text shows this many of each difference (--json: SHOWN)
+TOP = 5  # compare documents from before overlap_k compared the first 5 labels
 
 
 def _pct(part: float, whole: float) -> str:
@@ -57,7 +57,13 @@ def _embedding_lines(embedding: dict[str, Any], ok: int) -> list[str]:
         f"  NaN/Inf   {embedding['rows_with_nan_or_inf']:,} rows ({embedding['nan_or_inf_values']:,} values)",
         f"\nL2 norms (finite vectors; mean {mean})",
     ]
-    return lines + _histogram(norms["bins"], 3)
+    return lines + _histogram(norms["bins"], _decimals(norms["bins"]))
+
+
+def _decimals(bins: list[dict[str, Any]], least: int = 3) -> int:
+    """Enough decimals that no two bin edges print alike (unit vectors' norms differ in the 6th)."""
+    width = bins[0]["high"] - bins[0]["low"] if bins else 1.0
+    return min(12, max(least, math.ceil(-math.log10(width)) + 1)) if width > 0 else least
 
 
 def _prediction_lines(doc: dict[str, Any], ok: int) -> list[str]:
@@ -75,8 +81,8 @@ def _prediction_lines(doc: dict[str, Any], ok: int) -> list[str]:
 
 
 def render_compare(doc: dict[str, Any]) -> str:
-    """``pipeline compare``'s text."""
-    rows, agreement, overlap = doc["rows"], doc["top1_agreement"], doc["top5_overlap"]
+    """``pipeline compare``'s text: labels for classify outputs, cosines for embed ones."""
+    rows = doc["rows"]
     lines = [
         f"{side:<5}{doc[side]['uri']}  run {doc[side]['run_id']}  model {doc[side]['model']['name']} "
         f"({str(doc[side]['model']['sha256'])[:12]})"
@@ -90,11 +96,23 @@ def render_compare(doc: dict[str, Any]) -> str:
         f"failures   {rows['failed_only_in_base']:,} failed only in base, "
         f"{rows['failed_only_in_new']:,} only in new, {rows['failed_in_both']:,} in both"
     )
-    lines.append(
-        f"agreement  top-1 {'-' if agreement is None else f'{agreement:.1%}'} "
-        f"({doc['top1_agreeing_rows']:,} of {rows['ok_in_both']:,} rows ok in both); "
-        f"top-{TOP} overlap {'-' if overlap is None else f'{overlap:.1%}'}"
-    )
+    lines += _cosine_lines(doc) if doc.get("task") == "embed" else _label_lines(doc)
+    for kind, shown in doc["examples"].items():
+        if shown:
+            lines.append(f"\n{kind.replace('_', ' ')} (e.g.)")
+            lines += [f"  {row['uri']}  {row['reason'] or ''}" for row in shown[:TEXT_EXAMPLES]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _label_lines(doc: dict[str, Any]) -> list[str]:
+    rows, agreement, overlap = doc["rows"], doc["top1_agreement"], doc["top5_overlap"]
+    lines = [
+        (
+            f"agreement  top-1 {'-' if agreement is None else f'{agreement:.1%}'} "
+            f"({doc['top1_agreeing_rows']:,} of {rows['ok_in_both']:,} rows ok in both); "
+            f"top-{doc.get('overlap_k') or TOP} overlap {'-' if overlap is None else f'{overlap:.1%}'}"
+        )
+    ]
     lines.append(
         "\nlabel transitions (base -> new)" if doc["label_transitions"] else "\nlabel transitions: none"
     )
@@ -102,8 +120,31 @@ def render_compare(doc: dict[str, Any]) -> str:
     for title, key in (("labels gained", "labels_gained"), ("labels lost", "labels_lost")):
         lines.append(f"\n{title} (ok rows, base -> new)" if doc[key] else f"\n{title}: none")
         lines += [f"  {i['change']:>+10,}  {i['label']:<30} {i['base']:,} -> {i['new']:,}" for i in doc[key]]
-    for kind, shown in doc["examples"].items():
-        if shown:
-            lines.append(f"\n{kind.replace('_', ' ')} (e.g.)")
-            lines += [f"  {row['uri']}  {row['reason'] or ''}" for row in shown[:TEXT_EXAMPLES]]
-    return "\n".join(line.rstrip() for line in lines)
+    return lines
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _cosine_lines(doc: dict[str, Any]) -> list[str]:
+    cosine, neighbours = doc["cosine"], doc["neighbours"]
+    spread = ", ".join(f"{name} {_number(value)}" for name, value in cosine["percentiles"].items())
+    below, counted = cosine["below_threshold"], cosine["rows"]
+    agreement = "-" if doc["agreement"] is None else f"{doc['agreement']:.1%}"
+    nearest = "-" if neighbours["agreement"] is None else f"{neighbours['agreement']:.1%}"
+    lines = [
+        f"cosine     mean {_number(cosine['mean'])}, min {_number(cosine['min'])}; {spread}",
+        (
+            f"           {below:,} of {counted:,} rows ({_pct(below, counted)}) below "
+            f"{cosine['threshold']:g}: agreement {agreement}"
+        ),
+        (
+            f"neighbours the nearest other row is the same in both runs for {nearest} of a sample "
+            f"of {neighbours['sample']:,} rows"
+        ),
+        "\nlowest cosine" if doc["lowest_cosine"] else "\nlowest cosine: none",
+    ]
+    return lines + [
+        f"  {_number(row['cosine']):>8}  {row['uri']}" for row in doc["lowest_cosine"][:TEXT_EXAMPLES]
+    ]

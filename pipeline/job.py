@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from pipeline import __version__, input_manifest, output, shard_job, storage, verify
+from pipeline import __version__, input_manifest, output, output_safety, shard_job, storage, verify
 from pipeline.cluster import configure_data_context, connect_ray
 from pipeline.commit import commit_run
-from pipeline.errors import (
-    JobFailedError,
-    OutputInUseError,
-    PipelineError,
-    RunInterrupted,
-)
+from pipeline.errors import OutputInUseError, PipelineError, RunInterrupted, as_pipeline_error
 from pipeline.lease import Lease
 from pipeline.logs import STDERR, bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
@@ -71,6 +67,9 @@ class _Run:
     done_at_start: int | None = None  # rows already written when this attempt began (after restore)
     display: Display = field(default_factory=lambda: Display(sys.stderr, enabled=False))
     series: ProgressSeries | None = None  # rows done over time, once this attempt writes
+    # Set once the outcome is decided (_SUCCESS read back, or a failure being reported): the
+    # CLI's signal handler stops interrupting then, so the exit code agrees with the summary.
+    settled: threading.Event = field(default_factory=threading.Event)
 
     def held(self) -> output.OutputLocation:
         """The output, while the job holds its lease."""
@@ -92,22 +91,24 @@ class _Run:
         return self.metrics
 
     def failed(self, exc: Exception) -> PipelineError:
-        """Record why the run failed; the error to raise (an unexpected one as :class:`JobFailedError`)."""
-        if isinstance(exc, PipelineError):
-            self.summary.error = str(exc)
-            return exc
-        self.summary.error = f"{type(exc).__name__}: {exc}"
-        return JobFailedError(self.summary.error)
+        """Record why the run failed; the error to raise (:func:`~pipeline.errors.as_pipeline_error`)."""
+        self.summary.error = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+        return as_pipeline_error(exc)
 
-    def interrupted(self, exc: BaseException) -> None:
-        """SIGINT or SIGTERM: say so, with the rows completely written by now.
+    def interrupted(self, exc: BaseException) -> bool:
+        """SIGINT or SIGTERM: say so, with the rows completely written by now; False if the run committed.
 
-        Ray is left up (shut down under Ray Data's threads, still writing, it ended the process
-        with exit 1); the CLI exits after the summary; the next run deletes parts in flight.
+        A signal that came after this run's ``_SUCCESS`` was written (while it was read back)
+        changes nothing: the run succeeded, and says so. Otherwise Ray is left up (shut down
+        under Ray Data's threads, still writing, it ended the process with exit 1); the CLI
+        exits after the summary; the next run deletes parts in flight.
         """
         summary = self.summary
+        if self.location is not None and output.committed_by(self.location, summary.run_id):
+            summary.status = "succeeded"
         if summary.status == "succeeded":  # committed before the signal came: it stays so
-            return
+            self.settled.set()
+            return False
         summary.status = "interrupted"
         summary.error = str(exc) or "interrupted"
         self.started_ray = False
@@ -115,6 +116,7 @@ class _Run:
             with contextlib.suppress(PipelineError):  # best effort: the next run recounts anyway
                 written = verify.rows_written(self.location)
                 summary.processed_this_run = max(0, written - self.done_at_start)
+        return True
 
     def stop_ray(self) -> None:
         """Shut down the cluster this run started (once)."""
@@ -126,6 +128,7 @@ class _Run:
 
     def finish(self) -> None:
         """Push the final status and write the summary (status is ``succeeded`` only once committed)."""
+        self.settled.set()
         summary = self.summary
         summary.seconds = time.monotonic() - self.started
         self.display.close()
@@ -153,16 +156,19 @@ def run_job(
     overwrite: bool = False,
     registry: CollectorRegistry | None = None,
     progress_stream: IO[str] | None = None,
+    settled: threading.Event | None = None,
 ) -> RunSummary:
     """Run the whole job; raise a :class:`PipelineError` on failure.
 
-    The output is checked (no input in it, no foreign files) and leased before its state
+    The output is checked (:mod:`pipeline.output_safety`); one committed with this config
+    is left as it is (status ``already_committed``). Otherwise it is leased before its state
     is read, so two jobs on one output never both write; the lease is held until the job
     ends, committed or not. From here on every failure pushes status ``failed`` and, once
     the output is held, writes a run summary; a job refused because another holds the
-    output reports nothing (the holder reports for this pipeline).
+    output reports nothing (the holder reports for this pipeline). ``settled``: see :class:`_Run`.
     """
     check_architecture(config.model.name)  # a config error: refused before anything is reported
+    overwrite = overwrite or config.output.mode == "overwrite"
     run = _Run(
         config,
         registry or CollectorRegistry(),
@@ -176,9 +182,14 @@ def run_job(
     stream = progress_stream or STDERR.stream()
     show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
     run.display = Display(stream, enabled=show)
+    run.settled = settled or run.settled
     try:
         location = output.OutputLocation.open(config.output.uri, config.storage)
-        output.check_safe_target(location, config.input.uri)
+        done = output_safety.check_before_lease(location, config, overwrite=overwrite)
+        if done is not None:  # nothing written there, nothing pushed: the committed run reported itself
+            run.summary, run.report = RunSummary.of_commit(done, location.uri), False
+            run.finish()
+            return run.summary
         lease = Lease.acquire(location, config.output.lease_seconds)
     except Exception as exc:
         run.report = not isinstance(exc, OutputInUseError)
@@ -190,20 +201,15 @@ def run_job(
     with lease:
         run.location = location
         try:
-            _run_leased(
-                run,
-                location,
-                lease,
-                overwrite=overwrite or config.output.mode == "overwrite",
-            )
+            _run_leased(run, location, lease, overwrite=overwrite)
         except Exception as exc:
             error = run.failed(exc)
             if error is exc:
                 raise
             raise error from exc
         except (RunInterrupted, KeyboardInterrupt) as exc:
-            run.interrupted(exc)
-            raise
+            if run.interrupted(exc):
+                raise
         finally:
             run.finish()
     return run.summary
@@ -270,6 +276,7 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     series = run.series.as_dict() if run.series is not None else None
     commit_run(run.config, run.summary, run.held(), spec, result, plan, config_hash, run.started_wall, series)
     summary.status = "succeeded"  # only now: the manifest is written and read back
+    run.settled.set()
     summary.timings["committed"] = time.monotonic() - run.started
     if config.output.report:  # after the commit: a report that fails only logs a warning
         from pipeline.report import write_after_commit

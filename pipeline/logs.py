@@ -16,9 +16,13 @@ import math
 import numbers
 import os
 import sys
+import tempfile
 import threading
+import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
@@ -153,16 +157,40 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     )
 
 
-def say_error(message: str, exit_code: int) -> None:
-    """The command's last line: ``error: ...`` for a person, a JSON error line for a collector."""
+def say_error(message: str, exit_code: int, traceback_file: str | None = None) -> None:
+    """The command's last line: ``error: ...`` for a person, a JSON error line for a collector.
+
+    ``traceback_file`` (an unforeseen error): the JSON line carries the file's path and the
+    traceback itself, since a pod's files go with it; a person gets the path in ``message``.
+    """
     renders_json = structlog.is_configured() and isinstance(
         structlog.get_config()["processors"][-1], structlog.processors.JSONRenderer
     )
     if renders_json:
-        get_logger(stage="driver").error(message, exit_code=exit_code)
+        extra: dict[str, str] = {}
+        if traceback_file is not None:
+            extra = {"traceback_file": traceback_file, "traceback": _read_text(traceback_file)}
+        get_logger(stage="driver").error(message, exit_code=exit_code, **extra)
     else:
         STDERR.write(f"error: {message}\n")
     STDERR.flush()
+
+
+def save_traceback(exc: BaseException) -> Path:
+    """Write ``exc``'s traceback (secrets masked) to a new file in the temporary folder; its path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    text = "".join(traceback.format_exception(exc))
+    fd, name = tempfile.mkstemp(prefix=f"pipeline-error-{stamp}-", suffix=".log")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(scrub(text, secret_values(os.environ)))
+    return Path(name)
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        return f"(not readable: {exc})"
 
 
 def get_logger(**bound: Any) -> Any:

@@ -1,9 +1,10 @@
 """Building a torchvision classifier (or the embedder inside it) and loading weights we can trust.
 
 Weights come from a local path or any fsspec URI (``s3://...``), as safetensors or
-as a torch file loaded with ``weights_only=True`` (never arbitrary pickle). An
-optional sha256 pin refuses a file that changed. Preprocessing parameters and
-labels follow the chosen architecture's documented default weights.
+as a torch file loaded with ``weights_only=True`` (never arbitrary pickle), however the
+training loop saved them (:mod:`pipeline.checkpoints`). An optional sha256 pin refuses a
+file that changed. Preprocessing parameters and labels follow the chosen architecture's
+documented default weights.
 
 ``model.task: embed`` takes the vector the classifier's final Linear receives: that
 Linear becomes an identity, so the model returns its input (:func:`final_linear`).
@@ -13,11 +14,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pipeline import checkpoints
 from pipeline.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
@@ -134,49 +134,6 @@ def _read_uri(uri: str, storage_config: StorageConfig | None) -> bytes:
         raise ModelError(f"model weights at {uri} could not be read: {storage.describe(exc)}") from exc
 
 
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _refusal(uri: str, message: str) -> str:
-    """Why a torch file was refused, and what to do; a pickled whole model named as such."""
-    found = _UNSUPPORTED_GLOBAL.search(message)
-    if found and found.group(1).startswith(("torchvision.models.", "torch.nn.")):
-        return (
-            f"{uri} holds a whole pickled model ({found.group(1)}), not a state dict: loading it "
-            "would run code from the file, so it is refused. Save its weights instead, with "
-            "torch.save(model.state_dict(), 'weights.pth') or safetensors.torch.save_file("
-            "model.state_dict(), 'weights.safetensors'), and point model.weights at that file "
-            "(docs/weights.md)"
-        )
-    detail = found.group(0) if found else _ANSI.sub("", message).strip().splitlines()[0]
-    return (
-        f"{uri} could not be loaded as a torch state dict with weights_only=True "
-        f"(arbitrary pickles are refused): {detail}"
-    )
-
-
-def _load_state_dict(blob: bytes, uri: str) -> dict[str, torch.Tensor]:
-    import torch
-
-    if blob[:8] and uri.endswith(".safetensors"):
-        from safetensors.torch import load as load_safetensors
-
-        try:
-            return load_safetensors(blob)
-        except Exception as exc:
-            raise ModelError(f"{uri} is not a valid safetensors file: {exc}") from exc
-    try:
-        loaded = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(_refusal(uri, str(exc))) from exc
-    if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ModelError(f"{uri} does not hold a state dict of tensors")
-    return loaded
-
-
 def resolve_spec(
     model: ModelConfig, preprocess: PreprocessConfig, storage_config: StorageConfig | None = None
 ) -> tuple[ModelSpec, dict[str, torch.Tensor] | None]:
@@ -211,8 +168,8 @@ def resolve_spec(
                 f"config key 'model.sha256': weights at {model.weights} have sha256 {digest}, "
                 f"expected {model.sha256.lower()}; refusing to load them"
             )
-        state_dict = _load_state_dict(blob, model.weights)
-        build_model(model.name, model.num_classes, state_dict)  # fails here, not on the cluster
+        # Named as the architecture names them, and loaded once here: it fails here, not on the cluster.
+        state_dict = fit_weights(model, checkpoints.read_state_dict(blob, model.weights), model.weights)
     spec = ModelSpec(
         name=model.name,
         num_classes=model.num_classes,
@@ -287,14 +244,16 @@ def embedding_dim(name: str, num_classes: int) -> int:
     return found[1].in_features
 
 
-def build_model(
-    name: str, num_classes: int, state_dict: dict[str, torch.Tensor] | None, task: str = "classify"
-) -> torch.nn.Module:
-    """The architecture with the given weights (random init when ``state_dict`` is None), in eval mode.
+def fit_weights(
+    model: ModelConfig, state_dict: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` with the names ``model.name`` gives its tensors (``checkpoints.fit``), loaded once."""
+    module, head = _architecture(model.name, model.num_classes, model.task)
+    return _load(module, head, state_dict, model.name, model.num_classes, model.task, source)
 
-    ``task="embed"``: the final Linear (:func:`final_linear`) is an identity, so the model
-    returns the vector that Linear would have received.
-    """
+
+def _architecture(name: str, num_classes: int, task: str) -> tuple[torch.nn.Module, str | None]:
+    """The architecture, random init, and its final Linear's name (for ``embed``: an identity there)."""
     import torch
     import torchvision
 
@@ -302,22 +261,49 @@ def build_model(
         module = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     except (ValueError, TypeError) as exc:
         raise ModelError(f"cannot build torchvision model {name!r}: {exc}") from exc
-    if state_dict is not None:
-        try:
-            module.load_state_dict(state_dict, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).split("\n\t")[0]
-            detail = "; ".join(line.strip() for line in str(exc).split("\n\t")[1:3])
-            raise ModelError(
-                f"checkpoint does not match architecture {name!r} with {num_classes} classes: "
-                f"{first} {detail}".strip()
-            ) from exc
-    found = final_linear(module, num_classes) if task == "embed" else None
-    if found is not None:
+    found = final_linear(module, num_classes)
+    if found is not None and task == "embed":
         parent, _, attribute = found[0].rpartition(".")
         setattr(module.get_submodule(parent), attribute, torch.nn.Identity())
+    return module, None if found is None else found[0]
+
+
+def _load(
+    module: torch.nn.Module,
+    head: str | None,
+    state_dict: dict[str, torch.Tensor],
+    name: str,
+    num_classes: int,
+    task: str,
+    source: str | None,
+) -> dict[str, torch.Tensor]:
+    fitted = checkpoints.fit(
+        state_dict,
+        module.state_dict(),
+        source=source,
+        architecture=f"architecture {name!r} with {num_classes} classes",
+        head=head,
+        drop_head=task == "embed",
+    )
+    module.load_state_dict(fitted, strict=True)
+    return fitted
+
+
+def build_model(
+    name: str, num_classes: int, state_dict: dict[str, torch.Tensor] | None, task: str = "classify"
+) -> torch.nn.Module:
+    """The architecture with the given weights (random init when ``state_dict`` is None), in eval mode.
+
+    ``task="embed"``: the final Linear (:func:`final_linear`) is an identity, so the model
+    returns the vector that Linear would have received (and weights without that Linear fit).
+    """
+    import torch
+
+    module, head = _architecture(name, num_classes, task)
+    if state_dict is not None:
+        _load(module, head, state_dict, name, num_classes, task, None)
     module.eval()
     for parameter in module.parameters():
-        parameter.requires_grad_(requires_grad=False)
+        parameter.requires_grad = False
     result: torch.nn.Module = module.to(torch.float32)
     return result

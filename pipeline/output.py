@@ -33,7 +33,14 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 
 from pipeline import redaction, storage
-from pipeline.errors import ConfigError, InputError, JobFailedError, OutputExistsError, StorageError
+from pipeline.errors import (
+    InputError,
+    JobFailedError,
+    OutputExistsError,
+    PipelineError,
+    ResumeRefusedError,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -257,34 +264,6 @@ def inspect(location: OutputLocation) -> RunState:
     return RunState(committed, started, has_data)
 
 
-def check_safe_target(location: OutputLocation, input_uri: str) -> None:
-    """Refuse an output that holds the input, or files this pipeline did not write.
-
-    Raised as a config error on ``output.uri`` before anything is written or deleted.
-    An empty or missing output, or one holding only this pipeline's files, is fine.
-    """
-    source = storage.normalise(input_uri)
-    out = location.uri
-    if source == out or source.startswith(out.rstrip("/") + "/"):
-        raise ConfigError(
-            "output.uri",
-            out,
-            f"it holds the input ({source}); writing there would mix predictions with the images "
-            "and --overwrite could delete them: choose a folder or prefix outside the input",
-        )
-    foreign = [name for name in location.list_files() if not is_own(name)]
-    if foreign:
-        examples = ", ".join(foreign[:FOREIGN_EXAMPLES]) + (
-            ", ..." if len(foreign) > FOREIGN_EXAMPLES else ""
-        )
-        raise ConfigError(
-            "output.uri",
-            out,
-            f"it holds {len(foreign)} file(s) this pipeline did not write ({examples}); choose an "
-            "empty folder or prefix (or one this pipeline wrote): nothing there was changed",
-        )
-
-
 def check_can_start(
     state: RunState, run_id: str | None, config_hash: str, *, overwrite: bool, carried: Sequence[str] = ()
 ) -> str | None:
@@ -294,15 +273,15 @@ def check_can_start(
     """
     if overwrite:
         return None
-    if state.committed is not None:
+    if state.committed is not None:  # committed between committed_here and the lease: say so
         raise OutputExistsError(
             f"output already holds committed run {state.committed.get('run_id')!r} "
-            f"(finished {state.committed.get('finished_at')}); nothing to do. "
-            "Pass --overwrite to run it again from scratch."
+            f"(committed {state.committed.get('committed_at')}) since this job started; nothing "
+            "was done. Pass --overwrite to run it again from scratch."
         )
     if state.started is None:
         if state.has_data:
-            raise OutputExistsError(
+            raise ResumeRefusedError(
                 f"output holds a {DATA_DIR}/ folder but no {RUN_STATE}: it was not written by this "
                 "pipeline, or by a run whose state is lost; choose another output.uri, or pass "
                 "--overwrite to delete it"
@@ -310,23 +289,31 @@ def check_can_start(
         return None
     previous = str(state.started.get("run_id"))
     if run_id is not None and run_id != previous:
-        raise OutputExistsError(
+        raise ResumeRefusedError(
             f"output holds unfinished run {previous!r}, not {run_id!r}; resume it with "
             f"--run-id {previous}, or pass --overwrite to discard it"
         )
     started = [item["name"] for item in state.started.get("passthrough_columns", [])]
     if state.started.get("config_hash") != config_hash and started != list(carried):
-        raise OutputExistsError(
+        raise ResumeRefusedError(
             f"output holds unfinished run {previous!r} whose parts carry the manifest columns "
             f"{started or 'none'}, not {list(carried) or 'none'} (input.passthrough_columns): one output "
             "cannot mix the two; resume with the same input.passthrough_columns, or pass --overwrite"
         )
     if state.started.get("config_hash") != config_hash:
-        raise OutputExistsError(
+        raise ResumeRefusedError(
             f"output holds unfinished run {previous!r} made with a different configuration; "
             "resume it with the same configuration, or pass --overwrite to discard it"
         )
     return previous
+
+
+def committed_by(location: OutputLocation, run_id: str) -> bool:
+    """Whether the output's ``_SUCCESS`` is run ``run_id``'s (a signal came once it was written)."""
+    try:
+        return location.read_json(MANIFEST).get("run_id") == run_id
+    except (FileNotFoundError, PipelineError):
+        return False
 
 
 def start_run(location: OutputLocation, uris: list[str], state: dict[str, Any]) -> None:

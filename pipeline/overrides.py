@@ -7,7 +7,8 @@ The way back too: a validation error becomes the dotted key it concerns (:func:`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
@@ -89,17 +90,43 @@ def apply(
     environ: Mapping[str, str],
     items: Sequence[str],
     flags: Mapping[str, Any],
-) -> None:
-    """Set into ``data``, later winning: the environment, ``--set`` items, then typed flags."""
+) -> dict[str, str]:
+    """Set into ``data``, later winning: the environment, ``--set`` items, then typed flags.
+
+    Returns the dotted keys whose value is the environment's, each with its variable's name.
+    """
+    from_env = {}
     for dotted, value in env_overrides(schema, environ):
         set_path(data, dotted, value, "environment")
+        from_env[dotted] = ENV_PREFIX + dotted.upper().replace(".", ENV_NESTING)
     for item in items:
         dotted, sep, text = item.partition("=")
         if not sep:
             raise ConfigError("--set", item, "expected section.key=value")
         set_path(data, dotted.strip(), parse_scalar(schema, dotted.strip(), text), "--set")
+        from_env.pop(dotted.strip(), None)
     for dotted, value in flags.items():
         set_path(data, dotted, value, "flag")
+        from_env.pop(dotted, None)
+    return from_env
+
+
+@contextmanager
+def naming_variables(from_env: Mapping[str, str]) -> Iterator[None]:
+    """A :class:`ConfigError` about a key the environment set names the variable (``apply``'s map)."""
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.key not in from_env:
+            raise
+        raise ConfigError(exc.key, exc.value, exc.allowed, variable=from_env[exc.key]) from None
+
+
+def yaml_problem(exc: Exception, path: str) -> str:
+    """A YAML error in one line: the file, where, and what (PyYAML's own spans several lines)."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{path}{where}: {problem or str(exc).splitlines()[0]}"
 
 
 def _field_path(schema: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[list[str], type[BaseModel]]:
@@ -133,7 +160,9 @@ def validation_error(schema: type[BaseModel], exc: ValidationError) -> ConfigErr
         return ConfigError(key, first.get("input"), f"unknown key; allowed keys here: {allowed}")
     key = ".".join(path)
     if first["type"] == "missing":
-        return ConfigError(key, None, "this key is required")
+        if path and path[-1] not in model.model_fields:  # a whole section: name its first key (input.uri)
+            key = f"{key}.{next(iter(model.model_fields))}"
+        return ConfigError(key, None, f"{key} is required")
     # A union field reports one error per member: say all of them.
     messages = [e["msg"] for e in errors if ".".join(_field_path(schema, e["loc"])[0]) == key]
     message = " or ".join(dict.fromkeys(m[:1].lower() + m[1:] for m in messages))

@@ -24,6 +24,7 @@ from pipeline.inference import InferenceSettings, auto_batch_size
 if TYPE_CHECKING:
     from pipeline.config import Config
     from pipeline.model import ModelSpec
+    from pipeline.preflight import Verdict
 
 # CPUs per decode task where resources.decode_num_cpus is left to decide, outside a local
 # CPU run (which sizes its light tasks below): one core decodes one image at a time.
@@ -205,14 +206,25 @@ def rounded(data: Any) -> Any:
     return data
 
 
-def print_plan(config: Config, *, sized: dict[str, Any] | None, as_json: bool = False) -> None:
-    """Print the resolved config, the inputs found, the stages as they would run and the sizing.
+def print_plan(
+    config: Config,
+    *,
+    sized: dict[str, Any] | None,
+    as_json: bool = False,
+    verdict: Verdict | None = None,
+    show_config: bool = False,
+) -> None:
+    """Print what the run will do (``verdict``), the inputs found, the stages as they would run, the sizing.
 
-    With ``as_json``, one JSON document holds all of it (the shape is in docs/deploy.md).
+    The resolved config with ``show_config``. With ``as_json``, one JSON document holds all of
+    it, the config included (the shape is in docs/deploy.md).
     """
     import ray
 
-    listing = storage.list_inputs(config.input, config.storage)
+    if verdict is not None and not as_json:
+        print("\n".join(verdict.lines(config)))
+    listing = verdict.listing if verdict is not None and verdict.listing is not None else None
+    listing = listing or storage.list_inputs(config.input, config.storage)
     found, inputs = f"{len(listing)}", len(listing)
     if listing.format != "files":  # shards: their records, where the footers say (parquet)
         from pipeline.shard_job import survey
@@ -234,6 +246,7 @@ def print_plan(config: Config, *, sized: dict[str, Any] | None, as_json: bool = 
     stages = rounded(_stages(config, plan, inputs))
     if as_json:
         document = {
+            "will_do": None if verdict is None else verdict.as_dict(),
             "config": config.to_dict(),
             "inputs_found": inputs,
             "input_format": listing.format,
@@ -244,8 +257,9 @@ def print_plan(config: Config, *, sized: dict[str, Any] | None, as_json: bool = 
         }
         print(json.dumps(document, indent=2))
         return
-    print("# resolved config")
-    print(dump_yaml(config))
+    if show_config:
+        print("# resolved config")
+        print(dump_yaml(config))
     print(f"# inputs found: {found}")
     print("# stages on this cluster " + json.dumps(cluster))
     print(json.dumps(stages, indent=2))

@@ -372,10 +372,22 @@ def storage_error(
 
 @contextmanager
 def translate_errors(action: str, uri: str, storage: StorageConfig | None = None) -> Iterator[None]:
-    """Turn failures of the wrapped storage calls (not ``FileNotFoundError``) into StorageError."""
+    """Turn failures of the wrapped storage calls into StorageError.
+
+    ``FileNotFoundError`` stays itself (a missing file is the caller's to judge), unless the
+    bucket is what is missing: then no call under that URI can work, and the error names it.
+    """
     try:
         yield
-    except (PipelineError, FileNotFoundError):
+    except FileNotFoundError as exc:
+        if response_code(exc)[0] != "NoSuchBucket":
+            raise
+        bucket = fs_path(uri).split("/", 1)[0]
+        raise StorageError(
+            f"cannot {action} {redact_url(uri)}{_endpoint_note(storage, uri)}: bucket {bucket!r} does "
+            "not exist; create it, or fix the URI"
+        ) from exc
+    except PipelineError:
         raise
     except Exception as exc:
         raise storage_error(action, uri, exc, storage) from exc

@@ -31,14 +31,32 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
+    @classmethod
+    def of_commit(cls, manifest: dict[str, Any], output_uri: str) -> RunSummary:
+        """A rerun's summary when the output holds this configuration's commit: its counts, nothing done."""
+        counts = manifest.get("counts", {})
+        return cls(
+            run_id=str(manifest.get("run_id")),
+            status="already_committed",
+            output_uri=output_uri,
+            task=str(manifest.get("model", {}).get("task") or "classify"),
+            inputs=int(counts.get("inputs", 0)),
+            succeeded=int(counts.get("succeeded", 0)),
+            failed=int(counts.get("failed", 0)),
+            failed_by_reason=dict(manifest.get("failed_by_reason", {})),
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
         return asdict(self)
 
     def render(self) -> str:
         """Human-readable lines for the console."""
+        status = self.status
+        if status == "already_committed":
+            status += " with this configuration: nothing to do, nothing written (--overwrite redoes it)"
         lines = [
-            f"run {self.run_id}: {self.status}",
+            f"run {self.run_id}: {status}",
             f"  output     {self.output_uri}",
             f"  task       {self.task}",
             f"  inputs     {self.inputs}"

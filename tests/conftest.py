@@ -74,6 +74,10 @@ def local_config(weights_file: Path) -> Callable[..., Config]:
             "model.weights": str(weights_file),
             "inference.precision": "fp32",
             "logging.progress": "off",
+            # The shared sample sets hold broken files on purpose (3 of 43 in sample_images, 7%),
+            # which these tests count; the failure budget's own tests set it, or pass None for
+            # the code's default.
+            "output.max_failure_fraction": 1.0,
         }
         items.update({key.replace("__", "."): value for key, value in overrides.items()})
         return load_config(None, [f"{k}={v}" for k, v in items.items() if v is not None], environ={})

@@ -126,7 +126,8 @@ def observed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedR
         config = {
             "job": {"name": PIPELINE},
             "input": {"uri": str(images)},
-            "output": {"uri": str(workdir / "out")},
+            # the 3 broken files (13%) are what the failure metrics count, not a reason to refuse
+            "output": {"uri": str(workdir / "out"), "max_failure_fraction": 1.0},
             # predictions are not the point here: random weights, a small model
             "model": {"name": "mobilenet_v3_small", "random_init": True},
             "inference": {"precision": "fp32"},

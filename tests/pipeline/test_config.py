@@ -80,6 +80,39 @@ class TestPrecedence:
         assert config.model.name == "resnet50"
 
 
+#: Keys the example sets to show their shape (a bucket, a weights file): the code has no such default.
+EXAMPLE_PLACEHOLDERS = {"input.uri", "model.weights", "output.uri"}
+
+
+def _leaves(data: dict, prefix: str = "") -> dict[str, object]:
+    """``{"section.key": value}`` of a nested mapping."""
+    found: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            found.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            found[f"{prefix}{key}"] = value
+    return found
+
+
+class TestDefaults:
+    def test_the_failure_budget_is_on_without_the_example(self, sample_images):
+        """A config that never names output.max_failure_fraction still fails a run above 5% failed rows."""
+        config = load_config(None, [f"input.uri={sample_images}", "model.random_init=true"], environ={})
+        assert config.output.max_failure_fraction == 0.05
+
+    def test_the_example_config_agrees_with_the_code_on_every_key(self):
+        """examples/config.yaml holds every key the code has, each at the code's own default."""
+        from pipeline.config import Config
+
+        example = yaml.safe_load((Path(__file__).parents[2] / "examples" / "config.yaml").read_text())
+        defaults = Config.model_validate({"input": {"uri": "-"}}).to_dict()
+        shown, code = _leaves(example), _leaves(defaults)
+        assert set(shown) == set(code)
+        differing = {key: (shown[key], code[key]) for key in code if shown[key] != code[key]}
+        assert set(differing) == EXAMPLE_PLACEHOLDERS, differing
+
+
 class TestErrors:
     @pytest.mark.parametrize(
         ("section", "key", "value", "expected"),
@@ -134,7 +167,7 @@ class TestErrors:
         path = tmp_path / "c.yaml"
         path.write_text("model: {random_init: true}\n")
         assert main(["config", "--config", str(path), "--show"]) == 2
-        assert "config key 'input': got None; this key is required" in capsys.readouterr().err
+        assert "config key 'input.uri': got None; input.uri is required" in capsys.readouterr().err
 
     def test_weights_or_random_init_required(self, config_file):
         """Random weights only when asked for explicitly."""
@@ -287,6 +320,60 @@ class TestTypedOverrides:
         )
 
 
+class TestSmallErrors:
+    def test_an_environment_override_error_names_the_variable(self, tmp_path):
+        """A bad value (or key) from the environment names the variable to fix, not only the dotted key."""
+        base = [f"input.uri={tmp_path}", "model.random_init=true"]
+        with pytest.raises(ConfigError) as bad:
+            load_config(None, base, environ={"PIPELINE_OUTPUT__ROWS_PER_FILE": "abc"})
+        assert str(bad.value).startswith("environment variable PIPELINE_OUTPUT__ROWS_PER_FILE")
+        assert "got 'abc'" in str(bad.value)
+        with pytest.raises(ConfigError, match=r"^environment variable PIPELINE_OUTPUT__URII .*unknown key"):
+            load_config(None, base, environ={"PIPELINE_OUTPUT__URII": "s3://b/out"})
+        with pytest.raises(ConfigError, match=r"^config key 'output.rows_per_file'"):  # --set wins, is named
+            load_config(
+                None, [*base, "output.rows_per_file=abc"], environ={"PIPELINE_OUTPUT__ROWS_PER_FILE": "9"}
+            )
+
+    def test_a_yaml_error_names_the_file_in_one_line(self, tmp_path):
+        """Broken YAML: one line naming the file, the line and the problem (no "<unicode string>")."""
+        path = tmp_path / "job.yaml"
+        path.write_text("input:\n  uri: /tmp\n model: x\n")
+        with pytest.raises(ConfigError) as bad:
+            load_config(path, environ={})
+        message = str(bad.value)
+        assert f"{path} line 3, column 2" in message
+        assert "<unicode string>" not in message
+        assert "\n" not in message
+
+    def test_set_only_without_an_input_says_input_uri_is_required(self, capsys):
+        """`pipeline run --set model.random_init=true`: the key to add is input.uri, not a section."""
+        assert main(["config", "--set", "model.random_init=true"]) == 2
+        assert "config key 'input.uri': got None; input.uri is required" in capsys.readouterr().err
+
+    def test_every_default_is_in_the_help(self, capsys):
+        """Each option with a default says it in --help (`pipeline demo --help` included)."""
+        from pipeline.cli import build_parser
+
+        commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+        for name, parser in commands.items():
+            formatter = parser.formatter_class(parser.prog)
+            for action in parser._actions:
+                if action.default in (None, False, [], "==SUPPRESS==") or not action.option_strings:
+                    continue
+                assert "default" in formatter._get_help_string(action), (name, action.dest)
+        with pytest.raises(SystemExit):
+            main(["demo", "--help"])
+        shown = " ".join(capsys.readouterr().out.split())
+        for default in (
+            "(default: 300)",
+            "(default: demo-output)",
+            "(default: resnet18)",
+            "(default: files)",
+        ):
+            assert default in shown
+
+
 class TestCliHabits:
     def test_config_without_arguments_is_a_usage_error_with_exit_2(self, capsys):
         """`pipeline config` alone says what it needs and exits 2, as documented for bad configs."""
@@ -326,7 +413,7 @@ class TestCliHabits:
                 main([name, "--help"])
             text = capsys.readouterr().out
             assert f"example:\n  pipeline {name}" in text, name
-            assert "6 job failed or cluster unreachable" in text, name
+            assert "\n    6  the Ray job failed" in text, name
             assert "``" not in text, name
         with pytest.raises(SystemExit):
             main(["bench", "--help"])

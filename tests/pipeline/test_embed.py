@@ -3,6 +3,7 @@ checked one by one against plain single-process torch on the same weights and cr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 from torch_oracle import reference_inputs, reference_model
 
 from pipeline import storage
+from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.inference import InferenceSettings, Predictor
@@ -224,7 +226,7 @@ class TestEmbedJob:
         assert all(row["reason"] and row["embedding"] is None for row in failed)
 
     def test_normalized_float16_rows_and_the_manifest(
-        self, ray_session, sample_images, make_config, tmp_path
+        self, ray_session, sample_images, make_config, tmp_path, capsys
     ):
         """normalize gives unit rows stored as float16; the manifest and summary name the task."""
         config = make_config(
@@ -247,3 +249,10 @@ class TestEmbedJob:
         assert manifest["config_hash"] == config.config_hash()
         assert summary.task == "embed"
         assert "embed" in summary.render()
+        # A real embed output compared with itself: every cosine 1 (was a DuckDB binder error on `label`).
+        capsys.readouterr()
+        assert main(["compare", config.output.uri, config.output.uri, "--json", "--min-agreement", "1"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert (doc["task"], doc["cosine"]["rows"], doc["agreement"]) == ("embed", 40, 1.0)
+        assert doc["cosine"]["min"] == pytest.approx(1.0, abs=1e-9)
+        assert doc["neighbours"] == {"sample": 40, "agreement": 1.0}

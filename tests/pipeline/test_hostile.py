@@ -13,7 +13,7 @@ from hostile_corpus import hostile_corpus
 from PIL import Image
 
 from pipeline.decode import DecodeSettings, decode, resize_and_crop
-from pipeline.errors import FailureBudgetExceededError, ModelError, OutputExistsError
+from pipeline.errors import FailureBudgetExceededError, ModelError, ResumeRefusedError
 from pipeline.job import run_job
 from pipeline.model import build_model
 from pipeline.output import DATA_DIR, MANIFEST
@@ -151,7 +151,7 @@ class TestHostileRun:
         message = str(refused.value)
         assert "--set output.max_failure_fraction=" in message
         assert "--overwrite" in message
-        with pytest.raises(OutputExistsError, match="different configuration"):
+        with pytest.raises(ResumeRefusedError, match="different configuration"):
             run_job(make_config(manifest, output__max_failure_fraction="1.0", model__name="resnet34"))
         summary = run_job(
             make_config(manifest, output__max_failure_fraction="1.0", inference__batch_size="2")
@@ -164,7 +164,7 @@ class TestHostileRun:
 class TestModelSafety:
     def test_pickled_code_is_refused(self, tmp_path):
         """A checkpoint that needs arbitrary unpickling is refused (weights_only)."""
-        from pipeline.model import _load_state_dict
+        from pipeline.checkpoints import read_state_dict
 
         class Payload:
             def __reduce__(self):
@@ -173,7 +173,7 @@ class TestModelSafety:
         path = tmp_path / "evil.pt"
         torch.save({"weights": Payload()}, path)
         with pytest.raises(ModelError, match="weights_only=True"):
-            _load_state_dict(path.read_bytes(), str(path))
+            read_state_dict(path.read_bytes(), str(path))
 
     def test_preprocessing_follows_the_named_weights(self):
         """ResNet-50 V1 weights were trained at resize 256, not the DEFAULT (V2) 232: model.preprocessing
@@ -226,12 +226,12 @@ class TestModelSafety:
         """torch.save(model), not its state dict: refused, named as such, with the fix; no colour codes."""
         import torchvision
 
-        from pipeline.model import _load_state_dict
+        from pipeline.checkpoints import read_state_dict
 
         path = tmp_path / "whole-model.pth"
         torch.save(torchvision.models.resnet18(), path)
         with pytest.raises(ModelError) as refused:
-            _load_state_dict(path.read_bytes(), str(path))
+            read_state_dict(path.read_bytes(), str(path))
         message = str(refused.value)
         assert "holds a whole pickled model (torchvision.models.resnet.ResNet)" in message
         assert "torch.save(model.state_dict(), 'weights.pth')" in message

@@ -9,7 +9,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipeline.cli import main
-from pipeline.errors import AgreementTooLowError, OutputNotCommittedError, StorageError
+from pipeline.errors import AgreementTooLowError, OutputNotCommittedError, OutputNotFoundError
 
 NOT_COMMITTED_EXIT = 8
 AGREEMENT_EXIT = 9
@@ -137,9 +137,32 @@ class TestInspectHandMade:
         assert "not committed" in err
         assert OutputNotCommittedError.exit_code == NOT_COMMITTED_EXIT
 
-    def test_nothing_at_the_uri_is_a_storage_error(self, tmp_path, capsys):
-        assert main(["inspect", str(tmp_path / "nowhere")]) == StorageError.exit_code
-        assert "nowhere" in capsys.readouterr().err
+    def test_nothing_at_the_uri_is_not_found_not_a_storage_error(self, tmp_path, capsys):
+        """A mistyped path exits 12 naming it, not 4 ("storage unreachable")."""
+        assert main(["inspect", str(tmp_path / "nowhere")]) == OutputNotFoundError.exit_code == 12
+        err = capsys.readouterr().err
+        assert "no output at" in err
+        assert "nowhere" in err
+        assert "unreachable" not in err
+
+
+class TestNormHistogram:
+    def test_unit_vectors_get_bins_whose_labels_differ(self, tmp_path, write_output, capsys):
+        """Norms within 1e-4 of 1 (normalize: true): each bin has its own label, not 1.000-1.000 ten times."""
+        import numpy as np
+
+        rng = np.random.default_rng(3)
+        rows = []
+        for index in range(20):
+            vector = rng.normal(size=4)
+            vector *= (1 + (index - 10) * 1e-5) / np.linalg.norm(vector)
+            rows.append({"row_id": f"r{index}", "status": "ok", "embedding": vector.tolist()})
+        root = write_output(tmp_path / "unit", rows, embedding_dim=4)
+        assert main(["inspect", str(root)]) == 0
+        text = capsys.readouterr().out
+        labels = [line.split()[0] for line in text.split("L2 norms")[1].splitlines()[1:11]]
+        assert len(set(labels)) == 10, labels
+        assert "1.000-1.000" not in text
 
 
 class TestCompare:
@@ -197,6 +220,17 @@ class TestCompare:
 
     def test_min_agreement_outside_0_1_is_a_usage_error(self, pair, capsys):
         assert main(["compare", *map(str, pair), "--min-agreement", "1.5"]) == 2
+
+    def test_the_overlap_is_named_for_the_labels_the_runs_kept(self, tmp_path, write_output, capsys):
+        """Runs with top_k 3: the overlap is said as top-3 (was always "top-5"), over those 3 labels."""
+        base = write_output(tmp_path / "b3", [_row("r0", ["cat", "dog", "cow"]), _row("r1", ["a", "b", "c"])])
+        new = write_output(tmp_path / "n3", [_row("r0", ["cat", "cow", "emu"]), _row("r1", ["a", "b", "c"])])
+        assert main(["compare", str(base), str(new)]) == 0
+        text = capsys.readouterr().out
+        assert "top-3 overlap 83.3%" in text  # (2/3 + 3/3) / 2
+        assert "top-5" not in text
+        assert main(["compare", str(base), str(new), "--json"]) == 0
+        assert _json(capsys)["overlap_k"] == 3
 
     def test_an_uncommitted_side_is_refused(self, pair, tmp_path, write_output, capsys):
         loose = write_output(tmp_path / "loose", NEW, commit=False)

@@ -19,9 +19,10 @@ import yaml
 
 from pipeline import storage
 from pipeline.cli import main
+from pipeline.compare import compare_outputs
 from pipeline.config import RESERVED_COLUMNS, InputConfig, StorageConfig, load_config
-from pipeline.errors import ConfigError, InputError, OutputExistsError
-from pipeline.inspect import compare_outputs, inspect_output
+from pipeline.errors import ConfigError, InputError, ResumeRefusedError
+from pipeline.inspect import inspect_output
 from pipeline.job import run_job
 from pipeline.output import DATA_DIR, FAILURES, MANIFEST, RUN_STATE, OutputLocation
 from pipeline.schema import reserved_columns
@@ -120,10 +121,8 @@ class TestCarriedColumns:
         compared = compare_outputs(config.output.uri, config.output.uri, config.storage)
         assert (compared["rows"]["in_both"], compared["top1_agreement"]) == (43, 1.0)
 
-    def test_csv_columns_arrive_as_pyarrow_infers_them(
-        self, ray_session, sample_images, make_config, tmp_path
-    ):
-        """A CSV manifest's columns get pyarrow's inferred types; empty number cells are null."""
+    def test_csv_columns_arrive_as_their_text(self, ray_session, sample_images, make_config, tmp_path):
+        """A CSV manifest's columns arrive as the text written (zero-padded codes kept); empty cells null."""
         uris = sorted(str(p) for p in sample_images.rglob("*") if p.is_file())
         lines = ["uri,key,zip,seen,score_ext,flag,note,blank"]
         for i, uri in enumerate(uris):
@@ -134,23 +133,15 @@ class TestCarriedColumns:
         names = ["key", "zip", "seen", "score_ext", "flag", "note", "blank"]
         config = make_config(path, input__passthrough_columns=json.dumps(names), model__task="embed")
         run_job(config)  # embed: the carried columns follow the embedding as they follow the top-k
-        inferred = pyarrow.csv.read_csv(path)
-        expected = pa.schema(
-            [
-                ("key", pa.int64()),
-                ("zip", pa.int64()),  # leading zeros lost: docs/storage.md says how to keep text
-                ("seen", pa.timestamp("ms")),  # CSV infers seconds; Parquet stores milliseconds
-                ("score_ext", pa.float64()),
-                ("flag", pa.bool_()),
-                ("note", pa.string()),
-                ("blank", pa.null()),
-            ]
+        text = pyarrow.csv.ConvertOptions(
+            column_types=dict.fromkeys(["uri", *names], pa.string()), strings_can_be_null=True
         )
-        assert [inferred.schema.field(f.name).type for f in expected if f.name != "seen"] == [
-            f.type for f in expected if f.name != "seen"
-        ]
+        written = pyarrow.csv.read_csv(path, convert_options=text)
+        expected = pa.schema([(name, pa.string()) for name in names])
         out = output_table(config)
-        assert_carried(out, inferred, names, expected)
+        assert_carried(out, written, names, expected)
+        zips = {row["uri"]: row["zip"] for row in out.to_pylist()}
+        assert zips[uris[7]] == "00007"  # not the number 7
         assert out.filter(pa.compute.is_null(out.column("key"))).num_rows == len(range(0, len(uris), 5))
         assert out.column_names[: -len(names)][-4:] == ["embedding", "model_name", "model_sha256", "run_id"]
 
@@ -285,6 +276,23 @@ class TestRefusals:
         assert listing.carried is not None
         assert listing.carried.column("k").to_pylist() == [1, 4]
 
+    def test_a_csv_manifests_columns_keep_their_text(self, tmp_path):
+        """CSV has no types: carried columns are the text as written (000999 stays 000999, not 999);
+        an empty cell is null, a quoted empty one an empty string."""
+        path = tmp_path / "m.csv"
+        path.write_text('uri,zip,key,note\na.jpg,000999,7,\nb.jpg,01234,,""\n')
+        listing = storage.list_inputs(
+            InputConfig(uri=str(path), passthrough_columns=["zip", "key", "note"]), StorageConfig()
+        )
+        assert listing.carried is not None
+        assert listing.carried.schema == pa.schema(
+            [("zip", pa.string()), ("key", pa.string()), ("note", pa.string())]
+        )
+        assert listing.carried.to_pylist() == [
+            {"zip": "000999", "key": "7", "note": None},
+            {"zip": "01234", "key": None, "note": ""},
+        ]
+
     def test_carried_columns_are_part_of_the_config_hash(self, tmp_path):
         """Other carried columns are another run (its parts' schema differs); none: the hash of old
         (test_config's pinned classification hash covers that)."""
@@ -312,7 +320,7 @@ class TestResumeRefusals:
             {"name": "title", "type": "string"},
         ]
         other = make_config(path, input__passthrough_columns='["item_id"]', input__limit=4)
-        with pytest.raises(OutputExistsError, match=r"carry the manifest columns \['item_id', 'title'\]"):
+        with pytest.raises(ResumeRefusedError, match=r"carry the manifest columns \['item_id', 'title'\]"):
             run_job(other)
         pq.write_table(manifest.set_column(1, "item_id", manifest["item_id"].cast(pa.string())), path)
         with pytest.raises(InputError, match="item_id int64 -> string"):

@@ -78,6 +78,27 @@ class TestCli:
                 assert credential.encode() not in get_bytes(s3, bucket, key), key
 
 
+class TestMissingBucket:
+    def test_a_missing_output_bucket_exits_4_naming_it(
+        self, moto, s3, sample_images, make_config, write_config
+    ):
+        """An output bucket that does not exist: exit 4 (storage), the bucket named, no traceback."""
+        missing = f"no-such-bucket-{secrets.token_hex(4)}"
+        config = make_config(
+            sample_images,
+            output__uri=f"s3://{missing}/preds",
+            storage__endpoint_url=moto.endpoint,
+            storage__region="us-east-1",
+        )
+        result = run_cli(write_config(config), job_environment(), timeout_s=120)
+        assert result.returncode == 4, result.stderr[-3000:]
+        error = json.loads(result.stderr.strip().splitlines()[-1])
+        assert f"bucket '{missing}' does not exist" in error["event"]
+        assert f"s3://{missing}/preds" in error["event"]
+        assert "Traceback" not in result.stderr
+        assert missing not in [bucket["Name"] for bucket in s3.list_buckets()["Buckets"]]
+
+
 class TestInputsAndWeightsOnS3:
     def test_unreachable_weights_store_exits_4(self, sample_images, make_config, write_config, tmp_path):
         """Weights on an S3 endpoint that does not answer: exit 4 with a one-line error, no traceback."""

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from storage_s3 import FAKE_SECRET_ACCESS_KEY, free_port, list_keys, read_json
 
-from pipeline import output, storage, verify
+from pipeline import output, output_safety, storage, verify
 from pipeline.config import StorageConfig
-from pipeline.errors import JobFailedError, OutputExistsError, StorageError
+from pipeline.errors import JobFailedError, OutputExistsError, ResumeRefusedError, StorageError
 
 RUN = "run-1"
 
@@ -81,15 +81,28 @@ class TestRunState:
         )
         state = output.inspect(location)
         assert output.check_can_start(state, None, "h", overwrite=False) == RUN
-        with pytest.raises(OutputExistsError, match="different configuration"):
+        with pytest.raises(ResumeRefusedError, match="different configuration") as caught:
             output.check_can_start(state, None, "other", overwrite=False)
-        with pytest.raises(OutputExistsError, match="--run-id run-1"):
+        assert caught.value.exit_code == 11
+        with pytest.raises(ResumeRefusedError, match="--run-id run-1"):
             output.check_can_start(state, "run-2", "h", overwrite=False)
+
+    def test_a_commit_of_this_config_is_found_and_another_refused(self, s3, bucket, location):
+        """Before the lease: the same config_hash is the committed run to report; another is exit 3."""
+        assert output_safety.committed_here(location, "h", strict=False) is None
+        manifest = {"run_id": RUN, "config_hash": "h", "committed_at": "t"}
+        s3.put_object(Bucket=bucket, Key="out/_SUCCESS", Body=json.dumps(manifest))
+        assert output_safety.committed_here(location, "h", strict=False) == manifest
+        with pytest.raises(OutputExistsError, match="with this configuration; --strict"):
+            output_safety.committed_here(location, "h", strict=True)
+        with pytest.raises(OutputExistsError, match="with a different configuration") as caught:
+            output_safety.committed_here(location, "other", strict=False)
+        assert caught.value.exit_code == 3
 
     def test_foreign_data_is_refused(self, s3, bucket, location):
         """Parts with no run state are not mixed into a new run."""
         s3.put_object(Bucket=bucket, Key="out/data/part-x-0.parquet", Body=b"x")
-        with pytest.raises(OutputExistsError, match=r"no _run\.json"):
+        with pytest.raises(ResumeRefusedError, match=r"no _run\.json"):
             output.check_can_start(output.inspect(location), None, "h", overwrite=False)
 
     def test_dead_endpoint_is_a_storage_error_quickly(self):

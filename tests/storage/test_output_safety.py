@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from storage_s3 import job_environment, list_keys, read_json, read_parts, upload_images
 
-from pipeline import output
+from pipeline import output, output_safety
 from pipeline.config import StorageConfig
 from pipeline.errors import ConfigError, InputError, ModelError, StorageError
 from pipeline.job import run_job
@@ -137,6 +137,50 @@ def race(config_path: Path, tmp_path: Path, env: dict[str, str] | None = None) -
     second = start_cli(config_path, logs[1], env)
     codes = [first.wait(timeout=600), second.wait(timeout=600)]
     return sorted(zip(codes, [log.read_text(errors="replace") for log in logs], strict=True))
+
+
+class TestNesting:
+    """An output inside its input, or an input inside its output, is refused: the next run over
+    that input would list the predictions (or the output would hold the images)."""
+
+    def test_output_inside_the_input_folder_is_refused_before_any_write(self, images, make_config):
+        """output.uri under the input folder: exit 2 naming both; nothing is created there."""
+        before = tree(images)
+        config = make_config(images, output__uri=str(images / "predictions"))
+        with pytest.raises(ConfigError, match=r"output\.uri.*inside the input") as caught:
+            run_job(config)
+        assert caught.value.exit_code == 2
+        assert str(images) in str(caught.value)
+        assert tree(images) == before
+        assert not (images / "predictions").exists()
+
+    def test_output_inside_the_input_through_a_symlink_is_refused(self, images, make_config, tmp_path):
+        """The input named through a symlink, the output under the real folder: still inside it."""
+        link = tmp_path / "photos"
+        link.symlink_to(images)
+        config = make_config(link, output__uri=str(images / "predictions"))
+        with pytest.raises(ConfigError, match="inside the input"):
+            run_job(config)
+        assert not (images / "predictions").exists()
+
+    def test_s3_output_inside_or_around_the_input_is_refused(self, s3, bucket, s3_config):
+        """The same rule for prefixes: output under the input prefix (s3a:// too), input under the output."""
+        upload_images(s3, bucket, "in", 2, broken=False)
+        before = list_keys(s3, bucket, "")
+        for output_uri in (f"s3://{bucket}/in/preds", f"s3a://{bucket}/in/preds/"):
+            with pytest.raises(ConfigError, match="inside the input"):
+                run_job(s3_config(bucket, output__uri=output_uri))
+        with pytest.raises(ConfigError, match="holds the input"):
+            run_job(
+                s3_config(bucket, input__uri=f"s3://{bucket}/in/shard-0", output__uri=f"s3://{bucket}/in")
+            )
+        assert list_keys(s3, bucket, "") == before
+
+    def test_a_sibling_prefix_sharing_the_name_is_not_inside(self, s3, bucket, s3_config):
+        """s3://b/in-preds is beside s3://b/in, not inside it: the rule is by path segment."""
+        config = s3_config(bucket, output__uri=f"s3://{bucket}/in-preds")
+        location = output.OutputLocation.open(config.output.uri, config.storage)
+        output_safety.check_safe_target(location, f"s3://{bucket}/in")
 
 
 class TestOneWriter:

@@ -86,15 +86,21 @@ class TestS3Job:
     def test_committed_run_is_refused_then_overwritten(
         self, ray_session, s3, bucket, s3_config, write_config, capfd, restore_logging
     ):
-        """Re-running a committed output exits 3 saying so; --overwrite redoes it under a new run id."""
+        """Re-running a committed output exits 0 writing no key, --strict exits 3 saying so;
+        --overwrite redoes it under a new run id."""
         uris = upload_images(s3, bucket, "in", 8, broken=False)
         config = s3_config(bucket)
         first = run_job(config)
         path = write_config(config)
+        keys = list_keys(s3, bucket, "out/")
         capfd.readouterr()
-        assert cli.main(["run", "--config", str(path)]) == 3
+        assert cli.main(["run", "--config", str(path)]) == 0
+        assert f"run {first.run_id}: already_committed" in capfd.readouterr().out
+        assert list_keys(s3, bucket, "out/") == keys
+        assert cli.main(["run", "--config", str(path), "--strict"]) == 3
         # The command's last stderr line (JSON off a terminal; the CLI writes it to fd 2).
-        assert f"committed run '{first.run_id}'" in capfd.readouterr().err.strip().splitlines()[-1]
+        assert f"holds run '{first.run_id}', committed" in capfd.readouterr().err.strip().splitlines()[-1]
+        assert list_keys(s3, bucket, "out/") == keys
         assert read_json(s3, bucket, "out/_SUCCESS")["run_id"] == first.run_id
         assert cli.main(["run", "--config", str(path), "--overwrite"]) == 0
         manifest = read_json(s3, bucket, "out/_SUCCESS")
