@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline import overrides as overrides_module
 from pipeline.errors import ConfigError
 from pipeline.input_checks import check_input
+from pipeline.worker_groups import WorkerGroup, check_declared
 
 Unit = Annotated[float, Field(ge=0, le=1)]  # a per-channel mean, on the 0-1 scale torchvision uses
 Spread = Annotated[float, Field(gt=0, le=1)]  # a per-channel standard deviation, same scale
@@ -222,6 +223,13 @@ class ResourcesConfig(_Section):
     max_actors: int | None = Field(default=None, ge=1)
     object_store_memory_bytes: int | None = Field(default=None, ge=75 * 1024 * 1024)
     stall_timeout_s: float = Field(default=600.0, gt=0)
+    # The groups the cluster declares, by name: with placement worker_groups the plan comes from
+    # them, never from the nodes up when the job starts (pipeline.worker_groups; the chart renders them).
+    worker_groups: dict[str, WorkerGroup] = Field(default_factory=dict)
+    # How long the driver waits for the first GPU worker it asked the autoscaler for: exit 10 after.
+    gpu_workers_timeout_s: float = Field(default=900.0, gt=0)
+    # After SIGTERM or SIGINT: how long batches in flight may take to finish and be written (exit then).
+    stop_grace_s: float = Field(default=20.0, gt=0)
 
 
 class LoggingConfig(_Section):
@@ -374,6 +382,8 @@ def _check_semantics(config: Config) -> None:
         allowed = f"must be <= resources.max_actors ({actors.max_actors})"
         raise ConfigError("resources.min_actors", actors.min_actors, allowed)
     check_input(config.input, RESERVED_COLUMNS)
+    if actors.placement == "worker_groups":
+        check_declared(actors, config.inference.device)
     preprocess = config.preprocess
     if preprocess.crop_size and preprocess.resize_size and preprocess.crop_size > preprocess.resize_size:
         raise ConfigError(

@@ -16,7 +16,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline import sizing, storage
+from pipeline import sizing, storage, worker_groups
 from pipeline.config import dump_yaml
 from pipeline.decode import DecodeSettings
 from pipeline.inference import InferenceSettings, auto_batch_size
@@ -86,6 +86,7 @@ class ResourcePlan:
     parallel_calls: bool
     torch_threads: int | None
     rows_per_file: int
+    inference_group: str | None = None  # the declared worker group the actors run in (worker_groups)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for printing and the manifest."""
@@ -93,19 +94,31 @@ class ResourcePlan:
 
 
 def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
-    """Size the stages for the cluster the driver sees."""
+    """Size the stages: for the declared worker groups, or for the local cluster the driver sees.
+
+    With ``resources.placement: worker_groups``, ``cluster`` is not read: what the nodes up at
+    this moment hold says nothing of what the groups scale to (a GPU group scaled to zero has
+    no GPU yet, and ``auto`` must still mean CUDA there).
+    """
     res = config.resources
-    cpus = float(cluster.get("CPU", 0))
-    gpus = float(cluster.get("GPU", 0))
+    groups = res.placement == "worker_groups"
+    inference = worker_groups.carrying(res.worker_groups, res.gpu_group_resource) if groups else {}
+    if groups:
+        cpus, gpus = worker_groups.totals(res.worker_groups)
+        inference_gpus = float(sum(group.gpus for group in inference.values()))
+    else:
+        cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+        inference_gpus = gpus
     device = config.inference.device
     if device == "auto":
-        device = "cuda" if gpus > 0 else "cpu"
-    groups = res.placement == "worker_groups"
+        device = "cuda" if inference_gpus > 0 else "cpu"
     local_cpu = not groups and device == "cpu" and cpus > 0
     actor_gpus = res.actor_num_gpus if res.actor_num_gpus is not None else (1.0 if device == "cuda" else 0.0)
     actor_cpus = res.actor_num_cpus if res.actor_num_cpus is not None else 1.0
     min_actors = res.min_actors or 1
-    max_actors = res.max_actors or min_actors
+    # Declared GPU groups: left to decide, one actor per GPU they can grow to.
+    reach = worker_groups.gpu_actor_reach(inference, actor_gpus) if groups and actor_gpus > 0 else 0
+    max_actors = res.max_actors or max(min_actors, reach)
     decode_cpus = res.decode_num_cpus if res.decode_num_cpus is not None else DECODE_NUM_CPUS
     if not groups and 0 < cpus < decode_cpus:
         decode_cpus = cpus  # the cluster has no more: a bigger decode task would never start
@@ -146,6 +159,7 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
         # between their calls, and with the light decode tasks (the CPU-only ideal in docs/benchmarks.md).
         torch_threads=max(1, int(cpus) // (max_actors * calls)) if local_cpu else None,
         rows_per_file=config.output.rows_per_file or part_rows(device, cpus),
+        inference_group=", ".join(inference) or None,
     )
 
 
@@ -179,12 +193,14 @@ def decode_settings(config: Config, spec: ModelSpec) -> DecodeSettings:
 def inference_settings(config: Config, plan: ResourcePlan) -> InferenceSettings:
     """Per-actor inference settings.
 
-    The device stays ``auto`` unless configured: the actor decides from what torch sees
-    on its node, so a GPU the cluster declares but the node lacks falls back to CPU.
+    On declared worker groups the actors use the plan's device: a GPU pod whose CUDA does not
+    work fails its actor loudly rather than running on its CPUs at a fraction of the speed.
+    Locally the device stays ``auto`` unless configured: the actor decides from what torch sees.
     """
     inf = config.inference
+    groups = config.resources.placement == "worker_groups"
     return InferenceSettings(
-        device=inf.device,
+        device=plan.inference_device if groups else inf.device,
         precision=inf.precision,
         batch_size=inf.batch_size,
         channels_last=inf.channels_last,
@@ -208,10 +224,9 @@ def rounded(data: Any) -> Any:
 def print_plan(config: Config, *, sized: dict[str, Any] | None, as_json: bool = False) -> None:
     """Print the resolved config, the inputs found, the stages as they would run and the sizing.
 
-    With ``as_json``, one JSON document holds all of it (the shape is in docs/deploy.md).
+    With ``as_json``, one JSON document holds all of it (the shape is in docs/deploy.md). On
+    declared worker groups no Ray cluster is asked: the plan comes from the declarations.
     """
-    import ray
-
     listing = storage.list_inputs(config.input, config.storage)
     found, inputs = f"{len(listing)}", len(listing)
     if listing.format != "files":  # shards: their records, where the footers say (parquet)
@@ -219,17 +234,8 @@ def print_plan(config: Config, *, sized: dict[str, Any] | None, as_json: bool = 
 
         inputs = survey(config, listing.format, listing.uris)[1] or len(listing)
         found = f"{inputs} records in {len(listing)} {listing.format} shards"
-    started = not ray.is_initialized()
-    if started:
-        address = config.resources.ray_address
-        ray.init(
-            address=address, include_dashboard=False, logging_level=logging.ERROR, configure_logging=False
-        )
-    try:
-        plan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
-    finally:
-        if started:
-            ray.shutdown()
+    declared = config.resources.placement == "worker_groups"
+    plan = plan_resources(config, {}) if declared else _plan_on_local_cluster(config)
     cluster = {"CPU": plan.cluster_cpus, "GPU": plan.cluster_gpus}
     stages = rounded(_stages(config, plan, inputs))
     if as_json:
@@ -247,10 +253,28 @@ def print_plan(config: Config, *, sized: dict[str, Any] | None, as_json: bool = 
     print("# resolved config")
     print(dump_yaml(config))
     print(f"# inputs found: {found}")
-    print("# stages on this cluster " + json.dumps(cluster))
+    where = "the declared worker groups at most replicas" if declared else "this cluster"
+    print(f"# stages on {where} " + json.dumps(cluster))
     print(json.dumps(stages, indent=2))
     if sized is not None:
         print("\n".join(sizing.render(sized)))
+
+
+def _plan_on_local_cluster(config: Config) -> ResourcePlan:
+    """The plan for the local cluster (``resources.ray_address``, or one started for the question)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        address = config.resources.ray_address
+        ray.init(
+            address=address, include_dashboard=False, logging_level=logging.ERROR, configure_logging=False
+        )
+    try:
+        return plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _stages(config: Config, plan: ResourcePlan, inputs: int) -> dict[str, Any]:

@@ -65,8 +65,9 @@ def test_no_import_cycle():
 
     for name in sorted(graph):
         visit(name, [])
-    assert graph["config"] <= {"errors", "overrides", "input_checks"}, graph["config"]
+    assert graph["config"] <= {"errors", "overrides", "input_checks", "worker_groups"}, graph["config"]
     assert graph["input_checks"] <= {"errors"}, graph["input_checks"]
+    assert graph["worker_groups"] <= {"errors"}, graph["worker_groups"]
     assert graph["overrides"] <= {"errors"}, graph["overrides"]
     assert graph["errors"] == set()
 
