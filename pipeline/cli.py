@@ -3,7 +3,7 @@
 Exit codes: 0 success, 2 bad config/input/model, 3 output already committed,
 4 storage unreachable, 5 too many failed rows, 6 job failed or cluster unreachable,
 7 output in use by another job, 8 output not committed (no _SUCCESS), 9 agreement
-below --min-agreement, 130/143 interrupted by SIGINT/SIGTERM.
+below --min-agreement, 10 no GPU worker joined in time, 130/143 interrupted by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations

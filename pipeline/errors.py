@@ -86,6 +86,16 @@ class ClusterUnreachableError(JobFailedError):
     """Raised when the configured Ray cluster does not answer within ``resources.connect_timeout_s``."""
 
 
+class GpuWorkersUnavailableError(PipelineError):
+    """Raised when no worker of the GPU group joins within ``resources.gpu_workers_timeout_s``.
+
+    The driver asked the autoscaler for one; the message names the group, what its pods
+    declare and what was asked for. Nothing was classified.
+    """
+
+    exit_code = 10
+
+
 class OutputNotCommittedError(PipelineError):
     """Raised by ``pipeline inspect`` and ``compare`` for an output with parts but no ``_SUCCESS``.
 

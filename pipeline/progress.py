@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from pipeline.metrics import JobMetrics
 
 POLL_INTERVAL_S = 1.0
+# What the display shows for a phase (metrics.JOB_PHASES) whose name does not read as it is.
+PHASE_TEXT = {"starting_ray": "starting Ray", "waiting_for_gpu_workers": "waiting for GPU workers"}
 LOG_EVERY_S = 60.0
 SERIES_EVERY_S = 5.0  # one point of the progress series per this many seconds, at first
 SERIES_MAX_POINTS = 400  # then every other point is dropped and the spacing doubled
@@ -69,6 +71,25 @@ class ProgressTracker:
     def first_landed_at(self) -> float | None:
         """Wall-clock time the first batch landed (None before it did)."""
         return self.first[0] if self.first else None
+
+
+def phase_text(phase: str) -> str:
+    """How the display names a phase: ``waiting_for_gpu_workers`` -> "waiting for GPU workers"."""
+    return PHASE_TEXT.get(phase, phase.replace("_", " "))
+
+
+def start_tracker() -> Any:
+    """A :class:`ProgressTracker` actor on the driver's node.
+
+    Hard affinity: a lost worker node must not take the progress counts with it. A soft
+    affinity to a head with no CPUs put the tracker on a worker node.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    remote = ray.remote(num_cpus=0, scheduling_strategy=here)  # type: ignore[call-overload]  # stub omits node affinity
+    return remote(ProgressTracker).remote()
 
 
 class ProgressSeries:
@@ -200,11 +221,14 @@ def watch_write(
     total: int,
     metrics: JobMetrics,
     display: Display,
+    phase: Callable[[str], None],
     series: ProgressSeries | None = None,
 ) -> tuple[int, float]:
     """Run ``write_output`` in a thread; poll progress, push metrics, detect stalls and a lost lease.
 
-    Each poll's totals also go to ``series``. Returns the rows processed and the steady-state rate.
+    ``phase`` is told when the run enters ``starting_workers`` and ``writing`` (the first rows
+    landed). Each poll's totals also go to ``series``. Returns the rows processed and the
+    steady-state rate.
     """
     import ray
 
@@ -220,7 +244,7 @@ def watch_write(
     started = time.monotonic()
     last_change, last_done = started, -1
     writer.start()
-    display.phase("starting workers")
+    phase("starting_workers")
     done = 0
     try:
         while writer.is_alive():
@@ -236,6 +260,7 @@ def watch_write(
             rate = done / elapsed if elapsed > 0 else 0.0
             metrics.progress(done, total, rate, elapsed)
             if done and not display.counting:  # the first rows landed: start-up is over
+                phase("writing")
                 display.rows(total)
             display.update(done, rate)
             stalled = now - last_change if writer.is_alive() else 0.0

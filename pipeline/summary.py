@@ -29,6 +29,9 @@ class RunSummary:
     # Where the wall time went, in seconds from the start of run_job: Ray connected (or the
     # embedded cluster started), first classified batch, last part written, commit done.
     timings: dict[str, float] = field(default_factory=dict)
+    # The named phase the run was in when it ended (metrics.JOB_PHASES), and seconds in each.
+    phase: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -62,6 +65,10 @@ class RunSummary:
         ]
         if self.timings:
             lines.append("  timeline   " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        if self.phases:
+            lines.append("  phases     " + ", ".join(f"{k} {v:.1f}s" for k, v in self.phases.items()))
+        if self.status != "succeeded" and self.phase:
+            lines.append(f"  ended in   {self.phase}")
         if self.error:
             lines.append(f"  error      {self.error}")
         return "\n".join(lines)
