@@ -161,7 +161,7 @@ class OutputConfig(_Section):
     """Where the Parquet parts and the commit manifest go."""
 
     uri: str = "./output"
-    # None: decide, about a minute of work per part (pipeline.planning.part_rows).
+    # None: decide, about 15 s of work per part (pipeline.planning.part_rows).
     rows_per_file: int | None = Field(default=None, ge=1)
     mode: Literal["error", "overwrite"] = "error"
     max_failure_fraction: float = Field(default=1.0, ge=0.0, le=1.0)

@@ -118,7 +118,8 @@ class RunInterrupted(BaseException):  # a signal, like KeyboardInterrupt, not an
     the exit code is the shell's convention, 128 + the signal (130, 143).
     """
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, rows_done: int | None = None) -> None:
         self.signum = signum
         self.exit_code = 128 + signum
+        self.rows_done = rows_done  # rows the inference actors finished before the stop (None: unknown)
         super().__init__(f"interrupted by {signal.Signals(signum).name}")

@@ -7,7 +7,6 @@ inputs, and the model weights (checksum and architecture).
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from pipeline import __version__, input_manifest, output, shard_job, storage, verify
+from pipeline import __version__, input_manifest, output, shard_job, stopping, storage, verify
 from pipeline.cluster import configure_data_context, connect_ray, gpu_worker_requested, wait_for_gpu_workers
 from pipeline.commit import commit_run
 from pipeline.errors import JobFailedError, OutputInUseError, PipelineError, RunInterrupted
@@ -105,10 +104,11 @@ class _Run:
         return JobFailedError(self.summary.error)
 
     def interrupted(self, exc: BaseException) -> None:
-        """SIGINT or SIGTERM: say so, with the rows completely written by now.
+        """SIGINT or SIGTERM: say so, with the rows completely written by now (after the write's drain).
 
-        Ray is left up (shut down under Ray Data's threads, still writing, it ended the process
-        with exit 1); the CLI exits after the summary; the next run deletes parts in flight.
+        Ray is left up (shut down under Ray Data's threads, still writing if the grace ran out,
+        it ended the process with exit 1); the CLI exits after the summary; the next run
+        deletes parts in flight.
         """
         summary = self.summary
         if summary.status == "succeeded":  # committed before the signal came: it stays so
@@ -117,9 +117,10 @@ class _Run:
         summary.error = str(exc) or "interrupted"
         self.started_ray = False
         if self.location is not None and self.done_at_start is not None:
-            with contextlib.suppress(PipelineError):  # best effort: the next run recounts anyway
-                written = verify.rows_written(self.location)
-                summary.processed_this_run = max(0, written - self.done_at_start)
+            rows_done = exc.rows_done if isinstance(exc, RunInterrupted) else None
+            summary.processed_this_run, summary.unwritten_rows = stopping.rows_kept(
+                self.location, self.done_at_start, rows_done
+            )
 
     def stop_ray(self) -> None:
         """Shut down the cluster this run started (once)."""

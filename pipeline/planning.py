@@ -56,11 +56,13 @@ WRITE_NUM_CPUS = 0.25
 # Parts sized by time when output.rows_per_file is left to decide (part_rows): about
 # PART_SECONDS of the job's work, between MIN and MAX rows. A ResNet-50 classifies 7-21
 # images a second per core on the 2-core development machines (fp32 and bf16,
-# docs/benchmarks.md): 15 per core is the middle.
-PART_SECONDS = 60.0
+# docs/benchmarks.md): 15 per core is the middle. Small enough that a stop drains its open
+# part well inside resources.stop_grace_s, and a crash or a stop past its grace redoes at
+# most that much per write task (pipeline.stopping).
+PART_SECONDS = 15.0
 CPU_IMAGES_PER_SECOND_PER_CORE = 15.0
 MIN_ROWS_PER_FILE = 256
-MAX_ROWS_PER_FILE = 50_000
+MAX_ROWS_PER_FILE = 20_000
 
 
 @dataclass(frozen=True)
@@ -164,12 +166,12 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
 
 
 def part_rows(device: str, cpus: float) -> int:
-    """Rows per Parquet part when ``output.rows_per_file`` is left to decide: about a minute of work.
+    """Rows per Parquet part when ``output.rows_per_file`` is left to decide: about 15 s of work.
 
-    A part is written only once its rows are gathered, so an interrupt or a crash loses at
-    most about a part's worth per write task; big parts suit readers. On GPUs the cap
-    (MAX_ROWS_PER_FILE) is already under a minute: 10 s at 5,000 img/s, 50 s at 1,000. On
-    CPUs it is the expected rate (CPU_IMAGES_PER_SECOND_PER_CORE) times PART_SECONDS.
+    A part is written only once its rows are gathered, so a crash (or a stop whose grace runs
+    out) loses at most about a part's worth per write task; big parts suit readers. On GPUs
+    the cap (MAX_ROWS_PER_FILE): 4 s at 5,000 img/s, 20 s at 1,000. On CPUs it is the
+    expected rate (CPU_IMAGES_PER_SECOND_PER_CORE) times PART_SECONDS.
     """
     if device == "cuda":
         return MAX_ROWS_PER_FILE

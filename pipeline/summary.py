@@ -22,6 +22,8 @@ class RunSummary:
     failed: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     processed_this_run: int = 0
+    # After a stop: rows this attempt's actors finished that no part holds (the next run redoes them).
+    unwritten_rows: int = 0
     resumed: bool = False
     seconds: float = 0.0
     images_per_second: float = 0.0

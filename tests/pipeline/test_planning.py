@@ -170,15 +170,15 @@ class TestDeclaredGroups:
 
 
 class TestPartSize:
-    def test_parts_hold_about_a_minute_of_work_unless_set(self, tmp_path):
-        """Left to decide, a part is about a minute of the job's work, so an interrupt loses at most
-        that: 2 CPU cores at ~15 img/s each -> 1,800 rows; a GPU at its capped 50,000 (10 s at
-        5,000 img/s); many cores capped the same. output.rows_per_file, when set, wins."""
+    def test_parts_hold_about_fifteen_seconds_of_work_unless_set(self, tmp_path):
+        """Left to decide, a part is about 15 s of the job's work, so a crash loses at most that:
+        2 CPU cores at ~15 img/s each -> 450 rows; a GPU at its capped 20,000 (4 s at 5,000
+        img/s); many cores capped the same; never under 256. output.rows_per_file, when set, wins."""
         auto = _config(tmp_path)
-        assert plan_resources(auto, {"CPU": 2.0}).rows_per_file == 1800
-        assert plan_resources(auto, {"CPU": 16.0, "GPU": 1.0}).rows_per_file == 50_000
-        assert plan_resources(auto, {"CPU": 96.0}).rows_per_file == 50_000
-        assert plan_resources(auto, {"CPU": 0.1}).rows_per_file == 900
+        assert plan_resources(auto, {"CPU": 2.0}).rows_per_file == 450
+        assert plan_resources(auto, {"CPU": 16.0, "GPU": 1.0}).rows_per_file == 20_000
+        assert plan_resources(auto, {"CPU": 96.0}).rows_per_file == 20_000
+        assert plan_resources(auto, {"CPU": 0.1}).rows_per_file == 256
         assert plan_resources(_config(tmp_path, "output.rows_per_file=64"), {"CPU": 2.0}).rows_per_file == 64
 
 
