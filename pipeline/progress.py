@@ -263,7 +263,7 @@ def watch_write(
                     break
             request = stopping.requested()
         if request is not None:
-            _raise_stopped(request[0], tracker, writer, failure)
+            _raise_stopped(request[0], watch, writer, failure)
     except BaseException:
         # The write is abandoned (interrupt, stall, lost lease) or drained after a stop: what
         # Ray Data logs about it from here on is noise next to the cause.
@@ -304,15 +304,34 @@ class _Watch:
             return POLL_INTERVAL_S
         return max(0.0, min(POLL_INTERVAL_S, self.stop_at - time.monotonic()))
 
-    def poll(self, writing: bool) -> bool:
-        """Read the tracker: progress out, stall and lease checks; False once a stop's grace ran out."""
+    def counts(self) -> tuple[int, dict[str, int]] | None:
+        """The tracker's totals; None when, during a stop, Ray does not answer before the grace ends.
+
+        A signal to the whole process group (``kill -- -PGID``, GNU ``timeout``) stops the
+        embedded cluster's own processes too: the drain must not hang on them.
+        """
         import ray
 
+        ref = self.tracker.get.remote()
+        if self.stop_at is None:
+            totals: tuple[int, dict[str, int]] = ray.get(ref)
+            return totals
+        try:
+            totals = ray.get(ref, timeout=max(1.0, self.stop_at - time.monotonic()))
+        except ray.exceptions.RayError:
+            return None
+        return totals
+
+    def poll(self, writing: bool) -> bool:
+        """Read the tracker: progress out, stall and lease checks; False once a stop's grace ran out."""
         request = stopping.requested()
         if request is not None and self.stop_at is None:
             self.stop_at = request[1] + self.config.resources.stop_grace_s
             _stop(self.tracker, request[0], self.config.resources.stop_grace_s, self.last_done, self.phase)
-        ok, failed = ray.get(self.tracker.get.remote())
+        totals = self.counts()
+        if totals is None:
+            return False
+        ok, failed = totals
         done = ok + sum(failed.values())
         if self.series is not None:
             self.series.record(ok, done - ok)
@@ -346,18 +365,17 @@ def _stop(tracker: Any, signum: int, grace_s: float, done: int, phase: Callable[
 
 
 def _raise_stopped(
-    signum: int, tracker: Any, writer: threading.Thread, failure: list[BaseException]
+    signum: int, watch: _Watch, writer: threading.Thread, failure: list[BaseException]
 ) -> NoReturn:
     """Raise the interrupt a stop ends in, with the rows the actors finished by then."""
-    import ray
-
-    ok, failed = ray.get(tracker.get.remote())
+    totals = watch.counts()
+    done = watch.last_done if totals is None else totals[0] + sum(totals[1].values())
     log = logs.get_logger(stage="driver")
     if writer.is_alive():
         log.warning("resources.stop_grace_s ran out before the write drained: the part in flight is redone")
     elif failure:
         log.warning("the write failed while it drained", error=root_cause(failure[0]))
-    raise RunInterrupted(signum, rows_done=int(ok) + int(sum(failed.values())))
+    raise RunInterrupted(signum, rows_done=max(0, int(done)))
 
 
 def _stop_if_unhealthy(lease: Lease, stalled_s: float, timeout_s: float, done: int, total: int) -> None:

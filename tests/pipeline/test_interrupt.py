@@ -25,7 +25,7 @@ from pipeline import samples
 from pipeline.config import dump_yaml
 
 pytestmark = pytest.mark.slow
-IMAGES = 240
+IMAGES = 120
 BATCH = 4  # images per model call; the local plan runs one actor
 GRACE_S = 30.0
 EXIT_SLACK_S = 20.0  # the summary, the log flush and the process's exit after the grace, on a loaded machine
@@ -51,7 +51,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Job:
     """A `pipeline run` subprocess whose stderr (JSON lines) is read as it comes."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, *, own_group: bool = False) -> None:
         env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "run", "--config", str(config_path)],
@@ -59,6 +59,7 @@ class Job:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            start_new_session=own_group,  # its embedded Ray cluster's processes in the same group
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -104,10 +105,14 @@ def _parts(out: Path) -> dict[str, int]:
     return {p.name: pq.ParquetFile(p).metadata.num_rows for p in sorted((out / "data").glob("*.parquet"))}
 
 
-def _signal_and_wait(job: Job, signum: int) -> float:
-    """Send ``signum`` to the driver only (as Kubernetes signals the container's process); seconds to exit."""
+def _signal_and_wait(job: Job, signum: int, *, group: bool = False) -> float:
+    """Send ``signum`` to the driver (as Kubernetes signals a container's process), or to its whole
+    process group; seconds to exit."""
     signalled = time.monotonic()
-    job.process.send_signal(signum)
+    if group:
+        os.killpg(job.process.pid, signum)
+    else:
+        job.process.send_signal(signum)
     job.process.wait(timeout=GRACE_S + 120)
     return time.monotonic() - signalled
 
@@ -118,6 +123,7 @@ def _signal_and_wait(job: Job, signum: int) -> float:
         (signal.SIGTERM, 143, None),  # parts sized by the plan: nothing written before the stop
         (signal.SIGINT, 130, 24),  # small parts: some are written before the stop
     ],
+    ids=["SIGTERM", "SIGINT"],
 )
 def test_a_signal_drains_the_batches_in_flight_and_the_rerun_does_only_the_rest(
     signum, exit_code, rows_per_file, make_config, images, tmp_path
@@ -173,5 +179,19 @@ def test_a_stop_whose_grace_runs_out_exits_anyway(make_config, images, tmp_path)
     assert job.process.returncode == 143, stderr[-3000:]
     assert seconds < grace + EXIT_SLACK_S, f"exited {seconds:.1f}s after the signal"
     assert "resources.stop_grace_s ran out before the write drained" in stderr
+    summary = _summary(tmp_path / "out")
+    assert (summary["status"], summary["phase"]) == ("interrupted", "stopping")
+
+
+def test_a_sigterm_to_the_whole_process_group_still_exits_within_the_grace(make_config, images, tmp_path):
+    """SIGTERM to the process group also stops the embedded Ray: no hang, exit 143 at the grace, a summary."""
+    grace = 5.0
+    config_path = _config_file(make_config, images, tmp_path, resources__stop_grace_s=grace)
+    job = Job(config_path, own_group=True)
+    job.wait_for("phase", phase="writing")
+    seconds = _signal_and_wait(job, signal.SIGTERM, group=True)
+    stderr = job.stderr()
+    assert job.process.returncode == 143, stderr[-3000:]
+    assert seconds < grace + EXIT_SLACK_S, f"exited {seconds:.1f}s after the signal"
     summary = _summary(tmp_path / "out")
     assert (summary["status"], summary["phase"]) == ("interrupted", "stopping")
