@@ -61,7 +61,8 @@ class RunSummary:
             lines.append(f"  shards     {len(self.failed_shards)} could not be read:")
             lines += [f"    {item['uri']}: {item['reason']}: {item['error']}" for item in self.failed_shards]
         lines += [
-            f"  processed  {self.processed_this_run} this run{' (resumed)' if self.resumed else ''}",
+            f"  processed  {self.processed_this_run} this run{' (resumed)' if self.resumed else ''}"
+            + (f", {self.unwritten_rows} finished but not written (redone)" if self.unwritten_rows else ""),
             f"  seconds    {self.seconds:.1f}",
             f"  images/s   {self.images_per_second:.1f}",
         ]

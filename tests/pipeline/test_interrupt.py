@@ -126,7 +126,7 @@ def _signal_and_wait(job: Job, signum: int, *, group: bool = False) -> float:
     ids=["SIGTERM", "SIGINT"],
 )
 def test_a_signal_drains_the_batches_in_flight_and_the_rerun_does_only_the_rest(
-    signum, exit_code, rows_per_file, make_config, images, tmp_path
+    signum, exit_code, rows_per_file, make_config, images, tmp_path, reliability
 ):
     """The stop writes what the actors finished, exits 143/130 in the grace; the rerun redoes <= a batch."""
     config_path = _config_file(make_config, images, tmp_path, output__rows_per_file=rows_per_file)
@@ -163,6 +163,15 @@ def test_a_signal_drains_the_batches_in_flight_and_the_rerun_does_only_the_rest(
     assert committed["processed_this_run"] == IMAGES - kept  # nothing written is done again
     ids = pq.read_table(out / "data", columns=["row_id"]).column("row_id").to_pylist()
     assert len(ids) == len(set(ids)) == committed["counts"]["inputs"] == IMAGES
+    reliability.append(
+        {
+            "scenario": f"{signal.Signals(signum).name} during the write, then rerun",
+            "faults": 1,
+            "inputs": IMAGES,
+            "rows_lost": IMAGES - len(set(ids)),
+            "rows_duplicated": len(ids) - len(set(ids)),
+        }
+    )
 
 
 def test_a_stop_whose_grace_runs_out_exits_anyway(make_config, images, tmp_path):
