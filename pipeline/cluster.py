@@ -137,7 +137,7 @@ def wait_for_gpu_workers(config: Config, plan: ResourcePlan) -> None:
             groups = worker_groups.carrying(resources.worker_groups, resources.gpu_group_resource)
             named = ", ".join(worker_groups.describe(name, group) for name, group in groups.items())
             raise GpuWorkersUnavailableError(
-                f"no worker of the GPU group {named} joined within {timeout_s:g}s "
+                f"no worker of the GPU group {named or '(none declared)'} joined within {timeout_s:g}s "
                 f"(resources.gpu_workers_timeout_s); asked the autoscaler for {bundle} (one "
                 "inference actor). Look at the group's pods: pending for GPU quota or capacity, a "
                 "node pool that cannot scale, taints, image pulls"

@@ -99,10 +99,12 @@ def check_declared(resources: ResourcesConfig, device: str) -> None:
     if not with_gpus or gpus_per_actor <= 0 or (device == "cpu" and not actor_num_gpus):
         return  # CPU actors: their count is bound by the CPUs the cluster has, as locally
     reach = gpu_actor_reach(inference, gpus_per_actor)
+    held = ", ".join(describe(name, group) for name, group in inference.items())
+    if reach == 0:
+        raise ConfigError(KEY, sorted(inference), f"no actor of {gpus_per_actor:g} GPUs fits in {held}")
     for key, count in (
         ("resources.min_actors", resources.min_actors),
         ("resources.max_actors", resources.max_actors),
     ):
         if count is not None and count > reach:
-            held = ", ".join(describe(name, group) for name, group in inference.items())
             raise ConfigError(key, count, f"must be <= {reach}: the actors the GPU groups can hold ({held})")

@@ -161,6 +161,13 @@ class TestDeclaredGroups:
         ):
             _config(tmp_path, *DECLARED, "resources.max_actors=8")
 
+    def test_a_gpu_group_that_can_have_no_pod_is_refused(self, tmp_path):
+        """A GPU group of at most 0 pods could never host an actor: refused, not waited for."""
+        empty = GPU_GROUP.replace("max_replicas: 4", "max_replicas: 0")
+        groups = f"resources.worker_groups={{{CPU_GROUP}, {empty}}}"
+        with pytest.raises(ConfigError, match=r"resources\.worker_groups.*no actor of 1 GPUs fits"):
+            _config(tmp_path, "resources.placement=worker_groups", groups)
+
     def test_cuda_needs_a_group_with_gpus(self, tmp_path):
         """inference.device cuda where no inference group declares a GPU: refused before any work."""
         cpu_inference = "gpu: {cpus: 4, max_replicas: 2, resources: {gpu_group: 1000}}"
