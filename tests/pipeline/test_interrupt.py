@@ -177,9 +177,15 @@ def test_a_signal_drains_the_batches_in_flight_and_the_rerun_does_only_the_rest(
 def test_a_stop_whose_grace_runs_out_exits_anyway(make_config, images, tmp_path):
     """Batches in flight longer than resources.stop_grace_s: the run exits 143 at the grace, interrupted."""
     grace = 0.5
-    # One model call of 64 images on one thread takes seconds: longer than the grace.
+    # One model call at a time (max_actors set: one call per actor), of 64 images on one thread:
+    # when the first lands, the second has seconds to go, longer than the grace.
     config_path = _config_file(
-        make_config, images, tmp_path, inference__batch_size=64, resources__stop_grace_s=grace
+        make_config,
+        images,
+        tmp_path,
+        inference__batch_size=64,
+        resources__max_actors=1,
+        resources__stop_grace_s=grace,
     )
     job = Job(config_path)
     job.wait_for("phase", phase="writing")
