@@ -223,13 +223,9 @@ class ResourcesConfig(_Section):
     max_actors: int | None = Field(default=None, ge=1)
     object_store_memory_bytes: int | None = Field(default=None, ge=75 * 1024 * 1024)
     stall_timeout_s: float = Field(default=600.0, gt=0)
-    # The groups the cluster declares, by name: with placement worker_groups the plan comes from
-    # them, never from the nodes up when the job starts (pipeline.worker_groups; the chart renders them).
-    worker_groups: dict[str, WorkerGroup] = Field(default_factory=dict)
-    # How long the driver waits for the first GPU worker it asked the autoscaler for: exit 10 after.
-    gpu_workers_timeout_s: float = Field(default=900.0, gt=0)
-    # After SIGTERM or SIGINT: how long batches in flight may take to finish and be written (exit then).
-    stop_grace_s: float = Field(default=20.0, gt=0)
+    worker_groups: dict[str, WorkerGroup] = Field(default_factory=dict)  # declared: pipeline.worker_groups
+    gpu_workers_timeout_s: float = Field(default=900.0, gt=0)  # for the first GPU worker; exit 10 after
+    stop_grace_s: float = Field(default=20.0, gt=0)  # after SIGTERM/SIGINT: drain what is in flight
 
 
 class LoggingConfig(_Section):
@@ -382,8 +378,7 @@ def _check_semantics(config: Config) -> None:
         allowed = f"must be <= resources.max_actors ({actors.max_actors})"
         raise ConfigError("resources.min_actors", actors.min_actors, allowed)
     check_input(config.input, RESERVED_COLUMNS)
-    if actors.placement == "worker_groups":
-        check_declared(actors, config.inference.device)
+    check_declared(actors, config.inference.device)
     preprocess = config.preprocess
     if preprocess.crop_size and preprocess.resize_size and preprocess.crop_size > preprocess.resize_size:
         raise ConfigError(

@@ -22,7 +22,7 @@ from pipeline.lease import Lease
 from pipeline.logs import STDERR, bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
 from pipeline.model import ModelSpec, check_architecture, resolve_spec
-from pipeline.progress import Display, ProgressSeries, phase_text, start_tracker, watch_write
+from pipeline.progress import Display, ProgressSeries, start_tracker, watch_write
 from pipeline.summary import RunSummary
 
 if TYPE_CHECKING:
@@ -91,9 +91,8 @@ class _Run:
         self.phase_at = now
         if name is not None:
             self.summary.phase = name
-            self.display.phase(phase_text(name))
+            self.display.phase(name)
             self.job_metrics().set_phase(name)  # pipeline_job_phase, pushed at once
-            get_logger(run_id=self.summary.run_id, stage="driver").info("phase", phase=name)
 
     def failed(self, exc: Exception) -> PipelineError:
         """Record why the run failed; the error to raise (an unexpected one as :class:`JobFailedError`)."""
@@ -117,10 +116,8 @@ class _Run:
         summary.error = str(exc) or "interrupted"
         self.started_ray = False
         if self.location is not None and self.done_at_start is not None:
-            rows_done = exc.rows_done if isinstance(exc, RunInterrupted) else None
-            summary.processed_this_run, summary.unwritten_rows = stopping.rows_kept(
-                self.location, self.done_at_start, rows_done
-            )
+            kept = stopping.rows_kept(self.location, self.done_at_start, exc)
+            summary.processed_this_run, summary.unwritten_rows = kept
 
     def stop_ray(self) -> None:
         """Shut down the cluster this run started (once)."""

@@ -179,9 +179,11 @@ class Display:
             logs.STDERR.above = lambda text: console.print(Text(text.rstrip("\n")))
         return self._progress
 
-    def phase(self, text: str) -> None:
-        """Show a named step that has no row count (start-up, verification, commit)."""
+    def phase(self, name: str) -> None:
+        """Show a named phase (metrics.JOB_PHASES) that has no row count; off a terminal, log it."""
+        text = phase_text(name)
         if not self.enabled:
+            logs.get_logger(stage="driver").info("phase", phase=name)
             return
         progress = self._start()
         if self._rows is not None:

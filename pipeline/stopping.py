@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, RunInterrupted
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -76,14 +76,16 @@ def stop_requested(tracker: Any) -> bool:
     return bool(ray.get(tracker.stopping.remote()))
 
 
-def rows_kept(location: OutputLocation, done_at_start: int, rows_done: int | None) -> tuple[int, int]:
+def rows_kept(location: OutputLocation, done_at_start: int, stop: BaseException) -> tuple[int, int]:
     """After a stop: rows this attempt wrote, and rows its actors finished that no part holds.
 
-    The second is what the next run redoes; ``rows_done`` is the tracker's count (None: not
-    known, 0 is said). Best effort: a store that fails here leaves (0, 0); the next run recounts.
+    The second is what the next run redoes, from the tracker's count the drain put on the
+    :class:`RunInterrupted` (0 when unknown: a KeyboardInterrupt, a signal outside the write).
+    Best effort: a store that fails here leaves (0, 0); the next run recounts anyway.
     """
     from pipeline import verify
 
+    rows_done = stop.rows_done if isinstance(stop, RunInterrupted) else None
     with contextlib.suppress(PipelineError):
         written = max(0, verify.rows_written(location) - done_at_start)
         return written, max(0, (rows_done or 0) - written)

@@ -69,8 +69,11 @@ def check_declared(resources: ResourcesConfig, device: str) -> None:
     """Refuse worker groups that cannot host the run (ConfigError naming the key), before any work.
 
     Each stage needs a group carrying its resource; GPU actors (``device``: ``inference.device``)
-    need GPUs in the inference groups, and no more actors than those GPUs hold.
+    need GPUs in the inference groups, and no more actors than those GPUs hold. Only with
+    ``resources.placement: worker_groups``; locally the groups are not read.
     """
+    if resources.placement != "worker_groups":
+        return
     groups, actor_num_gpus = resources.worker_groups, resources.actor_num_gpus
     cpu_resource, gpu_resource = resources.cpu_group_resource, resources.gpu_group_resource
     if not groups:

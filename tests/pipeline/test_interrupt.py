@@ -101,8 +101,18 @@ def _summary(out: Path) -> dict:
 
 
 def _parts(out: Path) -> dict[str, int]:
-    """Each part file under data/ and its rows."""
-    return {p.name: pq.ParquetFile(p).metadata.num_rows for p in sorted((out / "data").glob("*.parquet"))}
+    """Each completely written part under data/ (its checkpoint committed) and its rows.
+
+    Parts are ``part-<run>-<write>-<task>-<n>.parquet``; Ray Data commits the checkpoint
+    ``<part-run-write-task>.parquet`` once they are whole (a part being written may be empty).
+    """
+    checkpoints = (out / "_checkpoint").rglob("*.parquet")
+    whole = {p.name.removesuffix(".parquet") for p in checkpoints if not p.name.endswith(".pending.parquet")}
+    return {
+        p.name: pq.ParquetFile(p).metadata.num_rows
+        for p in sorted(out.glob("data/*.parquet"))
+        if p.name.rsplit("-", 1)[0] in whole
+    }
 
 
 def _signal_and_wait(job: Job, signum: int, *, group: bool = False) -> float:
@@ -135,11 +145,11 @@ def test_a_signal_drains_the_batches_in_flight_and_the_rerun_does_only_the_rest(
     first.wait_for("phase", phase="writing")  # the first rows landed: work is in flight
     if rows_per_file:
         deadline = time.monotonic() + 300
-        while not (out / "data").exists() or not _parts(out):
+        while not _parts(out):
             assert first.process.poll() is None, first.stderr()[-3000:]
             assert time.monotonic() < deadline, "no part was written"
             time.sleep(0.1)
-    before = _parts(out) if (out / "data").exists() else {}
+    before = _parts(out)
 
     seconds = _signal_and_wait(first, signum)
     stderr = first.stderr()
@@ -152,6 +162,7 @@ def test_a_signal_drains_the_batches_in_flight_and_the_rerun_does_only_the_rest(
     kept, after = summary["processed_this_run"], _parts(out)
     assert kept > 0, "a stop during the write keeps what the actors finished"
     assert kept == sum(after.values())  # the summary's count is the rows in the parts
+    assert sorted(after) == sorted(p.name for p in out.glob("data/*.parquet"))  # every part is whole
     assert before.items() <= after.items()  # parts written before the signal are untouched
     assert not list((out / "_checkpoint").rglob("*.pending.parquet")), "a part was left half written"
     assert 0 <= summary["unwritten_rows"] <= BATCH  # one actor: at most one batch to redo
