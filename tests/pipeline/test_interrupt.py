@@ -9,6 +9,7 @@ resumes and redoes at most one batch per actor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.slow
 IMAGES = 120
 BATCH = 4  # images per model call; the local plan runs one actor
 GRACE_S = 30.0
-EXIT_SLACK_S = 20.0  # the summary, the log flush and the process's exit after the grace, on a loaded machine
+EXIT_SLACK_S = 60.0  # the summary, the log flush and the process's exit after the grace, on a loaded machine
 # A pace slow enough that rows are in flight when the signal comes: small model calls on one
 # thread each, JSON logs to follow the run's phases.
 PACE = {
@@ -51,7 +52,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Job:
     """A `pipeline run` subprocess whose stderr (JSON lines) is read as it comes."""
 
-    def __init__(self, config_path: Path, *, own_group: bool = False) -> None:
+    def __init__(self, config_path: Path) -> None:
         env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "run", "--config", str(config_path)],
@@ -59,7 +60,7 @@ class Job:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
-            start_new_session=own_group,  # its embedded Ray cluster's processes in the same group
+            start_new_session=True,  # its own process group, with its embedded Ray cluster's processes
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -86,6 +87,23 @@ class Job:
     def stderr(self) -> str:
         self._reader.join(timeout=30)
         return "".join(self.lines)
+
+
+@pytest.fixture
+def start_job():
+    """Start `pipeline run` jobs; one still running at teardown (a failed test) is killed with its group."""
+    jobs: list[Job] = []
+
+    def start(config_path: Path) -> Job:
+        jobs.append(Job(config_path))
+        return jobs[-1]
+
+    yield start
+    for job in jobs:
+        if job.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.process.pid, signal.SIGKILL)
+            job.process.wait(timeout=60)
 
 
 def _config_file(make_config, images: Path, tmp_path: Path, **overrides: object) -> Path:
@@ -136,12 +154,12 @@ def _signal_and_wait(job: Job, signum: int, *, group: bool = False) -> float:
     ids=["SIGTERM", "SIGINT"],
 )
 def test_a_signal_drains_the_batches_in_flight_and_the_rerun_does_only_the_rest(
-    signum, exit_code, rows_per_file, make_config, images, tmp_path, reliability
+    signum, exit_code, rows_per_file, make_config, images, tmp_path, reliability, start_job
 ):
     """The stop writes what the actors finished, exits 143/130 in the grace; the rerun redoes <= a batch."""
     config_path = _config_file(make_config, images, tmp_path, output__rows_per_file=rows_per_file)
     out = tmp_path / "out"
-    first = Job(config_path)
+    first = start_job(config_path)
     first.wait_for("phase", phase="writing")  # the first rows landed: work is in flight
     if rows_per_file:
         deadline = time.monotonic() + 300
@@ -185,7 +203,7 @@ def test_a_signal_drains_the_batches_in_flight_and_the_rerun_does_only_the_rest(
     )
 
 
-def test_a_stop_whose_grace_runs_out_exits_anyway(make_config, images, tmp_path):
+def test_a_stop_whose_grace_runs_out_exits_anyway(make_config, images, tmp_path, start_job):
     """Batches in flight longer than resources.stop_grace_s: the run exits 143 at the grace, interrupted."""
     grace = 0.5
     # One model call at a time (max_actors set: one call per actor), of 64 images on one thread:
@@ -198,7 +216,7 @@ def test_a_stop_whose_grace_runs_out_exits_anyway(make_config, images, tmp_path)
         resources__max_actors=1,
         resources__stop_grace_s=grace,
     )
-    job = Job(config_path)
+    job = start_job(config_path)
     job.wait_for("phase", phase="writing")
     seconds = _signal_and_wait(job, signal.SIGTERM)
     stderr = job.stderr()
@@ -209,11 +227,13 @@ def test_a_stop_whose_grace_runs_out_exits_anyway(make_config, images, tmp_path)
     assert (summary["status"], summary["phase"]) == ("interrupted", "stopping")
 
 
-def test_a_sigterm_to_the_whole_process_group_still_exits_within_the_grace(make_config, images, tmp_path):
+def test_a_sigterm_to_the_whole_process_group_still_exits_within_the_grace(
+    make_config, images, tmp_path, start_job
+):
     """SIGTERM to the process group also stops the embedded Ray: no hang, exit 143 at the grace, a summary."""
     grace = 5.0
     config_path = _config_file(make_config, images, tmp_path, resources__stop_grace_s=grace)
-    job = Job(config_path, own_group=True)
+    job = start_job(config_path)
     job.wait_for("phase", phase="writing")
     seconds = _signal_and_wait(job, signal.SIGTERM, group=True)
     stderr = job.stderr()
