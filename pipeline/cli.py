@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import __version__, cli_outputs, logrelay, logs, sizing
+from pipeline import __version__, cli_outputs, logrelay, logs, sizing, stopping
 from pipeline.demo import demo_arguments
 from pipeline.errors import EXIT_CODES, ConfigError, PipelineError, RunInterrupted, UnexpectedError
 
@@ -220,15 +220,19 @@ def _configure_logging(config: Config, *, relay: bool = False) -> None:
 def _stop_cleanly_on_signals(settled: threading.Event, late: list[int]) -> None:
     """SIGINT (Ctrl-C) and SIGTERM (what Kubernetes sends first) stop the run cleanly, once.
 
-    The run then shuts Ray down, counts the rows it wrote, writes its summary and pushes
-    its status; further signals are ignored while it does (SIGKILL still ends it). Once
-    the run has ``settled`` (committed, or failed and reporting it), a signal only goes into
-    ``late``: the run finishes (summary, metrics, Ray's shutdown) with its own exit code.
+    During the write the first signal drains it (the batches in flight are finished and
+    written, at most resources.stop_grace_s: pipeline.stopping); elsewhere, or at a second
+    signal, the run stops at once. It then counts the rows it wrote, writes its summary and
+    pushes its status; further signals are ignored while it does (SIGKILL still ends it).
+    Once the run has ``settled`` (committed, or failed and reporting it), a signal only goes
+    into ``late``: the run finishes (summary, metrics, Ray's shutdown) with its own exit code.
     """
 
     def stop(signum: int, _frame: object) -> None:
         if settled.is_set():
             late.append(signum)
+            return
+        if stopping.note(signum):  # the write drains, then raises RunInterrupted itself
             return
         for name in (signal.SIGINT, signal.SIGTERM):
             signal.signal(name, signal.SIG_IGN)

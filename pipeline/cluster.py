@@ -13,21 +13,23 @@ import signal
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pipeline import storage
-from pipeline.errors import ClusterUnreachableError
+from pipeline import storage, worker_groups
+from pipeline.errors import ClusterUnreachableError, GpuWorkersUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from pipeline import output
     from pipeline.config import Config
+    from pipeline.planning import ResourcePlan
 
 # Ray keeps at most num_cpus idle workers and kills the rest after a second idle, so on a
 # small machine each read, decode and write task respawned a worker (about 1.5 CPU-seconds
 # of imports each, taken from the model). The embedded cluster keeps a few more.
 EMBEDDED_WORKERS_SOFT_LIMIT = 16
+GPU_WAIT_POLL_S = 1.0
 
 
 def connect_ray(config: Config) -> bool:
@@ -97,6 +99,61 @@ def wait_for_cluster(address: str, timeout_s: float) -> None:
                     "and that the head node is up"
                 ) from None
         time.sleep(1.0)
+
+
+def actor_bundle(plan: ResourcePlan) -> dict[str, float]:
+    """What one inference actor asks Ray for: its CPUs, GPUs and the inference group's resource."""
+    return {"CPU": plan.actor_num_cpus, "GPU": plan.actor_num_gpus, **plan.actor_resources}
+
+
+@contextlib.contextmanager
+def gpu_worker_requested(plan: ResourcePlan) -> Iterator[None]:
+    """While the block runs, ask the autoscaler for room for the first inference actor (a GPU worker).
+
+    Asked early, so the pod starts while the driver restores the checkpoint; withdrawn on exit
+    whatever happens: the actors' own demand then keeps the workers they run on, and a failed
+    run must not leave a GPU pod coming up after it. Without an autoscaler (a local cluster),
+    Ray only records the request. Nothing is asked when the actors need no GPU.
+    """
+    if plan.actor_num_gpus <= 0:
+        yield
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[actor_bundle(plan)])
+    try:
+        yield
+    finally:
+        request_resources(bundles=[])
+
+
+def wait_for_gpu_workers(config: Config, plan: ResourcePlan) -> None:
+    """Wait until a node can host an inference actor; exit 10 after ``resources.gpu_workers_timeout_s``."""
+    bundle, timeout_s = actor_bundle(plan), config.resources.gpu_workers_timeout_s
+    deadline = time.monotonic() + timeout_s
+    while not any(_fits(node["Resources"], bundle) for node in _alive_nodes()):
+        if time.monotonic() >= deadline:
+            resources = config.resources
+            groups = worker_groups.carrying(resources.worker_groups, resources.gpu_group_resource)
+            named = ", ".join(worker_groups.describe(name, group) for name, group in groups.items())
+            raise GpuWorkersUnavailableError(
+                f"no worker of the GPU group {named or '(none declared)'} joined within {timeout_s:g}s "
+                f"(resources.gpu_workers_timeout_s); asked the autoscaler for {bundle} (one "
+                "inference actor). Look at the group's pods: pending for GPU quota or capacity, a "
+                "node pool that cannot scale, taints, image pulls"
+            )
+        time.sleep(GPU_WAIT_POLL_S)
+
+
+def _alive_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return [node for node in ray.nodes() if node["Alive"]]  # type: ignore[no-untyped-call]
+
+
+def _fits(node: dict[str, float], bundle: dict[str, float]) -> bool:
+    """True when a node's total resources hold ``bundle`` (what it runs now does not matter)."""
+    return all(node.get(name, 0.0) >= amount for name, amount in bundle.items() if amount > 0)
 
 
 def configure_data_context(location: output.OutputLocation) -> None:

@@ -23,6 +23,7 @@ from pipeline import overrides as overrides_module
 from pipeline.errors import ConfigError
 from pipeline.input_checks import check_input
 from pipeline.push_auth import check_push_auth
+from pipeline.worker_groups import WorkerGroup, check_declared
 
 Unit = Annotated[float, Field(ge=0, le=1)]  # a per-channel mean, on the 0-1 scale torchvision uses
 Spread = Annotated[float, Field(gt=0, le=1)]  # a per-channel standard deviation, same scale
@@ -161,7 +162,7 @@ class OutputConfig(_Section):
     """Where the Parquet parts and the commit manifest go."""
 
     uri: str = "./output"
-    # None: decide, about a minute of work per part (pipeline.planning.part_rows).
+    # None: decide, about 15 s of work per part (pipeline.planning.part_rows).
     rows_per_file: int | None = Field(default=None, ge=1)
     mode: Literal["error", "overwrite"] = "error"
     # An output already committed with this same configuration (a scheduler's retry after
@@ -228,6 +229,9 @@ class ResourcesConfig(_Section):
     max_actors: int | None = Field(default=None, ge=1)
     object_store_memory_bytes: int | None = Field(default=None, ge=75 * 1024 * 1024)
     stall_timeout_s: float = Field(default=600.0, gt=0)
+    worker_groups: dict[str, WorkerGroup] = Field(default_factory=dict)  # declared: pipeline.worker_groups
+    gpu_workers_timeout_s: float = Field(default=900.0, gt=0)  # for the first GPU worker; exit 10 after
+    stop_grace_s: float = Field(default=20.0, gt=0)  # after SIGTERM/SIGINT: drain what is in flight
 
 
 class LoggingConfig(_Section):
@@ -389,6 +393,7 @@ def _check_semantics(config: Config) -> None:
         raise ConfigError("resources.min_actors", actors.min_actors, allowed)
     check_input(config.input, RESERVED_COLUMNS)
     check_push_auth(config.metrics)
+    check_declared(actors, config.inference.device)
     preprocess = config.preprocess
     if preprocess.crop_size and preprocess.resize_size and preprocess.crop_size > preprocess.resize_size:
         raise ConfigError(

@@ -31,12 +31,15 @@ EXIT_CODES: dict[int, str] = {
     8: "`inspect`, `compare`, `report`: the output is not committed (parts but no `_SUCCESS`)",
     9: "`compare --min-agreement X`: agreement below X (top-1 labels; for embeddings, the fraction "
     "of rows whose cosine is at least the threshold)",
+    10: "no worker of the GPU group joined within `resources.gpu_workers_timeout_s` (the message names "
+    "the group and what was asked); nothing was classified",
     11: "the output holds an unfinished run this one cannot resume (another configuration, run id or "
     "carried columns): resume it with its own, or pass `--overwrite`; nothing was written",
     12: "`inspect`, `compare`, `report`: nothing at the URI (neither `_SUCCESS` nor `data/`)",
     13: "an unexpected error (a bug): one line names it and the file holding its traceback",
-    130: "interrupted by SIGINT: the rows written are kept, the summary says how many, the same "
-    "command resumes",
+    130: "interrupted by SIGINT: during the write the batches in flight finish and are written first "
+    "(at most `resources.stop_grace_s`); the rows written are kept, the summary says how many, the "
+    "same command resumes",
     143: "interrupted by SIGTERM (likewise); a signal that comes after the commit exits 0",
 }
 UNEXPECTED_EXIT_CODE = 13
@@ -157,6 +160,16 @@ class OutputNotFoundError(PipelineError):
     exit_code = 12
 
 
+class GpuWorkersUnavailableError(PipelineError):
+    """Raised when no worker of the GPU group joins within ``resources.gpu_workers_timeout_s``.
+
+    The driver asked the autoscaler for one; the message names the group, what its pods
+    declare and what was asked for. Nothing was classified.
+    """
+
+    exit_code = 10
+
+
 class OutputNotCommittedError(PipelineError):
     """Raised by ``pipeline inspect`` and ``compare`` for an output with parts but no ``_SUCCESS``.
 
@@ -203,7 +216,8 @@ class RunInterrupted(BaseException):  # a signal, like KeyboardInterrupt, not an
     the exit code is the shell's convention, 128 + the signal (130, 143).
     """
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, rows_done: int | None = None) -> None:
         self.signum = signum
         self.exit_code = 128 + signum
+        self.rows_done = rows_done  # rows the inference actors finished before the stop (None: unknown)
         super().__init__(f"interrupted by {signal.Signals(signum).name}")

@@ -159,6 +159,7 @@ def build_dataset(
             "settings": decoding,
             "fetch_threads": config.preprocess.fetch_threads,
             "labels": labels,
+            "tracker": progress,
         },
     )
     settings = inference_settings(config, plan)

@@ -7,7 +7,6 @@ inputs, and the model weights (checksum and architecture).
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
 import time
@@ -16,15 +15,15 @@ from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from pipeline import __version__, input_manifest, output, output_safety, shard_job, storage, verify
-from pipeline.cluster import configure_data_context, connect_ray
+from pipeline import __version__, input_manifest, output, output_safety, shard_job, stopping, storage, verify
+from pipeline.cluster import configure_data_context, connect_ray, gpu_worker_requested, wait_for_gpu_workers
 from pipeline.commit import commit_run
 from pipeline.errors import OutputInUseError, PipelineError, RunInterrupted, as_pipeline_error
 from pipeline.lease import Lease
 from pipeline.logs import STDERR, bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
 from pipeline.model import ModelSpec, check_architecture, resolve_spec
-from pipeline.progress import Display, ProgressSeries, ProgressTracker, watch_write
+from pipeline.progress import Display, ProgressSeries, start_tracker, watch_write
 from pipeline.push_auth import auth_handler
 from pipeline.summary import RunSummary
 
@@ -70,6 +69,7 @@ class _Run:
     # Set once the outcome is decided (_SUCCESS read back, or a failure being reported): the
     # CLI's signal handler stops interrupting then, so the exit code agrees with the summary.
     settled: threading.Event = field(default_factory=threading.Event)
+    phase_at: float = 0.0  # when the current phase began (monotonic)
 
     def held(self) -> output.OutputLocation:
         """The output, while the job holds its lease."""
@@ -90,18 +90,29 @@ class _Run:
             )
         return self.metrics
 
+    def phase(self, name: str | None) -> None:
+        """Enter a named phase (None: the run ends in the one it is in): shown, logged, pushed, timed."""
+        now, current, phases = time.monotonic(), self.summary.phase, self.summary.phases
+        if current is not None:
+            phases[current] = phases.get(current, 0.0) + now - self.phase_at
+        self.phase_at = now
+        if name is not None:
+            self.summary.phase = name
+            self.display.phase(name)
+            self.job_metrics().set_phase(name)  # pipeline_job_phase, pushed at once
+
     def failed(self, exc: Exception) -> PipelineError:
         """Record why the run failed; the error to raise (:func:`~pipeline.errors.as_pipeline_error`)."""
         self.summary.error = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
         return as_pipeline_error(exc)
 
     def interrupted(self, exc: BaseException) -> bool:
-        """SIGINT or SIGTERM: say so, with the rows completely written by now; False if the run committed.
+        """SIGINT or SIGTERM: say so, with the rows written by now (after the drain); False if committed.
 
         A signal that came after this run's ``_SUCCESS`` was written (while it was read back)
         changes nothing: the run succeeded, and says so. Otherwise Ray is left up (shut down
-        under Ray Data's threads, still writing, it ended the process with exit 1); the CLI
-        exits after the summary; the next run deletes parts in flight.
+        under Ray Data's threads, still writing if the grace ran out, it ended the process with
+        exit 1); the CLI exits after the summary; the next run deletes parts in flight.
         """
         summary = self.summary
         if self.location is not None and output.committed_by(self.location, summary.run_id):
@@ -113,9 +124,8 @@ class _Run:
         summary.error = str(exc) or "interrupted"
         self.started_ray = False
         if self.location is not None and self.done_at_start is not None:
-            with contextlib.suppress(PipelineError):  # best effort: the next run recounts anyway
-                written = verify.rows_written(self.location)
-                summary.processed_this_run = max(0, written - self.done_at_start)
+            kept = stopping.rows_kept(self.location, self.done_at_start, exc)
+            summary.processed_this_run, summary.unwritten_rows = kept
         return True
 
     def stop_ray(self) -> None:
@@ -131,6 +141,7 @@ class _Run:
         self.settled.set()
         summary = self.summary
         summary.seconds = time.monotonic() - self.started
+        self.phase(None)
         self.display.close()
         try:
             if self.report:
@@ -226,7 +237,7 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     lease.name_run(run_id)
     bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
     log = get_logger(run_id=run_id, stage="driver")
-    run.display.phase("listing inputs")
+    run.phase("listing_inputs")
     listing = output.inputs_of_run(location, config.input, config.storage, run_id, resumed=resuming)
     uris, carried = listing.uris, listing.carried
     if resuming:  # parts written before hold the carried columns' types of the run's start
@@ -243,7 +254,7 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
         listing.empty_cells,
         location.uri,
     )
-    run.display.phase("loading model")
+    run.phase("loading_model")
     spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage)
     if spec.random_init:
         log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
@@ -258,7 +269,7 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
         output.start_run(location, uris, state)
     metrics = run.job_metrics()
     metrics.start(spec.name, __version__, len(uris))
-    run.display.phase("starting Ray")
+    run.phase("starting_ray")
     run.started_ray = connect_ray(config)
     summary.timings["ray_ready"] = time.monotonic() - run.started
     result, plan, summary.processed_this_run, summary.steady_images_per_second = _run_on_ray(
@@ -272,7 +283,7 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     summary.seconds = time.monotonic() - run.started
     summary.images_per_second = summary.processed_this_run / summary.seconds if summary.seconds else 0.0
     lease.check()  # a job that lost the output to another must not commit
-    run.display.phase("committing")
+    run.phase("committing")
     series = run.series.as_dict() if run.series is not None else None
     commit_run(run.config, run.summary, run.held(), spec, result, plan, config_hash, run.started_wall, series)
     summary.status = "succeeded"  # only now: the manifest is written and read back
@@ -301,8 +312,8 @@ def _run_on_ray(
     from pipeline.planning import plan_resources
 
     config, location, timings, uris = run.config, run.held(), run.summary.timings, listing.uris
-    run_id = run.summary.run_id
-    plan: ResourcePlan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
+    local = config.resources.placement == "local"  # else planned from the declared worker groups
+    plan = plan_resources(config, ray.cluster_resources() if local else {})  # type: ignore[no-untyped-call]
     log = get_logger(run_id=run.summary.run_id, stage="driver")
     log.info("resource plan", **plan.as_dict())
     configured = config.resources.decode_num_cpus
@@ -312,14 +323,21 @@ def _run_on_ray(
             configured=configured,
             used=plan.decode_num_cpus,
         )
-    run.display.phase("restoring checkpoint")
-    shards, sharded = None, listing.format != "files"
-    if sharded:  # the shards not completely written; their records are the work left
-        shards, run.done_at_start, total = shard_job.restore(config, location, uris, listing.format, run_id)
-        todo = uris if shards is not None else []
-    else:
-        todo = verify.restore_checkpoint(location, uris, run_id)  # inputs no committed part holds
-        run.done_at_start, total = len(uris) - len(todo), len(todo)
+    with gpu_worker_requested(plan):  # the GPU pods start while the checkpoint is read
+        run.phase("restoring_checkpoint")
+        shards, run_id = None, run.summary.run_id
+        if listing.format != "files":  # the shards not completely written; their records are the work left
+            shards, run.done_at_start, total = shard_job.restore(
+                config, location, uris, listing.format, run_id
+            )
+            todo = uris if shards is not None else []
+        else:
+            todo = verify.restore_checkpoint(location, uris, run_id)  # inputs no committed part holds
+            run.done_at_start, total = len(uris) - len(todo), len(todo)
+        if todo and plan.actor_num_gpus > 0:  # else nothing will run on a GPU: no worker to wait for
+            run.phase("waiting_for_gpu_workers")
+            wait_for_gpu_workers(config, plan)
+            timings["gpu_workers_ready"] = time.monotonic() - run.started
     run.summary.resumed = run.done_at_start > 0  # said only when rows are actually skipped
     processed, steady = 0, 0.0
     if todo:  # else every part was written before the last attempt stopped: only the commit is left
@@ -331,8 +349,8 @@ def _run_on_ray(
         if first_landed is not None:
             timings["first_batch"] = first_landed - run.started_wall
         timings["written"] = time.time() - run.started_wall
-    run.display.phase("verifying output")
-    if sharded:
+    run.phase("verifying")
+    if listing.format != "files":
         result = shard_job.tally(config, location, uris)
         run.summary.inputs, run.summary.failed_shards = result.rows, result.failed_shards
         return result, plan, processed, steady
@@ -357,18 +375,13 @@ def _write_with_progress(
     Returns the rows processed, the steady-state rate and when the first batch landed.
     """
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from pipeline.graph import build_dataset, write_parquet
 
     config, location, run_id = run.config, run.held(), run.summary.run_id
     todo, total = work
     configure_data_context(location)
-    # On the driver's node, hard: a lost worker node must not take the progress counts with
-    # it. A soft affinity to a head with no CPUs put the tracker on a worker node.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    remote = ray.remote(num_cpus=0, scheduling_strategy=here)  # type: ignore[call-overload]  # stub omits node affinity
-    tracker = remote(ProgressTracker).remote()
+    tracker = start_tracker()
     state_ref = ray.put(state_dict) if state_dict is not None else None
     # Once, each actor reads it. One chunk: take() of a 512-row batch from a 1M-row table took
     # 0.05 ms against 2 ms from the 8 chunks of the manifest's row groups.
@@ -395,6 +408,7 @@ def _write_with_progress(
             total,
             run.job_metrics(),
             run.display,
+            run.phase,
             run.series,
         )
         return processed, steady, ray.get(tracker.first_landed_at.remote())

@@ -46,6 +46,23 @@ ETA_UNKNOWN = -1.0
 STAGE_DECODE = "decode"
 STAGE_INFERENCE = "inference"
 
+# The driver's named phases, the values of pipeline_job_phase's ``phase`` label, in the order a
+# run passes them (restoring_checkpoint comes before waiting_for_gpu_workers, so the GPU pods
+# scale up while the checkpoint is read, and a run with nothing left to do waits for none).
+# Alerts select on these values: renaming one breaks them.
+JOB_PHASES = (
+    "listing_inputs",
+    "loading_model",
+    "starting_ray",
+    "restoring_checkpoint",
+    "waiting_for_gpu_workers",
+    "starting_workers",
+    "writing",
+    "verifying",
+    "committing",
+    "stopping",
+)
+
 
 @dataclass(frozen=True)
 class WorkerMetrics:
@@ -191,6 +208,7 @@ class JobMetrics:
     _last_push: float = 0.0
     _done: int = 0
     _ray_info_failed: bool = False
+    _phase: str | None = None
 
     def __post_init__(self) -> None:
         labels = ("run_id",)
@@ -243,6 +261,12 @@ class JobMetrics:
             labels,
             registry=reg,
         )
+        self.phase = Gauge(
+            "pipeline_job_phase",
+            "1 for the run's current phase (JOB_PHASES), 0 for the others.",
+            (*labels, "phase"),
+            registry=reg,
+        )
         self.last_success = Gauge(
             "pipeline_job_last_success_timestamp_seconds",
             "Unix time the last committed run finished.",
@@ -253,6 +277,16 @@ class JobMetrics:
         """Mark one of running/succeeded/failed as current."""
         for name in ("running", "succeeded", "failed"):
             self.status.labels(self.run_id, name).set(1 if name == status else 0)
+
+    def set_phase(self, phase: str) -> None:
+        """Mark one of :data:`JOB_PHASES` as current, and push at once: alerts wait on phases."""
+        self._phase = phase
+        self._mark_phase()
+        self.push(force=True)
+
+    def _mark_phase(self) -> None:
+        for name in JOB_PHASES:
+            self.phase.labels(self.run_id, name).set(1 if name == self._phase else 0)
 
     def start(self, model: str, version: str, total: int) -> None:
         """Record the run's identity and size, and push."""
@@ -270,6 +304,7 @@ class JobMetrics:
         self.eta.labels(self.run_id).set(ETA_UNKNOWN)
         self.throughput.labels(self.run_id).set(0)
         self.duration.labels(self.run_id).set(0)
+        self._mark_phase()
         self.set_status("running")
         self.push(force=True)
 

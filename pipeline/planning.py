@@ -16,7 +16,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline import sizing, storage
+from pipeline import sizing, storage, worker_groups
 from pipeline.config import dump_yaml
 from pipeline.decode import DecodeSettings
 from pipeline.inference import InferenceSettings, auto_batch_size
@@ -57,11 +57,13 @@ WRITE_NUM_CPUS = 0.25
 # Parts sized by time when output.rows_per_file is left to decide (part_rows): about
 # PART_SECONDS of the job's work, between MIN and MAX rows. A ResNet-50 classifies 7-21
 # images a second per core on the 2-core development machines (fp32 and bf16,
-# docs/benchmarks.md): 15 per core is the middle.
-PART_SECONDS = 60.0
+# docs/benchmarks.md): 15 per core is the middle. Small enough that a stop drains its open
+# part well inside resources.stop_grace_s, and a crash or a stop past its grace redoes at
+# most that much per write task (pipeline.stopping).
+PART_SECONDS = 15.0
 CPU_IMAGES_PER_SECOND_PER_CORE = 15.0
 MIN_ROWS_PER_FILE = 256
-MAX_ROWS_PER_FILE = 50_000
+MAX_ROWS_PER_FILE = 20_000
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class ResourcePlan:
     parallel_calls: bool
     torch_threads: int | None
     rows_per_file: int
+    inference_group: str | None = None  # the declared worker group the actors run in (worker_groups)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for printing and the manifest."""
@@ -94,19 +97,31 @@ class ResourcePlan:
 
 
 def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
-    """Size the stages for the cluster the driver sees."""
+    """Size the stages: for the declared worker groups, or for the local cluster the driver sees.
+
+    With ``resources.placement: worker_groups``, ``cluster`` is not read: what the nodes up at
+    this moment hold says nothing of what the groups scale to (a GPU group scaled to zero has
+    no GPU yet, and ``auto`` must still mean CUDA there).
+    """
     res = config.resources
-    cpus = float(cluster.get("CPU", 0))
-    gpus = float(cluster.get("GPU", 0))
+    groups = res.placement == "worker_groups"
+    inference = worker_groups.carrying(res.worker_groups, res.gpu_group_resource) if groups else {}
+    if groups:
+        cpus, gpus = worker_groups.totals(res.worker_groups)
+        inference_gpus = float(sum(group.gpus for group in inference.values()))
+    else:
+        cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+        inference_gpus = gpus
     device = config.inference.device
     if device == "auto":
-        device = "cuda" if gpus > 0 else "cpu"
-    groups = res.placement == "worker_groups"
+        device = "cuda" if inference_gpus > 0 else "cpu"
     local_cpu = not groups and device == "cpu" and cpus > 0
     actor_gpus = res.actor_num_gpus if res.actor_num_gpus is not None else (1.0 if device == "cuda" else 0.0)
     actor_cpus = res.actor_num_cpus if res.actor_num_cpus is not None else 1.0
     min_actors = res.min_actors or 1
-    max_actors = res.max_actors or min_actors
+    # Declared GPU groups: left to decide, one actor per GPU they can grow to.
+    reach = worker_groups.gpu_actor_reach(inference, actor_gpus) if groups and actor_gpus > 0 else 0
+    max_actors = res.max_actors or max(min_actors, reach)
     decode_cpus = res.decode_num_cpus if res.decode_num_cpus is not None else DECODE_NUM_CPUS
     if not groups and 0 < cpus < decode_cpus:
         decode_cpus = cpus  # the cluster has no more: a bigger decode task would never start
@@ -147,16 +162,17 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
         # between their calls, and with the light decode tasks (the CPU-only ideal in docs/benchmarks.md).
         torch_threads=max(1, int(cpus) // (max_actors * calls)) if local_cpu else None,
         rows_per_file=config.output.rows_per_file or part_rows(device, cpus),
+        inference_group=", ".join(inference) or None,
     )
 
 
 def part_rows(device: str, cpus: float) -> int:
-    """Rows per Parquet part when ``output.rows_per_file`` is left to decide: about a minute of work.
+    """Rows per Parquet part when ``output.rows_per_file`` is left to decide: about 15 s of work.
 
-    A part is written only once its rows are gathered, so an interrupt or a crash loses at
-    most about a part's worth per write task; big parts suit readers. On GPUs the cap
-    (MAX_ROWS_PER_FILE) is already under a minute: 10 s at 5,000 img/s, 50 s at 1,000. On
-    CPUs it is the expected rate (CPU_IMAGES_PER_SECOND_PER_CORE) times PART_SECONDS.
+    A part is written only once its rows are gathered, so a crash (or a stop whose grace runs
+    out) loses at most about a part's worth per write task; big parts suit readers. On GPUs
+    the cap (MAX_ROWS_PER_FILE): 4 s at 5,000 img/s, 20 s at 1,000. On CPUs it is the
+    expected rate (CPU_IMAGES_PER_SECOND_PER_CORE) times PART_SECONDS.
     """
     if device == "cuda":
         return MAX_ROWS_PER_FILE
@@ -180,12 +196,14 @@ def decode_settings(config: Config, spec: ModelSpec) -> DecodeSettings:
 def inference_settings(config: Config, plan: ResourcePlan) -> InferenceSettings:
     """Per-actor inference settings.
 
-    The device stays ``auto`` unless configured: the actor decides from what torch sees
-    on its node, so a GPU the cluster declares but the node lacks falls back to CPU.
+    On declared worker groups the actors use the plan's device: a GPU pod whose CUDA does not
+    work fails its actor loudly rather than running on its CPUs at a fraction of the speed.
+    Locally the device stays ``auto`` unless configured: the actor decides from what torch sees.
     """
     inf = config.inference
+    groups = config.resources.placement == "worker_groups"
     return InferenceSettings(
-        device=inf.device,
+        device=plan.inference_device if groups else inf.device,
         precision=inf.precision,
         batch_size=inf.batch_size,
         channels_last=inf.channels_last,
@@ -217,10 +235,9 @@ def print_plan(
     """Print what the run will do (``verdict``), the inputs found, the stages as they would run, the sizing.
 
     The resolved config with ``show_config``. With ``as_json``, one JSON document holds all of
-    it, the config included (the shape is in docs/deploy.md).
+    it, the config included (the shape is in docs/deploy.md). On declared worker groups no Ray
+    cluster is asked: the plan comes from the declarations.
     """
-    import ray
-
     if verdict is not None and not as_json:
         print("\n".join(verdict.lines(config)))
     listing = verdict.listing if verdict is not None and verdict.listing is not None else None
@@ -231,17 +248,8 @@ def print_plan(
 
         inputs = survey(config, listing.format, listing.uris)[1] or len(listing)
         found = f"{inputs} records in {len(listing)} {listing.format} shards"
-    started = not ray.is_initialized()
-    if started:
-        address = config.resources.ray_address
-        ray.init(
-            address=address, include_dashboard=False, logging_level=logging.ERROR, configure_logging=False
-        )
-    try:
-        plan = plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
-    finally:
-        if started:
-            ray.shutdown()
+    declared = config.resources.placement == "worker_groups"
+    plan = plan_resources(config, {}) if declared else _plan_on_local_cluster(config)
     cluster = {"CPU": plan.cluster_cpus, "GPU": plan.cluster_gpus}
     stages = rounded(_stages(config, plan, inputs))
     if as_json:
@@ -261,10 +269,28 @@ def print_plan(
         print("# resolved config")
         print(dump_yaml(config))
     print(f"# inputs found: {found}")
-    print("# stages on this cluster " + json.dumps(cluster))
+    where = "the declared worker groups at most replicas" if declared else "this cluster"
+    print(f"# stages on {where} " + json.dumps(cluster))
     print(json.dumps(stages, indent=2))
     if sized is not None:
         print("\n".join(sizing.render(sized)))
+
+
+def _plan_on_local_cluster(config: Config) -> ResourcePlan:
+    """The plan for the local cluster (``resources.ray_address``, or one started for the question)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        address = config.resources.ray_address
+        ray.init(
+            address=address, include_dashboard=False, logging_level=logging.ERROR, configure_logging=False
+        )
+    try:
+        return plan_resources(config, ray.cluster_resources())  # type: ignore[no-untyped-call]
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _stages(config: Config, plan: ResourcePlan, inputs: int) -> dict[str, Any]:

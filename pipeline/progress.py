@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import threading
 import time
 from datetime import timedelta
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TaskID, TextColumn
 from rich.text import Text
 
-from pipeline import logs
-from pipeline.errors import JobFailedError, OutputInUseError
+from pipeline import logs, stopping
+from pipeline.errors import JobFailedError, OutputInUseError, RunInterrupted
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from pipeline.metrics import JobMetrics
 
 POLL_INTERVAL_S = 1.0
+# What the display shows for a phase (metrics.JOB_PHASES) whose name does not read as it is.
+PHASE_TEXT = {"starting_ray": "starting Ray", "waiting_for_gpu_workers": "waiting for GPU workers"}
 LOG_EVERY_S = 60.0
 SERIES_EVERY_S = 5.0  # one point of the progress series per this many seconds, at first
 SERIES_MAX_POINTS = 400  # then every other point is dropped and the spacing doubled
@@ -45,6 +48,7 @@ class ProgressTracker:
         self.failed: dict[str, int] = {}
         self.first: tuple[float, int] | None = None  # when the first batch landed, and its rows
         self.last = 0.0
+        self.stop = False  # the driver asked the run to stop (pipeline.stopping)
 
     def add(self, ok: int, failed: dict[str, int]) -> None:
         """Add one batch's outcome."""
@@ -54,6 +58,14 @@ class ProgressTracker:
         self.last = time.time()
         if self.first is None:
             self.first = (self.last, ok + sum(failed.values()))
+
+    def request_stop(self) -> None:
+        """From now on the stages drop work they have not started."""
+        self.stop = True
+
+    def stopping(self) -> bool:
+        """True once :meth:`request_stop` was called."""
+        return self.stop
 
     def steady_rate(self) -> float:
         """Rows per second from the first batch's landing to the last's: start-up excluded."""
@@ -69,6 +81,25 @@ class ProgressTracker:
     def first_landed_at(self) -> float | None:
         """Wall-clock time the first batch landed (None before it did)."""
         return self.first[0] if self.first else None
+
+
+def phase_text(phase: str) -> str:
+    """How the display names a phase: ``waiting_for_gpu_workers`` -> "waiting for GPU workers"."""
+    return PHASE_TEXT.get(phase, phase.replace("_", " "))
+
+
+def start_tracker() -> Any:
+    """A :class:`ProgressTracker` actor on the driver's node.
+
+    Hard affinity: a lost worker node must not take the progress counts with it. A soft
+    affinity to a head with no CPUs put the tracker on a worker node.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    remote = ray.remote(num_cpus=0, scheduling_strategy=here)  # type: ignore[call-overload]  # stub omits node affinity
+    return remote(ProgressTracker).remote()
 
 
 class ProgressSeries:
@@ -148,9 +179,11 @@ class Display:
             logs.STDERR.above = lambda text: console.print(Text(text.rstrip("\n")))
         return self._progress
 
-    def phase(self, text: str) -> None:
-        """Show a named step that has no row count (start-up, verification, commit)."""
+    def phase(self, name: str) -> None:
+        """Show a named phase (metrics.JOB_PHASES) that has no row count; off a terminal, log it."""
+        text = phase_text(name)
         if not self.enabled:
+            logs.get_logger(stage="driver").info("phase", phase=name)
             return
         progress = self._start()
         if self._rows is not None:
@@ -200,11 +233,15 @@ def watch_write(
     total: int,
     metrics: JobMetrics,
     display: Display,
+    phase: Callable[[str], None],
     series: ProgressSeries | None = None,
 ) -> tuple[int, float]:
     """Run ``write_output`` in a thread; poll progress, push metrics, detect stalls and a lost lease.
 
-    Each poll's totals also go to ``series``. Returns the rows processed and the steady-state rate.
+    ``phase`` is told when the run enters ``starting_workers``, ``writing`` (the first rows
+    landed) and ``stopping``: on SIGINT or SIGTERM the write drains (:mod:`pipeline.stopping`)
+    for at most ``resources.stop_grace_s``, then :class:`RunInterrupted` is raised. Each poll's
+    totals also go to ``series``. Returns the rows processed and the steady-state rate.
     """
     import ray
 
@@ -217,32 +254,21 @@ def watch_write(
             failure.append(exc)
 
     writer = threading.Thread(target=write, name="ray-data-write", daemon=True)
-    started = time.monotonic()
-    last_change, last_done = started, -1
+    watch = _Watch(config, lease, tracker, total, metrics, display, phase, series)
     writer.start()
-    display.phase("starting workers")
-    done = 0
+    phase("starting_workers")
     try:
-        while writer.is_alive():
-            writer.join(POLL_INTERVAL_S)
-            ok, failed = ray.get(tracker.get.remote())
-            done = ok + sum(failed.values())
-            if series is not None:
-                series.record(ok, done - ok)
-            now = time.monotonic()
-            if done != last_done:
-                last_change, last_done = now, done
-            elapsed = now - started
-            rate = done / elapsed if elapsed > 0 else 0.0
-            metrics.progress(done, total, rate, elapsed)
-            if done and not display.counting:  # the first rows landed: start-up is over
-                display.rows(total)
-            display.update(done, rate)
-            stalled = now - last_change if writer.is_alive() else 0.0
-            _stop_if_unhealthy(lease, stalled, config.resources.stall_timeout_s, done, total)
+        with stopping.draining():
+            while writer.is_alive():
+                writer.join(watch.wait_s())
+                if not watch.poll(writer.is_alive()):
+                    break
+            request = stopping.requested()
+        if request is not None:
+            _raise_stopped(request[0], watch, writer, failure)
     except BaseException:
-        # The write is abandoned (interrupt, stall, lost lease): what Ray Data logs about it
-        # from here on is noise next to the cause.
+        # The write is abandoned (interrupt, stall, lost lease) or drained after a stop: what
+        # Ray Data logs about it from here on is noise next to the cause.
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         raise
     if failure:
@@ -252,6 +278,106 @@ def watch_write(
     if series is not None:
         series.record(ok, sum(failed.values()), last=True)
     return int(ok) + int(sum(failed.values())), float(ray.get(tracker.steady_rate.remote()))
+
+
+class _Watch:
+    """What :func:`watch_write` follows between polls: progress, the last change, a stop's deadline."""
+
+    def __init__(
+        self,
+        config: Config,
+        lease: Lease,
+        tracker: Any,
+        total: int,
+        metrics: JobMetrics,
+        display: Display,
+        phase: Callable[[str], None],
+        series: ProgressSeries | None,
+    ) -> None:
+        self.config, self.lease, self.tracker, self.total = config, lease, tracker, total
+        self.metrics, self.display, self.phase, self.series = metrics, display, phase, series
+        self.started = self.last_change = time.monotonic()
+        self.last_done = -1
+        self.stop_at: float | None = None  # set by a stop: when its grace ends (monotonic)
+
+    def wait_s(self) -> float:
+        """How long to wait for the writer before the next poll."""
+        if self.stop_at is None:
+            return POLL_INTERVAL_S
+        return max(0.0, min(POLL_INTERVAL_S, self.stop_at - time.monotonic()))
+
+    def counts(self) -> tuple[int, dict[str, int]] | None:
+        """The tracker's totals; None when, during a stop, Ray does not answer before the grace ends.
+
+        A signal to the whole process group (``kill -- -PGID``, GNU ``timeout``) stops the
+        embedded cluster's own processes too: the drain must not hang on them.
+        """
+        import ray
+
+        ref = self.tracker.get.remote()
+        if self.stop_at is None:
+            totals: tuple[int, dict[str, int]] = ray.get(ref)
+            return totals
+        try:
+            totals = ray.get(ref, timeout=max(1.0, self.stop_at - time.monotonic()))
+        except ray.exceptions.RayError:
+            return None
+        return totals
+
+    def poll(self, writing: bool) -> bool:
+        """Read the tracker: progress out, stall and lease checks; False once a stop's grace ran out."""
+        request = stopping.requested()
+        if request is not None and self.stop_at is None:
+            self.stop_at = request[1] + self.config.resources.stop_grace_s
+            _stop(self.tracker, request[0], self.config.resources.stop_grace_s, self.last_done, self.phase)
+        totals = self.counts()
+        if totals is None:
+            return False
+        ok, failed = totals
+        done = ok + sum(failed.values())
+        if self.series is not None:
+            self.series.record(ok, done - ok)
+        now = time.monotonic()
+        if done != self.last_done:
+            self.last_change, self.last_done = now, done
+        elapsed = now - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        self.metrics.progress(done, self.total, rate, elapsed)
+        if done and not self.display.counting and self.stop_at is None:  # the first rows landed
+            self.phase("writing")
+            self.display.rows(self.total)
+        self.display.update(done, rate)
+        if self.stop_at is not None:  # draining: no stall to look for, only the grace's end
+            return now < self.stop_at
+        stalled = now - self.last_change if writing else 0.0
+        _stop_if_unhealthy(self.lease, stalled, self.config.resources.stall_timeout_s, done, self.total)
+        return True
+
+
+def _stop(tracker: Any, signum: int, grace_s: float, done: int, phase: Callable[[str], None]) -> None:
+    """SIGINT or SIGTERM during the write: the stages stop taking new work; the write drains."""
+    tracker.request_stop.remote()
+    phase("stopping")
+    logs.get_logger(stage="driver").warning(
+        "stopping: batches in flight are finished and written, nothing new is started",
+        signal=signal.Signals(signum).name,
+        stop_grace_s=grace_s,
+        rows_done=max(0, done),
+    )
+
+
+def _raise_stopped(
+    signum: int, watch: _Watch, writer: threading.Thread, failure: list[BaseException]
+) -> NoReturn:
+    """Raise the interrupt a stop ends in, with the rows the actors finished by then."""
+    totals = watch.counts()
+    done = watch.last_done if totals is None else totals[0] + sum(totals[1].values())
+    log = logs.get_logger(stage="driver")
+    if writer.is_alive():
+        log.warning("resources.stop_grace_s ran out before the write drained: the part in flight is redone")
+    elif failure:
+        log.warning("the write failed while it drained", error=root_cause(failure[0]))
+    raise RunInterrupted(signum, rows_done=max(0, int(done)))
 
 
 def _stop_if_unhealthy(lease: Lease, stalled_s: float, timeout_s: float, done: int, total: int) -> None:

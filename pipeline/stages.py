@@ -39,6 +39,7 @@ from pipeline.schema import (
     output_schema,
 )
 from pipeline.shards import records_fetched, unpack_carried
+from pipeline.stopping import stop_requested
 
 if TYPE_CHECKING:
     from pipeline.model import ModelSpec
@@ -61,8 +62,12 @@ def decode_batch(
     settings: DecodeSettings,
     fetch_threads: int,
     labels: RunLabels,
+    tracker: Any = None,
 ) -> dict[str, np.ndarray]:
     """Fetch and decode one batch of ``row_id``/``uri`` rows into uint8 crops.
+
+    Once the run's ``tracker`` says stop, the batch's rows are dropped unread: the run ends
+    soon after, without them, and the next run does them.
 
     Each row is read through the filesystem of its own URI's scheme, within ``limits``
     (size, time, allowed roots); a relative manifest entry is read beside the manifest (``base``).
@@ -72,6 +77,8 @@ def decode_batch(
     JPEGs left for the inference device, or the raw crop of what was decoded here.
     """
     started = time.perf_counter()
+    if stop_requested(tracker):
+        batch = {name: column[:0] for name, column in batch.items()}
     uris = [str(uri) for uri in batch["uri"]]
     crop = settings.crop_size
     images = np.zeros((0 if settings.keep_jpeg else len(uris), crop, crop, 3), dtype=np.uint8)
@@ -106,7 +113,8 @@ def decode_batch(
     metrics = worker_metrics(labels.pipeline, labels.run_id)
     metrics.count_rows(STAGE_DECODE, len(uris) - failed.total(), failed.total())
     metrics.count_failures(STAGE_DECODE, failed)
-    metrics.observe_batch(STAGE_DECODE, time.perf_counter() - started, len(uris))
+    if uris:
+        metrics.observe_batch(STAGE_DECODE, time.perf_counter() - started, len(uris))
     pixels = (
         {BYTES_COLUMN: encoded, ENCODING_COLUMN: encodings} if settings.keep_jpeg else {IMAGE_COLUMN: images}
     )
@@ -174,7 +182,12 @@ class Classify:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """Classify (or embed) the rows whose status is ok; return the output rows of the whole batch."""
+        """Classify (or embed) the rows whose status is ok; return the output rows of the whole batch.
+
+        A batch not started when the run was asked to stop returns no rows: not done, not written.
+        """
+        if stop_requested(self.progress):
+            return self._schema.empty_table()
         started = time.perf_counter()
         count = len(batch["row_id"])
         status = _strings(batch["status"])

@@ -22,6 +22,8 @@ class RunSummary:
     failed: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     processed_this_run: int = 0
+    # After a stop: rows this attempt's actors finished that no part holds (the next run redoes them).
+    unwritten_rows: int = 0
     resumed: bool = False
     seconds: float = 0.0
     images_per_second: float = 0.0
@@ -29,6 +31,9 @@ class RunSummary:
     # Where the wall time went, in seconds from the start of run_job: Ray connected (or the
     # embedded cluster started), first classified batch, last part written, commit done.
     timings: dict[str, float] = field(default_factory=dict)
+    # The named phase the run was in when it ended (metrics.JOB_PHASES), and seconds in each.
+    phase: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
     @classmethod
@@ -74,12 +79,17 @@ class RunSummary:
             lines.append(f"  shards     {len(self.failed_shards)} could not be read:")
             lines += [f"    {item['uri']}: {item['reason']}: {item['error']}" for item in self.failed_shards]
         lines += [
-            f"  processed  {self.processed_this_run} this run{' (resumed)' if self.resumed else ''}",
+            f"  processed  {self.processed_this_run} this run{' (resumed)' if self.resumed else ''}"
+            + (f", {self.unwritten_rows} finished but not written (redone)" if self.unwritten_rows else ""),
             f"  seconds    {self.seconds:.1f}",
             f"  images/s   {self.images_per_second:.1f}",
         ]
         if self.timings:
             lines.append("  timeline   " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        if self.phases:
+            lines.append("  phases     " + ", ".join(f"{k} {v:.1f}s" for k, v in self.phases.items()))
+        if self.status != "succeeded" and self.phase:
+            lines.append(f"  ended in   {self.phase}")
         if self.error:
             lines.append(f"  error      {self.error}")
         return "\n".join(lines)

@@ -40,7 +40,10 @@ def local_config(rendered: str, images: Path, output: Path) -> dict[str, Any]:
     config["output"] = {**config.get("output", {}), "uri": str(output)}
     config["model"] = {"name": "mobilenet_v3_small", "random_init": True, "top_k": 3}
     config.pop("storage", None)
-    config.setdefault("resources", {}).update(min_actors=1, max_actors=1)
+    # The GPU node declares a GPU it does not have: the actors still ask for one (placement),
+    # torch runs on the CPU, and the run records it so (test_gpu_workers_local_cluster.py).
+    config.setdefault("inference", {})["device"] = "cpu"
+    config.setdefault("resources", {}).update(min_actors=1, max_actors=1, actor_num_gpus=1)
     config.setdefault("metrics", {})["pushgateway_url"] = None
     return config
 

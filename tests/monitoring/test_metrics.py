@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 
 from pipeline.metrics import (
     ETA_UNKNOWN,
+    JOB_PHASES,
     PUSH_JOB_NAME,
     STAGE_DECODE,
     STAGE_INFERENCE,
@@ -223,6 +224,28 @@ class TestJobMetrics:
         # never set (the gauge's initial 0); it is pushed only after a success (TestPushgateway)
         assert metrics.success_registry.get_sample_value("pipeline_job_last_success_timestamp_seconds") == 0
 
+    def test_phase_is_one_for_the_current_phase_and_zero_for_the_others(self) -> None:
+        """set_phase() marks one named phase 1 and every other 0; start() keeps it and gives each a sample."""
+        assert JOB_PHASES == (  # the deploy engineer's alerts select on exactly these values
+            "listing_inputs",
+            "loading_model",
+            "starting_ray",
+            "restoring_checkpoint",
+            "waiting_for_gpu_workers",
+            "starting_workers",
+            "writing",
+            "verifying",
+            "committing",
+            "stopping",
+        )
+        metrics = JobMetrics("p", "r1")
+        metrics.set_phase("listing_inputs")
+        metrics.start("m", "v", 10)
+        metrics.set_phase("waiting_for_gpu_workers")
+        reg = metrics.registry
+        phases = {name: sample(reg, "pipeline_job_phase", run_id="r1", phase=name) for name in JOB_PHASES}
+        assert phases == {name: float(name == "waiting_for_gpu_workers") for name in JOB_PHASES}
+
     def test_unreachable_pushgateway_never_fails_the_job(self) -> None:
         """Push errors are counted and logged once per ten, never raised."""
         metrics = JobMetrics("p", "r1", pushgateway_url=f"http://127.0.0.1:{free_port()}", push_interval_s=0)
@@ -281,6 +304,16 @@ class TestPushgateway:
         assert status[(("pipeline", "nightly"), ("run_id", "run-2"), ("status", "failed"))] == 1
         for name, series in after_second.items():
             assert not any(("run_id", "run-1") in labels for labels in series), f"{name} still has run-1"
+
+    def test_a_phase_change_is_pushed_at_once(self, pushgateway: str) -> None:
+        """Entering a phase pushes pipeline_job_phase now, not at the next push interval."""
+        metrics = JobMetrics("phased", "run-p", pushgateway_url=pushgateway, push_interval_s=3600)
+        metrics.start("m", "v", 5)
+        metrics.set_phase("waiting_for_gpu_workers")
+        phase = pushed(pushgateway)["pipeline_job_phase"]
+        current = {dict(labels)["phase"] for labels, value in phase.items() if value == 1}
+        assert current == {"waiting_for_gpu_workers"}
+        assert len(phase) == len(JOB_PHASES)
 
     def test_pipelines_are_grouped_apart(self, pushgateway: str) -> None:
         """Two pipelines push to their own groups: one's run does not replace the other's."""

@@ -121,6 +121,24 @@ def cannot_reach_the_cluster(case: Case) -> int:
     return process(["run", "--config", str(case.config_file(config))]).returncode
 
 
+def waits_in_vain_for_gpu_workers(case: Case) -> int:
+    """Declared groups whose GPU group never gets a node on this session's cluster (no autoscaler)."""
+    groups = (
+        "{cpu: {cpus: 2, max_replicas: 1, resources: {cpu_group: 1000}},"
+        " gpu: {cpus: 1, gpus: 1, max_replicas: 1, resources: {gpu_group: 1000}}}"
+    )
+    config = case.config(
+        case.images,
+        case.tmp_path / "out",
+        resources__placement="worker_groups",
+        resources__worker_groups=groups,
+        resources__gpu_workers_timeout_s=1,
+        inference__device="cpu",  # placement still asks one GPU per actor: the wait is what is tested
+        resources__actor_num_gpus=1,
+    )
+    return main(["run", "--config", str(case.config_file(config))])
+
+
 def finds_the_output_in_use(case: Case) -> int:
     config = case.config(case.images, case.tmp_path / "out")
     with Lease.acquire(OutputLocation.open(config.output.uri, config.storage), 120):
@@ -209,6 +227,7 @@ CASES: dict[int, Callable[[Case], int]] = {
     7: finds_the_output_in_use,
     8: refuses_to_read_an_uncommitted_output,
     9: finds_agreement_too_low,
+    10: waits_in_vain_for_gpu_workers,
     11: refuses_to_resume_another_config,
     12: finds_nothing_at_a_mistyped_path,
     13: hits_an_unforeseen_error,
@@ -231,7 +250,7 @@ def test_the_command_ends_with_each_code(
     code, tmp_path, sample_images, local_config, write_output, monkeypatch, keep_signal_handlers, request
 ):
     """Each code of the table is what a real command exits with in the case it names."""
-    if code == 5:  # the one case that runs rows through Ray: this session's cluster
+    if code in {5, 10}:  # the cases that reach Ray in this process: this session's cluster
         request.getfixturevalue("ray_session")
     case = Case(tmp_path, sample_images, local_config, write_output, monkeypatch)
     assert CASES[code](case) == code

@@ -33,6 +33,13 @@ def many_images(tmp_path_factory) -> Path:
     return root
 
 
+# The groups of the local clusters below: CPU nodes of 1 CPU, one node with a declared GPU.
+LOCAL_GROUPS = {
+    "cpu": {"cpus": 1, "max_replicas": 2, "resources": {"cpu_group": 1000}},
+    "gpu": {"cpus": 1, "gpus": 1, "max_replicas": 1, "resources": {"gpu_group": 1000}},
+}
+
+
 def _write_config(tmp_path: Path, images: Path, weights: Path, **resources: object) -> Path:
     """A worker_groups config with small batches and parts, so a fault lands mid-run."""
     config = tmp_path / "config.yaml"
@@ -43,11 +50,14 @@ def _write_config(tmp_path: Path, images: Path, weights: Path, **resources: obje
                 "model": {"name": "resnet18", "weights": str(weights)},
                 "output": {"uri": str(tmp_path / "out"), "rows_per_file": 8},
                 "preprocess": {"batch_size": 8},
-                "inference": {"precision": "fp32", "batch_size": 8},
+                # The GPU nodes declare a GPU they do not have: torch on the CPU, the actor asks for one.
+                "inference": {"precision": "fp32", "batch_size": 8, "device": "cpu"},
                 "resources": {
                     "placement": "worker_groups",
                     "decode_num_cpus": 0.5,
                     "stall_timeout_s": 300,
+                    "actor_num_gpus": 1,
+                    "worker_groups": LOCAL_GROUPS,
                     **resources,
                 },
                 "logging": {"format": "json", "progress": False},
@@ -164,7 +174,9 @@ ray.init(num_cpus=2, include_dashboard=False, runtime_env={{
     "worker_process_setup_hook": "fault_hooks.{hook}",
     "env_vars": {{"PYTHONPATH": {str(HERE)!r}, "FAULT_MARKER": {str(marker)!r}}},
 }})
-config = load_config({str(config)!r}, ["resources.placement=local", *{list(overrides)!r}])
+config = load_config(
+    {str(config)!r}, ["resources.placement=local", "resources.actor_num_gpus=null", *{list(overrides)!r}]
+)
 summary = run_job(config)
 print("ROWS", summary.succeeded, summary.failed)
 """
@@ -220,7 +232,12 @@ def test_job_that_cannot_progress_fails_clearly(sample_images, make_config, tmp_
     cluster, not in a later test's process.
     """
     config = make_config(
-        sample_images, resources__placement="worker_groups", resources__stall_timeout_s="8", input__limit=8
+        sample_images,
+        resources__placement="worker_groups",
+        resources__worker_groups="{cpu: {cpus: 1, max_replicas: 1, resources: {cpu_group: 1000}}, "
+        "gpu: {cpus: 1, max_replicas: 1, resources: {gpu_group: 1000}}}",  # declared, never started
+        resources__stall_timeout_s="8",
+        input__limit=8,
     )
     path = tmp_path / "stall.yaml"
     path.write_text(config.model_dump_json())

@@ -18,7 +18,7 @@ def test_stages_run_on_their_worker_groups(local_cluster, sample_images, weights
 
     local_cluster.start_head()
     local_cluster.add_node("cpu", "--num-cpus=2", '--resources={"cpu_group": 1000}')
-    # A declared GPU that is not there: the actor lands here and torch falls back to CPU.
+    # A declared GPU that is not there: the actor lands here (the config keeps torch on the CPU).
     local_cluster.add_node("gpu", "--num-cpus=1", "--num-gpus=1", '--resources={"gpu_group": 1000}')
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -27,8 +27,17 @@ def test_stages_run_on_their_worker_groups(local_cluster, sample_images, weights
                 "input": {"uri": str(sample_images)},
                 "model": {"name": "resnet18", "weights": str(weights_file)},
                 "output": {"uri": str(tmp_path / "out")},
-                "inference": {"precision": "fp32"},
-                "resources": {"placement": "worker_groups", "ray_address": local_cluster.address},
+                # The declared GPU is not there: torch runs on the CPU, the actor still asks for a GPU.
+                "inference": {"precision": "fp32", "device": "cpu"},
+                "resources": {
+                    "placement": "worker_groups",
+                    "ray_address": local_cluster.address,
+                    "actor_num_gpus": 1,
+                    "worker_groups": {
+                        "cpu": {"cpus": 2, "max_replicas": 1, "resources": {"cpu_group": 1000}},
+                        "gpu": {"cpus": 1, "gpus": 1, "max_replicas": 1, "resources": {"gpu_group": 1000}},
+                    },
+                },
                 "logging": {"format": "json", "progress": False},
             }
         )

@@ -26,6 +26,13 @@ VALUES = ROOT / "deploy" / "helm" / "batch-inference" / "values.yaml"
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
 
 
+# The worker groups values.yaml declares, as the chart's ConfigMap renders them (tests/deploy).
+CHART_GROUPS = (
+    "{cpu: {cpus: 8, memory: 16Gi, min_replicas: 1, max_replicas: 8, resources: {cpu_group: 1000}}, "
+    "gpu: {cpus: 4, gpus: 1, memory: 24Gi, min_replicas: 1, max_replicas: 4, resources: {gpu_group: 1000}}}"
+)
+
+
 def resolve(values: dict, path: str) -> object:
     """The value at a Helm --set path (dots inside a key escaped as ``\\.``); KeyError if absent."""
     node: object = values
@@ -66,7 +73,8 @@ def plan(images: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m pipeline plan`` on the images, as the chart's config places the stages."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     command = [sys.executable, "-m", "pipeline", "plan", "--set", f"input.uri={images}"]
-    command += ["--set", "model.random_init=true", "--set", "resources.placement=worker_groups", *args]
+    command += ["--set", "model.random_init=true", "--set", "resources.placement=worker_groups"]
+    command += ["--set", f"resources.worker_groups={CHART_GROUPS}", *args]
     return subprocess.run(
         command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, check=False
     )

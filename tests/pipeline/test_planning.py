@@ -12,8 +12,16 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.planning import plan_resources
+from pipeline.errors import ConfigError
+from pipeline.planning import inference_settings, plan_resources
 from pipeline.sizing import Rate, size_cluster
+
+# The chart's default groups as its ConfigMap declares them: the GPU group may have no pod yet.
+CPU_GROUP = "cpu: {cpus: 8, memory: 16Gi, min_replicas: 1, max_replicas: 8, resources: {cpu_group: 1000}}"
+GPU_GROUP = (
+    "gpu: {cpus: 4, gpus: 1, memory: 24Gi, min_replicas: 0, max_replicas: 4, resources: {gpu_group: 1000}}"
+)
+DECLARED = ("resources.placement=worker_groups", f"resources.worker_groups={{{CPU_GROUP}, {GPU_GROUP}}}")
 
 
 def _config(tmp_path, *overrides: str):
@@ -43,7 +51,7 @@ class TestPlanResources:
 
     def test_light_tasks_elsewhere_stay_small(self, tmp_path):
         """On worker groups the CPU group decodes at the configured size; listing and writes stay light."""
-        config = _config(tmp_path, "resources.placement=worker_groups")
+        config = _config(tmp_path, *DECLARED)
         plan = plan_resources(config, {"CPU": 8.0})
         assert (plan.decode_num_cpus, plan.read_num_cpus, plan.write_num_cpus) == (1.0, 0.1, 0.25)
 
@@ -84,7 +92,7 @@ class TestPlanResources:
         plan = plan_resources(_config(tmp_path, "resources.decode_num_cpus=4"), {"CPU": 2.0})
         assert (plan.decode_num_cpus, plan.read_num_cpus, plan.write_num_cpus) == (2.0, 1.0, 1.0)
         assert plan.actor_num_cpus == 0.0
-        groups = _config(tmp_path, "resources.decode_num_cpus=4", "resources.placement=worker_groups")
+        groups = _config(tmp_path, "resources.decode_num_cpus=4", *DECLARED)
         assert plan_resources(groups, {"CPU": 2.0}).decode_num_cpus == 4.0  # CPU-group nodes may be bigger
 
     def test_configured_actor_cpus_are_kept_within_what_decode_leaves(self, tmp_path):
@@ -95,7 +103,7 @@ class TestPlanResources:
 
     def test_gpu_worker_groups(self, tmp_path):
         """Worker groups with GPUs: a GPU per actor, group resources, big batches, two calls in flight."""
-        config = _config(tmp_path, "resources.placement=worker_groups", "resources.max_actors=4")
+        config = _config(tmp_path, *DECLARED, "resources.max_actors=4")
         plan = plan_resources(config, {"CPU": 32.0, "GPU": 4.0})
         assert (plan.inference_device, plan.actor_num_gpus, plan.max_actors) == ("cuda", 1.0, 4)
         assert plan.actor_resources == {"gpu_group": 0.001}
@@ -105,16 +113,79 @@ class TestPlanResources:
         assert plan.torch_threads is None
 
 
+class TestDeclaredGroups:
+    """placement worker_groups: the plan comes from the declared groups, never from the nodes up."""
+
+    def test_a_gpu_group_scaled_to_zero_still_means_gpu_inference(self, tmp_path):
+        """Only the head is up (no GPU anywhere yet): auto is CUDA, a GPU per actor, the GPU batch."""
+        config = _config(tmp_path, *DECLARED)
+        plan = plan_resources(config, {"CPU": 0.0})
+        assert (plan.inference_device, plan.actor_num_gpus, plan.inference_batch_size) == ("cuda", 1.0, 512)
+        assert (plan.min_actors, plan.max_actors) == (1, 4)  # every GPU the group can grow to
+        assert (plan.cluster_cpus, plan.cluster_gpus) == (8 * 8 + 4 * 4, 4)  # declared, at most replicas
+        assert plan.inference_group == "gpu"
+        assert inference_settings(config, plan).device == "cuda"  # the actors must find their GPU
+
+    def test_the_nodes_up_change_nothing(self, tmp_path):
+        """Whatever the driver sees when it connects (no node, CPUs only, GPUs), the plan is the same."""
+        config = _config(tmp_path, *DECLARED)
+        plans = [plan_resources(config, live) for live in ({}, {"CPU": 2.0}, {"CPU": 64.0, "GPU": 8.0})]
+        assert plans[0] == plans[1] == plans[2]
+
+    def test_groups_without_gpus_run_inference_on_cpu(self, tmp_path):
+        """An inference group that declares no GPU: CPU inference, the CPU batch, no GPU asked."""
+        cpu_inference = "gpu: {cpus: 4, max_replicas: 2, resources: {gpu_group: 1000}}"
+        config = _config(
+            tmp_path,
+            "resources.placement=worker_groups",
+            f"resources.worker_groups={{{CPU_GROUP}, {cpu_inference}}}",
+        )
+        plan = plan_resources(config, {"CPU": 0.0, "GPU": 8.0})
+        assert (plan.inference_device, plan.actor_num_gpus, plan.inference_batch_size) == ("cpu", 0.0, 8)
+
+    def test_groups_are_required(self, tmp_path):
+        """placement worker_groups without declared groups stops before any work, naming the key."""
+        with pytest.raises(ConfigError, match=r"resources\.worker_groups.*required"):
+            _config(tmp_path, "resources.placement=worker_groups")
+
+    def test_each_stage_needs_a_group_carrying_its_resource(self, tmp_path):
+        """No group carries the GPU group's resource: the inference actors could run nowhere."""
+        groups = f"resources.worker_groups={{{CPU_GROUP}}}"
+        with pytest.raises(ConfigError, match=r"no group carries resources\.gpu_group_resource 'gpu_group'"):
+            _config(tmp_path, "resources.placement=worker_groups", groups)
+
+    def test_more_actors_than_declared_gpus_are_refused(self, tmp_path):
+        """max_actors 8 over a group of at most 4 one-GPU pods: refused, naming the group."""
+        with pytest.raises(
+            ConfigError, match=r"resources\.max_actors.*8.*<= 4.*'gpu' \(pods of 1 GPU and 4 CPUs, 0 to 4"
+        ):
+            _config(tmp_path, *DECLARED, "resources.max_actors=8")
+
+    def test_a_gpu_group_that_can_have_no_pod_is_refused(self, tmp_path):
+        """A GPU group of at most 0 pods could never host an actor: refused, not waited for."""
+        empty = GPU_GROUP.replace("max_replicas: 4", "max_replicas: 0")
+        groups = f"resources.worker_groups={{{CPU_GROUP}, {empty}}}"
+        with pytest.raises(ConfigError, match=r"resources\.worker_groups.*no actor of 1 GPUs fits"):
+            _config(tmp_path, "resources.placement=worker_groups", groups)
+
+    def test_cuda_needs_a_group_with_gpus(self, tmp_path):
+        """inference.device cuda where no inference group declares a GPU: refused before any work."""
+        cpu_inference = "gpu: {cpus: 4, max_replicas: 2, resources: {gpu_group: 1000}}"
+        groups = f"resources.worker_groups={{{CPU_GROUP}, {cpu_inference}}}"
+        with pytest.raises(ConfigError, match=r"inference\.device.*declares GPUs"):
+            _config(tmp_path, "resources.placement=worker_groups", groups, "inference.device=cuda")
+
+
 class TestPartSize:
-    def test_parts_hold_about_a_minute_of_work_unless_set(self, tmp_path):
-        """Left to decide, a part is about a minute of the job's work, so an interrupt loses at most
-        that: 2 CPU cores at ~15 img/s each -> 1,800 rows; a GPU at its capped 50,000 (10 s at
-        5,000 img/s); many cores capped the same. output.rows_per_file, when set, wins."""
+    def test_parts_hold_about_fifteen_seconds_of_work_unless_set(self, tmp_path):
+        """Left to decide, a part is about 15 s of the job's work, so a crash loses at most that:
+        2 CPU cores at ~15 img/s each -> 450 rows; a GPU at its capped 20,000 (4 s at 5,000
+        img/s); many cores capped the same; never under 256. output.rows_per_file, when set, wins."""
         auto = _config(tmp_path)
-        assert plan_resources(auto, {"CPU": 2.0}).rows_per_file == 1800
-        assert plan_resources(auto, {"CPU": 16.0, "GPU": 1.0}).rows_per_file == 50_000
-        assert plan_resources(auto, {"CPU": 96.0}).rows_per_file == 50_000
-        assert plan_resources(auto, {"CPU": 0.1}).rows_per_file == 900
+        assert plan_resources(auto, {"CPU": 2.0}).rows_per_file == 450
+        assert plan_resources(auto, {"CPU": 16.0, "GPU": 1.0}).rows_per_file == 20_000
+        assert plan_resources(auto, {"CPU": 96.0}).rows_per_file == 20_000
+        assert plan_resources(auto, {"CPU": 0.1}).rows_per_file == 256
         assert plan_resources(_config(tmp_path, "output.rows_per_file=64"), {"CPU": 2.0}).rows_per_file == 64
 
 

@@ -65,9 +65,12 @@ def test_no_import_cycle():
 
     for name in sorted(graph):
         visit(name, [])
-    assert graph["config"] <= {"errors", "overrides", "input_checks", "push_auth"}, graph["config"]
+    assert graph["config"] <= {"errors", "overrides", "input_checks", "push_auth", "worker_groups"}, graph[
+        "config"
+    ]
     assert graph["input_checks"] <= {"errors"}, graph["input_checks"]
     assert graph["push_auth"] <= {"errors"}, graph["push_auth"]
+    assert graph["worker_groups"] <= {"errors"}, graph["worker_groups"]
     assert graph["overrides"] <= {"errors"}, graph["overrides"]
     assert graph["errors"] == set()
 

@@ -148,11 +148,46 @@ started later run other code than the head.
 {{- end }}
 
 {{/*
-The pipeline config written to the ConfigMap: .Values.config, plus the paths of the mounted
+The pipeline config written to the ConfigMap: .Values.config, plus resources.worker_groups (from
+workerGroups), resources.stop_grace_s (from stopGraceSeconds), and the paths of the mounted
 Pushgateway credentials when pushgatewayAuth.existingSecret is set (files, never the secret).
 */}}
 {{- define "batch-inference.pipelineConfig" -}}
 {{- $config := deepCopy .Values.config }}
+{{- /*
+resources.worker_groups: the groups as the RayJob declares them (what Ray sees of each
+pod: num-cpus is KubeRay's rounded-up CPU limit, num-gpus the nvidia.com/gpu limit, memory the
+memory limit; min and max replicas; the group resource the pods advertise). The pipeline plans
+from these, never from the pods up when the driver starts (pipeline/worker_groups.py).
+*/}}
+{{- $resources := $config.resources | default dict }}
+{{- if hasKey $resources "worker_groups" }}
+{{- fail "config.resources.worker_groups is rendered from workerGroups: set the groups there" }}
+{{- end }}
+{{- $groups := dict }}
+{{- range $name, $group := .Values.workerGroups }}
+{{- if $group.enabled }}
+{{- $limits := $group.resources.limits | default dict }}
+{{- $requests := $group.resources.requests | default dict }}
+{{- $params := $group.rayStartParams | default dict }}
+{{- $cpu := index $params "num-cpus" | default (index $limits "cpu") | default (index $requests "cpu") | required (printf "workerGroups.%s.resources.limits.cpu is required" $name) | toString }}
+{{- $cpus := ternary (divf (trimSuffix "m" $cpu) 1000) (float64 $cpu) (hasSuffix "m" $cpu) | ceil }}
+{{- $gpu := eq $group.type "gpu" }}
+{{- $resource := ternary ($resources.gpu_group_resource | default "gpu_group") ($resources.cpu_group_resource | default "cpu_group") $gpu }}
+{{- $declared := dict "cpus" $cpus "gpus" (ternary (index $limits "nvidia.com/gpu" | int) 0 $gpu) "min_replicas" $group.minReplicas "max_replicas" $group.maxReplicas "resources" (dict $resource (int $.Values.groupResourceUnits)) }}
+{{- with index $limits "memory" | default (index $requests "memory") }}
+{{- $_ := set $declared "memory" (toString .) }}
+{{- end }}
+{{- $_ := set $groups $name $declared }}
+{{- end }}
+{{- end }}
+{{- $_ := set $resources "worker_groups" $groups }}
+{{- /* The driver's drain after SIGTERM; the pods' terminationGracePeriodSeconds is above it (_deadlines.tpl). */}}
+{{- if hasKey $resources "stop_grace_s" }}
+{{- fail "config.resources.stop_grace_s is rendered from stopGraceSeconds: set it there (the pods' grace period follows it)" }}
+{{- end }}
+{{- $_ := set $resources "stop_grace_s" (int .Values.stopGraceSeconds) }}
+{{- $_ := set $config "resources" $resources }}
 {{- with .Values.pushgatewayAuth.existingSecret }}
 {{- $metrics := $config.metrics | default dict }}
 {{- if not $metrics.pushgateway_url }}
