@@ -260,6 +260,8 @@ class TestRayJob:
         configmap = release.pipeline_config()
         mounted = yaml.safe_load(configmap["data"]["config.yaml"])
         mounted["resources"].pop("worker_groups")  # rendered from workerGroups: test_chart_placement.py
+        # The driver's drain, rendered from stopGraceSeconds (which also sets the pods' grace period).
+        assert mounted["resources"].pop("stop_grace_s") == _expected_values(values)["stopGraceSeconds"]
         assert mounted == _expected_config(values)
         for spec in rayjob_specs(release):
             assert spec["entrypoint"] == "pipeline run --config /etc/pipeline/config.yaml"
@@ -284,10 +286,15 @@ class TestRayJob:
         assert releases["default"].one("RayJob")["metadata"]["name"] == "batch-inference-1"
 
 
-def _expected_config(values: str) -> dict[str, Any]:
-    defaults = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))["config"]
+def _expected_values(values: str) -> dict[str, Any]:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
     if values == "default":
         return defaults
     from deploy_manifests import deep_merge
 
-    return deep_merge(defaults, environment_values(values).get("config", {}))
+    return deep_merge(defaults, environment_values(values))
+
+
+def _expected_config(values: str) -> dict[str, Any]:
+    config: dict[str, Any] = _expected_values(values)["config"]
+    return config

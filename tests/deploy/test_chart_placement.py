@@ -99,7 +99,10 @@ def test_pipeline_plan_on_prod_config_shows_gpu_inference(
     images = tmp_path / "images"
     samples.make_images(images, 3, seed=2, broken=False)
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    local = ["--set", f"input.uri={images}", "--set", "model.weights=null", "--set", "model.random_init=true"]
+    local = [
+        *("--set", f"input.uri={images}", "--set", f"output.uri={tmp_path / 'out'}"),
+        *("--set", "model.weights=null", "--set", "model.random_init=true"),
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", "plan", "--config", str(config_file), *local, "--json"],
         capture_output=True,
