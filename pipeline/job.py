@@ -8,6 +8,8 @@ inputs, and the model weights (checksum and architecture).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,8 +17,18 @@ from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from pipeline import __version__, input_manifest, output, shard_job, storage, verify
-from pipeline.cluster import configure_data_context, connect_ray
+from pipeline import (
+    __version__,
+    input_manifest,
+    output,
+    run_inputs,
+    run_weights,
+    s3_retries,
+    shard_job,
+    storage,
+    verify,
+)
+from pipeline.cluster import connect_ray
 from pipeline.commit import commit_run
 from pipeline.errors import (
     JobFailedError,
@@ -27,27 +39,32 @@ from pipeline.errors import (
 from pipeline.lease import Lease
 from pipeline.logs import STDERR, bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
-from pipeline.model import ModelSpec, check_architecture, resolve_spec
-from pipeline.progress import Display, ProgressSeries, ProgressTracker, watch_write
+from pipeline.model import ModelSpec, Weights, check_architecture, read_weights, resolve_spec
+from pipeline.progress import Display, ProgressSeries, write_abandoned
 from pipeline.summary import RunSummary
+from pipeline.write_step import Work, write_with_progress
 
 if TYPE_CHECKING:
-    import pyarrow as pa
+    from collections.abc import Callable
 
     from pipeline.config import Config
     from pipeline.planning import ResourcePlan
-    from pipeline.shard_read import ShardDatasource
 
 
 def _claim_output(
-    location: output.OutputLocation, config: Config, config_hash: str, new_id: str, *, overwrite: bool
+    location: output.OutputLocation,
+    config: Config,
+    weights: Callable[[], Weights],
+    new_id: str,
+    *,
+    overwrite: bool,
 ) -> tuple[str, bool]:
     """The run id (the unfinished run's, to resume it, else ``new_id``) and whether this run resumes.
 
     Nothing is deleted here: ``--overwrite`` clears only after the inputs and the model
     have been checked, just before the first write.
     """
-    state = output.inspect(location)
+    state, config_hash = run_weights.claimed(location, config, weights, overwrite=overwrite)
     resume_id = output.check_can_start(
         state, config.job.run_id, config_hash, overwrite=overwrite, carried=config.input.passthrough_columns
     )
@@ -70,6 +87,12 @@ class _Run:
     done_at_start: int | None = None  # rows already written when this attempt began (after restore)
     display: Display = field(default_factory=lambda: Display(sys.stderr, enabled=False))
     series: ProgressSeries | None = None  # rows done over time, once this attempt writes
+    retries_at_start: int = field(default_factory=s3_retries.retries)  # this process's S3 retries
+    worker_retries: int = 0  # S3 retries the decode and write tasks reported
+
+    def storage_retries(self) -> int:
+        """S3 retries of this run so far: the driver's, and those the tasks reported."""
+        return s3_retries.retries() - self.retries_at_start + self.worker_retries
 
     def held(self) -> output.OutputLocation:
         """The output, while the job holds its lease."""
@@ -89,12 +112,31 @@ class _Run:
         return self.metrics
 
     def failed(self, exc: Exception) -> PipelineError:
-        """Record why the run failed; the error to raise (an unexpected one as :class:`JobFailedError`)."""
+        """Record why the run failed, and the rows it wrote; the error to raise (unexpected: JobFailedError).
+
+        Ray is left up under a write abandoned on a stall or a lost lease, as after an interrupt
+        (shut down under Ray Data's thread, it ended the process with exit 1 and lost the error).
+        """
+        self.started_ray = self.started_ray and not write_abandoned()
+        self.count_written()
         if isinstance(exc, PipelineError):
             self.summary.error = str(exc)
             return exc
         self.summary.error = f"{type(exc).__name__}: {exc}"
         return JobFailedError(self.summary.error)
+
+    def count_written(self) -> None:
+        """``processed_this_run`` of a run that stopped while writing: rows in its completely written parts.
+
+        Counted from the checkpoints (the parts each vouches for); only if not known already.
+        """
+        if (
+            self.location is not None
+            and self.done_at_start is not None
+            and not self.summary.processed_this_run
+        ):
+            with contextlib.suppress(PipelineError):  # best effort: the next run recounts anyway
+                self.summary.processed_this_run = verify.rows_written(self.location) - self.done_at_start
 
     def interrupted(self, exc: BaseException) -> None:
         """SIGINT or SIGTERM: say so, with the rows completely written by now.
@@ -108,10 +150,7 @@ class _Run:
         summary.status = "interrupted"
         summary.error = str(exc) or "interrupted"
         self.started_ray = False
-        if self.location is not None and self.done_at_start is not None:
-            with contextlib.suppress(PipelineError):  # best effort: the next run recounts anyway
-                written = verify.rows_written(self.location)
-                summary.processed_this_run = max(0, written - self.done_at_start)
+        self.count_written()
 
     def stop_ray(self) -> None:
         """Shut down the cluster this run started (once)."""
@@ -125,6 +164,7 @@ class _Run:
         """Push the final status and write the summary (status is ``succeeded`` only once committed)."""
         summary = self.summary
         summary.seconds = time.monotonic() - self.started
+        summary.storage_retries = self.storage_retries()
         self.display.close()
         try:
             if self.report:
@@ -134,6 +174,7 @@ class _Run:
                     ok=summary.succeeded,
                     failed_by_reason=summary.failed_by_reason,
                     seconds=summary.seconds,
+                    storage_retries=summary.storage_retries,
                 )
                 if self.location is not None:  # best effort: never hides the run's own error
                     output.write_summary(self.location, summary.run_id, summary.as_dict())
@@ -176,7 +217,7 @@ def run_job(
     try:
         location = output.OutputLocation.open(config.output.uri, config.storage)
         output.check_safe_target(location, config.input.uri)
-        lease = Lease.acquire(location, config.output.lease_seconds)
+        lease = Lease.acquire(location, config.output.lease_seconds, config.resources.stall_timeout_s)
     except Exception as exc:
         run.report = not isinstance(exc, OutputInUseError)
         error = run.failed(exc)
@@ -209,25 +250,21 @@ def run_job(
 def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, overwrite: bool) -> None:
     """Claim, list, resolve the model, connect, execute, verify, commit: the run's steps in order."""
     config, summary = run.config, run.summary
-    config_hash = config.config_hash()
-    summary.run_id, resuming = _claim_output(
-        location, config, config_hash, summary.run_id, overwrite=overwrite
-    )
+    weights = functools.cache(lambda: read_weights(config.model, config.storage))  # once per run
+    summary.run_id, resuming = _claim_output(location, config, weights, summary.run_id, overwrite=overwrite)
     run_id = summary.run_id
     lease.name_run(run_id)
     bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
     log = get_logger(run_id=run_id, stage="driver")
     run.display.phase("listing inputs")
-    listing = output.inputs_of_run(location, config.input, config.storage, run_id, resumed=resuming)
+    listing = run_inputs.inputs_of_run(location, config.input, config.storage, run_id, resumed=resuming)
     uris, carried = listing.uris, listing.carried
     if resuming:  # parts written before hold the carried columns' types of the run's start
         started_state = location.read_json(output.RUN_STATE)
         input_manifest.check_resumed_types(
             started_state.get("passthrough_columns"), carried, config.input.uri, run_id
         )
-        listing = storage.Listing(
-            uris, listing.empty_cells, carried, started_state.get("input_format", "files")
-        )
+        listing = dataclasses.replace(listing, format=started_state.get("input_format", "files"))
     summary.input_format = listing.format
     summary.inputs, summary.empty_manifest_cells, summary.output_uri = (
         len(uris),
@@ -235,18 +272,25 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
         location.uri,
     )
     run.display.phase("loading model")
-    spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage)
+    spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage, weights())
+    weights.cache_clear()  # the bytes: the state dict holds the tensors from here on
+    config_hash = config.config_hash(spec.weights_sha256)  # what the weights are, not only where
     if spec.random_init:
         log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
     if overwrite:  # inputs and model checked: only now is the old output deleted
         _clear(location, lease, log)
     log.info("run starting", inputs=len(uris), output=location.uri, resuming=resuming, model=spec.name)
     if not resuming:
-        state = {"run_id": run_id, "config_hash": config_hash, "started_at": run.started_wall}
-        state["input_format"] = listing.format
+        state = {
+            "run_id": run_id,
+            "config_hash": config_hash,
+            "started_at": run.started_wall,
+            "input_format": listing.format,
+            run_weights.WEIGHTS_KEY: spec.weights_sha256,
+        }
         if carried is not None:
             state["passthrough_columns"] = input_manifest.described(carried.schema)
-        output.start_run(location, uris, state)
+        output.start_run(location, run_inputs.inputs_table(listing), state)
     metrics = run.job_metrics()
     metrics.start(spec.name, __version__, len(uris))
     run.display.phase("starting Ray")
@@ -315,13 +359,13 @@ def _run_on_ray(
     if todo:  # else every part was written before the last attempt stopped: only the commit is left
         carried = listing.carried
         carried = input_manifest.rows_to_do(carried, uris, todo) if carried is not None else None
-        processed, steady, first_landed = _write_with_progress(
-            run, lease, (todo, total), carried, spec, state_dict, plan, shards
-        )
+        work = Work(todo, total, spec, state_dict, plan, carried, shards, listing.unreadable_names)
+        processed, steady, first_landed = write_with_progress(run, lease, work)
         if first_landed is not None:
             timings["first_batch"] = first_landed - run.started_wall
         timings["written"] = time.time() - run.started_wall
     run.display.phase("verifying output")
+    run.summary.storage_retries = run.storage_retries()  # as of the read-back, for the manifest
     if sharded:
         result = shard_job.tally(config, location, uris)
         run.summary.inputs, run.summary.failed_shards = result.rows, result.failed_shards
@@ -330,63 +374,3 @@ def _run_on_ray(
     result = verify.tally(location, config.storage, ids, carried=config.input.passthrough_columns)
     # A batch retried after an actor died is reported to the tracker twice: cap the count.
     return result, plan, min(processed, len(todo)), steady
-
-
-def _write_with_progress(
-    run: _Run,
-    lease: Lease,
-    work: tuple[list[str], int],
-    carried: pa.Table | None,
-    spec: ModelSpec,
-    state_dict: Any,
-    plan: ResourcePlan,
-    shards: ShardDatasource | None = None,
-) -> tuple[int, float, float | None]:
-    """Build the graph over the unfinished inputs (``work``: them, and the rows they hold) and run it.
-
-    Returns the rows processed, the steady-state rate and when the first batch landed.
-    """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from pipeline.graph import build_dataset, write_parquet
-
-    config, location, run_id = run.config, run.held(), run.summary.run_id
-    todo, total = work
-    configure_data_context(location)
-    # On the driver's node, hard: a lost worker node must not take the progress counts with
-    # it. A soft affinity to a head with no CPUs put the tracker on a worker node.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    remote = ray.remote(num_cpus=0, scheduling_strategy=here)  # type: ignore[call-overload]  # stub omits node affinity
-    tracker = remote(ProgressTracker).remote()
-    state_ref = ray.put(state_dict) if state_dict is not None else None
-    # Once, each actor reads it. One chunk: take() of a 512-row batch from a 1M-row table took
-    # 0.05 ms against 2 ms from the 8 chunks of the manifest's row groups.
-    carried_ref = ray.put(carried.combine_chunks()) if carried is not None else None
-    dataset = build_dataset(
-        config,
-        todo,
-        spec,
-        state_ref,
-        plan,
-        run_id,
-        progress=tracker,
-        carried_ref=carried_ref,
-        shard_source=shards,
-    )
-    data_uri, filesystem = location.uri_of(output.DATA_DIR), location.arrow_fs()
-    run.series = ProgressSeries(run.started_wall)
-    try:
-        processed, steady = watch_write(
-            lambda: write_parquet(dataset, data_uri, filesystem, run_id, plan),
-            config,
-            lease,
-            tracker,
-            total,
-            run.job_metrics(),
-            run.display,
-            run.series,
-        )
-        return processed, steady, ray.get(tracker.first_landed_at.remote())
-    finally:
-        ray.data.DataContext.get_current().checkpoint_config = None  # later datasets must not inherit it

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Ta
 from rich.text import Text
 
 from pipeline import logs
-from pipeline.errors import JobFailedError, OutputInUseError
+from pipeline.errors import JobFailedError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,17 +34,30 @@ POLL_INTERVAL_S = 1.0
 LOG_EVERY_S = 60.0
 SERIES_EVERY_S = 5.0  # one point of the progress series per this many seconds, at first
 SERIES_MAX_POINTS = 400  # then every other point is dropped and the spacing doubled
+WRITER_THREAD = "ray-data-write"  # runs the write; alive after a stall or a lost lease abandoned it
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
 
 
 class ProgressTracker:
-    """Counts rows finished by the inference actors (a tiny Ray actor, zero CPUs)."""
+    """Counts rows finished by the inference actors (a tiny Ray actor, zero CPUs), and S3 retries.
+
+    The retries are those of the decode and write tasks' filesystems (:mod:`pipeline.s3_client`).
+    """
 
     def __init__(self) -> None:
         self.ok = 0
         self.failed: dict[str, int] = {}
         self.first: tuple[float, int] | None = None  # when the first batch landed, and its rows
         self.last = 0.0
+        self.retries = 0
+
+    def add_retries(self, count: int) -> None:
+        """Add S3 retries a worker's request needed."""
+        self.retries += count
+
+    def storage_retries(self) -> int:
+        """S3 retries reported so far."""
+        return self.retries
 
     def add(self, ok: int, failed: dict[str, int]) -> None:
         """Add one batch's outcome."""
@@ -192,6 +205,25 @@ class Display:
             self._progress = None
 
 
+def start_tracker() -> Any:
+    """A :class:`ProgressTracker` actor on the driver's node.
+
+    Hard affinity: a lost worker node must not take the progress counts with it. A soft
+    affinity to a head with no CPUs put the tracker on a worker node.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    remote = ray.remote(num_cpus=0, scheduling_strategy=here)  # type: ignore[call-overload]  # stub omits node affinity
+    return remote(ProgressTracker).remote()
+
+
+def write_abandoned() -> bool:
+    """Whether a write :func:`watch_write` stopped watching (a stall, a lost lease) still runs in Ray Data."""
+    return any(thread.name == WRITER_THREAD and thread.is_alive() for thread in threading.enumerate())
+
+
 def watch_write(
     write_output: Callable[[], None],
     config: Config,
@@ -216,7 +248,7 @@ def watch_write(
         except BaseException as exc:  # re-raised in the driver thread
             failure.append(exc)
 
-    writer = threading.Thread(target=write, name="ray-data-write", daemon=True)
+    writer = threading.Thread(target=write, name=WRITER_THREAD, daemon=True)
     started = time.monotonic()
     last_change, last_done = started, -1
     writer.start()
@@ -255,9 +287,8 @@ def watch_write(
 
 
 def _stop_if_unhealthy(lease: Lease, stalled_s: float, timeout_s: float, done: int, total: int) -> None:
-    """Raise if another job took the output, or no row finished for ``timeout_s``."""
-    if lease.lost is not None:
-        raise OutputInUseError(lease.lost)
+    """Raise if the lease is lost or about to lapse unrenewed, or no row finished for ``timeout_s``."""
+    lease.check_renewed()
     if stalled_s > timeout_s:
         raise JobFailedError(
             f"no progress for {timeout_s:.0f}s at {done}/{total} rows (resources.stall_timeout_s): "

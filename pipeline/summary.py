@@ -23,6 +23,7 @@ class RunSummary:
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     processed_this_run: int = 0
     resumed: bool = False
+    storage_retries: int = 0  # S3 requests sent again (throttling, 5xx, timeouts, resets): driver and tasks
     seconds: float = 0.0
     images_per_second: float = 0.0
     steady_images_per_second: float = 0.0
@@ -60,6 +61,8 @@ class RunSummary:
             f"  seconds    {self.seconds:.1f}",
             f"  images/s   {self.images_per_second:.1f}",
         ]
+        if self.storage_retries:
+            lines.append(f"  storage    {self.storage_retries} S3 requests retried")
         if self.timings:
             lines.append("  timeline   " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
         if self.error:

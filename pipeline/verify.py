@@ -13,15 +13,17 @@ import posixpath
 import re
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from pipeline import __version__, storage
-from pipeline.errors import JobFailedError
+from pipeline.errors import JobFailedError, StorageError
 from pipeline.output import (
     CHECKPOINT_DIR,
     DATA_DIR,
@@ -30,6 +32,9 @@ from pipeline.output import (
     MANIFEST_VERSION,
     PENDING_CHECKPOINT_SUFFIX,
     OutputLocation,
+    is_lease,
+    is_temporary,
+    json_bytes,
 )
 from pipeline.schema import STATUS_FAILED, STATUS_OK
 
@@ -41,6 +46,8 @@ if TYPE_CHECKING:
 
 _PART_NUMBER = re.compile(r"-\d+\.parquet$")
 TALLY_COLUMNS = ["row_id", "uri", "status", "reason", "error"]
+READ_BACK_THREADS = 8  # parts read back at once on restore (one round trip or two each on S3)
+MAX_NAMED_PARTS = 5
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,7 @@ def manifest_document(
         "failed_by_reason": summary["failed_by_reason"],
         "processed_this_run": summary["processed_this_run"],
         "resumed": summary["resumed"],
+        "storage_retries": summary["storage_retries"],
         "config_hash": config_hash,
         "config": config.to_dict(),
         "model": {
@@ -225,10 +233,27 @@ def commit(location: OutputLocation, result: Tally, manifest: dict[str, Any]) ->
         "layout": layout,
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    written = location.write_json(MANIFEST, manifest)
-    if location.read_bytes(MANIFEST) != written:  # a store that acknowledged what it did not keep
+    written = json_bytes(manifest)
+    try:
+        location.write_bytes(MANIFEST, written)
+    except StorageError as exc:  # no answer: the PUT may have landed, and what is there decides
+        if _reads_back(location, written):
+            return manifest
+        raise StorageError(
+            f"{exc}. The output may or may not be committed: run the same command again to find out "
+            "(exit 3 if it is, else it resumes and commits)"
+        ) from exc
+    if not _reads_back(location, written):  # a store that acknowledged what it did not keep
         raise JobFailedError(f"{location.uri_of(MANIFEST)} does not read back as written; not committed")
     return manifest
+
+
+def _reads_back(location: OutputLocation, written: bytes) -> bool:
+    """Whether ``_SUCCESS`` holds exactly ``written`` (an unanswered read: no)."""
+    try:
+        return location.read_bytes(MANIFEST) == written
+    except (StorageError, FileNotFoundError):
+        return False
 
 
 def _part_base(name: str) -> str:
@@ -252,55 +277,122 @@ def rows_written(location: OutputLocation) -> int:
         return int(pads.dataset(paths, filesystem=location.arrow_fs(), format="parquet").count_rows())
 
 
-def drop_unfinished(location: OutputLocation) -> tuple[list[str], list[str], int, int]:
-    """Steps 1 and 2 of :func:`restore_checkpoint`: committed checkpoints, orphans, deletions."""
-    pending, committed = _split_checkpoints(location.list_files(CHECKPOINT_DIR))
-    covered = {posixpath.basename(name).removesuffix(".parquet") for name in committed}
-    orphans = [name for name in location.list_files(DATA_DIR) if _part_base(name) not in covered]
-    return committed, orphans, location.delete(orphans), location.delete(sorted(pending))
+@dataclass(frozen=True)
+class Restored:
+    """An output made consistent after a crash: the ids its parts hold, and what was deleted."""
+
+    done: pa.Array  # row ids in parts that read back as their checkpoint lists them
+    checkpoints: int  # committed checkpoints kept
+    unfinished_parts: int  # parts no committed checkpoint covers
+    pending_dropped: int
+    damaged: list[str]  # parts that did not read back (deleted, cut short, replaced): redone
+    temporaries: int  # ".<name>.<random>.tmp" files of writes cut short
+
+
+def drop_unfinished(location: OutputLocation) -> Restored:
+    """Steps 1 to 4 of :func:`restore_checkpoint`: delete what no finished write vouches for."""
+    names = location.list_files()
+    temporaries = location.delete(name for name in names if is_temporary(name) and not is_lease(name))
+    pending, committed = _split_checkpoints([n for n in names if n.startswith(f"{CHECKPOINT_DIR}/")])
+    parts: dict[str, list[str]] = {}
+    for name in names:
+        if name.startswith(f"{DATA_DIR}/") and not is_temporary(name):
+            parts.setdefault(_part_base(name), []).append(name)
+    covered = {posixpath.basename(name).removesuffix(".parquet"): name for name in committed}
+    orphans = [name for base, files in parts.items() if base not in covered for name in files]
+    deleted, dropped = location.delete(orphans), location.delete(sorted(pending))
+
+    def read_back(base: str) -> pa.Array | None:
+        return _read_back(location, covered[base], parts.get(base, []))
+
+    with ThreadPoolExecutor(max_workers=READ_BACK_THREADS) as pool:  # a round trip or two each, on S3
+        found = dict(zip(covered, pool.map(read_back, covered), strict=True))
+    bad = [base for base, ids in found.items() if ids is None]
+    # Named in the warning: the parts, or the checkpoint of a part that is gone.
+    damaged = [name for base in bad for name in parts.get(base) or [covered[base]]]
+    location.delete([name for base in bad for name in parts.get(base, [])])  # first: a crash leaves orphans
+    location.delete([covered[base] for base in bad])
+    done = [ids for ids in found.values() if ids is not None]
+    return Restored(
+        pa.concat_arrays(done) if done else pa.array([], pa.string()),
+        len(covered) - len(bad),
+        deleted,
+        dropped,
+        damaged,
+        temporaries,
+    )
+
+
+def _read_back(location: OutputLocation, checkpoint: str, parts: list[str]) -> pa.Array | None:
+    """The ids of a checkpoint's parts; None if they are gone, do not read back, or hold other rows."""
+    filesystem = location.arrow_fs()
+    with storage.translate_errors("read back", location.uri_of(checkpoint), location.storage_config):
+        try:
+            listed = pq.read_table(location.path_of(checkpoint), columns=["row_id"], filesystem=filesystem)
+            tables = [
+                pq.read_table(location.path_of(name), columns=["row_id"], filesystem=filesystem)
+                for name in parts
+            ]
+        except (pa.ArrowInvalid, FileNotFoundError):  # cut short, not Parquet, or gone since listed
+            return None
+    expected = listed.column("row_id").combine_chunks()
+    ids = pa.chunked_array(
+        [chunk for table in tables for chunk in table.column("row_id").chunks], pa.string()
+    )
+    ids = ids.combine_chunks()
+    if len(ids) != len(expected) or not pc.all(pc.is_in(ids, value_set=expected)).as_py():
+        return None
+    return ids
 
 
 def restore_checkpoint(location: OutputLocation, uris: list[str], run_id: str | None = None) -> list[str]:
-    """Make the output consistent after a crash; return the inputs no committed part holds.
+    """Make the output consistent after a crash; return the inputs no part that reads back holds.
 
     Ray Data writes each part in two phases: ``<part>.pending.parquet`` (the part's
     ids), then the part files ``<part>-<n>.parquet``, then renames the pending file
-    to ``<part>.parquet``. So a committed checkpoint proves its parts are complete,
+    to ``<part>.parquet``. So a committed checkpoint proves its parts were complete,
     and every other part is the leftover of a write that did not finish. This:
 
-    1. deletes every part under ``data/`` that no committed checkpoint covers
+    1. deletes the temporary files of writes cut short (``.<name>.<random>.tmp``, e.g. a
+       ``_SUCCESS`` a kill interrupted), but not the lease's, which this job renews;
+    2. deletes every part under ``data/`` that no committed checkpoint covers
        (what Ray's own restore does for pending checkpoints, and also safe when a
        crash cut a rename, a copy and a delete on object stores, between its halves);
-    2. deletes the pending checkpoint files;
-    3. reads the committed ids and returns the inputs that are not among them.
+    3. deletes the pending checkpoint files;
+    4. reads every covered part back: a checkpoint whose parts are missing, cut short or
+       hold other rows than it lists is deleted with its parts, so their rows are redone;
+    5. returns the inputs whose ids no part that read back holds.
 
-    Ray's restore is not used because it runs its id filter in an actor pool that
-    reserves a whole CPU per actor (not configurable in Ray 2.60): on a small node
-    next to the inference actors, the read and decode stages can never be scheduled
-    and a resumed run stalls at 0 rows. Filtering the listing on the driver also
-    means no bytes are fetched, and no task started, for finished inputs.
+    The parts, not the checkpoint, decide what is done: a part deleted or damaged after it
+    was written is redone, not reported missing on every rerun. Ray's restore is not used
+    because it runs its id filter in an actor pool that reserves a whole CPU per actor (not
+    configurable in Ray 2.60): on a small node next to the inference actors, the read and
+    decode stages can never be scheduled and a resumed run stalls at 0 rows. Filtering the
+    listing on the driver also means no bytes are fetched, and no task started, for
+    finished inputs.
     """
     from pipeline.logs import get_logger
 
-    committed, orphans, deleted_parts, dropped_pending = drop_unfinished(location)
+    restored = drop_unfinished(location)
     todo = uris
-    if committed:
-        with storage.translate_errors("read the checkpoint under", location.uri_of(CHECKPOINT_DIR)):
-            dataset = pads.dataset(
-                [location.path_of(name) for name in committed],
-                filesystem=location.arrow_fs(),
-                format="parquet",
-            )
-            done = dataset.to_table(columns=["row_id"]).column("row_id").combine_chunks()
+    if len(restored.done):
         ids = pa.array([storage.row_id(uri) for uri in uris], pa.string())
-        keep = pc.invert(pc.is_in(ids, value_set=done)).to_pylist()
+        keep = pc.invert(pc.is_in(ids, value_set=restored.done)).to_pylist()
         todo = [uri for uri, wanted in zip(uris, keep, strict=True) if wanted]
-    if committed or orphans or dropped_pending:
-        get_logger(run_id=run_id, stage="driver").info(
+    log = get_logger(run_id=run_id, stage="driver")
+    if restored.damaged:
+        log.warning(
+            "parts that did not read back were deleted; their rows are redone",
+            parts=restored.damaged[:MAX_NAMED_PARTS],
+            count=len(restored.damaged),
+        )
+    if restored.checkpoints or restored.unfinished_parts or restored.pending_dropped or restored.temporaries:
+        log.info(
             "checkpoint restored",
             written=len(uris) - len(todo),
             to_do=len(todo),
-            unfinished_parts_deleted=deleted_parts,
-            pending_checkpoints_dropped=dropped_pending,
+            unfinished_parts_deleted=restored.unfinished_parts,
+            pending_checkpoints_dropped=restored.pending_dropped,
+            temporary_files_deleted=restored.temporaries,
         )
     return todo

@@ -68,7 +68,8 @@ def location(bucket, moto) -> output.OutputLocation:
 class TestRunState:
     def test_committed_output_is_refused(self, s3, bucket, location):
         """A committed run is not redone without --overwrite, and the message says it is committed."""
-        s3.put_object(Bucket=bucket, Key="out/_SUCCESS", Body=json.dumps({"run_id": RUN, "finished_at": "t"}))
+        manifest = {"run_id": RUN, "finished_at": "t", "counts": {}, "layout": {}}
+        s3.put_object(Bucket=bucket, Key="out/_SUCCESS", Body=json.dumps(manifest))
         with pytest.raises(OutputExistsError, match=r"committed run 'run-1'.*--overwrite") as caught:
             output.check_can_start(output.inspect(location), None, "hash", overwrite=False)
         assert caught.value.exit_code == 3
