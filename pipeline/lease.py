@@ -302,9 +302,9 @@ def _create(location: OutputLocation, holder: Holder) -> bool:
             found = _read(location, holder.epoch)
         except StorageError:
             raise failed from None
-        if found is None or found.token != holder.token:
+        if found is None:  # the create did not land: the store's failure stands
             raise
-        return True
+        return found.token == holder.token  # else another job won the epoch
     found = _read(location, holder.epoch)
     return found is not None and found.token == holder.token
 

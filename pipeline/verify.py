@@ -281,11 +281,11 @@ def rows_written(location: OutputLocation) -> int:
 class Restored:
     """An output made consistent after a crash: the ids its parts hold, and what was deleted."""
 
-    done: pa.Array  # row ids in parts that read back as their checkpoint lists them
+    done: pa.Array  # row ids in the parts that read back (holding only rows their checkpoint lists)
     checkpoints: int  # committed checkpoints kept
     unfinished_parts: int  # parts no committed checkpoint covers
     pending_dropped: int
-    damaged: list[str]  # parts that did not read back (deleted, cut short, replaced): redone
+    damaged: list[str]  # parts that did not read back (deleted, cut short, other rows): redone
     temporaries: int  # ".<name>.<random>.tmp" files of writes cut short
 
 
@@ -324,7 +324,11 @@ def drop_unfinished(location: OutputLocation) -> Restored:
 
 
 def _read_back(location: OutputLocation, checkpoint: str, parts: list[str]) -> pa.Array | None:
-    """The ids of a checkpoint's parts; None if they are gone, do not read back, or hold other rows."""
+    """The ids in a checkpoint's parts; None if they are gone, do not read, or hold rows it does not list.
+
+    Parts that read back with fewer rows than the checkpoint lists keep those rows (they are
+    there); the others are redone.
+    """
     filesystem = location.arrow_fs()
     with storage.translate_errors("read back", location.uri_of(checkpoint), location.storage_config):
         try:
@@ -336,11 +340,11 @@ def _read_back(location: OutputLocation, checkpoint: str, parts: list[str]) -> p
         except (pa.ArrowInvalid, FileNotFoundError):  # cut short, not Parquet, or gone since listed
             return None
     expected = listed.column("row_id").combine_chunks()
-    ids = pa.chunked_array(
-        [chunk for table in tables for chunk in table.column("row_id").chunks], pa.string()
-    )
-    ids = ids.combine_chunks()
-    if len(ids) != len(expected) or not pc.all(pc.is_in(ids, value_set=expected)).as_py():
+    chunks = [chunk for table in tables for chunk in table.column("row_id").chunks]
+    ids = pa.chunked_array(chunks, pa.string()).combine_chunks()
+    if not parts and len(expected):  # its part is gone
+        return None
+    if not pc.all(pc.is_in(ids, value_set=expected)).as_py():  # rows of another write
         return None
     return ids
 

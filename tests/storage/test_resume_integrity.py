@@ -1,7 +1,7 @@
 """A killed run resumes only as itself: same weights' bytes, same inputs, and parts that read back.
 
 One ``python -m pipeline run`` on a local folder is killed with SIGKILL (its whole process
-group) once two parts are written; each test starts from a copy of what it left, at the same
+group) once three parts are written; each test starts from a copy of what it left, at the same
 paths (the run's inputs and weights are named by absolute path), changes what it is about
 (the weights' bytes, the inputs, a part, a leftover temporary file), and resumes in-process.
 """
@@ -31,7 +31,7 @@ from pipeline.job import run_job
 pytestmark = pytest.mark.slow
 
 IMAGES = 96
-KILL_AFTER_PARTS = 2
+KILL_AFTER_PARTS = 3
 DEADLINE_S = 300.0
 
 
@@ -65,7 +65,7 @@ def make_weights(path: Path, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def killed_template(tmp_path_factory: pytest.TempPathFactory, local_config) -> tuple[Path, Path]:
-    """(work folder, its pristine copy): images, weights and an output a SIGKILL left after two parts."""
+    """(work folder, its pristine copy): images, weights and an output a SIGKILL left after three parts."""
     root = tmp_path_factory.mktemp("killed")
     work = root / "work"
     samples.make_images(
@@ -211,13 +211,14 @@ class TestInputs:
 
 
 class TestDamagedParts:
-    def test_a_deleted_and_a_truncated_part_are_redone(self, ray_session, killed):
-        """One part deleted and one cut short after they were written: their rows are redone, once."""
+    def test_deleted_truncated_and_replaced_parts_are_redone(self, ray_session, killed):
+        """Parts deleted, cut short, or holding another part's rows after they were written: redone, once."""
         work, config = killed
         parts = sorted((work / "out" / "data").glob("part-*.parquet"))
-        assert len(parts) >= 2
-        lost = pq.read_metadata(parts[0]).num_rows + pq.read_metadata(parts[1]).num_rows
+        assert len(parts) >= KILL_AFTER_PARTS
+        lost = sum(pq.read_metadata(part).num_rows for part in parts[:3])
         written = sum(pq.read_metadata(part).num_rows for part in parts)
+        parts[2].write_bytes(parts[0].read_bytes())  # rows its checkpoint does not list
         parts[0].unlink()
         data = parts[1].read_bytes()
         parts[1].write_bytes(data[: len(data) // 2])
@@ -225,7 +226,7 @@ class TestDamagedParts:
         assert summary.status == "succeeded"
         assert summary.processed_this_run == IMAGES - written + lost
         assert_exactly_once(work / "out", work / "images")
-        assert not parts[1].exists()
+        assert not [part for part in parts[:3] if part.exists()]
 
 
 class TestLeftovers:
