@@ -21,6 +21,7 @@ from pipeline import (
     __version__,
     input_manifest,
     output,
+    restore,
     run_inputs,
     run_weights,
     s3_retries,
@@ -136,7 +137,7 @@ class _Run:
             and not self.summary.processed_this_run
         ):
             with contextlib.suppress(PipelineError):  # best effort: the next run recounts anyway
-                self.summary.processed_this_run = verify.rows_written(self.location) - self.done_at_start
+                self.summary.processed_this_run = restore.rows_written(self.location) - self.done_at_start
 
     def interrupted(self, exc: BaseException) -> None:
         """SIGINT or SIGTERM: say so, with the rows completely written by now.
@@ -309,7 +310,18 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     lease.check()  # a job that lost the output to another must not commit
     run.display.phase("committing")
     series = run.series.as_dict() if run.series is not None else None
-    commit_run(run.config, run.summary, run.held(), spec, result, plan, config_hash, run.started_wall, series)
+    commit_run(
+        run.config,
+        run.summary,
+        run.held(),
+        spec,
+        result,
+        plan,
+        config_hash,
+        run.started_wall,
+        series,
+        lease.check_renewed,
+    )
     summary.status = "succeeded"  # only now: the manifest is written and read back
     summary.timings["committed"] = time.monotonic() - run.started
     if config.output.report:  # after the commit: a report that fails only logs a warning
@@ -352,7 +364,7 @@ def _run_on_ray(
         shards, run.done_at_start, total = shard_job.restore(config, location, uris, listing.format, run_id)
         todo = uris if shards is not None else []
     else:
-        todo = verify.restore_checkpoint(location, uris, run_id)  # inputs no committed part holds
+        todo = restore.restore_checkpoint(location, uris, run_id)  # inputs no committed part holds
         run.done_at_start, total = len(uris) - len(todo), len(todo)
     run.summary.resumed = run.done_at_start > 0  # said only when rows are actually skipped
     processed, steady = 0, 0.0

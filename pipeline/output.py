@@ -214,7 +214,7 @@ class OutputLocation:
         """A fresh ``_checkpoint/attempt-<n>`` folder (name relative to the output) for this attempt.
 
         Each attempt gives Ray Data an empty checkpoint path, so Ray only writes
-        checkpoints (two-phase, per part) and never restores: :func:`restore_checkpoint`
+        checkpoints (two-phase, per part) and never restores: :func:`pipeline.restore.restore_checkpoint`
         has done that already, over every earlier attempt's folder.
         """
         root = self.path_of(CHECKPOINT_DIR)
