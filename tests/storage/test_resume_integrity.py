@@ -25,7 +25,7 @@ from storage_s3 import KILLABLE_PACE
 
 from pipeline import samples
 from pipeline.config import Config, dump_yaml
-from pipeline.errors import InputError, OutputExistsError
+from pipeline.errors import InputError, PipelineError
 from pipeline.job import run_job
 
 pytestmark = pytest.mark.slow
@@ -148,7 +148,7 @@ class TestWeights:
         original, before = sha256(weights), sorted(p.name for p in (work / "out" / "data").iterdir())
         shutil.copyfile(killed_template[1].parent / "other.safetensors", weights)
         with pytest.raises(
-            OutputExistsError, match=f"weights sha256 {original}.*now holds sha256 {sha256(weights)}"
+            PipelineError, match=f"weights sha256 {original}.*now holds sha256 {sha256(weights)}"
         ):
             run_job(config)
         assert sorted(p.name for p in (work / "out" / "data").iterdir()) == before  # nothing written
@@ -171,7 +171,7 @@ class TestWeights:
         older = {key: value for key, value in state.items() if key != "weights_sha256"}
         state_path.write_text(json.dumps({**older, "config_hash": config.config_hash()}))
         shutil.copyfile(killed_template[1].parent / "other.safetensors", work / "weights.safetensors")
-        with pytest.raises(OutputExistsError, match="one output cannot mix two models"):
+        with pytest.raises(PipelineError, match="one output cannot mix two models"):
             run_job(config)
         shutil.copyfile(killed_template[1] / "weights.safetensors", work / "weights.safetensors")
         summary = run_job(config)
@@ -267,6 +267,6 @@ class TestLeftovers:
         out = Path(config.output.uri)
         (out / "data").mkdir(parents=True)
         (out / "data" / "part-x-0.parquet").write_bytes(b"PAR1")
-        with pytest.raises(OutputExistsError, match=r"no _run\.json"):
+        with pytest.raises(PipelineError, match=r"no _run\.json"):
             run_job(config)
         assert (out / "data" / "part-x-0.parquet").read_bytes() == b"PAR1"  # left as it was
