@@ -16,7 +16,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pipeline import __version__, cli_outputs, logrelay, logs, sizing, stopping
 from pipeline.demo import demo_arguments
@@ -353,6 +353,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         logrelay.stop()
 
 
+def _write_abandoned() -> bool:
+    """Whether a run stopped watching a Ray Data write that still runs (only ``run`` and ``demo`` write)."""
+    progress = sys.modules.get("pipeline.progress")  # not loaded: no run wrote anything
+    return progress is not None and bool(progress.write_abandoned())
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit at once, without the interpreter's exit handlers.
+
+    ``ray.shutdown()`` there would stop Ray under Ray Data's threads, still in the abandoned
+    write (see job._Run.interrupted), and end the process with exit 1.
+    """
+    sys.stdout.flush()
+    logrelay.stop()
+    os._exit(code)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     """Run one command; errors become their exit code and one line on stderr."""
     try:
@@ -361,14 +378,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _unexpected(exc)
     except PipelineError as exc:
         logs.say_error(str(exc), exc.exit_code)
+        if _write_abandoned():  # on a stall or a lost lease: Ray was left up under it (job._Run.failed)
+            _exit_now(exc.exit_code)
         return exc.exit_code
     except RunInterrupted as exc:
         logs.say_error(f"{exc}; rows written so far are kept: run the same command to resume", exc.exit_code)
-        sys.stdout.flush()
-        logrelay.stop()
-        # At once, without the interpreter's exit handlers: ray.shutdown() there would stop
-        # Ray under Ray Data's threads, still in the abandoned write (see job._Run.interrupted).
-        os._exit(exc.exit_code)
+        _exit_now(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

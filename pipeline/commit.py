@@ -14,6 +14,8 @@ from pipeline import output, verify
 from pipeline.errors import FailureBudgetExceededError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pipeline.config import Config
     from pipeline.model import ModelSpec
     from pipeline.planning import ResourcePlan
@@ -30,10 +32,12 @@ def commit_run(
     config_hash: str,
     started_wall: float,
     progress: dict[str, Any] | None = None,
+    still_held: Callable[[], None] | None = None,
 ) -> None:
     """Enforce the failure budget, then write the dead-letter table and the manifest.
 
     ``progress``: the attempt's rows done over time (none when earlier attempts wrote every part).
+    ``still_held``: raises if the job lost its hold on the output (``Lease.check_renewed``).
     """
     shards = len(result.failed_shards)
     failed, inputs = summary.failed + shards, summary.inputs + shards
@@ -64,4 +68,4 @@ def commit_run(
     if summary.input_format != "files":
         document["input_format"] = summary.input_format
         document["failed_shards"] = result.failed_shards
-    verify.commit(location, result, document)
+    verify.commit(location, result, document, still_held)

@@ -187,6 +187,8 @@ class StorageConfig(_Section):
     max_attempts: int = Field(default=10, ge=1, le=50)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
+    # Longest one request may take, its retries included: then it fails as an outage (exit 4).
+    call_timeout_s: float = Field(default=180.0, gt=0)
     anonymous: bool = False
 
 
@@ -298,8 +300,8 @@ class Config(_Section):
         """Plain data, as it would be written back to YAML."""
         return self.model_dump(mode="json")
 
-    def config_hash(self) -> str:
-        """sha256 of the settings that change results; a resume must match it.
+    def config_hash(self, weights_sha256: str | None = None) -> str:
+        """sha256 of the settings that change results, and of the weights' bytes; a resume must match it.
 
         Hashed: which inputs (``input`` but its limits ``allowed_roots`` and
         ``allowed_schemes``; the carried columns, which shape every part's schema, only when
@@ -310,6 +312,10 @@ class Config(_Section):
         existed. Everything else only changes how, where or with what limits the job runs,
         so a resume may change it: a smaller batch after an out-of-memory, a higher failure
         budget after exit 5, more resources, other retry settings.
+
+        ``weights_sha256``: what the weights are (their sha256, read once per run, or
+        ``random-init``), hashed beside where they are. None: the settings alone, the hash of
+        runs started before it covered the weights (pipeline.run_weights).
         """
         data = self.to_dict()
         data["input"].pop("allowed_roots", None)
@@ -331,6 +337,8 @@ class Config(_Section):
             },
             "precision": PRECISION_CLASS[self.inference.precision],
         }
+        if weights_sha256 is not None:
+            results["weights_sha256"] = weights_sha256
         return hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()
 
 

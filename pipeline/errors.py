@@ -116,6 +116,14 @@ class StorageError(PipelineError):
     exit_code = 4
 
 
+class StoreCallTimeout(OSError):  # noqa: N818  # named for what happened, like TimeoutError
+    """Raised by the S3 client when one request, retries included, outlasts ``storage.call_timeout_s``.
+
+    An ``OSError`` with ``errno.ETIMEDOUT`` (an outage: exit 4, and the run stays resumable),
+    deliberately not a ``TimeoutError``: s3fs retries those itself, which would multiply the deadline.
+    """
+
+
 class FailureBudgetExceededError(PipelineError):
     """Raised after a run whose failed-row fraction is above the configured maximum.
 

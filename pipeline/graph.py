@@ -119,12 +119,15 @@ def build_dataset(
     progress: Any = None,
     carried_ref: Any = None,
     shard_source: ShardDatasource | None = None,
+    unreadable_names: frozenset[str] = frozenset(),
 ) -> ray.data.Dataset:
     """The whole graph up to (not including) the write.
 
     ``carried_ref``: the object-store reference of the carried columns' table, row for row
     with ``uris`` (None: no column is carried). ``shard_source``: read records from shards
-    (:mod:`pipeline.shard_read`) instead of the files ``uris`` lists.
+    (:mod:`pipeline.shard_read`) instead of the files ``uris`` lists. ``unreadable_names``:
+    listed names that are not valid UTF-8, failed as ``invalid_uri`` (:class:`~pipeline.storage.Listing`).
+    ``progress`` (the run's tracker) also receives the S3 retries of the decode tasks' reads.
     """
     import ray.data
 
@@ -136,6 +139,7 @@ def build_dataset(
         allowed_roots=tuple(os.path.realpath(storage.normalise(root)) for root in config.input.allowed_roots),
         allowed_schemes=tuple(config.input.allowed_schemes),
         http=HttpSettings(**config.http.model_dump(), pool_size=config.preprocess.fetch_threads),
+        unreadable_names=unreadable_names,
     )
     source = shard_source or UriListDatasource(uris, carry=carried_ref is not None)
     dataset = ray.data.read_datasource(
@@ -153,7 +157,7 @@ def build_dataset(
         concurrency=plan.decode_concurrency,
         resources=plan.decode_resources or None,
         fn_kwargs={
-            "filesystems": storage.Filesystems(config.storage),
+            "filesystems": storage.Filesystems(config.storage, retry_sink=progress),
             "limits": limits,
             "base": storage.manifest_base(config.input),
             "settings": decoding,

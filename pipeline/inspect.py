@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline import storage
-from pipeline.errors import OutputNotCommittedError, OutputNotFoundError
-from pipeline.output import DATA_DIR, MANIFEST, OutputLocation, UnreadableFileError
+from pipeline.errors import OutputNotCommittedError, OutputNotFoundError, StorageError
+from pipeline.output import DATA_DIR, MANIFEST, OutputLocation, UnreadableFileError, read_manifest
 
 if TYPE_CHECKING:
     import duckdb
@@ -66,7 +66,7 @@ def open_committed(uri: str, storage_config: StorageConfig) -> Committed:
             "(a run in progress, failed or interrupted); its rows are not results"
         )
     try:
-        manifest = location.read_json(MANIFEST)
+        manifest = read_manifest(location)  # valid JSON with the manifest's fields
     except UnreadableFileError as exc:
         raise OutputNotCommittedError(f"{location.uri} is not committed: {exc}") from exc
     files = [str(item["path"]) for item in manifest.get("layout", {}).get("files", [])]
@@ -96,6 +96,12 @@ def _duckdb(**views: Committed) -> Iterator[duckdb.DuckDBPyConnection]:
                     registered.add(scheme)
                 connection.read_parquet(output.parts).create_view(name)
             yield connection
+        except duckdb.InvalidInputException as exc:  # (a ProgrammingError) a part, not our query
+            uris = " and ".join(output.uri for output in views.values())
+            raise StorageError(
+                f"cannot read the parts of {uris}: a part does not read as Parquet (cut short or "
+                f"changed after the commit): {storage.describe(exc)}"
+            ) from exc
         except duckdb.ProgrammingError:  # a query of ours, not the storage
             raise
         except (duckdb.Error, OSError) as exc:

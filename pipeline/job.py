@@ -7,6 +7,9 @@ inputs, and the model weights (checksum and architecture).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import sys
 import threading
 import time
@@ -15,35 +18,51 @@ from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from pipeline import __version__, input_manifest, output, output_safety, shard_job, stopping, storage, verify
-from pipeline.cluster import configure_data_context, connect_ray, gpu_worker_requested, wait_for_gpu_workers
+from pipeline import (
+    __version__,
+    input_manifest,
+    output,
+    output_safety,
+    restore,
+    run_inputs,
+    run_weights,
+    s3_retries,
+    shard_job,
+    stopping,
+    storage,
+    verify,
+)
+from pipeline.cluster import connect_ray, gpu_worker_requested, wait_for_gpu_workers
 from pipeline.commit import commit_run
 from pipeline.errors import OutputInUseError, PipelineError, RunInterrupted, as_pipeline_error
 from pipeline.lease import Lease
 from pipeline.logs import STDERR, bind_run, get_logger, unbind_run
 from pipeline.metrics import JobMetrics
-from pipeline.model import ModelSpec, check_architecture, resolve_spec
-from pipeline.progress import Display, ProgressSeries, start_tracker, watch_write
+from pipeline.model import CachedWeights, ModelSpec, check_architecture, read_weights, resolve_spec
+from pipeline.progress import Display, ProgressSeries, write_abandoned
 from pipeline.push_auth import auth_handler
 from pipeline.summary import RunSummary
+from pipeline.write_step import Work, write_with_progress
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from pipeline.config import Config
     from pipeline.planning import ResourcePlan
-    from pipeline.shard_read import ShardDatasource
 
 
 def _claim_output(
-    location: output.OutputLocation, config: Config, config_hash: str, new_id: str, *, overwrite: bool
+    location: output.OutputLocation,
+    config: Config,
+    weights: CachedWeights,
+    new_id: str,
+    *,
+    overwrite: bool,
 ) -> tuple[str, bool]:
     """The run id (the unfinished run's, to resume it, else ``new_id``) and whether this run resumes.
 
     Nothing is deleted here: ``--overwrite`` clears only after the inputs and the model
     have been checked, just before the first write.
     """
-    state = output.inspect(location)
+    state, config_hash = run_weights.claimed(location, config, weights, overwrite=overwrite)
     resume_id = output.check_can_start(
         state, config.job.run_id, config_hash, overwrite=overwrite, carried=config.input.passthrough_columns
     )
@@ -66,10 +85,16 @@ class _Run:
     done_at_start: int | None = None  # rows already written when this attempt began (after restore)
     display: Display = field(default_factory=lambda: Display(sys.stderr, enabled=False))
     series: ProgressSeries | None = None  # rows done over time, once this attempt writes
+    retries_at_start: int = field(default_factory=s3_retries.retries)  # this process's S3 retries
+    worker_retries: int = 0  # S3 retries the decode and write tasks reported
     # Set once the outcome is decided (_SUCCESS read back, or a failure being reported): the
     # CLI's signal handler stops interrupting then, so the exit code agrees with the summary.
     settled: threading.Event = field(default_factory=threading.Event)
     phase_at: float = 0.0  # when the current phase began (monotonic)
+
+    def storage_retries(self) -> int:
+        """S3 retries of this run so far: the driver's, and those the tasks reported."""
+        return s3_retries.retries() - self.retries_at_start + self.worker_retries
 
     def held(self) -> output.OutputLocation:
         """The output, while the job holds its lease."""
@@ -102,9 +127,28 @@ class _Run:
             self.job_metrics().set_phase(name)  # pipeline_job_phase, pushed at once
 
     def failed(self, exc: Exception) -> PipelineError:
-        """Record why the run failed; the error to raise (:func:`~pipeline.errors.as_pipeline_error`)."""
+        """Record why the run failed, and the rows it wrote; the error to raise (``as_pipeline_error``).
+
+        Ray is left up under a write abandoned on a stall or a lost lease, as after an interrupt
+        (shut down under Ray Data's thread, it ended the process with exit 1 and lost the error).
+        """
+        self.started_ray = self.started_ray and not write_abandoned()
+        self.count_written()
         self.summary.error = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
         return as_pipeline_error(exc)
+
+    def count_written(self) -> None:
+        """``processed_this_run`` of a run that stopped while writing: rows in its completely written parts.
+
+        Counted from the checkpoints (the parts each vouches for); only if not known already.
+        """
+        if (
+            self.location is not None
+            and self.done_at_start is not None
+            and not self.summary.processed_this_run
+        ):
+            with contextlib.suppress(PipelineError):  # best effort: the next run recounts anyway
+                self.summary.processed_this_run = restore.rows_written(self.location) - self.done_at_start
 
     def interrupted(self, exc: BaseException) -> bool:
         """SIGINT or SIGTERM: say so, with the rows written by now (after the drain); False if committed.
@@ -141,6 +185,7 @@ class _Run:
         self.settled.set()
         summary = self.summary
         summary.seconds = time.monotonic() - self.started
+        summary.storage_retries = self.storage_retries()
         self.phase(None)
         self.display.close()
         try:
@@ -151,6 +196,7 @@ class _Run:
                     ok=summary.succeeded,
                     failed_by_reason=summary.failed_by_reason,
                     seconds=summary.seconds,
+                    storage_retries=summary.storage_retries,
                 )
                 if self.location is not None:  # best effort: never hides the run's own error
                     output.write_summary(self.location, summary.run_id, summary.as_dict())
@@ -172,11 +218,12 @@ def run_job(
     """Run the whole job; raise a :class:`PipelineError` on failure.
 
     The output is checked (:mod:`pipeline.output_safety`); one committed with this config
-    is left as it is (status ``already_committed``). Otherwise it is leased before its state
-    is read, so two jobs on one output never both write; the lease is held until the job
-    ends, committed or not. From here on every failure pushes status ``failed`` and, once
-    the output is held, writes a run summary; a job refused because another holds the
-    output reports nothing (the holder reports for this pipeline). ``settled``: see :class:`_Run`.
+    (its settings and its weights' bytes) is left as it is (status ``already_committed``).
+    Otherwise it is leased before its state is read, so two jobs on one output never both
+    write; the lease is held until the job ends, committed or not. From here on every failure
+    pushes status ``failed`` and, once the output is held, writes a run summary; a job refused
+    because another holds the output reports nothing (the holder reports for this pipeline).
+    ``settled``: see :class:`_Run`.
     """
     check_architecture(config.model.name)  # a config error: refused before anything is reported
     overwrite = overwrite or config.output.mode == "overwrite"
@@ -194,14 +241,15 @@ def run_job(
     show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
     run.display = Display(stream, enabled=show)
     run.settled = settled or run.settled
+    weights = functools.cache(lambda: read_weights(config.model, config.storage))  # read once per run
     try:
         location = output.OutputLocation.open(config.output.uri, config.storage)
-        done = output_safety.check_before_lease(location, config, overwrite=overwrite)
+        done = output_safety.check_before_lease(location, config, weights, overwrite=overwrite)
         if done is not None:  # nothing written there, nothing pushed: the committed run reported itself
             run.summary, run.report = RunSummary.of_commit(done, location.uri), False
             run.finish()
             return run.summary
-        lease = Lease.acquire(location, config.output.lease_seconds)
+        lease = Lease.acquire(location, config.output.lease_seconds, config.resources.stall_timeout_s)
     except Exception as exc:
         run.report = not isinstance(exc, OutputInUseError)
         error = run.failed(exc)
@@ -212,7 +260,7 @@ def run_job(
     with lease:
         run.location = location
         try:
-            _run_leased(run, location, lease, overwrite=overwrite)
+            _run_leased(run, location, lease, weights, overwrite=overwrite)
         except Exception as exc:
             error = run.failed(exc)
             if error is exc:
@@ -226,28 +274,30 @@ def run_job(
     return run.summary
 
 
-def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, overwrite: bool) -> None:
+def _run_leased(
+    run: _Run,
+    location: output.OutputLocation,
+    lease: Lease,
+    weights: CachedWeights,
+    *,
+    overwrite: bool,
+) -> None:
     """Claim, list, resolve the model, connect, execute, verify, commit: the run's steps in order."""
     config, summary = run.config, run.summary
-    config_hash = config.config_hash()
-    summary.run_id, resuming = _claim_output(
-        location, config, config_hash, summary.run_id, overwrite=overwrite
-    )
+    summary.run_id, resuming = _claim_output(location, config, weights, summary.run_id, overwrite=overwrite)
     run_id = summary.run_id
     lease.name_run(run_id)
     bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
     log = get_logger(run_id=run_id, stage="driver")
     run.phase("listing_inputs")
-    listing = output.inputs_of_run(location, config.input, config.storage, run_id, resumed=resuming)
+    listing = run_inputs.inputs_of_run(location, config.input, config.storage, run_id, resumed=resuming)
     uris, carried = listing.uris, listing.carried
     if resuming:  # parts written before hold the carried columns' types of the run's start
         started_state = location.read_json(output.RUN_STATE)
         input_manifest.check_resumed_types(
             started_state.get("passthrough_columns"), carried, config.input.uri, run_id
         )
-        listing = storage.Listing(
-            uris, listing.empty_cells, carried, started_state.get("input_format", "files")
-        )
+        listing = dataclasses.replace(listing, format=started_state.get("input_format", "files"))
     summary.input_format = listing.format
     summary.inputs, summary.empty_manifest_cells, summary.output_uri = (
         len(uris),
@@ -255,18 +305,25 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
         location.uri,
     )
     run.phase("loading_model")
-    spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage)
+    spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage, weights())
+    weights.cache_clear()  # the bytes: the state dict holds the tensors from here on
+    config_hash = config.config_hash(spec.weights_sha256)  # what the weights are, not only where
     if spec.random_init:
         log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
     if overwrite:  # inputs and model checked: only now is the old output deleted
         _clear(location, lease, log)
     log.info("run starting", inputs=len(uris), output=location.uri, resuming=resuming, model=spec.name)
     if not resuming:
-        state = {"run_id": run_id, "config_hash": config_hash, "started_at": run.started_wall}
-        state["input_format"] = listing.format
+        state = {
+            "run_id": run_id,
+            "config_hash": config_hash,
+            "started_at": run.started_wall,
+            "input_format": listing.format,
+            run_weights.WEIGHTS_KEY: spec.weights_sha256,
+        }
         if carried is not None:
             state["passthrough_columns"] = input_manifest.described(carried.schema)
-        output.start_run(location, uris, state)
+        output.start_run(location, run_inputs.inputs_table(listing), state)
     metrics = run.job_metrics()
     metrics.start(spec.name, __version__, len(uris))
     run.phase("starting_ray")
@@ -285,7 +342,18 @@ def _run_leased(run: _Run, location: output.OutputLocation, lease: Lease, *, ove
     lease.check()  # a job that lost the output to another must not commit
     run.phase("committing")
     series = run.series.as_dict() if run.series is not None else None
-    commit_run(run.config, run.summary, run.held(), spec, result, plan, config_hash, run.started_wall, series)
+    commit_run(
+        run.config,
+        run.summary,
+        run.held(),
+        spec,
+        result,
+        plan,
+        config_hash,
+        run.started_wall,
+        series,
+        lease.check_renewed,
+    )
     summary.status = "succeeded"  # only now: the manifest is written and read back
     run.settled.set()
     summary.timings["committed"] = time.monotonic() - run.started
@@ -332,7 +400,7 @@ def _run_on_ray(
             )
             todo = uris if shards is not None else []
         else:
-            todo = verify.restore_checkpoint(location, uris, run_id)  # inputs no committed part holds
+            todo = restore.restore_checkpoint(location, uris, run_id)  # inputs no committed part holds
             run.done_at_start, total = len(uris) - len(todo), len(todo)
         if todo and plan.actor_num_gpus > 0:  # else nothing will run on a GPU: no worker to wait for
             run.phase("waiting_for_gpu_workers")
@@ -343,13 +411,13 @@ def _run_on_ray(
     if todo:  # else every part was written before the last attempt stopped: only the commit is left
         carried = listing.carried
         carried = input_manifest.rows_to_do(carried, uris, todo) if carried is not None else None
-        processed, steady, first_landed = _write_with_progress(
-            run, lease, (todo, total), carried, spec, state_dict, plan, shards
-        )
+        work = Work(todo, total, spec, state_dict, plan, carried, shards, listing.unreadable_names)
+        processed, steady, first_landed = write_with_progress(run, lease, work)
         if first_landed is not None:
             timings["first_batch"] = first_landed - run.started_wall
         timings["written"] = time.time() - run.started_wall
     run.phase("verifying")
+    run.summary.storage_retries = run.storage_retries()  # as of the read-back, for the manifest
     if listing.format != "files":
         result = shard_job.tally(config, location, uris)
         run.summary.inputs, run.summary.failed_shards = result.rows, result.failed_shards
@@ -358,59 +426,3 @@ def _run_on_ray(
     result = verify.tally(location, config.storage, ids, carried=config.input.passthrough_columns)
     # A batch retried after an actor died is reported to the tracker twice: cap the count.
     return result, plan, min(processed, len(todo)), steady
-
-
-def _write_with_progress(
-    run: _Run,
-    lease: Lease,
-    work: tuple[list[str], int],
-    carried: pa.Table | None,
-    spec: ModelSpec,
-    state_dict: Any,
-    plan: ResourcePlan,
-    shards: ShardDatasource | None = None,
-) -> tuple[int, float, float | None]:
-    """Build the graph over the unfinished inputs (``work``: them, and the rows they hold) and run it.
-
-    Returns the rows processed, the steady-state rate and when the first batch landed.
-    """
-    import ray
-
-    from pipeline.graph import build_dataset, write_parquet
-
-    config, location, run_id = run.config, run.held(), run.summary.run_id
-    todo, total = work
-    configure_data_context(location)
-    tracker = start_tracker()
-    state_ref = ray.put(state_dict) if state_dict is not None else None
-    # Once, each actor reads it. One chunk: take() of a 512-row batch from a 1M-row table took
-    # 0.05 ms against 2 ms from the 8 chunks of the manifest's row groups.
-    carried_ref = ray.put(carried.combine_chunks()) if carried is not None else None
-    dataset = build_dataset(
-        config,
-        todo,
-        spec,
-        state_ref,
-        plan,
-        run_id,
-        progress=tracker,
-        carried_ref=carried_ref,
-        shard_source=shards,
-    )
-    data_uri, filesystem = location.uri_of(output.DATA_DIR), location.arrow_fs()
-    run.series = ProgressSeries(run.started_wall)
-    try:
-        processed, steady = watch_write(
-            lambda: write_parquet(dataset, data_uri, filesystem, run_id, plan),
-            config,
-            lease,
-            tracker,
-            total,
-            run.job_metrics(),
-            run.display,
-            run.phase,
-            run.series,
-        )
-        return processed, steady, ray.get(tracker.first_landed_at.remote())
-    finally:
-        ray.data.DataContext.get_current().checkpoint_config = None  # later datasets must not inherit it

@@ -1,4 +1,4 @@
-"""Every line written to the process's standard error, as one configured log line.
+"""Every line written to the process's standard error, as one configured log line; Ray's off stdout.
 
 Ray writes to the driver's stderr from places this package does not control: its C++ core
 (glog lines), its Python loggers (tab-separated text), and the lines it forwards from
@@ -7,8 +7,13 @@ a pipe that a thread reads; :func:`parse` turns each line into a level, an event
 (a worker's JSON line keeps its own fields), and the line is logged through structlog, so
 it is rendered, redacted and filtered like every other line. Log lines themselves go to
 the original stderr (``logs.STDERR``). Lines Ray prints on every healthy run are demoted
-to debug, each with the reason (:data:`DEMOTED`). :func:`stop` drains the pipe and puts
-the original stderr back.
+to debug, each with the reason (:data:`DEMOTED`). :func:`stop` drains the pipes and puts
+the original descriptors back.
+
+Ray also prints to the driver's *stdout*: what workers print there, and the raylet's error
+messages (``(raylet) A worker died or was killed ...``, in yellow), which stdout's readers
+(the run summary's) would take for output. File descriptor 1 is relayed too: those lines
+(:func:`is_ray_line`) are logged like stderr's, every other line goes to stdout unchanged.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ DEMOTED = (
 )
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _WORKER = re.compile(r"^\((?:(?P<worker>.*?) )?pid=(?P<pid>\d+)(?:, ip=(?P<ip>[^)]+))?\) (?P<rest>.*)$")
+# Ray's own processes, printed without a pid: the raylet's errors, the autoscaler's events.
+_RAY_PROCESS = re.compile(
+    r"^\((?P<process>raylet|autoscaler)(?: [^)]*)?(?:, ip=(?P<ip>[^)]+))?\) (?P<rest>.*)$"
+)
 _REPEATED = re.compile(r" \[repeated (?P<times>\d+)x across cluster\]$")
 _GLOG = re.compile(r"^\[[\d-]+ [\d:,.]+ (?P<sev>[DIWEF]) \d+ \d+\] (?P<at>\S+:\d+): (?P<msg>.*)$")
 _PYLOG = re.compile(
@@ -49,12 +58,16 @@ _LOUD_WORDS = (
     (re.compile(r"^warning\b|\w+Warning\b", re.IGNORECASE), "warning"),
 )
 _END = b"\x00pipeline-logrelay-end\n"
+STDOUT_FD, STDERR_FD = 1, 2
 
 
 def parse(text: str) -> tuple[str, str, dict[str, Any]]:
     """One stderr line as (level, event, fields)."""
     text = _ANSI.sub("", text).rstrip("\r\n")
     fields: dict[str, Any] = {}
+    process = _RAY_PROCESS.match(text)
+    if process:
+        return _from_ray_process(process)
     worker = _WORKER.match(text)
     if worker:
         text = worker["rest"]
@@ -79,6 +92,14 @@ def parse(text: str) -> tuple[str, str, dict[str, Any]]:
     return level, event, fields
 
 
+def _from_ray_process(found: re.Match[str]) -> tuple[str, str, dict[str, Any]]:
+    """A raylet or autoscaler line: yellow in Ray's console, a warning (a worker died, a task retried)."""
+    fields = {"worker": found["process"], "source": "ray"}
+    if found["ip"]:
+        fields["ip"] = found["ip"]
+    return "warning", found["rest"], fields
+
+
 def _plain(text: str, from_worker: bool, fields: dict[str, Any]) -> tuple[str, str, str]:
     glog = _GLOG.match(text)
     if glog:
@@ -92,42 +113,63 @@ def _plain(text: str, from_worker: bool, fields: dict[str, Any]) -> tuple[str, s
     return level, text, "ray_worker" if from_worker else "stderr"
 
 
-class _Relay:
-    """The pipe on fd 2 and the thread that reads it."""
+def is_ray_line(text: str) -> bool:
+    """Whether a line is one Ray forwarded (``(raylet) ...``, ``(MapWorker pid=12) ...``), colours aside."""
+    text = _ANSI.sub("", text)
+    return bool(_RAY_PROCESS.match(text) or _WORKER.match(text))
 
-    def __init__(self) -> None:
-        sys.stderr.flush()
-        self.original = os.dup(2)
+
+class _Relay:
+    """The pipe on fd 2 (or 1) and the thread that reads it."""
+
+    def __init__(self, fd: int = STDERR_FD) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        self.fd = fd
+        self.original = os.dup(fd)
         self.read_end, self.write_end = os.pipe()
-        os.dup2(self.write_end, 2)
-        logs.STDERR.real = os.fdopen(
-            os.dup(self.original), "w", buffering=1, encoding="utf-8", errors="replace"
-        )
-        self.thread = threading.Thread(target=self._pump, name="stderr-relay", daemon=True)
+        os.dup2(self.write_end, fd)
+        self.out = os.fdopen(os.dup(self.original), "w", buffering=1, encoding="utf-8", errors="replace")
+        self.logs_every_line = fd == STDERR_FD  # stdout: only Ray's lines
+        if self.logs_every_line:
+            logs.STDERR.real = self.out
+        self.thread = threading.Thread(target=self._pump, name=f"fd{fd}-relay", daemon=True)
         self.thread.start()
 
     def _pump(self) -> None:
-        pending = b""
-        while True:
+        pending, ended = b"", False
+        while not ended:
             chunk = os.read(self.read_end, 65536)
             if not chunk:
                 return
             pending += chunk
+            ended = _END in pending  # stop() wrote it: what precedes it is all there is
+            pending = pending.split(_END, 1)[0]
             *lines, pending = pending.split(b"\n")
             for raw in lines:
-                if raw + b"\n" == _END:
-                    return
-                if raw.strip():
-                    emit(raw.decode("utf-8", errors="replace"))
+                self._line(raw.decode("utf-8", errors="replace"))
+        if pending:  # the last words, without a newline (stdout's may end so)
+            self._line(pending.decode("utf-8", errors="replace"), end="")
+
+    def _line(self, text: str, end: str = "\n") -> None:
+        if self.logs_every_line or is_ray_line(text):
+            if text.strip():
+                emit(text)
+            return
+        try:
+            self.out.write(text + end)
+        except OSError:  # stdout's reader left (`| head`): its lines are not wanted any more
+            return
 
     def stop(self) -> None:
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
         os.write(self.write_end, _END)
         self.thread.join(timeout=10)
-        os.dup2(self.original, 2)
-        real, logs.STDERR.real = logs.STDERR.real, None
-        if real is not None:
-            real.flush()
+        os.dup2(self.original, self.fd)
+        if self.logs_every_line:
+            logs.STDERR.real = None
+        self.out.flush()
 
 
 def emit(text: str) -> None:
@@ -142,12 +184,12 @@ _ACTIVE: list[_Relay] = []  # the process's relay, once installed
 
 
 def install() -> None:
-    """Relay fd 2 from now on (once per process; does nothing if already installed)."""
+    """Relay fds 2 and 1 from now on (once per process; does nothing if already installed)."""
     if not _ACTIVE:
-        _ACTIVE.append(_Relay())
+        _ACTIVE.extend([_Relay(STDERR_FD), _Relay(STDOUT_FD)])
 
 
 def stop() -> None:
-    """Relay what is still in the pipe, then write to the original stderr again."""
+    """Relay what is still in the pipes (stdout's first), then write to the original descriptors again."""
     while _ACTIVE:
         _ACTIVE.pop().stop()

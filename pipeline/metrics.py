@@ -267,6 +267,12 @@ class JobMetrics:
             (*labels, "phase"),
             registry=reg,
         )
+        self.storage_retries = Gauge(
+            "pipeline_job_storage_retries",
+            "S3 requests the run sent again (throttling, 5xx, timeouts, resets), driver and tasks.",
+            labels,
+            registry=reg,
+        )
         self.last_success = Gauge(
             "pipeline_job_last_success_timestamp_seconds",
             "Unix time the last committed run finished.",
@@ -305,6 +311,7 @@ class JobMetrics:
         self.throughput.labels(self.run_id).set(0)
         self.duration.labels(self.run_id).set(0)
         self._mark_phase()
+        self.storage_retries.labels(self.run_id).set(0)
         self.set_status("running")
         self.push(force=True)
 
@@ -320,10 +327,18 @@ class JobMetrics:
         self.push()
 
     def finish(
-        self, *, succeeded: bool, inputs: int, ok: int, failed_by_reason: Mapping[str, int], seconds: float
+        self,
+        *,
+        succeeded: bool,
+        inputs: int,
+        ok: int,
+        failed_by_reason: Mapping[str, int],
+        seconds: float,
+        storage_retries: int = 0,
     ) -> None:
         """Record the final outcome and push it (last success only when committed)."""
         self._mark_ray_session()
+        self.storage_retries.labels(self.run_id).set(storage_retries)
         failed = sum(failed_by_reason.values())
         self.rows.labels(self.run_id, "input").set(inputs)
         self.rows.labels(self.run_id, "ok").set(ok)

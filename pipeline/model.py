@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pipeline import checkpoints
 from pipeline.errors import ConfigError, ModelError
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from pipeline.config import ModelConfig, PreprocessConfig, StorageConfig
 
+RANDOM_INIT = "random-init"  # the weights' "checksum" of a demo run (model.random_init)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -134,11 +135,47 @@ def _read_uri(uri: str, storage_config: StorageConfig | None) -> bytes:
         raise ModelError(f"model weights at {uri} could not be read: {storage.describe(exc)}") from exc
 
 
+@dataclass(frozen=True)
+class Weights:
+    """The weights file's bytes (None: random init) and their sha256, read once per run on the driver."""
+
+    blob: bytes | None
+    sha256: str
+
+
+class CachedWeights(Protocol):
+    """:func:`read_weights` behind ``functools.cache``: read once per run, dropped once loaded."""
+
+    def __call__(self) -> Weights:
+        """The weights, read on the first call."""
+
+    def cache_clear(self) -> None:
+        """Drop the bytes (the state dict holds the tensors from then on)."""
+
+
+def read_weights(model: ModelConfig, storage_config: StorageConfig | None = None) -> Weights:
+    """Read ``model.weights`` and checksum it; bytes other than a pinned ``model.sha256`` are refused."""
+    if model.weights is None:
+        return Weights(None, RANDOM_INIT)
+    blob = _read_uri(model.weights, storage_config)
+    digest = hashlib.sha256(blob).hexdigest()
+    if model.sha256 is not None and digest != model.sha256.lower():
+        raise ModelError(
+            f"config key 'model.sha256': weights at {model.weights} have sha256 {digest}, "
+            f"expected {model.sha256.lower()}; refusing to load them"
+        )
+    return Weights(blob, digest)
+
+
 def resolve_spec(
-    model: ModelConfig, preprocess: PreprocessConfig, storage_config: StorageConfig | None = None
+    model: ModelConfig,
+    preprocess: PreprocessConfig,
+    storage_config: StorageConfig | None = None,
+    weights: Weights | None = None,
 ) -> tuple[ModelSpec, dict[str, torch.Tensor] | None]:
     """Check the weights on the driver (checksum, shape) before any Ray work.
 
+    ``weights``: as :func:`read_weights` read them (once per run); None: read them here.
     Returns the spec and the verified state dict (``None`` for random init),
     so the caller can hand the tensors to the actors through the object store.
     """
@@ -158,23 +195,17 @@ def resolve_spec(
         )
     labels = _labels(model, categories, storage_config) if embedding is None else []
     state_dict = None
-    if model.weights is None:
-        digest = "random-init"
-    else:
-        blob = _read_uri(model.weights, storage_config)
-        digest = hashlib.sha256(blob).hexdigest()
-        if model.sha256 is not None and digest != model.sha256.lower():
-            raise ModelError(
-                f"config key 'model.sha256': weights at {model.weights} have sha256 {digest}, "
-                f"expected {model.sha256.lower()}; refusing to load them"
-            )
+    weights = weights or read_weights(model, storage_config)
+    if weights.blob is not None and model.weights is not None:
         # Named as the architecture names them, and loaded once here: it fails here, not on the cluster.
-        state_dict = fit_weights(model, checkpoints.read_state_dict(blob, model.weights), model.weights)
+        state_dict = fit_weights(
+            model, checkpoints.read_state_dict(weights.blob, model.weights), model.weights
+        )
     spec = ModelSpec(
         name=model.name,
         num_classes=model.num_classes,
         weights_uri=model.weights,
-        weights_sha256=digest,
+        weights_sha256=weights.sha256,
         random_init=model.weights is None,
         labels=tuple(labels),
         preprocessing=preprocessing,

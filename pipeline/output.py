@@ -24,17 +24,17 @@ import os
 import posixpath
 import re
 import time
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
 
-from pipeline import redaction, storage
+from pipeline import atomic_writes, redaction, storage
+from pipeline.calls_in_flight import CallsInFlight
 from pipeline.errors import (
-    InputError,
     JobFailedError,
     OutputExistsError,
     PipelineError,
@@ -43,11 +43,11 @@ from pipeline.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     import fsspec
 
-    from pipeline.config import InputConfig, StorageConfig
+    from pipeline.config import StorageConfig
 
 MANIFEST = "_SUCCESS"
 MANIFEST_VERSION = 1
@@ -72,7 +72,7 @@ _OWN_FILES = re.compile(
     r"^(?:_SUCCESS|_run\.json|_inputs\.parquet|_?failures\.parquet|_summary-[^/]+\.json|_report\.html"
     rf"|{CHECKPOINT_DIR}/.+|_shards/[^/]+\.json|{LEASE_DIR}/[^/]+|{DATA_DIR}/part-[^/]+\.parquet)$"
 )
-_TEMP_FILE = re.compile(rf"(?:^|/)\.[^/]+{re.escape(storage.TEMP_SUFFIX)}$")
+_TEMP_FILE = re.compile(rf"(?:^|/)\.[^/]+{re.escape(atomic_writes.TEMP_SUFFIX)}$")
 FOREIGN_EXAMPLES = 3
 
 
@@ -80,9 +80,19 @@ class UnreadableFileError(JobFailedError):
     """A bookkeeping file under the output is not what this pipeline writes (e.g. cut short)."""
 
 
+def json_bytes(data: dict[str, Any]) -> bytes:
+    """A JSON file's bytes as this pipeline writes them: indented, keys sorted, secrets scrubbed."""
+    return redaction.scrub(json.dumps(data, indent=2, sort_keys=True)).encode()
+
+
 def is_own(name: str) -> bool:
     """Whether ``name`` (relative to the output) is one of the files this pipeline writes."""
-    return bool(_OWN_FILES.match(name) or _TEMP_FILE.search(name))
+    return bool(_OWN_FILES.match(name)) or is_temporary(name)
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is the temporary file of a write in progress, or of one a crash cut short."""
+    return bool(_TEMP_FILE.search(name))
 
 
 def is_lease(name: str) -> bool:
@@ -97,12 +107,19 @@ class OutputLocation:
     uri: str
     fs: fsspec.AbstractFileSystem
     storage_config: StorageConfig | None = field(default=None, compare=False)
+    calls: CallsInFlight = field(default_factory=CallsInFlight, compare=False)  # read by the lease
 
     @classmethod
     def open(cls, uri: str, storage_config: StorageConfig) -> OutputLocation:
         """Resolve ``uri`` and its filesystem."""
         uri = storage.normalise(uri)
         return cls(uri, storage.fsspec_filesystem(uri, storage_config), storage_config)
+
+    def counting_retries(self, sink: Any) -> OutputLocation:
+        """The output through a filesystem that reports its S3 retries to ``sink`` (pipeline.s3_client)."""
+        if not storage.is_remote(self.uri) or self.storage_config is None:
+            return self
+        return replace(self, fs=storage.fsspec_filesystem(self.uri, self.storage_config, retry_sink=sink))
 
     def uri_of(self, name: str) -> str:
         """Full URI of a name under the output."""
@@ -112,8 +129,15 @@ class OutputLocation:
         """Filesystem path (no scheme) of a name under the output."""
         return posixpath.join(storage.fs_path(self.uri), name)
 
-    def _errors(self, action: str, name: str | None = None) -> AbstractContextManager[None]:
-        return storage.translate_errors(action, self.uri_of(name) if name else self.uri, self.storage_config)
+    @contextmanager
+    def _errors(self, action: str, name: str | None = None) -> Iterator[None]:
+        """One storage call: its failure as a StorageError, and noted in :attr:`calls` while it waits."""
+        uri = self.uri_of(name) if name else self.uri
+        with (
+            self.calls.running(f"{action} {redaction.redact_url(uri)}"),
+            storage.translate_errors(action, uri, self.storage_config),
+        ):
+            yield
 
     def exists(self, name: str) -> bool:
         """Whether a file or directory exists under the output."""
@@ -128,7 +152,7 @@ class OutputLocation:
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write a file at once: a reader (or a full disk) never leaves a part of it."""
         with self._errors("write", name):
-            storage.write_atomic(self.fs, self.uri_of(name), data)
+            atomic_writes.write_atomic(self.fs, self.uri_of(name), data)
 
     def read_json(self, name: str) -> dict[str, Any]:
         """Load a JSON object under the output; :class:`UnreadableFileError` if it is not one."""
@@ -144,8 +168,8 @@ class OutputLocation:
         return data
 
     def write_json(self, name: str, data: dict[str, Any]) -> bytes:
-        """Write a JSON file at once, secrets scrubbed first; return the bytes written."""
-        text = redaction.scrub(json.dumps(data, indent=2, sort_keys=True)).encode()
+        """Write a JSON file at once (:func:`json_bytes`); return the bytes written."""
+        text = json_bytes(data)
         self.write_bytes(name, text)
         return text
 
@@ -154,19 +178,14 @@ class OutputLocation:
         with self._errors("write", name), self.fs.open(self.path_of(name), "wb") as handle:
             pq.write_table(table, handle)
 
-    def _read_inputs_column(self, column: str) -> list[str]:
-        with self._errors("read", INPUTS), self.fs.open(self.path_of(INPUTS), "rb") as handle:
-            return [
-                str(value) for value in pq.read_table(handle, columns=[column]).column(column).to_pylist()
-            ]
+    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        """One Parquet file under the output (``columns``: only these)."""
+        with self._errors("read", name), self.fs.open(self.path_of(name), "rb") as handle:
+            return pq.read_table(handle, columns=columns)
 
     def read_inputs(self) -> list[str]:
         """The URIs fixed at the run's start."""
-        return self._read_inputs_column("uri")
-
-    def read_input_ids(self) -> list[str]:
-        """The row ids fixed at the run's start."""
-        return self._read_inputs_column("row_id")
+        return [str(uri) for uri in self.read_table(INPUTS, ["uri"]).column("uri").to_pylist()]
 
     def list_files(self, name: str = "") -> list[str]:
         """Names (relative to the output) of the files under one of its folders, or under all of it.
@@ -201,7 +220,7 @@ class OutputLocation:
         """A fresh ``_checkpoint/attempt-<n>`` folder (name relative to the output) for this attempt.
 
         Each attempt gives Ray Data an empty checkpoint path, so Ray only writes
-        checkpoints (two-phase, per part) and never restores: :func:`restore_checkpoint`
+        checkpoints (two-phase, per part) and never restores: :func:`pipeline.restore.restore_checkpoint`
         has done that already, over every earlier attempt's folder.
         """
         root = self.path_of(CHECKPOINT_DIR)
@@ -242,25 +261,43 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
 
 
+def read_manifest(location: OutputLocation) -> dict[str, Any]:
+    """``_SUCCESS``, which must be a JSON object with the manifest's ``run_id``, ``counts`` and ``layout``.
+
+    :class:`UnreadableFileError` otherwise: not valid JSON (cut short on a full disk by an
+    older version), or a JSON document this pipeline did not write as a manifest.
+    """
+    manifest = location.read_json(MANIFEST)
+    fields = {"run_id": str, "counts": dict, "layout": dict}
+    missing = [key for key, kind in fields.items() if not isinstance(manifest.get(key), kind)]
+    if missing:
+        raise UnreadableFileError(
+            f"{location.uri_of(MANIFEST)} is not a manifest of this pipeline (no {', '.join(missing)})"
+        )
+    return manifest
+
+
 def inspect(location: OutputLocation) -> RunState:
     """Read the manifest and run state, if any.
 
-    A manifest that is not valid JSON (cut short by an older version on a full disk) is
-    no commit: the run is treated as unfinished, and resuming it writes a new manifest.
+    A manifest that is not one (not valid JSON, or without the manifest's fields) is no
+    commit: the run is treated as unfinished, and resuming it writes a new manifest. A
+    ``data/`` folder with no file in it is no data: a run killed before it wrote ``_run.json``
+    (``_run.json`` is written last when a run starts) leaves one, and is started again.
     """
     from pipeline.logs import get_logger
 
     committed = None
     if location.exists(MANIFEST):
         try:
-            committed = location.read_json(MANIFEST)
+            committed = read_manifest(location)
         except UnreadableFileError as exc:
             get_logger(stage="driver").warning(
                 "manifest unreadable: the output is NOT committed; this run resumes it and commits again",
                 error=str(exc),
             )
     started = location.read_json(RUN_STATE) if location.exists(RUN_STATE) else None
-    has_data = committed is None and started is None and location.exists(DATA_DIR)
+    has_data = committed is None and started is None and bool(location.list_files(DATA_DIR))
     return RunState(committed, started, has_data)
 
 
@@ -316,48 +353,11 @@ def committed_by(location: OutputLocation, run_id: str) -> bool:
         return False
 
 
-def start_run(location: OutputLocation, uris: list[str], state: dict[str, Any]) -> None:
-    """Fix a new run's inputs (ids of the full URIs; URIs stored with signatures masked), then its state."""
+def start_run(location: OutputLocation, inputs: pa.Table, state: dict[str, Any]) -> None:
+    """Fix a new run's inputs (``run_inputs.inputs_table``), then its state: ``_run.json``, last."""
     location.prepare()
-    ids = [storage.row_id(uri) for uri in uris]
-    location.write_table(
-        INPUTS, pa.table({"row_id": ids, "uri": [redaction.redact_url(uri) for uri in uris]})
-    )
+    location.write_table(INPUTS, inputs)
     location.write_json(RUN_STATE, state)
-
-
-def inputs_of_run(
-    location: OutputLocation,
-    source: InputConfig,
-    storage_config: StorageConfig,
-    run_id: str,
-    *,
-    resumed: bool,
-) -> storage.Listing:
-    """The run's inputs: listed now, or, on resume, those fixed when the run started.
-
-    A resumed manifest run reads the manifest again (``_inputs.parquet`` keeps URIs with
-    their signatures masked, so it cannot be read from) and must find the same inputs.
-    """
-    if resumed and not source.is_manifest:
-        return storage.Listing(location.read_inputs())
-    listing = storage.list_inputs(source, storage_config)
-    if resumed:
-        fixed = set(location.read_input_ids())
-        now = {storage.row_id(uri) for uri in listing.uris}
-        if now != fixed:
-            raise InputError(
-                f"manifest {source.uri} changed since run {run_id!r} started: "
-                f"{len(now - fixed)} inputs added, {len(fixed - now)} removed; resume with the "
-                "manifest it started with, or pass --overwrite to start again"
-            )
-    if listing.empty_cells:
-        from pipeline.logs import get_logger
-
-        get_logger(run_id=run_id, stage="driver").warning(
-            "manifest cells without a URI skipped", count=listing.empty_cells, manifest=source.uri
-        )
-    return listing
 
 
 def write_summary(location: OutputLocation, run_id: str, summary: dict[str, Any]) -> bool:

@@ -18,16 +18,25 @@ from pipeline.errors import ConfigError, OutputExistsError
 from pipeline.output import FOREIGN_EXAMPLES, inspect, is_own
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pipeline.config import Config
+    from pipeline.model import Weights
     from pipeline.output import OutputLocation
 
 
-def check_before_lease(location: OutputLocation, config: Config, *, overwrite: bool) -> dict[str, Any] | None:
-    """Refuse an unsafe output; return the manifest of this config's commit there (nothing to do), if any."""
+def check_before_lease(
+    location: OutputLocation, config: Config, weights: Callable[[], Weights], *, overwrite: bool
+) -> dict[str, Any] | None:
+    """Refuse an unsafe output; return the manifest of this config's commit there (nothing to do), if any.
+
+    ``weights`` (read once per run) is called only when a commit is there: "this configuration"
+    includes what the weights are, so a retry with other bytes at the same path is refused.
+    """
     check_safe_target(location, config.input.uri)
     if overwrite:
         return None
-    return committed_here(location, config.config_hash(), strict=config.output.if_committed == "fail")
+    return committed_here(location, config, weights, strict=config.output.if_committed == "fail")
 
 
 def _same_place_forms(uri: str) -> set[str]:
@@ -82,16 +91,25 @@ def check_safe_target(location: OutputLocation, input_uri: str) -> None:
         )
 
 
-def committed_here(location: OutputLocation, config_hash: str, *, strict: bool) -> dict[str, Any] | None:
+def committed_here(
+    location: OutputLocation, config: Config, weights: Callable[[], Weights], *, strict: bool
+) -> dict[str, Any] | None:
     """The manifest of the run committed here with this configuration, or None if none is committed.
 
     Read before the lease is taken, so a rerun of a committed output writes nothing there.
     A run committed with another configuration (or any, when ``strict``) is refused (exit 3).
+    The same configuration is the same settings and the same weights' bytes: the hash of both,
+    or, for a run committed before the hash covered the bytes, the hash of the settings and the
+    checksum its manifest records.
     """
     committed = inspect(location).committed
     if committed is None:
         return None
-    same = committed.get("config_hash") == config_hash
+    digest = weights().sha256
+    recorded = committed.get("config_hash")
+    same = recorded == config.config_hash(digest) or (
+        recorded == config.config_hash() and (committed.get("model") or {}).get("sha256") == digest
+    )
     if same and not strict:
         return committed
     what = "this configuration" if same else "a different configuration"

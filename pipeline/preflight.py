@@ -10,11 +10,12 @@ starts.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline import output, output_safety, storage
-from pipeline.model import check_architecture, resolve_spec
+from pipeline import output, output_safety, run_weights, storage
+from pipeline.model import check_architecture, read_weights, resolve_spec
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -87,20 +88,21 @@ def check_run(config: Config) -> Verdict:
     check_architecture(config.model.name)
     overwrite = config.output.mode == "overwrite"
     location = output.OutputLocation.open(config.output.uri, config.storage)
-    done = output_safety.check_before_lease(location, config, overwrite=overwrite)
+    weights = functools.cache(lambda: read_weights(config.model, config.storage))  # once, as run reads them
+    done = output_safety.check_before_lease(location, config, weights, overwrite=overwrite)
     if done is not None:
         committed_at = done.get("committed_at") or done.get("finished_at")
         return Verdict("nothing", location.uri, str(done.get("run_id")), str(committed_at))
-    state = output.inspect(location)
+    state, config_hash = run_weights.claimed(location, config, weights, overwrite=overwrite, write=False)
     resume = output.check_can_start(
         state,
         config.job.run_id,
-        config.config_hash(),
+        config_hash,
         overwrite=overwrite,
         carried=config.input.passthrough_columns,
     )
     listing = storage.list_inputs(config.input, config.storage)
-    spec, _ = resolve_spec(config.model, config.preprocess, config.storage)
+    spec, _ = resolve_spec(config.model, config.preprocess, config.storage, weights())
     held = state.committed is not None or state.started is not None or state.has_data
     action = "resume" if resume else ("overwrite" if overwrite and held else "new")
     return Verdict(action, location.uri, resume, listing=listing, spec=spec)

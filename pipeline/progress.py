@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Ta
 from rich.text import Text
 
 from pipeline import logs, stopping
-from pipeline.errors import JobFailedError, OutputInUseError, RunInterrupted
+from pipeline.errors import JobFailedError, RunInterrupted
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,11 +37,15 @@ PHASE_TEXT = {"starting_ray": "starting Ray", "waiting_for_gpu_workers": "waitin
 LOG_EVERY_S = 60.0
 SERIES_EVERY_S = 5.0  # one point of the progress series per this many seconds, at first
 SERIES_MAX_POINTS = 400  # then every other point is dropped and the spacing doubled
+WRITER_THREAD = "ray-data-write"  # runs the write; alive after a stall or a lost lease abandoned it
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
 
 
 class ProgressTracker:
-    """Counts rows finished by the inference actors (a tiny Ray actor, zero CPUs)."""
+    """Counts rows finished by the inference actors (a tiny Ray actor, zero CPUs), and S3 retries.
+
+    The retries are those of the decode and write tasks' filesystems (:mod:`pipeline.s3_client`).
+    """
 
     def __init__(self) -> None:
         self.ok = 0
@@ -49,6 +53,15 @@ class ProgressTracker:
         self.first: tuple[float, int] | None = None  # when the first batch landed, and its rows
         self.last = 0.0
         self.stop = False  # the driver asked the run to stop (pipeline.stopping)
+        self.retries = 0
+
+    def add_retries(self, count: int) -> None:
+        """Add S3 retries a worker's request needed."""
+        self.retries += count
+
+    def storage_retries(self) -> int:
+        """S3 retries reported so far."""
+        return self.retries
 
     def add(self, ok: int, failed: dict[str, int]) -> None:
         """Add one batch's outcome."""
@@ -225,6 +238,11 @@ class Display:
             self._progress = None
 
 
+def write_abandoned() -> bool:
+    """Whether a write :func:`watch_write` stopped watching (a stall, a lost lease) still runs in Ray Data."""
+    return any(thread.name == WRITER_THREAD and thread.is_alive() for thread in threading.enumerate())
+
+
 def watch_write(
     write_output: Callable[[], None],
     config: Config,
@@ -253,7 +271,7 @@ def watch_write(
         except BaseException as exc:  # re-raised in the driver thread
             failure.append(exc)
 
-    writer = threading.Thread(target=write, name="ray-data-write", daemon=True)
+    writer = threading.Thread(target=write, name=WRITER_THREAD, daemon=True)
     watch = _Watch(config, lease, tracker, total, metrics, display, phase, series)
     writer.start()
     phase("starting_workers")
@@ -381,9 +399,8 @@ def _raise_stopped(
 
 
 def _stop_if_unhealthy(lease: Lease, stalled_s: float, timeout_s: float, done: int, total: int) -> None:
-    """Raise if another job took the output, or no row finished for ``timeout_s``."""
-    if lease.lost is not None:
-        raise OutputInUseError(lease.lost)
+    """Raise if the lease is lost or about to lapse unrenewed, or no row finished for ``timeout_s``."""
+    lease.check_renewed()
     if stalled_s > timeout_s:
         raise JobFailedError(
             f"no progress for {timeout_s:.0f}s at {done}/{total} rows (resources.stall_timeout_s): "

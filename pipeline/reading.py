@@ -48,6 +48,8 @@ class ReadLimits:
     allowed_roots: tuple[str, ...] = ()  # real paths; empty: local inputs may be anywhere
     allowed_schemes: tuple[str, ...] = DEFAULT_ALLOWED_SCHEMES  # "local" for plain paths
     http: http_fetch.HttpSettings = http_fetch.DEFAULT_SETTINGS
+    # Listed names that are not valid UTF-8, as listed (\xNN escapes): not their files' names.
+    unreadable_names: frozenset[str] = frozenset()
 
 
 def resolve_entry(uri: str, base: str | None) -> str:
@@ -126,6 +128,11 @@ def _read(filesystems: storage.Filesystems, uri: str, limits: ReadLimits, base: 
     """The input's bytes through its own scheme's filesystem, or :class:`_RefusedError`."""
     if "\x00" in uri:
         raise _RefusedError(FailureReason.INVALID_URI, "contains a NUL byte")
+    if uri in limits.unreadable_names:
+        raise _RefusedError(
+            FailureReason.INVALID_URI,
+            "the file name is not valid UTF-8 (its bytes shown as \\xNN): rename the file to read it",
+        )
     target = resolve_entry(uri, base)
     scheme = storage.scheme_of(target)
     if scheme not in (*storage.LOCAL_SCHEMES, *READABLE_REMOTE_SCHEMES, *http_fetch.HTTP_SCHEMES):

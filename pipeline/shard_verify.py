@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 from pipeline import storage
 from pipeline.errors import JobFailedError
 from pipeline.output import FAILURES
+from pipeline.restore import drop_unfinished
 from pipeline.schema import SHARD_INDEX_FIELD, STATUS_FAILED, STATUS_OK
 from pipeline.shards import LedgerEntry, Shard, read_ledger
-from pipeline.verify import TALLY_COLUMNS, Tally, drop_unfinished, part_fragments, part_schema
+from pipeline.verify import TALLY_COLUMNS, Tally, part_fragments, part_schema
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -83,10 +83,10 @@ def rows_kept(location: OutputLocation, done_at_start: int, stop: BaseException)
     :class:`RunInterrupted` (0 when unknown: a KeyboardInterrupt, a signal outside the write).
     Best effort: a store that fails here leaves (0, 0); the next run recounts anyway.
     """
-    from pipeline import verify
+    from pipeline import restore
 
     rows_done = stop.rows_done if isinstance(stop, RunInterrupted) else None
     with contextlib.suppress(PipelineError):
-        written = max(0, verify.rows_written(location) - done_at_start)
+        written = max(0, restore.rows_written(location) - done_at_start)
         return written, max(0, (rows_done or 0) - written)
     return 0, 0

@@ -1,9 +1,10 @@
-"""Storage for local paths and object stores: URIs, filesystems, writes, listing, errors.
+"""Storage for local paths and object stores: URIs, filesystems, listing, errors.
 
 One fsspec filesystem per URI scheme, from :class:`StorageConfig` (S3 credentials only from
-the AWS chain, so none reach logs or the manifest); :class:`Filesystems` go to the decode
-workers, which read inputs with :mod:`pipeline.reading` (within its ``ReadLimits``). Writes are all or
-nothing (:func:`write_atomic`) or only if absent (:func:`create_exclusive`). Transient failures
+the AWS chain, so none reach logs or the manifest; S3's bounded and counted by
+:mod:`pipeline.s3_client`); :class:`Filesystems` go to the decode workers, which read inputs
+with :mod:`pipeline.reading` (within its ``ReadLimits``). Writes that are all or nothing, or
+only if absent, are :mod:`pipeline.atomic_writes`. Transient failures
 (:func:`is_transient`, and :data:`RETRIED_IO_ERRORS` as Ray Data matches them) are retried by
 botocore, then raised: the job fails and can be resumed, rather than committing rows lost to an
 outage. Object-level ones become a row's failure reason. Errors name the URI and endpoint, never
@@ -16,7 +17,6 @@ import errno
 import hashlib
 import os
 import posixpath
-import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,7 +47,10 @@ RETRYABLE_STATUS = frozenset({408, 429})
 TRANSIENT_ERRNOS = frozenset({errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET})
 # The same transient failures as Ray Data recognises them in a read or write task's
 # error message, to retry the task (DataContext.retried_io_errors).
-RETRIED_IO_ERRORS = ("SlowDown", "503", "Service Unavailable", "RequestTimeout", "Connection reset")
+RETRIED_IO_ERRORS = (
+    *("SlowDown", "503", "Service Unavailable", "RequestTimeout", "Connection reset"),
+    "storage.call_timeout_s",  # pipeline.s3_client's deadline: a part write the store never answered
+)
 LOCAL_SCHEMES = ("", "file")
 S3_SCHEMES = ("s3", "s3a")  # served by s3fs with storage_options; exclusive create supported
 
@@ -97,19 +100,26 @@ def storage_options(storage: StorageConfig) -> dict[str, Any]:
             "read_timeout": storage.read_timeout_s,
         },
         "use_listings_cache": False,
+        "call_timeout_s": storage.call_timeout_s,  # pipeline.s3_client: every request, retries included
     }
 
 
-def fsspec_filesystem(uri: str, storage: StorageConfig) -> fsspec.AbstractFileSystem:
-    """The fsspec filesystem that serves ``uri``."""
+def fsspec_filesystem(uri: str, storage: StorageConfig, retry_sink: Any = None) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem that serves ``uri``; S3's bounded and counting (:mod:`pipeline.s3_client`).
+
+    ``retry_sink``: where an S3 filesystem reports its retries (the run's progress tracker).
+    """
     import fsspec
 
     if not is_remote(uri):
         return fsspec.filesystem("file")
     protocol = uri.split("://", 1)[0]
-    options = storage_options(storage) if protocol in S3_SCHEMES else {}
     try:
-        return fsspec.filesystem(protocol, **options)
+        if protocol in S3_SCHEMES:
+            from pipeline.s3_client import BoundedS3FileSystem
+
+            return BoundedS3FileSystem(**storage_options(storage), retry_sink=retry_sink)
+        return fsspec.filesystem(protocol)
     except (ImportError, ValueError) as exc:
         raise StorageError(f"no filesystem for {protocol}:// URIs: {exc}") from exc
 
@@ -126,99 +136,19 @@ class Filesystems:
     local paths and ``s3://`` URIs reads each from where it is.
     """
 
-    def __init__(self, storage: StorageConfig) -> None:
+    def __init__(self, storage: StorageConfig, retry_sink: Any = None) -> None:
         self.storage = storage
+        self.retry_sink = retry_sink  # where S3 retries are reported (the run's progress tracker)
         self._made: dict[str, fsspec.AbstractFileSystem] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"storage": self.storage, "_made": {}}  # workers make their own clients
+        return {"storage": self.storage, "retry_sink": self.retry_sink, "_made": {}}  # workers make their own
 
     def for_scheme(self, scheme: str) -> fsspec.AbstractFileSystem:
         """The filesystem serving ``scheme://`` URIs."""
         if scheme not in self._made:
-            self._made[scheme] = fsspec_filesystem(f"{scheme}://x", self.storage)
+            self._made[scheme] = fsspec_filesystem(f"{scheme}://x", self.storage, self.retry_sink)
         return self._made[scheme]
-
-
-TEMP_SUFFIX = ".tmp"  # files being written: ".<name>.<random>.tmp" beside their final name
-
-
-def _write_temp(path: Path, data: bytes) -> Path:
-    """``data`` in a durable temporary file beside ``path``; return its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    temp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return temp
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(fs: fsspec.AbstractFileSystem, uri: str, data: bytes) -> None:
-    """Replace the file at ``uri`` with ``data`` at once: a reader sees all of it or none.
-
-    Local: a temporary file beside it, fsync, then a rename over the name (a full disk
-    fails the write and leaves the old file, never a short one). Object stores: one PUT,
-    which is atomic by itself.
-    """
-    if is_remote(uri):
-        fs.pipe_file(fs_path(uri), data)
-        return
-    path = Path(fs_path(uri))
-    temp = _write_temp(path, data)
-    try:
-        temp.replace(path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def create_exclusive(fs: fsspec.AbstractFileSystem, uri: str, data: bytes) -> bool:
-    """Create ``uri`` holding ``data`` only if nothing is there; False if something is.
-
-    Local: a complete temporary file hard-linked to the name (``link`` fails if the name
-    exists, and nobody sees a half-written file). S3: a PUT with ``If-None-Match: *``.
-    """
-    if is_remote(uri):
-        scheme = scheme_of(uri)
-        if scheme not in S3_SCHEMES:
-            raise StorageError(
-                f"cannot lease an output on {scheme}:// ({redact_url(uri)}): the single-writer lease "
-                "needs an exclusive create, which this pipeline implements for local paths and s3://"
-            )
-        try:
-            fs.pipe_file(fs_path(uri), data, mode="create")
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if response_code(exc)[1] == HTTP_PRECONDITION_FAILED or "Precondition" in str(exc):
-                return False
-            raise
-        return True
-    path = Path(fs_path(uri))
-    temp = _write_temp(path, data)
-    try:
-        path.hardlink_to(temp)
-    except FileExistsError:
-        return False
-    finally:
-        temp.unlink()
-    _fsync_dir(path.parent)
-    return True
 
 
 def row_id(uri: str) -> str:
@@ -234,6 +164,12 @@ class Listing:
     empty_cells: int = 0  # blank cells of a manifest's URI column, skipped
     carried: pa.Table | None = None  # input.passthrough_columns, one row per URI (input_manifest)
     format: str = "files"  # or the shards' format: the URIs are then shards (pipeline.shards)
+    # A folder's or prefix's: each URI's (size, version), the version being the object's ETag
+    # or the file's modification time; compared when the run resumes (pipeline.run_inputs).
+    stamps: list[tuple[int, str]] | None = None
+    # Local files whose names are not valid UTF-8, listed with \xNN for those bytes: read as
+    # that text they would not be found, so each is a failed row (invalid_uri), never read.
+    unreadable_names: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return len(self.uris)
@@ -245,7 +181,7 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
 
     uri = normalise(source.uri)
     fs = fsspec_filesystem(uri, storage)
-    empty, carried = 0, None
+    empty, carried, walked, escaped = 0, None, None, frozenset[str]()
     kind: str = source.format if source.is_sharded else "files"
     try:
         if source.is_manifest:
@@ -253,7 +189,8 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
                 uri, fs_path(uri), source.manifest_column, fs, source.passthrough_columns
             )
         else:
-            uris, kind = _walk(uri, fs, source)
+            walked, kind, escaped = _walk(uri, fs, source)
+            uris = list(walked)
     except FileNotFoundError as exc:
         raise InputError(f"input {uri} does not exist") from exc
     except PermissionError as exc:
@@ -267,6 +204,7 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
     if source.limit is not None:
         uris = uris[: source.limit]
         carried = carried.slice(0, source.limit) if carried is not None else None
+    stamps = [walked[uri] for uri in uris] if walked is not None else None
     if not uris:
         raise InputError(
             f"no inputs found at {uri} (extensions {', '.join(source.extensions)}, "
@@ -280,23 +218,45 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
             f"input manifest {uri} lists {len(repeated)} URIs more than once ({named}{more}); "
             "each input must appear once, so its output row is unambiguous"
         )
-    return Listing(uris, empty, carried, kind)
+    return Listing(uris, empty, carried, kind, stamps, escaped.intersection(uris))
 
 
-def _walk(uri: str, fs: fsspec.AbstractFileSystem, source: InputConfig) -> tuple[list[str], str]:
-    """The files (or shards) under ``uri``, sorted, and their format (``input.format``, or detected)."""
+def _stamp(info: dict[str, Any]) -> tuple[int, str]:
+    """What a listing says of a file: its size and version (an object's ETag, else the modification time)."""
+    return int(info.get("size") or 0), str(info.get("ETag") or info.get("mtime") or "")
+
+
+def printable_name(path: str) -> str:
+    r"""``path``, or if it is not valid UTF-8 (a local name's raw bytes), with ``\xNN`` for those bytes."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:  # os.listdir gives undecodable bytes as surrogates
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return path
+
+
+def _walk(
+    uri: str, fs: fsspec.AbstractFileSystem, source: InputConfig
+) -> tuple[dict[str, tuple[int, str]], str, frozenset[str]]:
+    """The files (or shards) under ``uri``, sorted, each with its stamp; their format (given, or detected).
+
+    Also the names that are not valid UTF-8, as listed (:func:`printable_name`).
+    """
     root = fs_path(uri)
     if not fs.isdir(root):
         if source.is_sharded and fs.exists(root):  # one shard
-            return [uri], source.format
+            return {uri: _stamp(fs.info(root))}, source.format, frozenset()
         if fs.exists(root):
             raise InputError(f"input {uri} is a file; give a directory, a prefix or a .parquet/.csv manifest")
         raise FileNotFoundError(root)
     scheme = uri.split("://", 1)[0] + "://" if is_remote(uri) else ""  # fsspec drops it from the paths
-    paths = [scheme + path for path in fs.find(root, maxdepth=None if source.recursive else 1)]
-    kind = source.format if source.format != "auto" else detect_format(paths, source.extensions, uri)
+    found = fs.find(root, maxdepth=None if source.recursive else 1, detail=True)
+    entries = {printable_name(scheme + path): _stamp(info) for path, info in found.items()}
+    escaped = frozenset(printable_name(scheme + path) for path in found) - {scheme + path for path in found}
+    kind = source.format if source.format != "auto" else detect_format(list(entries), source.extensions, uri)
     suffixes = tuple(source.extensions) if kind == "files" else SHARD_SUFFIXES[kind]
-    return sorted(path for path in paths if path.lower().endswith(suffixes)), kind
+    listed = {path: entries[path] for path in sorted(entries) if path.lower().endswith(suffixes)}
+    return listed, kind, escaped
 
 
 def botocore_errors() -> tuple[type[BaseException], ...]:

@@ -25,6 +25,7 @@ class RunSummary:
     # After a stop: rows this attempt's actors finished that no part holds (the next run redoes them).
     unwritten_rows: int = 0
     resumed: bool = False
+    storage_retries: int = 0  # S3 requests sent again (throttling, 5xx, timeouts, resets): driver and tasks
     seconds: float = 0.0
     images_per_second: float = 0.0
     steady_images_per_second: float = 0.0
@@ -84,6 +85,8 @@ class RunSummary:
             f"  seconds    {self.seconds:.1f}",
             f"  images/s   {self.images_per_second:.1f}",
         ]
+        if self.storage_retries:
+            lines.append(f"  storage    {self.storage_retries} S3 requests retried")
         if self.timings:
             lines.append("  timeline   " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
         if self.phases:

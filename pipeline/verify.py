@@ -1,16 +1,15 @@
-"""Making an output trustworthy: restore after a crash, read the parts back, commit last.
+"""Making an output trustworthy: read the parts back, commit last.
 
-:func:`restore_checkpoint` deletes what an interrupted attempt left half-written and says
-which inputs are still to do; :func:`tally` reads every part back and proves each input is
-there exactly once; :func:`manifest_document` builds the ``_SUCCESS`` document and
-:func:`commit` writes ``_failures.parquet``, then ``_SUCCESS``, and reads it back.
+:func:`tally` reads every part back and proves each input is there exactly once;
+:func:`manifest_document` builds the ``_SUCCESS`` document and :func:`commit` writes
+``_failures.parquet``, then ``_SUCCESS``, and reads it back. What an interrupted attempt left
+is made consistent before, by :mod:`pipeline.restore`.
 """
 
 from __future__ import annotations
 
 import platform
 import posixpath
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -21,25 +20,23 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from pipeline import __version__, storage
-from pipeline.errors import JobFailedError
+from pipeline.errors import JobFailedError, StorageError
 from pipeline.output import (
-    CHECKPOINT_DIR,
     DATA_DIR,
     FAILURES,
     MANIFEST,
     MANIFEST_VERSION,
-    PENDING_CHECKPOINT_SUFFIX,
     OutputLocation,
+    json_bytes,
 )
 from pipeline.schema import STATUS_FAILED, STATUS_OK
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from pipeline.config import Config, StorageConfig
     from pipeline.model import ModelSpec
 
-_PART_NUMBER = re.compile(r"-\d+\.parquet$")
 TALLY_COLUMNS = ["row_id", "uri", "status", "reason", "error"]
 
 
@@ -173,6 +170,7 @@ def manifest_document(
         "failed_by_reason": summary["failed_by_reason"],
         "processed_this_run": summary["processed_this_run"],
         "resumed": summary["resumed"],
+        "storage_retries": summary["storage_retries"],
         "config_hash": config_hash,
         "config": config.to_dict(),
         "model": {
@@ -214,10 +212,21 @@ def versions() -> dict[str, str]:
     }
 
 
-def commit(location: OutputLocation, result: Tally, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write the dead-letter table, then the manifest last (listing the parts it covers)."""
+def commit(
+    location: OutputLocation,
+    result: Tally,
+    manifest: dict[str, Any],
+    still_held: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Write the dead-letter table, then the manifest last (listing the parts it covers).
+
+    ``still_held`` raises if the job no longer holds the output (its lease lost or given up
+    while the dead-letter table was written): then no manifest is written.
+    """
     if result.failures is not None:
         location.write_table(FAILURES, result.failures)
+    if still_held is not None:
+        still_held()
     layout = {**manifest.get("layout", {}), "files": result.files, "failed_rows": result.failed}
     manifest = {
         **manifest,
@@ -225,82 +234,24 @@ def commit(location: OutputLocation, result: Tally, manifest: dict[str, Any]) ->
         "layout": layout,
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    written = location.write_json(MANIFEST, manifest)
-    if location.read_bytes(MANIFEST) != written:  # a store that acknowledged what it did not keep
+    written = json_bytes(manifest)
+    try:
+        location.write_bytes(MANIFEST, written)
+    except StorageError as exc:  # no answer: the PUT may have landed, and what is there decides
+        if _reads_back(location, written):
+            return manifest
+        raise StorageError(
+            f"{exc}. The output may or may not be committed: run the same command again to find out "
+            "(exit 3 if it is, else it resumes and commits)"
+        ) from exc
+    if not _reads_back(location, written):  # a store that acknowledged what it did not keep
         raise JobFailedError(f"{location.uri_of(MANIFEST)} does not read back as written; not committed")
     return manifest
 
 
-def _part_base(name: str) -> str:
-    """``part-<run>-<write>-<task>`` of ``part-<run>-<write>-<task>-<n>.parquet`` (Ray's numbering)."""
-    return _PART_NUMBER.sub("", posixpath.basename(name))
-
-
-def _split_checkpoints(names: list[str]) -> tuple[set[str], list[str]]:
-    """Pending checkpoint files (a write not finished) and committed ones (its parts are complete)."""
-    pending = {name for name in names if name.endswith(PENDING_CHECKPOINT_SUFFIX)}
-    return pending, [name for name in names if name.endswith(".parquet") and name not in pending]
-
-
-def rows_written(location: OutputLocation) -> int:
-    """Rows in completely written parts (those a committed checkpoint covers), all attempts."""
-    _, committed = _split_checkpoints(location.list_files(CHECKPOINT_DIR))
-    if not committed:
-        return 0
-    with storage.translate_errors("read the checkpoint under", location.uri_of(CHECKPOINT_DIR)):
-        paths = [location.path_of(name) for name in committed]
-        return int(pads.dataset(paths, filesystem=location.arrow_fs(), format="parquet").count_rows())
-
-
-def drop_unfinished(location: OutputLocation) -> tuple[list[str], list[str], int, int]:
-    """Steps 1 and 2 of :func:`restore_checkpoint`: committed checkpoints, orphans, deletions."""
-    pending, committed = _split_checkpoints(location.list_files(CHECKPOINT_DIR))
-    covered = {posixpath.basename(name).removesuffix(".parquet") for name in committed}
-    orphans = [name for name in location.list_files(DATA_DIR) if _part_base(name) not in covered]
-    return committed, orphans, location.delete(orphans), location.delete(sorted(pending))
-
-
-def restore_checkpoint(location: OutputLocation, uris: list[str], run_id: str | None = None) -> list[str]:
-    """Make the output consistent after a crash; return the inputs no committed part holds.
-
-    Ray Data writes each part in two phases: ``<part>.pending.parquet`` (the part's
-    ids), then the part files ``<part>-<n>.parquet``, then renames the pending file
-    to ``<part>.parquet``. So a committed checkpoint proves its parts are complete,
-    and every other part is the leftover of a write that did not finish. This:
-
-    1. deletes every part under ``data/`` that no committed checkpoint covers
-       (what Ray's own restore does for pending checkpoints, and also safe when a
-       crash cut a rename, a copy and a delete on object stores, between its halves);
-    2. deletes the pending checkpoint files;
-    3. reads the committed ids and returns the inputs that are not among them.
-
-    Ray's restore is not used because it runs its id filter in an actor pool that
-    reserves a whole CPU per actor (not configurable in Ray 2.60): on a small node
-    next to the inference actors, the read and decode stages can never be scheduled
-    and a resumed run stalls at 0 rows. Filtering the listing on the driver also
-    means no bytes are fetched, and no task started, for finished inputs.
-    """
-    from pipeline.logs import get_logger
-
-    committed, orphans, deleted_parts, dropped_pending = drop_unfinished(location)
-    todo = uris
-    if committed:
-        with storage.translate_errors("read the checkpoint under", location.uri_of(CHECKPOINT_DIR)):
-            dataset = pads.dataset(
-                [location.path_of(name) for name in committed],
-                filesystem=location.arrow_fs(),
-                format="parquet",
-            )
-            done = dataset.to_table(columns=["row_id"]).column("row_id").combine_chunks()
-        ids = pa.array([storage.row_id(uri) for uri in uris], pa.string())
-        keep = pc.invert(pc.is_in(ids, value_set=done)).to_pylist()
-        todo = [uri for uri, wanted in zip(uris, keep, strict=True) if wanted]
-    if committed or orphans or dropped_pending:
-        get_logger(run_id=run_id, stage="driver").info(
-            "checkpoint restored",
-            written=len(uris) - len(todo),
-            to_do=len(todo),
-            unfinished_parts_deleted=deleted_parts,
-            pending_checkpoints_dropped=dropped_pending,
-        )
-    return todo
+def _reads_back(location: OutputLocation, written: bytes) -> bool:
+    """Whether ``_SUCCESS`` holds exactly ``written`` (an unanswered read: no)."""
+    try:
+        return location.read_bytes(MANIFEST) == written
+    except (StorageError, FileNotFoundError):
+        return False

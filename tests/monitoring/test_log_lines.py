@@ -20,7 +20,8 @@ import pytest
 from pipeline import logrelay, samples
 from pipeline.config import dump_yaml
 
-CYAN, RESET = "\x1b[36m", "\x1b[0m"
+CYAN, YELLOW, RESET = "\x1b[36m", "\x1b[33m", "\x1b[0m"
+WORKER_DIED = "A worker died or was killed while executing a task by an unexpected system error."
 WORKER_JSON = (
     '{"run_id": "r-1", "stage": "decode", "reason": "empty_file", "uri": "/d/empty.jpg", '
     '"event": "bad input", "level": "warning", "timestamp": "2026-12-01T06:48:28.024702Z"}'
@@ -92,6 +93,14 @@ class TestParse:
         level, event, fields = logrelay.parse("something else")
         assert (level, event, fields) == ("info", "something else", {"source": "stderr"})
 
+    def test_a_raylet_line_is_a_warning_from_the_raylet(self) -> None:
+        level, event, fields = logrelay.parse(f"{YELLOW}(raylet){RESET} {WORKER_DIED}")
+        assert (level, event) == ("warning", WORKER_DIED)
+        assert fields == {"worker": "raylet", "source": "ray"}
+        assert logrelay.is_ray_line(f"{YELLOW}(raylet){RESET} {WORKER_DIED}")
+        assert logrelay.is_ray_line("(MapWorker(MapBatches(Classify)) pid=7) hello")
+        assert not logrelay.is_ray_line("run 20261201T000000Z-abc: succeeded")
+
     def test_a_json_line_that_is_not_an_object_is_text(self) -> None:
         assert logrelay.parse("42") == ("info", "42", {"source": "stderr"})
 
@@ -142,6 +151,32 @@ print("after stop goes straight out", file=sys.stderr)
     ]  # the constructor-arguments line is debug: not shown at level info
     assert by_event["bad input"]["pid"] == 5
     assert by_event["rate"]["images_per_second"] == 17.7956  # six significant digits
+
+
+def test_the_relay_keeps_rays_lines_off_stdout() -> None:
+    """Ray's raylet and worker lines written to fd 1 are logged on stderr; the rest of stdout is untouched."""
+    script = f"""
+import os, sys
+from pipeline import logrelay, logs
+logrelay.install()
+logs.configure("json")
+os.write(1, {f"{YELLOW}(raylet){RESET} {WORKER_DIED}".encode()!r} + b"\\n")
+print("run r-1: succeeded")
+print("{CYAN}(MapWorker(MapBatches(Classify)) pid=7){RESET} printed by a worker")
+print()
+print("  inputs     3", end="")
+logrelay.stop()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "run r-1: succeeded\n\n  inputs     3"
+    lines = _stderr_lines(done.stderr)
+    assert [(line["level"], line["event"], line["worker"]) for line in lines] == [
+        ("warning", WORKER_DIED, "raylet"),
+        ("info", "printed by a worker", "MapWorker(MapBatches(Classify))"),
+    ]
 
 
 @pytest.mark.slow

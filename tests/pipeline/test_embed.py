@@ -246,7 +246,7 @@ class TestEmbedJob:
         manifest = OutputLocation.open(config.output.uri, config.storage).read_json(MANIFEST)
         assert manifest["model"]["task"] == "embed"
         assert manifest["model"]["embedding"] == {"dim": 512, "dtype": "float16", "normalized": True}
-        assert manifest["config_hash"] == config.config_hash()
+        assert manifest["config_hash"] == config.config_hash(manifest["model"]["sha256"])
         assert summary.task == "embed"
         assert "embed" in summary.render()
         # A real embed output compared with itself: every cosine 1 (was a DuckDB binder error on `label`).

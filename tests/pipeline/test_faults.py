@@ -166,13 +166,15 @@ def _run_local_with_hook(
     config: Path, hook: str, marker: Path, *overrides: str
 ) -> subprocess.CompletedProcess[str]:
     """Run the job on a 2-CPU embedded cluster whose every worker first runs ``fault_hooks.<hook>``."""
+    # The hooks' folder first, then the driver's own path: workers import the package it imports.
+    workers_path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
     script = f"""
 import ray
 from pipeline.config import load_config
 from pipeline.job import run_job
 ray.init(num_cpus=2, include_dashboard=False, runtime_env={{
     "worker_process_setup_hook": "fault_hooks.{hook}",
-    "env_vars": {{"PYTHONPATH": {str(HERE)!r}, "FAULT_MARKER": {str(marker)!r}}},
+    "env_vars": {{"PYTHONPATH": {workers_path!r}, "FAULT_MARKER": {str(marker)!r}}},
 }})
 config = load_config(
     {str(config)!r}, ["resources.placement=local", "resources.actor_num_gpus=null", *{list(overrides)!r}]

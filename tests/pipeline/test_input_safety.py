@@ -126,6 +126,31 @@ class TestJob:
         rows = rows_by_uri(Path(config.output.uri))
         assert rows[str(images / "x.jpg")]["reason"] == "not_a_regular_file"
 
+    def test_a_file_name_that_is_not_utf8_is_one_failed_row(
+        self, ray_session, sample_images, make_config, tmp_path
+    ):
+        """bad\\xff\\xfe.jpg among good images: an invalid_uri row, its name escaped; commits, resumes."""
+        images = Path(shutil.copytree(sample_images, tmp_path / "images"))
+        jpeg = next(images.glob("shard-*/*.jpg")).read_bytes()
+        Path(os.fsdecode(os.fsencode(images) + b"/bad\xff\xfe.jpg")).write_bytes(jpeg)  # raw bytes
+        config = make_config(images)
+        summary = run_job(config)
+        assert summary.status == "succeeded"
+        assert (summary.inputs, summary.succeeded) == (44, 40)
+        assert summary.failed_by_reason[FailureReason.INVALID_URI] == 1
+        escaped = f"{images}/bad\\xff\\xfe.jpg"  # the name's text, each undecodable byte as \xNN
+        out = Path(config.output.uri)
+        row = rows_by_uri(out)[escaped]
+        assert (row["status"], row["reason"], row["row_id"]) == (
+            "failed",
+            "invalid_uri",
+            storage.row_id(escaped),
+        )
+        assert "not valid UTF-8" in row["error"]
+        (out / "_SUCCESS").unlink()  # unfinished again: the resume lists the same name and redoes nothing
+        again = run_job(config)
+        assert (again.status, again.resumed, again.processed_this_run) == ("succeeded", True, 0)
+
     def test_hostile_manifest_rows(self, ray_session, sample_images, make_config, tmp_path):
         """Every hostile manifest entry is its own row, under the URI exactly as given; nothing leaks."""
         images = Path(shutil.copytree(sample_images, tmp_path / "images"))

@@ -9,7 +9,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipeline.cli import main
-from pipeline.errors import AgreementTooLowError, OutputNotCommittedError, OutputNotFoundError
+from pipeline.errors import AgreementTooLowError, OutputNotCommittedError, OutputNotFoundError, StorageError
 
 NOT_COMMITTED_EXIT = 8
 AGREEMENT_EXIT = 9
@@ -144,6 +144,26 @@ class TestInspectHandMade:
         assert "no output at" in err
         assert "nowhere" in err
         assert "unreachable" not in err
+
+    def test_a_part_cut_short_is_refused_as_unreadable(self, tmp_path, write_output, capsys):
+        """A listed part truncated after the commit: exit 4 naming the part, not a DuckDB traceback."""
+        root = write_output(tmp_path / "out", BASE)
+        part = root / "data" / "part-001.parquet"
+        part.write_bytes(part.read_bytes()[:100])
+        assert main(["inspect", str(root)]) == StorageError.exit_code
+        err = capsys.readouterr().err
+        assert "part-001.parquet" in err
+        assert "does not read as Parquet" in err
+
+    def test_a_success_file_without_the_manifest_fields_is_not_a_commit(self, tmp_path, write_output, capsys):
+        """A _SUCCESS of valid JSON, but no manifest: refused as not committed (exit 8), never 'run None'."""
+        root = write_output(tmp_path / "out", BASE)
+        (root / "_SUCCESS").write_text('{"status": "ok"}', encoding="utf-8")
+        for command in (["inspect", str(root)], ["compare", str(root), str(root)]):
+            assert main(command) == NOT_COMMITTED_EXIT
+            captured = capsys.readouterr()
+            assert "not a manifest of this pipeline (no run_id, counts, layout)" in captured.err
+            assert "None" not in captured.out + captured.err
 
 
 class TestNormHistogram:

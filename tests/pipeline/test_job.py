@@ -88,7 +88,7 @@ class TestRunJob:
         location = OutputLocation.open(config.output.uri, config.storage)
         manifest = location.read_json(MANIFEST)
         assert manifest["counts"] == {"inputs": 43, "succeeded": 40, "failed": 3}
-        assert manifest["config_hash"] == config.config_hash()
+        assert manifest["config_hash"] == config.config_hash(manifest["model"]["sha256"])
         assert len(manifest["model"]["sha256"]) == 64
         assert manifest["model"]["random_init"] is False
         assert (manifest["model"]["task"], manifest["model"]["embedding"]) == ("classify", None)

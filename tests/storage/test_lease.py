@@ -48,11 +48,11 @@ def test_second_holder_is_refused_naming_the_first(location):
 
 def test_exclusive_create_lets_exactly_one_win(location):
     """The primitive under the lease: of two creates of one name, one succeeds, and its bytes stay."""
-    from pipeline import storage
+    from pipeline import atomic_writes
 
     uri = location.uri_of("_lease/epoch-000009.json")
-    assert storage.create_exclusive(location.fs, uri, b'{"token": "a"}') is True
-    assert storage.create_exclusive(location.fs, uri, b'{"token": "b"}') is False
+    assert atomic_writes.create_exclusive(location.fs, uri, b'{"token": "a"}') is True
+    assert atomic_writes.create_exclusive(location.fs, uri, b'{"token": "b"}') is False
     assert json.loads(location.read_bytes("_lease/epoch-000009.json")) == {"token": "a"}
 
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from storage_s3 import FAKE_SECRET_ACCESS_KEY, free_port, list_keys, read_json
 
-from pipeline import output, output_safety, storage, verify
+from pipeline import output, output_safety, restore, storage, verify
 from pipeline.config import StorageConfig
 from pipeline.errors import JobFailedError, OutputExistsError, ResumeRefusedError, StorageError
 
@@ -68,7 +68,8 @@ def location(bucket, moto) -> output.OutputLocation:
 class TestRunState:
     def test_committed_output_is_refused(self, s3, bucket, location):
         """A committed run is not redone without --overwrite, and the message says it is committed."""
-        s3.put_object(Bucket=bucket, Key="out/_SUCCESS", Body=json.dumps({"run_id": RUN, "finished_at": "t"}))
+        manifest = {"run_id": RUN, "finished_at": "t", "counts": {}, "layout": {}}
+        s3.put_object(Bucket=bucket, Key="out/_SUCCESS", Body=json.dumps(manifest))
         with pytest.raises(OutputExistsError, match=r"committed run 'run-1'.*--overwrite") as caught:
             output.check_can_start(output.inspect(location), None, "hash", overwrite=False)
         assert caught.value.exit_code == 3
@@ -142,7 +143,7 @@ class TestRestore:
         put_part(s3, bucket, "part-r-a-000001", uris[3:6], committed=False, pending=True)
         put_part(s3, bucket, "part-r-a-000002", uris[6:8], committed=True, pending=True)
         s3.put_object(Bucket=bucket, Key="out/data/part-r-b-000000-0.parquet", Body=b"no checkpoint at all")
-        todo = verify.restore_checkpoint(location, uris, RUN)
+        todo = restore.restore_checkpoint(location, uris, RUN)
         assert todo == uris[3:6] + uris[8:]
         assert list_keys(s3, bucket, "out/data/") == [
             "out/data/part-r-a-000000-0.parquet",

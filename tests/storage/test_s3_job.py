@@ -13,6 +13,7 @@ import pytest
 import ray
 import structlog
 import torch
+from prometheus_client import CollectorRegistry
 from storage_fault_proxy import FaultProxy
 from storage_s3 import get_bytes, list_keys, read_json, read_parts, upload_images
 
@@ -54,8 +55,8 @@ class TestS3Job:
         assert manifest["failed_by_reason"] == {"empty_file": 1, "not_an_image": 1}
         assert manifest["processed_this_run"] == 42
         assert manifest["resumed"] is False
-        assert manifest["config_hash"] == config.config_hash()
         assert manifest["model"]["sha256"] == hashlib.sha256(weights_file.read_bytes()).hexdigest()
+        assert manifest["config_hash"] == config.config_hash(manifest["model"]["sha256"])  # the bytes too
         assert manifest["versions"]["ray"] == ray.__version__
         assert manifest["versions"]["torch"] == torch.__version__
         assert {"pipeline", "python", "pyarrow", "torchvision"} <= set(manifest["versions"])
@@ -112,17 +113,26 @@ class TestS3Job:
 
 class TestStorageFaults:
     def test_commits_through_503_slowdown(self, ray_session, s3, bucket, s3_config, moto):
-        """With every 5th request answered 503 SlowDown, the job retries, commits and loses nothing."""
+        """Every 5th request answered 503: retried, counted (summary, manifest, metric); commits, no loss."""
         uris = upload_images(s3, bucket, "in", 40)
         proxy = FaultProxy(moto.endpoint, every=5).start()
+        registry = CollectorRegistry()
         try:
-            summary = run_job(s3_config(bucket, storage__endpoint_url=proxy.url, storage__max_attempts=6))
+            config = s3_config(bucket, storage__endpoint_url=proxy.url, storage__max_attempts=6)
+            summary = run_job(config, registry=registry)
         finally:
             proxy.stop()
         assert proxy.faults >= 20, (proxy.requests, proxy.faults)
         assert summary.status == "succeeded"
-        assert read_json(s3, bucket, "out/_SUCCESS")["counts"] == {"inputs": 42, "succeeded": 40, "failed": 2}
+        manifest = read_json(s3, bucket, "out/_SUCCESS")
+        assert manifest["counts"] == {"inputs": 42, "succeeded": 40, "failed": 2}
         assert_exactly_once(s3, bucket, uris)
+        # Each 503 is retried once, by the driver or a task; the last few requests (the summary, the
+        # lease's release) come after the count, and the manifest was written before the commit's.
+        assert proxy.faults - 5 <= summary.storage_retries <= proxy.faults
+        assert 0 < manifest["storage_retries"] <= summary.storage_retries
+        metric = registry.get_sample_value("pipeline_job_storage_retries", {"run_id": summary.run_id})
+        assert metric == summary.storage_retries
 
     def test_endpoint_lost_mid_run_fails_without_commit(self, ray_session, s3, bucket, s3_config, moto):
         """When the endpoint goes away after the first part, the run fails in bounded time, uncommitted."""
