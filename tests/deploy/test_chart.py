@@ -260,6 +260,8 @@ class TestRayJob:
         configmap = release.pipeline_config()
         mounted = yaml.safe_load(configmap["data"]["config.yaml"])
         mounted["resources"].pop("worker_groups")  # rendered from workerGroups: test_chart_placement.py
+        # rendered from stopGraceSeconds (the default 60 in every environment): test_chart_kuberay.py
+        assert mounted["resources"].pop("stop_grace_s") == 60
         assert mounted == _expected_config(values)
         for spec in rayjob_specs(release):
             assert spec["entrypoint"] == "pipeline run --config /etc/pipeline/config.yaml"
