@@ -123,8 +123,9 @@ def test_a_deleted_head_pod_stops_the_job_and_the_driver_drains(
     helm: HelmRunner, local_cluster, tmp_path: Path, reliability
 ) -> None:
     """The rendered preStop ends the job within the grace period: STOPPED, drained; a rerun does the rest."""
-    # The chart's render, its dashboard port the local head's, so the hook's argv runs as rendered.
-    release = helm.install({"ports": {"dashboard": local_cluster.dashboard_port}})
+    # The chart's render, its dashboard port the local head's, so the hook's argv runs as rendered;
+    # twice the default drain time, for a loaded 2-core machine (the hook took 46 s under load 14).
+    release = helm.install({"ports": {"dashboard": local_cluster.dashboard_port}, "stopGraceSeconds": 120})
     cluster_spec = release.one("RayJob")["spec"]["rayClusterSpec"]
     head_pod = cluster_spec["headGroupSpec"]["template"]["spec"]
     (hook,) = [
