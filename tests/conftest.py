@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -137,8 +137,11 @@ class LocalCluster:
             "RAY_USAGE_STATS_ENABLED": "0",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
+        # What this process's own dashboard requests send; set with the token of a cluster whose
+        # nodes run RAY_AUTH_MODE=token (this process's Ray stays without authentication).
+        self.headers: dict[str, str] = {}
 
-    def _start(self, name: str, args: list[str]) -> None:
+    def _start(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> None:
         log = (self.temp_dir / f"{name}.log").open("wb")
         ports = [f"--{flag}={free_port()}" for flag in NODE_PORT_FLAGS]
         self.nodes[name] = subprocess.Popen(
@@ -154,12 +157,12 @@ class LocalCluster:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             start_new_session=True,
         )
 
-    def start_head(self, *extra: str) -> None:
-        """Head node with no CPUs (it does no work) and the dashboard / Jobs API."""
+    def start_head(self, *extra: str, env: Mapping[str, str] | None = None) -> None:
+        """Head node with no CPUs (it does no work) and the Jobs API; ``env`` adds to ``self.env``."""
         self._start(
             "head",
             [
@@ -173,13 +176,14 @@ class LocalCluster:
                 f"--temp-dir={self.temp_dir / 'ray'}",
                 *extra,
             ],
+            env,
         )
         self.wait_for_nodes(1)
 
-    def add_node(self, name: str, *args: str) -> None:
+    def add_node(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> None:
         """A worker node, e.g. ``add_node("cpu", "--num-cpus=1", '--resources={"cpu_group": 1000}')``."""
         before = len(self.alive_nodes())
-        self._start(name, [f"--address={self.address}", *args])
+        self._start(name, [f"--address={self.address}", *args], env)
         self.wait_for_nodes(before + 1)
 
     def stop_node(self, name: str) -> None:
@@ -191,10 +195,14 @@ class LocalCluster:
 
     def alive_nodes(self) -> list[dict[str, object]]:
         """Nodes the dashboard reports alive."""
-        from ray.util.state import list_nodes
+        from ray.util.state import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
 
-        try:
-            return [n.__dict__ for n in list_nodes(address=self.dashboard_url) if n.state == "ALIVE"]
+        try:  # ray.util.state.list_nodes, with this cluster's headers
+            nodes = StateApiClient(self.dashboard_url, headers=self.headers).list(
+                StateResource.NODES, options=ListApiOptions(), raise_on_missing_output=True
+            )
+            return [n.__dict__ for n in nodes if n.state == "ALIVE"]
         except Exception:  # the dashboard is still starting
             return []
 

@@ -5,7 +5,9 @@ for the built-in kinds the chart uses and for every CRD under ``crds/``, answers
 ``existing`` objects (the harness gives it the ``kubernetes`` Endpoints) and 404 to others, and
 accepts ``POST``s of objects, keeping what it was sent. With
 ``unique_names`` it also keeps names as the API server does: a second create of the same name
-is refused (409 AlreadyExists) and ``metadata.generateName`` gets a random suffix.
+is refused (409 AlreadyExists) and ``metadata.generateName`` gets a random suffix. With
+``serve_created`` it answers reads of the objects it created, as stored (off by default: the
+harness installs the same release again and again, and Helm refuses objects that exist).
 """
 
 from __future__ import annotations
@@ -81,9 +83,11 @@ class FakeKubeAPI:
 
     resources: dict[str, list[tuple[str, str, bool]]]
     unique_names: bool = False
+    serve_created: bool = False
     existing: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: list[dict[str, Any]] = field(default_factory=list)
     names: set[tuple[str, str]] = field(default_factory=set)
+    stored: dict[str, dict[str, Any]] = field(default_factory=dict)  # with serve_created: path -> object
     requests: list[tuple[str, str]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -205,6 +209,8 @@ class FakeKubeAPI:
         )
         with self._lock:
             self.created.append(body)
+            if self.serve_created:
+                self.stored[f"{path.rstrip('/')}/{metadata.get('name')}"] = stored
         return 201, stored
 
 
@@ -235,7 +241,7 @@ def _handler_for(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
             api.requests.append(("GET", path))
-            document = api.discovery(path) or api.existing.get(path)
+            document = api.discovery(path) or api.existing.get(path) or api.stored.get(path)
             if document is None:
                 self._reply(404, _status(404, "NotFound", f"{path} not found"))
             else:

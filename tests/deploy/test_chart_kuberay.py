@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from deploy_manifests import (
+    CHART,
     ENVIRONMENTS,
     KUBERAY_DIR,
+    HelmRefused,
     HelmRunner,
     Release,
+    env_of,
     rayjob_spec_of,
     scheduled_rayjob,
 )
@@ -28,6 +32,7 @@ DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_RAYJOB_NAME = 47  # utils.MaxRayJobNameLength
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
 Obj = dict[str, Any]
+STOP_JOBS_SCRIPT = CHART / "files" / "stop-ray-jobs.py"
 
 
 def kuberay_refusals(rayjob: Obj) -> list[str]:
@@ -195,6 +200,74 @@ class TestNoIdleGpus:
                 assert 0 < idle <= 60
             assert spec["shutdownAfterJobFinishes"] is True
             assert spec["ttlSecondsAfterFinished"] > 0
+
+
+def head_container(rayjob: Obj) -> Obj:
+    """The ray-head container of a RayJob's head pod template."""
+    pod = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "ray-head"]
+    return container
+
+
+def stop_timings(release: Release, rayjob: Obj) -> tuple[float, int, float, int]:
+    """The stop's nested bounds: the driver's drain (config), Ray's SIGKILL after a stop (the head's
+    RAY_JOB_STOP_WAIT_TIME_S), the preStop hook's wait, and the head pod's grace period."""
+    config = yaml.safe_load(release.pipeline_config()["data"]["config.yaml"])
+    container = head_container(rayjob)
+    *_, wait = container["lifecycle"]["preStop"]["exec"]["command"]
+    return (
+        config["resources"]["stop_grace_s"],
+        int(env_of(container)["RAY_JOB_STOP_WAIT_TIME_S"]["value"]),
+        float(wait),
+        rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"
+        ],
+    )
+
+
+class TestPodDeletionReachesTheDriver:
+    """A deleted head pod first stops its Ray jobs through the Jobs API: the driver drains while Ray is up."""
+
+    @pytest.mark.parametrize("values", ALL_VALUES)
+    def test_the_head_stops_its_jobs_before_it_stops(
+        self, releases: dict[str, Release], scheduled: Release, values: str
+    ) -> None:
+        """ray-head's preStop runs the chart's stop-ray-jobs.py against the local dashboard; bounds nest."""
+        for release in (releases[values], scheduled):
+            for rayjob in rayjobs(release):
+                command = head_container(rayjob)["lifecycle"]["preStop"]["exec"]["command"]
+                script = STOP_JOBS_SCRIPT.read_text(encoding="utf-8")
+                assert command[:4] == ["python", "-c", script, "http://127.0.0.1:8265"]
+                drain, sigkill, hook, grace = stop_timings(release, rayjob)
+                assert drain < sigkill < hook < grace
+
+    def test_the_bounds_follow_stop_grace_seconds(self, helm: HelmRunner) -> None:
+        """stopGraceSeconds moves every bound: the drain, Ray's SIGKILL, the hook's wait, the grace period."""
+        release = helm.install({"stopGraceSeconds": 600})
+        (rayjob,) = rayjobs(release)
+        drain, sigkill, hook, grace = stop_timings(release, rayjob)
+        assert drain == 600
+        assert drain < sigkill < hook < grace
+        for group in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+            assert group["template"]["spec"]["terminationGracePeriodSeconds"] == grace
+
+    @pytest.mark.parametrize(
+        ("values", "named"),
+        [
+            ({"extraEnv": {"RAY_JOB_STOP_WAIT_TIME_S": "3"}}, r"extraEnv\.RAY_JOB_STOP_WAIT_TIME_S"),
+            (
+                {"rayJob": {"runtimeEnv": {"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "3"}}}},
+                r"rayJob\.runtimeEnv\.env_vars\.RAY_JOB_STOP_WAIT_TIME_S",
+            ),
+        ],
+        ids=["extraEnv", "runtimeEnv"],
+    )
+    def test_a_stop_wait_set_elsewhere_fails_to_render(
+        self, helm: HelmRunner, values: Obj, named: str
+    ) -> None:
+        """RAY_JOB_STOP_WAIT_TIME_S is stopGraceSeconds + 20: set elsewhere, helm install stops naming it."""
+        with pytest.raises(HelmRefused, match=named):
+            helm.install(values)
 
 
 def test_raycronjob_says_it_needs_the_feature_gate() -> None:

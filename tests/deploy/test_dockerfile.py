@@ -179,6 +179,16 @@ class TestDockerfile:
         command = yaml.safe_load(entrypoint) + yaml.safe_load(cmd)
         assert command == shlex.split(releases["default"].one("RayJob")["spec"]["entrypoint"])
 
+    def test_the_head_prestop_runs_in_the_cpu_image(self, dockerfile, releases: dict[str, Release]) -> None:
+        """The head's preStop command is the CPU image's venv Python, which has Ray's Jobs API client."""
+        _, stages = dockerfile
+        head = releases["default"].one("RayJob")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+        assert head["spec"]["containers"][0]["image"].endswith("-cpu")
+        command = head["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "python"
+        assert any(env.startswith("PATH=/opt/venv/bin:") for env in stage(stages, "runtime").args("ENV"))
+        assert any('"ray[data,default]==' in run for run in stage(stages, "builder-cpu").args("RUN"))
+
     def test_weights_can_be_baked_in(self, dockerfile) -> None:
         """MODEL_WEIGHTS copies a context file to /opt/models in both images (config model.weights)."""
         _, stages = dockerfile

@@ -7,9 +7,34 @@ not retried, one that fails otherwise is, up to backoffLimit times. Between two 
 deletes the failed attempt's cluster and waits for its pods to go.
 */}}
 
-{{/* Seconds every Ray pod gets to stop after SIGTERM: the driver's drain time plus 30 s to write the open part, the summary and the last push. */}}
+{{/*
+How a deleted head pod stops the job, each bound inside the next (docs/deploy.md, "Stopping a run"):
+  stopGraceSeconds                  the driver drains its write after SIGTERM (resources.stop_grace_s);
+  jobStopWaitSeconds  = that + 20   Ray's job supervisor SIGKILLs the driver this long after the stop's
+                                    SIGTERM (RAY_JOB_STOP_WAIT_TIME_S on the head): room for the run's
+                                    summary and last push after the drain;
+  preStopWaitSeconds  = that + 5    the head's preStop hook waits this long at most for the job to end;
+  terminationGracePeriodSeconds     = that + 5: then Kubernetes SIGTERMs Ray itself, SIGKILLs it after.
+*/}}
+
+{{/* RAY_JOB_STOP_WAIT_TIME_S of the head; refused from extraEnv and the job's runtime env, which would override it. */}}
+{{- define "batch-inference.jobStopWaitSeconds" -}}
+{{- range $key, $vars := dict "extraEnv" .Values.extraEnv "rayJob.runtimeEnv.env_vars" ((.Values.rayJob.runtimeEnv | default dict).env_vars | default dict) }}
+{{- if hasKey $vars "RAY_JOB_STOP_WAIT_TIME_S" }}
+{{- fail (printf "%s.RAY_JOB_STOP_WAIT_TIME_S is set from stopGraceSeconds (%d + 20): the preStop hook and terminationGracePeriodSeconds are above it; set stopGraceSeconds instead" $key (int $.Values.stopGraceSeconds)) }}
+{{- end }}
+{{- end }}
+{{- add (int .Values.stopGraceSeconds) 20 -}}
+{{- end }}
+
+{{/* Seconds the head's preStop hook waits for its stopped jobs to end: Ray's SIGKILL has come by then. */}}
+{{- define "batch-inference.preStopWaitSeconds" -}}
+{{- add (include "batch-inference.jobStopWaitSeconds" . | int) 5 -}}
+{{- end }}
+
+{{/* Seconds every Ray pod gets to stop: the head's preStop hook, then 5 s for Ray's own stop (stopGraceSeconds + 30). */}}
 {{- define "batch-inference.terminationGracePeriodSeconds" -}}
-{{- add (int .Values.stopGraceSeconds) 30 -}}
+{{- add (include "batch-inference.preStopWaitSeconds" . | int) 5 -}}
 {{- end }}
 
 {{/* Seconds between two attempts: the failed attempt's pods stop (their grace period), then KubeRay's reconciles (every few seconds) create the next cluster. */}}

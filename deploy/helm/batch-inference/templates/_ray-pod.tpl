@@ -76,6 +76,11 @@ spec:
         {{- include "batch-inference.metricsPort" $root | nindent 8 }}
       env:
         {{- include "batch-inference.rayEnv" $root | nindent 8 }}
+        {{- if $head }}
+        # Ray's job supervisor SIGKILLs a stopped driver this long after its SIGTERM (Ray's default: 3 s).
+        - name: RAY_JOB_STOP_WAIT_TIME_S
+          value: {{ include "batch-inference.jobStopWaitSeconds" $root | quote }}
+        {{- end }}
       {{- with include "batch-inference.storageEnvFrom" $root }}
       {{- . | nindent 6 }}
       {{- end }}
@@ -83,6 +88,20 @@ spec:
         {{- include "batch-inference.rayResources" (dict "root" $root "resources" $group.resources) | nindent 8 }}
       securityContext:
         {{- include "batch-inference.containerSecurityContext" $root | nindent 8 }}
+      {{- if $head }}
+      # A deleted head pod's SIGTERM goes to `ray start`, not to the job's driver: stop the jobs
+      # through the Jobs API first, so the drivers drain while Ray is up (files/stop-ray-jobs.py).
+      lifecycle:
+        preStop:
+          exec:
+            command:
+              - python
+              - -c
+              - |
+                {{- $root.Files.Get "files/stop-ray-jobs.py" | nindent 16 }}
+              - http://127.0.0.1:{{ $values.ports.dashboard }}
+              - {{ include "batch-inference.preStopWaitSeconds" $root | quote }}
+      {{- end }}
       volumeMounts:
         {{- include "batch-inference.rayVolumeMounts" $root | nindent 8 }}
         {{- if and $head $values.pushgatewayAuth.existingSecret }}
