@@ -22,8 +22,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": "pipeline.config",
     "load_config": "pipeline.config",
-    "run_job": "pipeline.job",
-    "RunSummary": "pipeline.summary",
+    "run_job": "pipeline.run.job",
+    "RunSummary": "pipeline.run.summary",
     "PipelineError": "pipeline.errors",
     "ConfigError": "pipeline.errors",
     "InputError": "pipeline.errors",
@@ -73,8 +73,8 @@ if TYPE_CHECKING:
         StorageError,
         UnexpectedError,
     )
-    from pipeline.job import run_job
-    from pipeline.summary import RunSummary
+    from pipeline.run.job import run_job
+    from pipeline.run.summary import RunSummary
 
 
 def __getattr__(name: str) -> Any:

@@ -197,7 +197,7 @@ class UnexpectedError(PipelineError):
     """An exception no part of the pipeline foresaw (a bug), wrapped so it ends as one line.
 
     The command prints its type and first line, and writes the traceback of ``cause`` to
-    a file it names (:func:`pipeline.logs.save_traceback`).
+    a file it names (:func:`pipeline.ops.logs.save_traceback`).
     """
 
     exit_code = UNEXPECTED_EXIT_CODE
@@ -229,3 +229,7 @@ class RunInterrupted(BaseException):  # a signal, like KeyboardInterrupt, not an
         self.exit_code = 128 + signum
         self.rows_done = rows_done  # rows the inference actors finished before the stop (None: unknown)
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+class UnreadableFileError(JobFailedError):
+    """A bookkeeping file under the output is not what this pipeline writes (e.g. cut short)."""

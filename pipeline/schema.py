@@ -11,9 +11,9 @@ writes the top-k columns (``top_k_ids``, ``top_k_labels``, ``top_k_scores``,
 fixed-size list of ``dim`` float32 or float16 values, and none of the top-k
 columns. A failed row's task columns are null.
 
-A run over shards writes ``shard_index`` next (the record's shard, :mod:`pipeline.shards`).
+A run over shards writes ``shard_index`` next (the record's shard, :mod:`pipeline.inputs.shards`).
 After these come the carried columns (``input.passthrough_columns``), on ok and failed
-rows alike, with the types the manifest holds (:mod:`pipeline.input_manifest`).
+rows alike, with the types the manifest holds (:mod:`pipeline.inputs.manifest`).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ ENCODING_JPEG = "jpeg"  # the file's own bytes, decoded by the inference actor
 ENCODING_RAW = "raw"  # a crop decoded on the CPU worker: crop_size x crop_size x 3 uint8
 # A row's index into the carried columns' table, from the listing to the inference actor.
 CARRIED_INDEX_COLUMN = "carried_index"
-# A shard's record (pipeline.shards): its image bytes, read with the shard, and its carried
+# A shard's record (pipeline.inputs.shards): its image bytes, read with the shard, and its carried
 # values, pickled together (their Arrow types are restored by the inference actor).
 RECORD_BYTES_COLUMN = "record_bytes"
 CARRIED_ROW_COLUMN = "carried_row"

@@ -5,7 +5,7 @@
 #
 # Stage 1 needs only torch: the `gpu` tests (precision, a real out-of-memory, nvJPEG,
 # copy/compute overlap) and the model, decode and decode->predict measurements of
-# pipeline/gpucheck.py. Stage 2 needs Ray: the `gpu` tests that run the whole job, then
+# benchmarks/gpucheck.py. Stage 2 needs Ray: the `gpu` tests that run the whole job, then
 # `pipeline bench` (20,000 images, ResNet-50) and the targets. --rehearse runs both stages
 # on this CPU machine with a small model and a few images (CI does, so the check cannot rot).
 #
@@ -61,7 +61,7 @@ gpu_tests() {  # $1: stage, $2...: test paths. Warnings are shown, not errors: o
 
 if [ "$stage" = 1 ] || [ "$stage" = all ]; then
   gpu_tests 1 tests/gpu/test_gpu_path.py
-  "$python" -m pipeline.gpucheck stage1 "${check_args[@]}" --workdir "$work" \
+  "$python" -m benchmarks.gpucheck stage1 "${check_args[@]}" --workdir "$work" \
     --tests-xml "$out/gpu-tests-stage1.xml" --out "$out/gpu-check-stage1.json" || status=1
 fi
 
@@ -73,7 +73,7 @@ if [ "$stage" = 2 ] || [ "$stage" = all ]; then
   gpu_tests 2 tests/gpu/test_gpu_job.py
   "$python" -m pipeline bench "${bench_args[@]}" --workdir "$work/bench" --json "$out/bench.json" || status=1
   if [ -f "$out/bench.json" ]; then
-    "$python" -m pipeline.gpucheck stage2 "${check_args[@]}" --bench-json "$out/bench.json" \
+    "$python" -m benchmarks.gpucheck stage2 "${check_args[@]}" --bench-json "$out/bench.json" \
       --tests-xml "$out/gpu-tests-stage2.xml" --out "$out/gpu-check-stage2.json" || status=1
   fi
 fi

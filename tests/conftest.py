@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import samples
+from pipeline.cli import samples
 from pipeline.config import Config, load_config
 
 TEST_MODEL = "resnet18"  # random-init mobilenets give near-constant logits: top-1 would be a tie

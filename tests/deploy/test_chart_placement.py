@@ -20,8 +20,8 @@ import yaml
 from deploy_manifests import ENVIRONMENTS, REPO, HelmRefused, HelmRunner, rayjob_spec_of
 from ray.autoscaler._private.kuberay.autoscaling_config import _get_custom_resources
 
-from pipeline import samples
-from pipeline.inference import CUDA_AUTO_BATCH
+from pipeline.cli import samples
+from pipeline.compute.inference import CUDA_AUTO_BATCH
 
 if TYPE_CHECKING:
     from deploy_manifests import Release

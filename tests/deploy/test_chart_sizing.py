@@ -10,17 +10,19 @@ from __future__ import annotations
 import yaml
 from deploy_manifests import HelmRunner, rayjob_spec_of
 
-from pipeline import sizing
 from pipeline.config import load_config
+from pipeline.run import group_sizing
 
 
 def test_sized_values_install(helm: HelmRunner, tmp_path) -> None:
     """20M images/hour + 25% at 900 img/s per GPU, 200 per core: 4 pods of 2 GPUs, 3 of 16 cores."""
     config = load_config(None, [f"input.uri={tmp_path}", "model.random_init=true"], environ={})
-    decode = sizing.Rate(200.0, "flag", "--decode-rate")
-    model = sizing.Rate(900.0, "flag", "--model-rate")
-    sized = sizing.size_cluster(config, 20_000_000, 0.25, decode, model, cpus_per_pod=16, gpus_per_pod=2)
-    release = helm.install(yaml.safe_load(sizing.values_snippet(sized["helm_values"])))
+    decode = group_sizing.Rate(200.0, "flag", "--decode-rate")
+    model = group_sizing.Rate(900.0, "flag", "--model-rate")
+    sized = group_sizing.size_cluster(
+        config, 20_000_000, 0.25, decode, model, cpus_per_pod=16, gpus_per_pod=2
+    )
+    release = helm.install(yaml.safe_load(group_sizing.values_snippet(sized["helm_values"])))
     groups = {
         group["groupName"]: group
         for group in rayjob_spec_of(release.one("RayJob"))["rayClusterSpec"]["workerGroupSpecs"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import gpucheck
+from benchmarks import gpucheck
 
 REPO = Path(__file__).resolve().parents[2]
 JUNIT_ONE_FAILED = """<?xml version="1.0" encoding="utf-8"?>

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline import samples
-from pipeline.output import DATA_DIR
+from pipeline.cli import samples
+from pipeline.outputs.layout import DATA_DIR
 
 pytestmark = [
     pytest.mark.gpu,
@@ -31,7 +31,7 @@ def test_job_commits_every_row_when_the_gpu_runs_out_of_memory(
 ):
     """The card filled by another process but 4 GiB: the actor's 2,048-image batches run out of
     memory, it halves them, and the run commits every input exactly once with no model errors."""
-    from pipeline.job import run_job
+    from pipeline.run.job import run_job
 
     images = tmp_path / "images"
     paths = samples.imagenet_sized(images, 2048)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import samples
-from pipeline.decode import DecodeSettings, decode
-from pipeline.device_decode import device_crops
-from pipeline.inference import InferenceSettings, Predictor
-from pipeline.model import ModelSpec, Preprocessing
+from pipeline.cli import samples
+from pipeline.compute.decode import DecodeSettings, decode
+from pipeline.compute.device_decode import device_crops
+from pipeline.compute.inference import InferenceSettings, Predictor
+from pipeline.compute.model import ModelSpec, Preprocessing
 from pipeline.schema import ENCODING_JPEG
 
 pytestmark = [

@@ -7,12 +7,12 @@ import re
 from monitoring_parts import ALERTS_DIR, REPO, load_yaml
 
 DOC = (REPO / "docs" / "observability.md").read_text(encoding="utf-8")
-METRICS_SOURCE = (REPO / "pipeline" / "metrics.py").read_text(encoding="utf-8")
+METRICS_SOURCE = (REPO / "pipeline" / "ops" / "metrics.py").read_text(encoding="utf-8")
 DEFINITION = re.compile(r"\b(Gauge|RayGauge|Counter|Histogram)\(\s*\"(\w+)\"")
 
 
 def exported_names() -> set[str]:
-    """Every metric defined in pipeline/metrics.py, under the name Prometheus sees."""
+    """Every metric defined in pipeline/ops/metrics.py, under the name Prometheus sees."""
     names = set()
     for kind, name in DEFINITION.findall(METRICS_SOURCE):
         if kind == "Gauge":  # prometheus_client, the driver's pushed metrics
@@ -24,7 +24,7 @@ def exported_names() -> set[str]:
 
 class TestObservabilityDoc:
     def test_every_metric_is_listed(self) -> None:
-        """Each metric pipeline/metrics.py defines appears in the metric tables by its exported name."""
+        """Each metric pipeline/ops/metrics.py defines appears in the metric tables by its exported name."""
         names = exported_names()
         assert len(names) >= 19
         missing = [name for name in sorted(names) if f"| `{name}` |" not in DOC]

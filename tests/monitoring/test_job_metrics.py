@@ -18,13 +18,14 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from pipeline import logs, samples
+from pipeline.cli import samples
 from pipeline.config import load_config
-from pipeline.job import run_job
-from pipeline.redaction import REDACTED
+from pipeline.ops import logs
+from pipeline.ops.redaction import REDACTED
+from pipeline.run.job import run_job
 
 if TYPE_CHECKING:
-    from pipeline.summary import RunSummary
+    from pipeline.run.summary import RunSummary
 
 pytestmark = pytest.mark.slow
 

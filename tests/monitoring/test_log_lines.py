@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import logrelay, samples
+from pipeline.cli import samples
 from pipeline.config import dump_yaml
+from pipeline.ops import logrelay
 
 CYAN, YELLOW, RESET = "\x1b[36m", "\x1b[33m", "\x1b[0m"
 WORKER_DIED = "A worker died or was killed while executing a task by an unexpected system error."

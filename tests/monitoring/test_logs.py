@@ -1,4 +1,4 @@
-"""pipeline.logs: JSON or console lines, run id on every line, sampling, and redaction."""
+"""pipeline.ops.logs: JSON or console lines, run id on every line, sampling, and redaction."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from pipeline import logs
-from pipeline.logs import BadInputSampler, Redactor
-from pipeline.redaction import REDACTED, secret_values
+from pipeline.ops import logs
+from pipeline.ops.logs import BadInputSampler, Redactor
+from pipeline.ops.redaction import REDACTED, secret_values
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"  # noqa: S105  # a fake credential
 

@@ -1,4 +1,4 @@
-"""pipeline.metrics: worker-side Ray metrics and the driver's pushed job metrics."""
+"""pipeline.ops.metrics: worker-side Ray metrics and the driver's pushed job metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from monitoring_parts import free_port, http_get
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from pipeline.metrics import (
+from pipeline.ops.metrics import (
     ETA_UNKNOWN,
     JOB_PHASES,
     PUSH_JOB_NAME,
@@ -102,12 +102,13 @@ class TestWorkerMetrics:
         """decode_device gpu: a JPEG the inference actor cannot decode is in pipeline_failures, once."""
         import numpy as np
 
-        from pipeline import samples
-        from pipeline.decode import DecodeSettings
-        from pipeline.inference import InferenceSettings
-        from pipeline.model import ModelSpec, Preprocessing
+        from pipeline.cli import samples
+        from pipeline.compute.decode import DecodeSettings
+        from pipeline.compute.inference import InferenceSettings
+        from pipeline.compute.inference_actor import Classify
+        from pipeline.compute.model import ModelSpec, Preprocessing
+        from pipeline.ops.metrics import RunLabels
         from pipeline.schema import BYTES_COLUMN, ENCODING_COLUMN, ENCODING_JPEG
-        from pipeline.stages import Classify, RunLabels
 
         prep = Preprocessing(72, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
         labels = tuple(map(str, range(10)))

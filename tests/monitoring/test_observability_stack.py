@@ -33,7 +33,7 @@ from monitoring_parts import (
     running,
 )
 
-from pipeline import samples
+from pipeline.cli import samples
 
 pytestmark = pytest.mark.slow
 

@@ -26,12 +26,13 @@ import structlog
 from monitoring_parts import Server, binary, free_port, running
 from prometheus_client import CollectorRegistry
 
-from pipeline import logs, samples
+from pipeline.cli import samples
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.job import run_job
-from pipeline.metrics import JobMetrics
-from pipeline.push_auth import auth_handler
+from pipeline.ops import logs
+from pipeline.ops.metrics import JobMetrics
+from pipeline.ops.push_auth import auth_handler
+from pipeline.run.job import run_job
 
 if TYPE_CHECKING:
     from pipeline.config import Config

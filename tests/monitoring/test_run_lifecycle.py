@@ -18,10 +18,10 @@ from monitoring_parts import http_get
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline import verify
 from pipeline.config import dump_yaml
 from pipeline.errors import ModelError, StorageError
-from pipeline.job import run_job
+from pipeline.outputs import commit
+from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def test_a_failed_commit_is_reported_failed_never_succeeded(
     def no_space(*_args: object, **_kwargs: object) -> None:
         raise StorageError("cannot write _SUCCESS: [Errno 28] No space left on device")
 
-    monkeypatch.setattr(verify, "commit", no_space)
+    monkeypatch.setattr(commit, "commit", no_space)
     registry = CollectorRegistry()
     with pytest.raises(StorageError, match="No space left"):
         run_job(make_config(sample_images), registry=registry)

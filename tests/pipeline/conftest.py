@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from http_server import ImageServer
 
-from pipeline import samples
+from pipeline.cli import samples
 
 DISTINCT_IMAGES = 16
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.inference import Predictor
+from pipeline.compute.inference import Predictor
 
 OOM_LIMIT = 4
 

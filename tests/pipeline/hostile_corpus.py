@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline import samples
+from pipeline.cli import samples
 
 
 def _png_with_declared_size(width: int, height: int) -> bytes:

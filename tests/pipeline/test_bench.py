@@ -117,7 +117,7 @@ def test_bench_refuses_a_bad_setting_before_making_images(tmp_path, override, ex
 def test_the_ideal_is_the_slower_stage_on_a_gpu_and_shared_cores_on_a_cpu():
     """(c): a GPU fed by 8 cores at 100 img/s each is held to the slower of 500 and 800; on a CPU the
     model (10 img/s) and decoding (2 cores x 10) take turns on the same cores: 1/(1/10 + 1/20)."""
-    from pipeline.bench import ideal_rate
+    from pipeline.cli.bench import ideal_rate
 
     assert ideal_rate(500.0, 100.0, 8, "cuda") == 500.0
     assert ideal_rate(2000.0, 100.0, 8, "cuda") == 800.0

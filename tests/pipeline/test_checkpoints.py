@@ -17,12 +17,12 @@ import torchvision
 from safetensors.torch import save as safetensors_bytes
 from torch_oracle import reference_inputs
 
-from pipeline import storage
 from pipeline.cli import main
+from pipeline.compute.model import build_model, resolve_spec
 from pipeline.config import ModelConfig, PreprocessConfig
 from pipeline.errors import ModelError
-from pipeline.job import run_job
-from pipeline.model import build_model, resolve_spec
+from pipeline.inputs.listing import list_inputs
+from pipeline.run.job import run_job
 
 CLASSES = 10
 SHORT = 600  # characters: a message a person reads, not a key list (it was 6,899)
@@ -200,7 +200,7 @@ class TestHeads:
 @pytest.mark.slow
 def test_a_lightning_checkpoint_classifies_as_its_plain_weights(ray_session, state, tmp_path, make_config):
     """A run on a Lightning checkpoint (prefixed keys in a training dict) gives plain torch's top-1."""
-    from pipeline import samples
+    from pipeline.cli import samples
 
     images = tmp_path / "images"
     samples.make_images(images, 6, seed=9, sizes=((80, 64),), broken=False)
@@ -215,7 +215,7 @@ def test_a_lightning_checkpoint_classifies_as_its_plain_weights(ray_session, sta
     import pyarrow.parquet as pq
 
     rows = {row["uri"]: row for row in pq.read_table(Path(config.output.uri) / "data").to_pylist()}
-    for uri, x in reference_inputs(config, storage.list_inputs(config.input, config.storage).uris):
+    for uri, x in reference_inputs(config, list_inputs(config.input, config.storage).uris):
         with torch.inference_mode():
             expected = int(reference(x).argmax())
         assert rows[uri]["top_k_ids"][0] == expected, uri

@@ -128,9 +128,10 @@ class TestCosine:
 
 def test_the_clis_default_threshold_is_the_modules():
     """`--cosine-threshold`'s default (kept in the CLI, which starts without DuckDB) is compare's."""
-    from pipeline import cli_outputs, compare
+    from pipeline.cli import review_commands
+    from pipeline.review import compare
 
-    assert cli_outputs.COSINE_THRESHOLD == compare.COSINE_THRESHOLD
+    assert review_commands.COSINE_THRESHOLD == compare.COSINE_THRESHOLD
 
 
 class TestRefused:

@@ -264,7 +264,7 @@ class TestDefaultsDecide:
     def test_show_output_fed_back_plans_the_same(self, config_file, tmp_path):
         """`pipeline config --show` read back in is the same config: same hash, same resource plan."""
         from pipeline.config import dump_yaml
-        from pipeline.planning import plan_resources
+        from pipeline.run.placement import plan_resources
 
         config = load_config(config_file, environ={})
         shown = tmp_path / "shown.yaml"
@@ -276,7 +276,7 @@ class TestDefaultsDecide:
 
     def test_null_means_decide(self, config_file):
         """An explicit null for an automatic setting is the automatic value, not an error."""
-        from pipeline.planning import plan_resources
+        from pipeline.run.placement import plan_resources
 
         config = load_config(config_file, ["resources.decode_num_cpus=null"], environ={})
         assert plan_resources(config, {"CPU": 2.0}) == plan_resources(

@@ -12,11 +12,11 @@ import torch
 from hostile_corpus import hostile_corpus
 from PIL import Image
 
-from pipeline import samples
-from pipeline.decode import DecodeSettings, decode, resize_geometry
-from pipeline.device_decode import device_crops
-from pipeline.job import run_job
-from pipeline.output import DATA_DIR
+from pipeline.cli import samples
+from pipeline.compute.decode import DecodeSettings, decode, resize_geometry
+from pipeline.compute.device_decode import device_crops
+from pipeline.outputs.layout import DATA_DIR
+from pipeline.run.job import run_job
 from pipeline.schema import ENCODING_JPEG, ENCODING_RAW
 
 ON_DEVICE = DecodeSettings(232, 224, "bilinear", 89_478_485, reduced_decode=False, keep_jpeg=True)

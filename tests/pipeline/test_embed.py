@@ -15,14 +15,14 @@ import torchvision
 from safetensors.torch import save_file
 from torch_oracle import reference_inputs, reference_model
 
-from pipeline import storage
 from pipeline.cli import main
+from pipeline.compute.inference import InferenceSettings, Predictor
+from pipeline.compute.model import Embedding, build_model, embedding_dim, resolve_spec
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.inference import InferenceSettings, Predictor
-from pipeline.job import run_job
-from pipeline.model import Embedding, build_model, embedding_dim, resolve_spec
-from pipeline.output import DATA_DIR, MANIFEST, OutputLocation
+from pipeline.inputs.listing import list_inputs
+from pipeline.outputs.layout import DATA_DIR, MANIFEST, OutputLocation
+from pipeline.run.job import run_job
 from pipeline.schema import output_schema
 
 CLASSIFY_COLUMNS = {"top_k_ids", "top_k_labels", "top_k_scores", "label", "score"}
@@ -215,7 +215,7 @@ class TestEmbedJob:
         assert table.schema.field("embedding").type == pa.list_(pa.float32(), DIMS[name])
         assert not CLASSIFY_COLUMNS & set(table.schema.names)
         rows = {row["uri"]: row for row in table.to_pylist()}
-        expected = _reference(config, storage.list_inputs(config.input, config.storage).uris, weights)
+        expected = _reference(config, list_inputs(config.input, config.storage).uris, weights)
         assert len(expected) == summary.succeeded == 40
         cosines = {uri: _cosine(np.array(rows[uri]["embedding"]), vector) for uri, vector in expected.items()}
         worst = min(cosines.values())

@@ -22,12 +22,13 @@ from pathlib import Path
 import pytest
 
 import pipeline
-from pipeline import errors, inspect
+from pipeline import errors
 from pipeline.cli import build_parser, main
 from pipeline.config import Config, dump_yaml
 from pipeline.errors import EXIT_CODES, PipelineError
-from pipeline.lease import Lease
-from pipeline.output import MANIFEST, RUN_STATE, OutputLocation
+from pipeline.outputs.layout import MANIFEST, RUN_STATE, OutputLocation
+from pipeline.outputs.lease import Lease
+from pipeline.review import inspection
 
 ROOT = Path(pipeline.__file__).parents[1]
 README = ROOT / "README.md"
@@ -176,7 +177,7 @@ def hits_an_unforeseen_error(case: Case) -> int:
     def bug(*_: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    case.monkeypatch.setattr(inspect, "inspect_committed", bug)
+    case.monkeypatch.setattr(inspection, "inspect_committed", bug)
     case.monkeypatch.setattr(tempfile, "tempdir", str(case.tmp_path))  # its traceback file goes there
     return main(["inspect", str(out)])
 
@@ -307,10 +308,11 @@ def test_an_unforeseen_error_inside_a_run_is_its_own_code_in_the_summary_and_log
     tmp_path, sample_images, local_config, monkeypatch, capfd, keep_signal_handlers
 ):
     """A bug past the lease: exit 13 (not 6), the summary records it, the JSON line carries the traceback."""
-    from pipeline import job
 
     def bug(*_: object) -> None:
         raise ZeroDivisionError("a bug in the run")
+
+    from pipeline.run import job
 
     monkeypatch.setattr(job, "resolve_spec", bug)
     config = local_config(sample_images, tmp_path / "out", logging__format="json")

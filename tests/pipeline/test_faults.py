@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import samples
+from pipeline.cli import samples
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +171,7 @@ def _run_local_with_hook(
     script = f"""
 import ray
 from pipeline.config import load_config
-from pipeline.job import run_job
+from pipeline.run.job import run_job
 ray.init(num_cpus=2, include_dashboard=False, runtime_env={{
     "worker_process_setup_hook": "fault_hooks.{hook}",
     "env_vars": {{"PYTHONPATH": {workers_path!r}, "FAULT_MARKER": {str(marker)!r}}},

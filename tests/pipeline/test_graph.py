@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pipeline.config import load_config
-from pipeline.graph import actor_remote_options
-from pipeline.planning import inference_settings, plan_resources
+from pipeline.run.graph import actor_remote_options
+from pipeline.run.placement import inference_settings, plan_resources
 
 
 def _config(tmp_path, *overrides: str):

@@ -12,11 +12,11 @@ import torch
 from hostile_corpus import hostile_corpus
 from PIL import Image
 
-from pipeline.decode import DecodeSettings, decode, resize_and_crop
+from pipeline.compute.decode import DecodeSettings, decode, resize_and_crop
+from pipeline.compute.model import build_model
 from pipeline.errors import FailureBudgetExceededError, ModelError, ResumeRefusedError
-from pipeline.job import run_job
-from pipeline.model import build_model
-from pipeline.output import DATA_DIR, MANIFEST
+from pipeline.outputs.layout import DATA_DIR, MANIFEST
+from pipeline.run.job import run_job
 
 SETTINGS = DecodeSettings(256, 224, "bilinear", 89_478_485, reduced_decode=True)
 
@@ -164,7 +164,7 @@ class TestHostileRun:
 class TestModelSafety:
     def test_pickled_code_is_refused(self, tmp_path):
         """A checkpoint that needs arbitrary unpickling is refused (weights_only)."""
-        from pipeline.checkpoints import read_state_dict
+        from pipeline.compute.checkpoints import read_state_dict
 
         class Payload:
             def __reduce__(self):
@@ -178,9 +178,9 @@ class TestModelSafety:
     def test_preprocessing_follows_the_named_weights(self):
         """ResNet-50 V1 weights were trained at resize 256, not the DEFAULT (V2) 232: model.preprocessing
         says so, and an unknown name is exit 2 listing the architecture's weights."""
+        from pipeline.compute.model import resolve_spec
         from pipeline.config import ModelConfig, PreprocessConfig
         from pipeline.errors import ConfigError
-        from pipeline.model import resolve_spec
 
         default, _ = resolve_spec(ModelConfig(name="resnet50", random_init=True), PreprocessConfig())
         v1, _ = resolve_spec(
@@ -201,9 +201,9 @@ class TestModelSafety:
     ):
         """Weights trained with their own normalisation: preprocess.mean/std (0-1 scale) are used,
         recorded with the preprocessing, and a resume cannot change them; 0-255 values are refused."""
+        from pipeline.compute.model import resolve_spec
         from pipeline.config import ModelConfig, PreprocessConfig, load_config
         from pipeline.errors import ConfigError
-        from pipeline.model import resolve_spec
 
         own = PreprocessConfig(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resize_size=160, crop_size=128)
         spec, _ = resolve_spec(ModelConfig(name="resnet18", random_init=True), own)
@@ -226,7 +226,7 @@ class TestModelSafety:
         """torch.save(model), not its state dict: refused, named as such, with the fix; no colour codes."""
         import torchvision
 
-        from pipeline.checkpoints import read_state_dict
+        from pipeline.compute.checkpoints import read_state_dict
 
         path = tmp_path / "whole-model.pth"
         torch.save(torchvision.models.resnet18(), path)

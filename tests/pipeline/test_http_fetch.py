@@ -13,10 +13,11 @@ from dataclasses import replace
 import pytest
 from http_server import BASIC_PASSWORD, BASIC_USER, ImageServer, self_signed_certificate
 
-from pipeline import http_fetch, reading, storage
+from pipeline import storage
+from pipeline.compute.decode import DecodeSettings, decode
 from pipeline.config import StorageConfig, load_config
-from pipeline.decode import DecodeSettings, decode
 from pipeline.errors import ConfigError
+from pipeline.inputs import http_fetch, reading
 from pipeline.schema import FailureReason
 
 FAST = http_fetch.HttpSettings(

@@ -23,9 +23,10 @@ import pytest
 from http_server import BASIC_PASSWORD, BASIC_USER
 from test_input_safety import rows_by_uri, write_manifest
 
-from pipeline import redaction, storage
 from pipeline.config import Config, dump_yaml
-from pipeline.job import run_job
+from pipeline.inputs import row_ids
+from pipeline.ops import redaction
+from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +99,7 @@ def test_every_http_failure_is_one_row_with_its_reason(image_server, make_config
     assert table.schema.field("sku").type == pa.int32()
     for sku, (uri, row) in enumerate(by_given.items(), start=100):
         assert row["sku"] == sku
-        assert row["row_id"] == storage.row_id(uri)  # from the URL as given, secrets and all
+        assert row["row_id"] == row_ids.row_id(uri)  # from the URL as given, secrets and all
         assert (row["status"] == "ok") is (expected[uri] is None)
     assert by_given[f"{base}/error"]["error"] == "HTTP 500 after 2 attempts"
     assert rows[f"{base}/img/0.jpg"]["uri"] == f"{base}/img/0.jpg"  # a plain URL is kept as given

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.inference import (
+from pipeline.compute.inference import (
     CPU_AUTO_BATCH,
     HostStaging,
     InferenceSettings,
@@ -19,7 +19,7 @@ from pipeline.inference import (
     overlap_schedule,
     resolve_precision,
 )
-from pipeline.model import ModelSpec, Preprocessing
+from pipeline.compute.model import ModelSpec, Preprocessing
 
 SPEC = ModelSpec(
     name="resnet18",
@@ -173,8 +173,8 @@ _FAULTS = textwrap.dedent(
     """
     import resource, sys
     import numpy as np
-    import pipeline.inference as inference
-    from pipeline.model import ModelSpec, Preprocessing
+    import pipeline.compute.inference as inference
+    from pipeline.compute.model import ModelSpec, Preprocessing
     if sys.argv[1] == "default":
         inference.keep_freed_host_memory = lambda: False
     prep = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")

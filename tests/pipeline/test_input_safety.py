@@ -17,10 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import reading, redaction, storage
+from pipeline import storage
 from pipeline.config import StorageConfig
 from pipeline.errors import InputError
-from pipeline.job import run_job
+from pipeline.inputs import reading, row_ids
+from pipeline.inputs.listing import list_inputs
+from pipeline.ops import redaction
+from pipeline.run.job import run_job
 from pipeline.schema import FailureReason
 
 pytestmark = pytest.mark.slow
@@ -144,7 +147,7 @@ class TestJob:
         assert (row["status"], row["reason"], row["row_id"]) == (
             "failed",
             "invalid_uri",
-            storage.row_id(escaped),
+            row_ids.row_id(escaped),
         )
         assert "not valid UTF-8" in row["error"]
         (out / "_SUCCESS").unlink()  # unfinished again: the resume lists the same name and redoes nothing
@@ -196,8 +199,8 @@ class TestJob:
             masked: "scheme_not_allowed",
         }
         assert {uri: row["reason"] for uri, row in rows.items()} == expected
-        assert rows[given[0]]["row_id"] == storage.row_id(given[0])
-        assert rows[masked]["row_id"] == storage.row_id(signed)  # the id still comes from the full URI
+        assert rows[given[0]]["row_id"] == row_ids.row_id(given[0])
+        assert rows[masked]["row_id"] == row_ids.row_id(signed)  # the id still comes from the full URI
         out = Path(config.output.uri)
         for path in out.rglob("*"):
             if path.is_file():
@@ -220,7 +223,7 @@ class TestJob:
         from pipeline.config import InputConfig
 
         with pytest.raises(InputError, match=f"1 URIs more than once \\({image}\\)"):
-            storage.list_inputs(InputConfig(uri=str(manifest)), StorageConfig())
+            list_inputs(InputConfig(uri=str(manifest)), StorageConfig())
 
 
 def test_signed_url_and_nul_byte_via_cli(sample_images, make_config, tmp_path):

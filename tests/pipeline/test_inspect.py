@@ -262,7 +262,7 @@ class TestCompare:
 class TestRealRun:
     @pytest.fixture(scope="class")
     def output(self, ray_session, sample_images, local_config, tmp_path_factory) -> Path:
-        from pipeline.job import run_job
+        from pipeline.run.job import run_job
 
         root = tmp_path_factory.mktemp("inspect") / "out"
         run_job(local_config(sample_images, root, output__rows_per_file=16))

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch_oracle import reference_inputs, reference_model
 
-from pipeline import storage
-from pipeline.job import run_job
-from pipeline.output import DATA_DIR, FAILURES, MANIFEST, OutputLocation
+from pipeline.inputs import row_ids
+from pipeline.inputs.listing import list_inputs
+from pipeline.outputs.layout import DATA_DIR, FAILURES, MANIFEST, OutputLocation
+from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ class TestRunJob:
         config = make_config(sample_images)
         summary = run_job(config)
         rows = _read_output(Path(config.output.uri))
-        uris = storage.list_inputs(config.input, config.storage).uris
+        uris = list_inputs(config.input, config.storage).uris
         expected = _reference(config, uris, weights_file)
         assert len(expected) == 40
         for uri, (index, score) in expected.items():
@@ -63,7 +64,7 @@ class TestRunJob:
         assert sorted(table.column("uri").to_pylist()) == files
         ids = table.column("row_id").to_pylist()
         assert len(ids) == len(set(ids)) == len(files)
-        assert ids == [storage.row_id(uri) for uri in table.column("uri").to_pylist()]
+        assert ids == [row_ids.row_id(uri) for uri in table.column("uri").to_pylist()]
         rows = _read_output(out)
         expected_reasons = {
             "empty.jpg": "empty_file",

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from structlog.testing import capture_logs
 
-from pipeline import nvml
-from pipeline.nvml import GpuReading, GpuStats, device_handle
+from pipeline.compute import nvml
+from pipeline.compute.nvml import GpuReading, GpuStats, device_handle
 
 
 class NotSupportedError(Exception):

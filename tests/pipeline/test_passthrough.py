@@ -17,14 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import storage
 from pipeline.cli import main
-from pipeline.compare import compare_outputs
 from pipeline.config import RESERVED_COLUMNS, InputConfig, StorageConfig, load_config
 from pipeline.errors import ConfigError, InputError, ResumeRefusedError
-from pipeline.inspect import inspect_output
-from pipeline.job import run_job
-from pipeline.output import DATA_DIR, FAILURES, MANIFEST, RUN_STATE, OutputLocation
+from pipeline.inputs.listing import list_inputs
+from pipeline.outputs.layout import DATA_DIR, FAILURES, MANIFEST, RUN_STATE, OutputLocation
+from pipeline.review.compare import compare_outputs
+from pipeline.review.inspection import inspect_output
+from pipeline.run.job import run_job
 from pipeline.schema import reserved_columns
 
 CARRIED = ["item_id", "title", "taken_at", "weight", "tags", "meta", "price"]
@@ -151,10 +151,11 @@ class TestCarriedColumns:
         import numpy as np
         import ray
 
-        from pipeline.inference import InferenceSettings
-        from pipeline.model import ModelSpec, Preprocessing
+        from pipeline.compute.inference import InferenceSettings
+        from pipeline.compute.inference_actor import Classify
+        from pipeline.compute.model import ModelSpec, Preprocessing
+        from pipeline.ops.metrics import RunLabels
         from pipeline.schema import CARRIED_INDEX_COLUMN
-        from pipeline.stages import Classify, RunLabels
 
         manifest = typed_manifest(sample_images, tmp_path / "m.parquet").select(CARRIED)
         nulls = pa.table({name: pa.nulls(2, manifest.schema.field(name).type) for name in CARRIED})
@@ -261,7 +262,7 @@ class TestRefusals:
         typed_manifest(sample_images, tmp_path / "m.parquet")
         source = InputConfig(uri=str(tmp_path / "m.parquet"), passthrough_columns=["title", "colour"])
         with pytest.raises(InputError) as caught:
-            storage.list_inputs(source, StorageConfig())
+            list_inputs(source, StorageConfig())
         assert "no column 'colour'" in str(caught.value)
         assert "(columns: uri, item_id, title, taken_at" in str(caught.value)
 
@@ -269,9 +270,7 @@ class TestRefusals:
         """Carried rows stay aligned with the URIs when blank cells are skipped and input.limit cuts."""
         path = tmp_path / "m.parquet"
         pq.write_table(pa.table({"uri": ["a.jpg", None, " ", "b.jpg", "c.jpg"], "k": [1, 2, 3, 4, 5]}), path)
-        listing = storage.list_inputs(
-            InputConfig(uri=str(path), passthrough_columns=["k"], limit=2), StorageConfig()
-        )
+        listing = list_inputs(InputConfig(uri=str(path), passthrough_columns=["k"], limit=2), StorageConfig())
         assert (listing.uris, listing.empty_cells) == (["a.jpg", "b.jpg"], 2)
         assert listing.carried is not None
         assert listing.carried.column("k").to_pylist() == [1, 4]
@@ -281,7 +280,7 @@ class TestRefusals:
         an empty cell is null, a quoted empty one an empty string."""
         path = tmp_path / "m.csv"
         path.write_text('uri,zip,key,note\na.jpg,000999,7,\nb.jpg,01234,,""\n')
-        listing = storage.list_inputs(
+        listing = list_inputs(
             InputConfig(uri=str(path), passthrough_columns=["zip", "key", "note"]), StorageConfig()
         )
         assert listing.carried is not None

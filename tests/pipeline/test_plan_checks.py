@@ -15,7 +15,7 @@ import torchvision
 
 from pipeline.cli import main
 from pipeline.config import dump_yaml
-from pipeline.output import MANIFEST, RUN_STATE
+from pipeline.outputs.layout import MANIFEST, RUN_STATE
 
 
 def _snapshot(out: Path) -> dict[str, tuple[int, int]]:

@@ -17,9 +17,10 @@ import pytest
 import yaml
 
 import pipeline
-from pipeline import samples, sizing
+from pipeline.cli import samples
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
+from pipeline.run import group_sizing
 
 ROOT = Path(pipeline.__file__).parents[1]
 VALUES = ROOT / "deploy" / "helm" / "batch-inference" / "values.yaml"
@@ -189,16 +190,22 @@ class TestSizing:
     def test_pod_shapes_are_the_charts_defaults(self):
         """The per-pod CPUs and GPUs plan prints by default are those of values.yaml."""
         values = chart_values()
-        assert resolve(values, "workerGroups.cpu.resources.limits.cpu") == str(sizing.CPU_POD_CPUS)
-        assert resolve(values, "workerGroups.gpu.resources.limits.cpu") == str(sizing.GPU_POD_CPUS_PER_GPU)
-        assert resolve(values, "workerGroups.gpu.resources.limits.nvidia\\.com/gpu") == sizing.GPU_POD_GPUS
+        assert resolve(values, "workerGroups.cpu.resources.limits.cpu") == str(group_sizing.CPU_POD_CPUS)
+        assert resolve(values, "workerGroups.gpu.resources.limits.cpu") == str(
+            group_sizing.GPU_POD_CPUS_PER_GPU
+        )
+        assert (
+            resolve(values, "workerGroups.gpu.resources.limits.nvidia\\.com/gpu") == group_sizing.GPU_POD_GPUS
+        )
 
     def test_every_printed_path_exists_and_fits(self, tmp_path):
         """Bigger pods: 8 GPUs a pod; the actors use every GPU the pods bring."""
         config = load_config(None, [f"input.uri={tmp_path}", "model.random_init=true"], environ={})
-        decode = sizing.Rate(200.0, "flag", "--decode-rate")
-        model = sizing.Rate(900.0, "flag", "--model-rate")
-        sized = sizing.size_cluster(config, 20_000_000, 0.25, decode, model, cpus_per_pod=32, gpus_per_pod=8)
+        decode = group_sizing.Rate(200.0, "flag", "--decode-rate")
+        model = group_sizing.Rate(900.0, "flag", "--model-rate")
+        sized = group_sizing.size_cluster(
+            config, 20_000_000, 0.25, decode, model, cpus_per_pod=32, gpus_per_pod=8
+        )
         helm = sized["helm_values"]
         check_helm_values(helm)
         # 25M/h = 6,944.4 img/s: 8 GPUs (1 pod), 35 cores (2 pods of 32).
@@ -210,8 +217,8 @@ class TestSizing:
         """No GPU figure is invented: the table is empty while docs/benchmarks.md has none."""
         page = BENCHMARKS.read_text(encoding="utf-8")
         if "No GPU figures yet" in page:
-            assert sizing.GPU_REFERENCES == {}
-        for reference in sizing.GPU_REFERENCES.values():
+            assert group_sizing.GPU_REFERENCES == {}
+        for reference in group_sizing.GPU_REFERENCES.values():
             assert "docs/benchmarks.md" in reference.source
 
     def test_bench_file_rates_are_checked(self, tmp_path):
@@ -221,6 +228,8 @@ class TestSizing:
         for text in ("[1]", '{"a_model_only_images_per_second": 0}', "not json"):
             bench.write_text(text)
             with pytest.raises(ConfigError, match="--from-bench"):
-                sizing.resolve_rates(config, decode_rate=None, model_rate=None, bench_path=str(bench))
+                group_sizing.resolve_rates(config, decode_rate=None, model_rate=None, bench_path=str(bench))
         with pytest.raises(ConfigError, match="--from-bench"):
-            sizing.resolve_rates(config, decode_rate=None, model_rate=None, bench_path=str(tmp_path / "no"))
+            group_sizing.resolve_rates(
+                config, decode_rate=None, model_rate=None, bench_path=str(tmp_path / "no")
+            )

@@ -13,8 +13,8 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.planning import inference_settings, plan_resources
-from pipeline.sizing import Rate, size_cluster
+from pipeline.run.group_sizing import Rate, size_cluster
+from pipeline.run.placement import inference_settings, plan_resources
 
 # The chart's default groups as its ConfigMap declares them: the GPU group may have no pod yet.
 CPU_GROUP = "cpu: {cpus: 8, memory: 16Gi, min_replicas: 1, max_replicas: 8, resources: {cpu_group: 1000}}"

@@ -11,10 +11,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import logs
-from pipeline.job import run_job
-from pipeline.output import CHECKPOINT_DIR, DATA_DIR, MANIFEST
-from pipeline.progress import SERIES_MAX_POINTS, Display, ProgressSeries
+from pipeline.ops import logs
+from pipeline.ops.display import Display
+from pipeline.ops.progress import SERIES_MAX_POINTS, ProgressSeries
+from pipeline.outputs.layout import CHECKPOINT_DIR, DATA_DIR, MANIFEST
+from pipeline.run.job import run_job
 
 COLOUR = re.compile(r"\x1b\[[0-9;]*(?:3[0-8]|9[0-7])[0-9;]*m")
 

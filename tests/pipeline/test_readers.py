@@ -24,8 +24,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import run_job
-from pipeline.output import CHECKPOINT_DIR, DATA_DIR, FAILURES, INPUTS, REPORT
+from pipeline.outputs.layout import CHECKPOINT_DIR, DATA_DIR, FAILURES, INPUTS, REPORT
+from pipeline.run.job import run_job
 
 pytestmark = [
     pytest.mark.slow,

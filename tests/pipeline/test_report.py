@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 from report_browser import browser_missing, visit
 
-from pipeline import samples
-from pipeline.cli import main
+from pipeline.cli import main, samples
 from pipeline.config import StorageConfig
 from pipeline.errors import OutputNotCommittedError
-from pipeline.inspect import inspect_output
-from pipeline.job import run_job
-from pipeline.output import MANIFEST, REPORT, OutputLocation
-from pipeline.report import write_after_commit
+from pipeline.outputs.layout import MANIFEST, REPORT, OutputLocation
+from pipeline.review.inspection import inspect_output
+from pipeline.review.report import write_after_commit
+from pipeline.run.job import run_job
 
 INPUTS, FAILED = 43, 3  # conftest's sample_images: 40 images and 3 broken files
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 
 import pipeline
-from pipeline import samples
+from pipeline.cli import samples
 from pipeline.config import dump_yaml
 from pipeline.errors import RunInterrupted
-from pipeline.job import _Run
-from pipeline.output import MANIFEST, OutputLocation
-from pipeline.summary import RunSummary
+from pipeline.outputs.layout import MANIFEST, OutputLocation
+from pipeline.run.job import _Run
+from pipeline.run.summary import RunSummary
 
 ROOT = Path(pipeline.__file__).parents[1]
 

@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import samples
+from pipeline.cli import samples
+from pipeline.cli.sample_shards import add_member
 from pipeline.errors import FailureBudgetExceededError
-from pipeline.job import run_job
-from pipeline.output import DATA_DIR, FAILURES, MANIFEST
-from pipeline.sample_shards import add_member
+from pipeline.outputs.layout import DATA_DIR, FAILURES, MANIFEST
+from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 SMALL = {"preprocess__resize_size": 40, "preprocess__crop_size": 32}

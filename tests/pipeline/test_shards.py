@@ -14,12 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import sample_shards, samples, storage
+from pipeline.cli import sample_shards, samples
 from pipeline.config import InputConfig, StorageConfig, load_config
 from pipeline.errors import ConfigError, InputError
-from pipeline.job import run_job
-from pipeline.output import DATA_DIR, MANIFEST
-from pipeline.shards import LEDGER_DIR
+from pipeline.inputs import row_ids
+from pipeline.inputs.listing import list_inputs
+from pipeline.outputs.layout import DATA_DIR, MANIFEST
+from pipeline.outputs.shard_ledger import LEDGER_DIR
+from pipeline.run.job import run_job
 
 RECORDS = 1000
 SMALL = {"preprocess__resize_size": 40, "preprocess__crop_size": 32, "inference__batch_size": 32}
@@ -94,7 +96,7 @@ class TestEqualToLooseFiles:
         rows = _rows(out)
         assert set(rows) == set(loose_run)
         _assert_same_predictions(rows, loose_run)
-        names = {storage.row_id(str(path)): (path.name, path.stat().st_size) for path in files}
+        names = {row_ids.row_id(str(path)): (path.name, path.stat().st_size) for path in files}
         assert {rid: (row["name"], row["size_bytes"]) for rid, row in rows.items()} == names
         committed = json.loads((out / MANIFEST).read_text())
         assert committed["input_format"] == "parquet"
@@ -115,10 +117,10 @@ class TestEqualToLooseFiles:
         for index, shard in enumerate(shards):
             keys = pq.read_table(shard, columns=["key"]).column("key").to_pylist()
             by_key.update(
-                {storage.row_id(f"{shard.name}#{row}"): (index, key) for row, key in enumerate(keys)}
+                {row_ids.row_id(f"{shard.name}#{row}"): (index, key) for row, key in enumerate(keys)}
             )
         assert sorted(table.column("row_id").to_pylist()) == sorted(by_key)
-        rows = {storage.row_id(by_key[row["row_id"]][1]): row for row in table.to_pylist()}
+        rows = {row_ids.row_id(by_key[row["row_id"]][1]): row for row in table.to_pylist()}
         _assert_same_predictions(rows, loose_run)
         assert {row["shard_index"] for row in table.to_pylist()} == {0, 1, 2}
 
@@ -146,12 +148,12 @@ class TestEqualToLooseFiles:
         for number, path in enumerate(files):
             shard = shards[number // size]
             key = sample_shards.webdataset_key(path)
-            by_locator[f"{shard}#{key}"] = (storage.row_id(f"{shard.name}#{key}"), str(path))
+            by_locator[f"{shard}#{key}"] = (row_ids.row_id(f"{shard.name}#{key}"), str(path))
         rows = table.to_pylist()
         assert sorted(row["uri"] for row in rows) == sorted(by_locator)
         assert all(row["row_id"] == by_locator[row["uri"]][0] for row in rows)
         assert all(json.loads(row["json"])["file"] == Path(by_locator[row["uri"]][1]).name for row in rows)
-        _assert_same_predictions({storage.row_id(by_locator[row["uri"]][1]): row for row in rows}, loose_run)
+        _assert_same_predictions({row_ids.row_id(by_locator[row["uri"]][1]): row for row in rows}, loose_run)
 
 
 @pytest.mark.slow
@@ -216,22 +218,22 @@ class TestFormatDetection:
             folder.mkdir()
             (folder / name).write_bytes(b"x")
             (folder / "README").write_bytes(b"x")
-            listing = storage.list_inputs(InputConfig(uri=str(folder)), StorageConfig())
+            listing = list_inputs(InputConfig(uri=str(folder)), StorageConfig())
             assert (listing.format, [Path(uri).name for uri in listing.uris]) == (kind, [name])
 
     def test_a_folder_of_two_kinds_is_refused_naming_the_key(self, tmp_path):
         for name in ("a.parquet", "b.jpg"):
             (tmp_path / name).write_bytes(b"x")
         with pytest.raises(InputError, match=r"files and parquet alike; set input\.format"):
-            storage.list_inputs(InputConfig(uri=str(tmp_path)), StorageConfig())
-        listing = storage.list_inputs(InputConfig(uri=str(tmp_path), format="parquet"), StorageConfig())
+            list_inputs(InputConfig(uri=str(tmp_path)), StorageConfig())
+        listing = list_inputs(InputConfig(uri=str(tmp_path), format="parquet"), StorageConfig())
         assert [Path(uri).name for uri in listing.uris] == ["a.parquet"]
 
     def test_one_parquet_file_is_a_manifest_unless_the_format_says_shard(self, tmp_path):
         path = tmp_path / "m.parquet"
         pq.write_table(pa.table({"uri": ["x.jpg"]}), path)
         assert InputConfig(uri=str(path)).is_manifest
-        listing = storage.list_inputs(InputConfig(uri=str(path), format="parquet"), StorageConfig())
+        listing = list_inputs(InputConfig(uri=str(path), format="parquet"), StorageConfig())
         assert (listing.format, listing.uris) == ("parquet", [str(path)])
 
     def test_the_image_column_cannot_be_carried(self, tmp_path):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import samples
+from pipeline.cli import samples
 from pipeline.config import dump_yaml
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.summary import RunSummary
+from pipeline.run.summary import RunSummary
 
 
 def test_reason_counts_line_up_whatever_the_longest_reason():

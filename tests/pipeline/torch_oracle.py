@@ -9,9 +9,9 @@ import torch
 import torchvision
 from safetensors.torch import load_file
 
-from pipeline.decode import decode
-from pipeline.model import resolve_spec
-from pipeline.planning import decode_settings
+from pipeline.compute.decode import decode
+from pipeline.compute.model import resolve_spec
+from pipeline.run.placement import decode_settings
 
 
 def reference_model(config, weights: Path) -> torch.nn.Module:

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import samples
+from pipeline.cli import samples
 
 REGION = "us-east-1"
 IMAGE_SIZES = ((64, 64), (96, 72), (160, 120), (120, 160))

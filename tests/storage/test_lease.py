@@ -14,22 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import lease, output
 from pipeline.config import StorageConfig
 from pipeline.errors import OutputInUseError
+from pipeline.outputs import layout, lease
 
 pytestmark = pytest.mark.slow  # the S3 half starts moto_server
 
 
 @pytest.fixture(params=["local", "s3"])
-def location(request, tmp_path: Path) -> output.OutputLocation:
+def location(request, tmp_path: Path) -> layout.OutputLocation:
     """An empty output, on a local folder or on the moto server."""
     if request.param == "local":
-        return output.OutputLocation.open(str(tmp_path / "out"), StorageConfig())
+        return layout.OutputLocation.open(str(tmp_path / "out"), StorageConfig())
     moto = request.getfixturevalue("moto")
     bucket = request.getfixturevalue("bucket")
     storage = StorageConfig.model_validate({"endpoint_url": moto.endpoint, "region": "us-east-1"})
-    return output.OutputLocation.open(f"s3://{bucket}/out", storage)
+    return layout.OutputLocation.open(f"s3://{bucket}/out", storage)
 
 
 def test_second_holder_is_refused_naming_the_first(location):
@@ -43,12 +43,12 @@ def test_second_holder_is_refused_naming_the_first(location):
     second = lease.Lease.acquire(location, 60)  # released: free again
     assert second.holder.epoch >= 1
     second.release()
-    assert [name for name in location.list_files() if output.is_lease(name)] == []
+    assert [name for name in location.list_files() if layout.is_lease(name)] == []
 
 
 def test_exclusive_create_lets_exactly_one_win(location):
     """The primitive under the lease: of two creates of one name, one succeeds, and its bytes stay."""
-    from pipeline import atomic_writes
+    from pipeline.storage import atomic_writes
 
     uri = location.uri_of("_lease/epoch-000009.json")
     assert atomic_writes.create_exclusive(location.fs, uri, b'{"token": "a"}') is True
@@ -73,10 +73,10 @@ def test_expired_lease_is_taken_over_and_the_old_holder_finds_out(location):
 
 def test_lease_of_a_dead_process_on_this_host_lapses_at_once(tmp_path: Path):
     """A job killed on this machine (its pid is gone) does not block the output until expiry."""
-    location = output.OutputLocation.open(str(tmp_path / "out"), StorageConfig())
+    location = layout.OutputLocation.open(str(tmp_path / "out"), StorageConfig())
     script = (
         "import sys; from pipeline import lease, output; from pipeline.config import StorageConfig;"
-        f"loc = output.OutputLocation.open({str(tmp_path / 'out')!r}, StorageConfig());"
+        f"loc = layout.OutputLocation.open({str(tmp_path / 'out')!r}, StorageConfig());"
         "held = lease.Lease.acquire(loc, 3600); held.name_run('run-killed')"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)  # exits holding the lease

@@ -1,4 +1,4 @@
-"""pipeline.output on S3 (moto_server): run state, refusals, crash restore, tally and commit."""
+"""pipeline.outputs.layout on S3 (moto_server): run state, refusals, crash restore, tally and commit."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from storage_s3 import FAKE_SECRET_ACCESS_KEY, free_port, list_keys, read_json
 
-from pipeline import output, output_safety, restore, storage, verify
 from pipeline.config import StorageConfig
 from pipeline.errors import JobFailedError, OutputExistsError, ResumeRefusedError, StorageError
+from pipeline.inputs import row_ids
+from pipeline.outputs import commit, layout, restore, run_state, safety, tally
 
 RUN = "run-1"
 
@@ -30,13 +31,13 @@ def rows(uris: list[str], status: str = "ok") -> pa.Table:
     """Part rows for ``uris`` (only the columns the tally reads)."""
     return pa.table(
         {
-            "row_id": [storage.row_id(uri) for uri in uris],
+            "row_id": [row_ids.row_id(uri) for uri in uris],
             "uri": uris,
             "status": [status] * len(uris),
             "reason": [None if status == "ok" else "not_an_image"] * len(uris),
             "error": [None] * len(uris),
         },
-        schema=pa.schema([(name, pa.string()) for name in verify.TALLY_COLUMNS]),
+        schema=pa.schema([(name, pa.string()) for name in tally.TALLY_COLUMNS]),
     )
 
 
@@ -52,7 +53,7 @@ def put_part(
 ) -> None:
     """A part as Ray Data's two-phase checkpointed write leaves it."""
     put_table(s3, bucket, f"out/data/{base}-0.parquet", rows(uris))
-    ids = pa.table({"row_id": [storage.row_id(uri) for uri in uris]})
+    ids = pa.table({"row_id": [row_ids.row_id(uri) for uri in uris]})
     if committed:
         put_table(s3, bucket, f"out/_checkpoint/attempt-001/{base}.parquet", ids)
     if pending:
@@ -60,9 +61,9 @@ def put_part(
 
 
 @pytest.fixture
-def location(bucket, moto) -> output.OutputLocation:
+def location(bucket, moto) -> layout.OutputLocation:
     """The output location ``s3://<bucket>/out``."""
-    return output.OutputLocation.open(f"s3://{bucket}/out", settings(moto.endpoint))
+    return layout.OutputLocation.open(f"s3://{bucket}/out", settings(moto.endpoint))
 
 
 class TestRunState:
@@ -71,50 +72,50 @@ class TestRunState:
         manifest = {"run_id": RUN, "finished_at": "t", "counts": {}, "layout": {}}
         s3.put_object(Bucket=bucket, Key="out/_SUCCESS", Body=json.dumps(manifest))
         with pytest.raises(OutputExistsError, match=r"committed run 'run-1'.*--overwrite") as caught:
-            output.check_can_start(output.inspect(location), None, "hash", overwrite=False)
+            run_state.check_can_start(run_state.inspect(location), None, "hash", overwrite=False)
         assert caught.value.exit_code == 3
-        assert output.check_can_start(output.inspect(location), None, "hash", overwrite=True) is None
+        assert run_state.check_can_start(run_state.inspect(location), None, "hash", overwrite=True) is None
 
     def test_unfinished_run_is_resumed_by_its_id(self, s3, bucket, location):
         """An unfinished run with the same config is picked up from _run.json."""
         s3.put_object(
             Bucket=bucket, Key="out/_run.json", Body=json.dumps({"run_id": RUN, "config_hash": "h"})
         )
-        state = output.inspect(location)
-        assert output.check_can_start(state, None, "h", overwrite=False) == RUN
+        state = run_state.inspect(location)
+        assert run_state.check_can_start(state, None, "h", overwrite=False) == RUN
         with pytest.raises(ResumeRefusedError, match="different configuration") as caught:
-            output.check_can_start(state, None, "other", overwrite=False)
+            run_state.check_can_start(state, None, "other", overwrite=False)
         assert caught.value.exit_code == 11
         with pytest.raises(ResumeRefusedError, match="--run-id run-1"):
-            output.check_can_start(state, "run-2", "h", overwrite=False)
+            run_state.check_can_start(state, "run-2", "h", overwrite=False)
 
     def test_a_commit_of_this_config_is_found_and_another_refused(self, s3, bucket, location):
         """Before the lease: the same config_hash is the committed run to report; another is exit 3."""
-        assert output_safety.committed_here(location, "h", strict=False) is None
+        assert safety.committed_here(location, "h", strict=False) is None
         manifest = {"run_id": RUN, "config_hash": "h", "committed_at": "t"}
         s3.put_object(Bucket=bucket, Key="out/_SUCCESS", Body=json.dumps(manifest))
-        assert output_safety.committed_here(location, "h", strict=False) == manifest
+        assert safety.committed_here(location, "h", strict=False) == manifest
         with pytest.raises(OutputExistsError, match="with this configuration; --strict"):
-            output_safety.committed_here(location, "h", strict=True)
+            safety.committed_here(location, "h", strict=True)
         with pytest.raises(OutputExistsError, match="with a different configuration") as caught:
-            output_safety.committed_here(location, "other", strict=False)
+            safety.committed_here(location, "other", strict=False)
         assert caught.value.exit_code == 3
 
     def test_foreign_data_is_refused(self, s3, bucket, location):
         """Parts with no run state are not mixed into a new run."""
         s3.put_object(Bucket=bucket, Key="out/data/part-x-0.parquet", Body=b"x")
         with pytest.raises(ResumeRefusedError, match=r"no _run\.json"):
-            output.check_can_start(output.inspect(location), None, "h", overwrite=False)
+            run_state.check_can_start(run_state.inspect(location), None, "h", overwrite=False)
 
     def test_dead_endpoint_is_a_storage_error_quickly(self):
         """Inspecting an output with nothing listening raises StorageError (exit 4) naming URI, endpoint."""
         endpoint = f"http://127.0.0.1:{free_port()}"
-        dead = output.OutputLocation.open(
+        dead = layout.OutputLocation.open(
             "s3://bucket/out", settings(endpoint, max_attempts=2, connect_timeout_s=1)
         )
         started = time.monotonic()
         with pytest.raises(StorageError) as caught:
-            output.inspect(dead)
+            run_state.inspect(dead)
         assert time.monotonic() - started < 20
         assert caught.value.exit_code == 4
         assert "s3://bucket/out/_SUCCESS" in str(caught.value)
@@ -123,10 +124,10 @@ class TestRunState:
     def test_summary_is_best_effort(self):
         """A summary that cannot be written is logged, not raised (it must not hide the run's error)."""
         endpoint = f"http://127.0.0.1:{free_port()}"
-        dead = output.OutputLocation.open(
+        dead = layout.OutputLocation.open(
             "s3://bucket/out", settings(endpoint, max_attempts=1, connect_timeout_s=1)
         )
-        assert output.write_summary(dead, RUN, {"status": "failed"}) is False
+        assert run_state.write_summary(dead, RUN, {"status": "failed"}) is False
 
     def test_json_is_scrubbed_of_secrets(self, bucket, location, s3):
         """A secret value from the environment is masked in any JSON the job writes."""
@@ -162,7 +163,7 @@ class TestRestore:
     def test_empty_attempt_folders_are_not_reused_on_local_disk(self, tmp_path):
         """On a local disk an emptied attempt folder stays, and the next attempt is numbered after it."""
         (tmp_path / "out" / "_checkpoint" / "attempt-001").mkdir(parents=True)
-        local = output.OutputLocation.open(str(tmp_path / "out"), StorageConfig())
+        local = layout.OutputLocation.open(str(tmp_path / "out"), StorageConfig())
         assert local.new_checkpoint_dir() == "_checkpoint/attempt-002"
 
 
@@ -171,8 +172,8 @@ class TestTally:
         """The tally counts outcomes, keeps the failed rows and lists every part with its rows."""
         put_table(s3, bucket, "out/data/part-a-0.parquet", rows(["s3://x/1", "s3://x/2"]))
         put_table(s3, bucket, "out/data/part-b-0.parquet", rows(["s3://x/3"], status="failed"))
-        ids = [storage.row_id(uri) for uri in ("s3://x/1", "s3://x/2", "s3://x/3")]
-        result = verify.tally(location, location.storage_config, ids)
+        ids = [row_ids.row_id(uri) for uri in ("s3://x/1", "s3://x/2", "s3://x/3")]
+        result = tally.tally(location, location.storage_config, ids)
         assert (result.rows, result.ok, result.failed_by_reason) == (3, 2, {"not_an_image": 1})
         assert result.failures.column("uri").to_pylist() == ["s3://x/3"]
         assert result.files == [
@@ -184,8 +185,8 @@ class TestTally:
         """On a local disk too, the manifest's file paths are relative to the output."""
         (tmp_path / "out" / "data").mkdir(parents=True)
         pq.write_table(rows(["/img/1.jpg"]), tmp_path / "out" / "data" / "part-a-0.parquet")
-        local = output.OutputLocation.open(str(tmp_path / "out"), StorageConfig())
-        result = verify.tally(local, StorageConfig(), [storage.row_id("/img/1.jpg")])
+        local = layout.OutputLocation.open(str(tmp_path / "out"), StorageConfig())
+        result = tally.tally(local, StorageConfig(), [row_ids.row_id("/img/1.jpg")])
         assert result.files == [{"path": "data/part-a-0.parquet", "rows": 1}]
 
     def test_duplicates_are_not_committed(self, s3, bucket, location):
@@ -193,24 +194,24 @@ class TestTally:
         put_table(s3, bucket, "out/data/part-a-0.parquet", rows(["s3://x/1"]))
         put_table(s3, bucket, "out/data/part-b-0.parquet", rows(["s3://x/1"]))
         with pytest.raises(JobFailedError, match="1 duplicated rows"):
-            verify.tally(location, location.storage_config, [storage.row_id("s3://x/1")])
+            tally.tally(location, location.storage_config, [row_ids.row_id("s3://x/1")])
 
     def test_missing_rows_are_not_committed(self, s3, bucket, location):
         """An input without a row stops the commit."""
         put_table(s3, bucket, "out/data/part-a-0.parquet", rows(["s3://x/1"]))
         with pytest.raises(JobFailedError, match="1 missing, 0 unexpected"):
-            verify.tally(
-                location, location.storage_config, [storage.row_id(u) for u in ("s3://x/1", "s3://x/2")]
+            tally.tally(
+                location, location.storage_config, [row_ids.row_id(u) for u in ("s3://x/1", "s3://x/2")]
             )
 
     def test_commit_writes_failures_then_manifest(self, s3, bucket, location):
         """The dead-letter table and the manifest (with its file list) are written."""
         put_table(s3, bucket, "out/data/part-a-0.parquet", rows(["s3://x/1"], status="failed"))
-        result = verify.tally(location, location.storage_config, [storage.row_id("s3://x/1")])
-        verify.commit(location, result, {"run_id": RUN, "layout": {"data": "data"}})
+        result = tally.tally(location, location.storage_config, [row_ids.row_id("s3://x/1")])
+        commit.commit(location, result, {"run_id": RUN, "layout": {"data": "data"}})
         manifest = read_json(s3, bucket, "out/_SUCCESS")
         assert manifest["layout"]["files"] == [{"path": "data/part-a-0.parquet", "rows": 1}]
-        assert manifest["manifest_version"] == output.MANIFEST_VERSION
+        assert manifest["manifest_version"] == layout.MANIFEST_VERSION
         failures = pq.read_table(
             io.BytesIO(s3.get_object(Bucket=bucket, Key="out/_failures.parquet")["Body"].read())
         )

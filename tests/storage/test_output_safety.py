@@ -20,10 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 from storage_s3 import job_environment, list_keys, read_json, read_parts, upload_images
 
-from pipeline import output, output_safety
 from pipeline.config import StorageConfig
 from pipeline.errors import ConfigError, InputError, ModelError, StorageError
-from pipeline.job import run_job
+from pipeline.outputs import layout, safety
+from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ class TestOverwriteDeletesOnlyOurs:
         for name in ours + theirs:
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             (out / name).write_bytes(b"x")
-        location = output.OutputLocation.open(str(out), StorageConfig())
+        location = layout.OutputLocation.open(str(out), StorageConfig())
         assert location.clear() == len(ours)
         assert sorted(tree(out)) == sorted(theirs)  # the lease is the running job's own: kept
 
@@ -179,8 +179,8 @@ class TestNesting:
     def test_a_sibling_prefix_sharing_the_name_is_not_inside(self, s3, bucket, s3_config):
         """s3://b/in-preds is beside s3://b/in, not inside it: the rule is by path segment."""
         config = s3_config(bucket, output__uri=f"s3://{bucket}/in-preds")
-        location = output.OutputLocation.open(config.output.uri, config.storage)
-        output_safety.check_safe_target(location, f"s3://{bucket}/in")
+        location = layout.OutputLocation.open(config.output.uri, config.storage)
+        safety.check_safe_target(location, f"s3://{bucket}/in")
 
 
 class TestOneWriter:
@@ -245,23 +245,23 @@ class TestAtomicManifest:
     def test_disk_full_leaves_no_short_manifest(self, tmp_path):
         """On a full disk the manifest write fails and leaves nothing a reader could take for a commit."""
         with tiny_tmpfs(tmp_path / "disk") as disk:
-            location = output.OutputLocation.open(str(disk / "out"), StorageConfig())
+            location = layout.OutputLocation.open(str(disk / "out"), StorageConfig())
             location.prepare()
             fill(disk)
             with pytest.raises(StorageError, match=r"cannot write .*_SUCCESS"):
-                location.write_json(output.MANIFEST, {"run_id": "r", "layout": {"files": ["x" * 100] * 200}})
+                location.write_json(layout.MANIFEST, {"run_id": "r", "layout": {"files": ["x" * 100] * 200}})
             assert not (disk / "out" / "_SUCCESS").exists()
             assert [p.name for p in (disk / "out").iterdir()] == ["data"]  # no temporary left behind
 
     def test_disk_full_keeps_the_previous_version(self, tmp_path):
         """Replacing a JSON file on a full disk keeps the old, complete file."""
         with tiny_tmpfs(tmp_path / "disk") as disk:
-            location = output.OutputLocation.open(str(disk / "out"), StorageConfig())
-            location.write_json(output.RUN_STATE, {"run_id": "before"})
+            location = layout.OutputLocation.open(str(disk / "out"), StorageConfig())
+            location.write_json(layout.RUN_STATE, {"run_id": "before"})
             fill(disk)
             with pytest.raises(StorageError):
-                location.write_json(output.RUN_STATE, {"run_id": "after", "pad": "x" * 20000})
-            assert location.read_json(output.RUN_STATE) == {"run_id": "before"}
+                location.write_json(layout.RUN_STATE, {"run_id": "after", "pad": "x" * 20000})
+            assert location.read_json(layout.RUN_STATE) == {"run_id": "before"}
 
     def test_rerun_recovers_from_an_empty_manifest(self, ray_session, images, make_config):
         """A 0-byte _SUCCESS (left by an older version) is no commit: the rerun resumes and commits."""

@@ -30,7 +30,7 @@ from storage_s3 import (
     upload_images,
 )
 
-from pipeline import storage
+from pipeline.inputs import row_ids
 
 pytestmark = pytest.mark.slow
 
@@ -155,7 +155,7 @@ class TestCrashAndResume:
         ids = table.column("row_id").to_pylist()
         assert len(ids) == len(set(ids)) == len(uris)
         assert sorted(table.column("uri").to_pylist()) == uris
-        assert set(ids) == {storage.row_id(uri) for uri in uris}
+        assert set(ids) == {row_ids.row_id(uri) for uri in uris}
         data_keys = list_keys(s3, bucket, "out/data/")
         assert orphan not in data_keys
         assert any(key.rsplit("/", 1)[1].startswith(cut_base) for key in data_keys)

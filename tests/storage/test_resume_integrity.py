@@ -23,10 +23,10 @@ import pyarrow.parquet as pq
 import pytest
 from storage_s3 import KILLABLE_PACE
 
-from pipeline import samples
+from pipeline.cli import samples
 from pipeline.config import Config, dump_yaml
 from pipeline.errors import InputError, PipelineError
-from pipeline.job import run_job
+from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 

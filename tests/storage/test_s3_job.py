@@ -17,9 +17,10 @@ from prometheus_client import CollectorRegistry
 from storage_fault_proxy import FaultProxy
 from storage_s3 import get_bytes, list_keys, read_json, read_parts, upload_images
 
-from pipeline import cli, storage
+from pipeline import cli
 from pipeline.errors import PipelineError
-from pipeline.job import run_job
+from pipeline.inputs import row_ids
+from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ def assert_exactly_once(s3, bucket: str, uris: list[str]) -> None:
     ids = table.column("row_id").to_pylist()
     assert len(ids) == len(set(ids)) == len(uris)
     assert sorted(table.column("uri").to_pylist()) == uris
-    assert set(ids) == {storage.row_id(uri) for uri in uris}
+    assert set(ids) == {row_ids.row_id(uri) for uri in uris}
 
 
 class TestS3Job:

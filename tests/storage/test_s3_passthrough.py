@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from storage_s3 import get_bytes, read_json, read_parts, upload_images
 
-from pipeline.inspect import inspect_output
-from pipeline.job import run_job
+from pipeline.review.inspection import inspect_output
+from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 

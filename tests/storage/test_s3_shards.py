@@ -15,9 +15,10 @@ import pytest
 from storage_s3 import KILLABLE_PACE, list_keys, read_json, read_parts
 from test_resume import DEADLINE_S, kill_group, start_job
 
-from pipeline import sample_shards, samples, storage
+from pipeline.cli import sample_shards, samples
 from pipeline.config import load_config
-from pipeline.job import run_job
+from pipeline.inputs import row_ids
+from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 RECORDS = 1000
@@ -101,7 +102,7 @@ def test_webdataset_shards_in_s3_equal_the_objects_run(s3, moto, weights_file, c
     object_id = {}  # each record's uri -> the row id of the object it was packed from
     for number, path in enumerate(files):
         locator = f"{tars[number // size].name}#{sample_shards.webdataset_key(path)}"
-        object_id[f"s3://{bucket}/in/tars/{locator}"] = storage.row_id(corpus["uri_of"][path])
+        object_id[f"s3://{bucket}/in/tars/{locator}"] = row_ids.row_id(corpus["uri_of"][path])
     table = read_parts(s3, bucket, "out-tars")
     assert table.num_rows == len(set(table.column("row_id").to_pylist())) == RECORDS + 3
     _assert_same({object_id[row["uri"]]: row for row in table.to_pylist()}, corpus["loose"])

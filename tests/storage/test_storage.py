@@ -9,9 +9,12 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from storage_s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, free_port, upload_images
 
-from pipeline import output, reading, storage
+from pipeline import storage
 from pipeline.config import InputConfig, StorageConfig
 from pipeline.errors import InputError, StorageError
+from pipeline.inputs import reading
+from pipeline.inputs.listing import list_inputs
+from pipeline.outputs import layout
 from pipeline.schema import FailureReason
 
 pytestmark = pytest.mark.slow  # starts moto_server (an external server)
@@ -53,7 +56,7 @@ class TestFilesystem:
         s3.put_object(Bucket=bucket, Key="a/b.jpg", Body=b"payload")
         fs = storage.fsspec_filesystem(f"s3://{bucket}/a", s3_settings(moto.endpoint))
         fs.ls(bucket)  # connected: a session with credentials exists in this object
-        arrow_view = output.OutputLocation.open(f"s3://{bucket}/a", s3_settings(moto.endpoint)).arrow_fs()
+        arrow_view = layout.OutputLocation.open(f"s3://{bucket}/a", s3_settings(moto.endpoint)).arrow_fs()
         for obj in (fs, arrow_view):
             blob = pickle.dumps(obj)
             assert moto.endpoint.encode() in blob
@@ -84,20 +87,20 @@ class TestListing:
         """Every image under the prefix is found, as sorted s3:// URIs."""
         uris = upload_images(s3, bucket, "in", 5)
         s3.put_object(Bucket=bucket, Key="in/notes.txt", Body=b"not an image extension")
-        listing = storage.list_inputs(InputConfig(uri=f"s3://{bucket}/in/"), s3_settings(moto.endpoint))
+        listing = list_inputs(InputConfig(uri=f"s3://{bucket}/in/"), s3_settings(moto.endpoint))
         assert listing.uris == uris
 
     def test_missing_prefix_is_an_input_error(self, bucket, moto):
         """A prefix with nothing under it says the input does not exist."""
         with pytest.raises(InputError, match="does not exist"):
-            storage.list_inputs(InputConfig(uri=f"s3://{bucket}/nothing"), s3_settings(moto.endpoint))
+            list_inputs(InputConfig(uri=f"s3://{bucket}/nothing"), s3_settings(moto.endpoint))
 
     def test_dead_endpoint_is_a_storage_error_quickly(self):
         """Listing with nothing listening fails within the configured attempts, naming the endpoint."""
         endpoint = f"http://127.0.0.1:{free_port()}"
         started = time.monotonic()
         with pytest.raises(StorageError, match="storage unreachable") as caught:
-            storage.list_inputs(
+            list_inputs(
                 InputConfig(uri="s3://bucket/in"), s3_settings(endpoint, max_attempts=2, connect_timeout_s=1)
             )
         assert time.monotonic() - started < 20

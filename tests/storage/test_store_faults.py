@@ -20,10 +20,11 @@ from prometheus_client import CollectorRegistry
 from storage_fault_proxy import Fault, FaultProxy
 from storage_s3 import REGION, job_environment, list_keys, read_json, upload_images
 
-from pipeline import lease, output, s3_retries
 from pipeline.config import StorageConfig
 from pipeline.errors import OutputInUseError, StorageError
-from pipeline.job import run_job
+from pipeline.outputs import layout, lease
+from pipeline.run.job import run_job
+from pipeline.storage import s3_retries
 
 pytestmark = pytest.mark.slow
 
@@ -74,14 +75,14 @@ class TestLeaseCreate:
         )
         proxy.start()
         try:
-            location = output.OutputLocation.open(f"s3://{bucket}/out", storage_via(proxy, **BOUNDED))
+            location = layout.OutputLocation.open(f"s3://{bucket}/out", storage_via(proxy, **BOUNDED))
             outcome, held = in_thread(lease.Lease.acquire, location, 60)
         finally:
             proxy.stop()
         assert proxy.hits("swallow") == 1
         assert outcome == "ok", held
         assert held.holder.epoch == 1
-        direct = output.OutputLocation.open(
+        direct = layout.OutputLocation.open(
             f"s3://{bucket}/out",
             StorageConfig.model_validate({"endpoint_url": moto.endpoint, "region": REGION}),
         )
@@ -95,7 +96,7 @@ class TestLeaseCreate:
         proxy = FaultProxy(moto.endpoint, every=0, faults=[Fault("swallow", LEASE_KEY)])
         proxy.start()
         try:
-            location = output.OutputLocation.open(
+            location = layout.OutputLocation.open(
                 f"s3://{bucket}/out", storage_via(proxy, **{**BOUNDED, "storage__read_timeout_s": 30})
             )
             outcome, error = in_thread(lease.Lease.acquire, location, 60)
@@ -119,7 +120,7 @@ class TestBoundedCalls:
         ]
         proxy = FaultProxy(moto.endpoint, every=0, faults=faults).start()
         try:
-            location = output.OutputLocation.open(
+            location = layout.OutputLocation.open(
                 f"s3://{bucket}/out",
                 storage_via(proxy, **{**BOUNDED, "storage__max_attempts": 3, "storage__call_timeout_s": 6}),
             )
@@ -222,7 +223,7 @@ class TestManifestWrite:
                 **settings,
             )
             job = start_cli(write_config(config), log)
-            direct = output.OutputLocation.open(
+            direct = layout.OutputLocation.open(
                 f"s3://{bucket}/out",
                 StorageConfig.model_validate({"endpoint_url": moto.endpoint, "region": REGION}),
             )

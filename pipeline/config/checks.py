@@ -1,0 +1,99 @@
+"""Checks that need more than one key: the input rules, the push credentials, the model and limits.
+
+Run by :func:`pipeline.config.load_config` after each section validated on its own; the
+declared worker groups check themselves (:mod:`pipeline.config.worker_groups`). Each problem is a
+:class:`~pipeline.errors.ConfigError` naming the key and the value.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeline.config.sections import RESERVED_COLUMNS
+from pipeline.config.worker_groups import check_declared
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Set as AbstractSet
+
+    from pipeline.config.sections import Config, InputConfig, MetricsConfig
+
+
+KEY = "input.passthrough_columns"
+
+
+def check_input(source: InputConfig, reserved: AbstractSet[str]) -> None:
+    """Refuse carried columns that cannot be carried (``reserved``: the names the output uses)."""
+    names = source.passthrough_columns
+    if names and not source.is_manifest and source.format in ("auto", "files"):
+        raise ConfigError(
+            KEY,
+            names,
+            f"needs a .parquet or .csv manifest as input.uri, or shards named by input.format "
+            f"(parquet, webdataset); {source.uri} is a directory or prefix, whose listing of files "
+            "has no columns to carry",
+        )
+    for index, name in enumerate(names):
+        if not name.strip() or name in names[:index]:
+            raise ConfigError(KEY, name, "each name must be a manifest or shard column, given once")
+        if name in reserved:
+            raise ConfigError(
+                KEY,
+                name,
+                f"the output has a column {name!r} already (names the pipeline uses: "
+                f"{', '.join(sorted(reserved))}); rename it in the manifest",
+            )
+        if source.is_manifest and name == source.manifest_column:
+            raise ConfigError(
+                KEY,
+                name,
+                "it is input.manifest_column, written as the output's uri column (signed "
+                "query strings masked); carry a key column of your own to join on",
+            )
+        if not source.is_manifest and name == source.image_column:
+            raise ConfigError(KEY, name, "it is input.image_column, the images' bytes: they are not carried")
+
+
+def check_push_auth(settings: MetricsConfig) -> None:
+    """Raise :class:`ConfigError` naming the key when the credential settings do not fit together."""
+    url, token_file = settings.pushgateway_url, settings.pushgateway_token_file
+    username_file, password_file = settings.pushgateway_username_file, settings.pushgateway_password_file
+    if (username_file is None) != (password_file is None):
+        missing = "pushgateway_password_file" if password_file is None else "pushgateway_username_file"
+        raise ConfigError(
+            f"metrics.{missing}", None, "basic auth needs both the username and the password file"
+        )
+    if token_file is not None and username_file is not None:
+        raise ConfigError(
+            "metrics.pushgateway_token_file", token_file, "set either the token file or the basic-auth files"
+        )
+    if url is None and (token_file or username_file):
+        raise ConfigError(
+            "metrics.pushgateway_url", None, "credentials are set: name the Pushgateway to push to"
+        )
+
+
+def check_semantics(config: Config) -> None:
+    """Checks that need more than one field or a look at the outside world."""
+    if config.model.weights is None and not config.model.random_init:
+        raise ConfigError(
+            "model.weights",
+            None,
+            "set a weights file (.safetensors or .pt) or model.random_init: true for a demo",
+        )
+    if config.model.weights is not None and config.model.random_init:
+        raise ConfigError("model.random_init", value=True, allowed="must be false when model.weights is set")
+    actors = config.resources
+    if actors.min_actors and actors.max_actors and actors.min_actors > actors.max_actors:
+        allowed = f"must be <= resources.max_actors ({actors.max_actors})"
+        raise ConfigError("resources.min_actors", actors.min_actors, allowed)
+    check_input(config.input, RESERVED_COLUMNS)
+    check_push_auth(config.metrics)
+    check_declared(actors, config.inference.device)
+    preprocess = config.preprocess
+    if preprocess.crop_size and preprocess.resize_size and preprocess.crop_size > preprocess.resize_size:
+        raise ConfigError(
+            "preprocess.crop_size",
+            preprocess.crop_size,
+            f"must be <= preprocess.resize_size ({preprocess.resize_size})",
+        )

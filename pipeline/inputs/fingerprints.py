@@ -1,0 +1,117 @@
+"""The inputs of a run: fixed when it starts, and found unchanged when it resumes.
+
+A run fixes its inputs in ``_inputs.parquet`` when it starts: each input's row id and URI
+(signatures masked) and, for a folder or prefix, what the listing said of it: its size and its
+version, the object's ETag on S3, the file's modification time on a local disk.
+
+A resumed run lists its inputs again and compares. Inputs added, removed or rewritten between a
+crash and the resume would leave an output that is neither the old inputs nor the new: added
+files left out, removed ones keeping their rows, rewritten ones keeping predictions of bytes
+that are gone, all silently. So the resume is refused (exit 2), naming how many inputs were
+added, removed and rewritten and the first few of each, as a manifest run already is when its
+manifest changed: restore the inputs to resume, or pass ``--overwrite`` to start again. A run
+started before inputs were stamped has no sizes or versions: only added and removed inputs are
+found there.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from pipeline import storage
+from pipeline.errors import InputError
+from pipeline.inputs import row_ids
+from pipeline.inputs.listing import Listing, list_inputs
+from pipeline.ops import redaction
+from pipeline.outputs.layout import INPUTS
+
+if TYPE_CHECKING:
+    from pipeline.config import InputConfig, StorageConfig
+    from pipeline.outputs.layout import OutputLocation
+
+STAMP_COLUMNS = ("size", "version")
+NAMED = 3  # inputs named per kind of change
+
+
+def inputs_table(listing: Listing) -> pa.Table:
+    """``_inputs.parquet``: row ids of the full URIs, URIs with signatures masked, the listing's stamps."""
+    columns = {
+        "row_id": [row_ids.row_id(uri) for uri in listing.uris],
+        "uri": [redaction.redact_url(uri) for uri in listing.uris],
+    }
+    if listing.stamps is not None:
+        columns["size"] = pa.array([size for size, _ in listing.stamps], pa.int64())
+        columns["version"] = pa.array([version for _, version in listing.stamps], pa.string())
+    return pa.table(columns)
+
+
+def inputs_of_run(
+    location: OutputLocation,
+    source: InputConfig,
+    storage_config: StorageConfig,
+    run_id: str,
+    *,
+    resumed: bool,
+) -> Listing:
+    """The run's inputs: listed now; on resume, listed again and checked against those it started with.
+
+    A resumed manifest run reads the manifest again (``_inputs.parquet`` keeps URIs with
+    their signatures masked, so it cannot be read from) and must find the same inputs.
+    """
+    listing = list_inputs(source, storage_config)
+    if resumed and source.is_manifest:
+        fixed = set(location.read_table(INPUTS, ["row_id"]).column("row_id").to_pylist())
+        now = {row_ids.row_id(uri) for uri in listing.uris}
+        if now != fixed:
+            raise InputError(
+                f"manifest {source.uri} changed since run {run_id!r} started: "
+                f"{len(now - fixed)} inputs added, {len(fixed - now)} removed; resume with the "
+                "manifest it started with, or pass --overwrite to start again"
+            )
+    elif resumed:
+        _check_unchanged(location.read_table(INPUTS), listing, source.uri, run_id)
+    if listing.empty_cells:
+        from pipeline.ops.logs import get_logger
+
+        get_logger(run_id=run_id, stage="driver").warning(
+            "manifest cells without a URI skipped", count=listing.empty_cells, manifest=source.uri
+        )
+    return listing
+
+
+def _check_unchanged(fixed: pa.Table, listing: Listing, source: str, run_id: str) -> None:
+    """Refuse a resume whose folder or prefix no longer lists what the run started with."""
+    uris = [str(uri) for uri in fixed.column("uri").to_pylist()]
+    before: dict[str, tuple[int, str] | None] = dict.fromkeys(uris)
+    now: dict[str, tuple[int, str] | None] = dict.fromkeys(listing.uris)
+    if set(STAMP_COLUMNS) <= set(fixed.column_names) and listing.stamps is not None:
+        sizes, versions = fixed.column("size").to_pylist(), fixed.column("version").to_pylist()
+        before = dict(zip(uris, zip(sizes, versions, strict=True), strict=True))
+        now = dict(zip(listing.uris, listing.stamps, strict=True))
+    # else a run started before inputs were stamped: their names only
+    added = [uri for uri in now if uri not in before]
+    removed = [uri for uri in before if uri not in now]
+    rewritten = [uri for uri, stamp in now.items() if uri in before and before[uri] != stamp]
+    if not (added or removed or rewritten):
+        return
+    version = "ETag" if storage.is_remote(source) else "modification time"
+    changes = [
+        _named("added", added),
+        _named("removed", removed),
+        _named(f"rewritten (size or {version} differ)", rewritten),
+    ]
+    raise InputError(
+        f"inputs under {source} changed since run {run_id!r} started: {'; '.join(changes)}. Resuming "
+        "would mix them into one output; restore them as they were to resume, or pass --overwrite "
+        "to start again"
+    )
+
+
+def _named(what: str, found: list[str]) -> str:
+    """``2 added (a.jpg, b.jpg)``: how many, and the first few."""
+    shown = ", ".join(redaction.redact_url(uri) for uri in found[:NAMED]) + (
+        ", ..." if len(found) > NAMED else ""
+    )
+    return f"{len(found)} {what}" + (f" ({shown})" if found else "")

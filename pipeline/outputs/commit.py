@@ -1,0 +1,199 @@
+"""The run's last step: the failure budget, then the dead-letter table and ``_SUCCESS``.
+
+A shard that could not be read to its end (``failed_shards``) counts against
+``output.max_failure_fraction`` as one failed input, beside the rows it did yield: its
+records are unknown, and a bad shard must not pass unnoticed where a bad file would not.
+
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import FailureBudgetExceededError
+from pipeline.outputs import layout, tally
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pipeline.compute.model import ModelSpec
+    from pipeline.config import Config
+    from pipeline.outputs.tally import Tally
+    from pipeline.run.placement import ResourcePlan
+    from pipeline.run.summary import RunSummary
+import platform
+import time
+from dataclasses import asdict
+
+import pyarrow as pa
+
+from pipeline import __version__
+from pipeline.errors import JobFailedError, StorageError
+from pipeline.outputs.layout import DATA_DIR, FAILURES, MANIFEST, MANIFEST_VERSION, OutputLocation, json_bytes
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pipeline.compute.model import ModelSpec
+    from pipeline.config import Config
+
+
+def commit_run(
+    config: Config,
+    summary: RunSummary,
+    location: layout.OutputLocation,
+    spec: ModelSpec,
+    result: tally.Tally,
+    plan: ResourcePlan,
+    config_hash: str,
+    started_wall: float,
+    progress: dict[str, Any] | None = None,
+    still_held: Callable[[], None] | None = None,
+) -> None:
+    """Enforce the failure budget, then write the dead-letter table and the manifest.
+
+    ``progress``: the attempt's rows done over time (none when earlier attempts wrote every part).
+    ``still_held``: raises if the job lost its hold on the output (``Lease.check_renewed``).
+    """
+    shards = len(result.failed_shards)
+    failed, inputs = summary.failed + shards, summary.inputs + shards
+    fraction = failed / inputs if inputs else 0.0
+    if fraction > config.output.max_failure_fraction:
+        needed = math.ceil(fraction * 1000) / 1000
+        unread = f" (with {shards} shards that could not be read)" if shards else ""
+        raise FailureBudgetExceededError(
+            f"{failed} of {inputs} rows failed{unread} ({fraction:.1%}), above "
+            f"output.max_failure_fraction={config.output.max_failure_fraction}; rows are written "
+            f"under {location.uri_of(layout.DATA_DIR)} (failed rows with their reason) but the run "
+            f"is NOT committed. To accept these failures, run the same command again with --set "
+            f"output.max_failure_fraction={needed:g}: it resumes run {summary.run_id} and commits "
+            "without redoing a row. To retry the failed inputs, fix them and run again with --overwrite."
+        )
+    document = manifest_document(
+        config,
+        summary.as_dict(),
+        spec,
+        plan.as_dict(),
+        config_hash,
+        started_wall,
+        result.rows,
+        result.carried,
+    )
+    if progress is not None:
+        document["progress"] = progress
+    if summary.input_format != "files":
+        document["input_format"] = summary.input_format
+        document["failed_shards"] = result.failed_shards
+    commit(location, result, document, still_held)
+
+
+def manifest_document(
+    config: Config,
+    summary: dict[str, Any],
+    spec: ModelSpec,
+    plan: dict[str, Any],
+    config_hash: str,
+    started_wall: float,
+    rows: int,
+    carried: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """The ``_SUCCESS`` document of a run (:func:`commit` adds the layout's files and versions it)."""
+    return {
+        "run_id": summary["run_id"],
+        "job": config.job.name,
+        "status": "committed",
+        "counts": {
+            "inputs": summary["inputs"],
+            "succeeded": summary["succeeded"],
+            "failed": summary["failed"],
+        },
+        "empty_manifest_cells": summary["empty_manifest_cells"],
+        "failed_by_reason": summary["failed_by_reason"],
+        "processed_this_run": summary["processed_this_run"],
+        "resumed": summary["resumed"],
+        "storage_retries": summary["storage_retries"],
+        "config_hash": config_hash,
+        "config": config.to_dict(),
+        "model": {
+            "name": spec.name,
+            "sha256": spec.weights_sha256,
+            "weights": spec.weights_uri,
+            "random_init": spec.random_init,
+            "preprocessing": asdict(spec.preprocessing),
+            "task": spec.task,
+            "embedding": asdict(spec.embedding) if spec.embedding else None,  # dim, dtype, normalized
+        },
+        "warnings": ["model weights are random (model.random_init)"] if spec.random_init else [],
+        "versions": versions(),
+        "resource_plan": plan,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_wall)),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(summary["seconds"], 3),
+        "images_per_second": round(summary["images_per_second"], 3),
+        "timings_s": {name: round(seconds, 3) for name, seconds in summary["timings"].items()},
+        "layout": {"data": DATA_DIR, "failures": FAILURES, "rows": rows},
+        # input.passthrough_columns, each with the Arrow type its column has in the parts.
+        "passthrough_columns": carried or [],
+    }
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded in the manifest."""
+    import ray
+    import torch
+    import torchvision
+
+    return {
+        "pipeline": __version__,
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pyarrow": pa.__version__,
+    }
+
+
+def commit(
+    location: OutputLocation,
+    result: Tally,
+    manifest: dict[str, Any],
+    still_held: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Write the dead-letter table, then the manifest last (listing the parts it covers).
+
+    ``still_held`` raises if the job no longer holds the output (its lease lost or given up
+    while the dead-letter table was written): then no manifest is written.
+    """
+    if result.failures is not None:
+        location.write_table(FAILURES, result.failures)
+    if still_held is not None:
+        still_held()
+    layout = {**manifest.get("layout", {}), "files": result.files, "failed_rows": result.failed}
+    manifest = {
+        **manifest,
+        "manifest_version": MANIFEST_VERSION,
+        "layout": layout,
+        "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    written = json_bytes(manifest)
+    try:
+        location.write_bytes(MANIFEST, written)
+    except StorageError as exc:  # no answer: the PUT may have landed, and what is there decides
+        if _reads_back(location, written):
+            return manifest
+        raise StorageError(
+            f"{exc}. The output may or may not be committed: run the same command again to find out "
+            "(exit 3 if it is, else it resumes and commits)"
+        ) from exc
+    if not _reads_back(location, written):  # a store that acknowledged what it did not keep
+        raise JobFailedError(f"{location.uri_of(MANIFEST)} does not read back as written; not committed")
+    return manifest
+
+
+def _reads_back(location: OutputLocation, written: bytes) -> bool:
+    """Whether ``_SUCCESS`` holds exactly ``written`` (an unanswered read: no)."""
+    try:
+        return location.read_bytes(MANIFEST) == written
+    except (StorageError, FileNotFoundError):
+        return False

@@ -1,0 +1,170 @@
+"""The one place the Ray Data graph is built: datasource, stages wiring, write.
+
+    listing (driver) -> read row_id/uri (or records of shards) -> [checkpoint filter on resume]
+      -> decode_batch (CPU tasks) -> Classify (actor pool) -> write_parquet
+
+The read emits only ids and URIs (and, when manifest columns are carried, each
+row's index into their table, :mod:`pipeline.inputs.manifest`), so on resume Ray
+Data's checkpoint filter drops finished rows before any bytes are fetched. How
+each stage is placed and sized (the :class:`~pipeline.run.placement.ResourcePlan`)
+and the stages' settings come from :mod:`pipeline.run.placement`.
+
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ray.data.datasource.filename_provider import FilenameProvider
+
+from pipeline import storage
+from pipeline.compute.decode_task import decode_batch
+from pipeline.compute.inference_actor import Classify
+from pipeline.inputs import reading
+from pipeline.inputs.http_fetch import HttpSettings
+from pipeline.inputs.listing import manifest_base
+from pipeline.inputs.uri_source import UriListDatasource
+from pipeline.ops.metrics import RunLabels
+from pipeline.run.placement import decode_settings, inference_settings
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from pipeline.compute.inference import InferenceSettings
+    from pipeline.compute.model import ModelSpec
+    from pipeline.config import Config
+    from pipeline.inputs.shard_source import ShardDatasource
+    from pipeline.run.placement import ResourcePlan
+
+
+class PartFilenames(FilenameProvider):
+    """``part-<run id>-<write id>-<task>.parquet``: stable per run, unique per attempt."""
+
+    def __init__(self, run_id: str) -> None:
+        self._run_id = run_id
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        """One name per write task; Ray appends ``-<n>`` when a task writes several files."""
+        return f"part-{self._run_id}-{write_uuid}-{task_index:06d}.parquet"
+
+
+def actor_remote_options(plan: ResourcePlan, settings: InferenceSettings) -> dict[str, Any]:
+    """Ray options of the inference actors besides CPUs and GPUs: group resources, thread count.
+
+    Ray starts a worker with OMP_NUM_THREADS = its whole num_cpus (at least 1); torch
+    started at 1 thread and widened by ``set_num_threads`` ran 3-12% slower than torch
+    started at the right width. The variable is set only where the two differ: another
+    runtime_env means a freshly spawned worker rather than one Ray prestarted.
+    """
+    options: dict[str, Any] = {"resources": plan.actor_resources or None}
+    if settings.torch_threads and settings.torch_threads != max(1, int(plan.actor_num_cpus)):
+        options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(settings.torch_threads)}}
+    return options
+
+
+def build_dataset(
+    config: Config,
+    uris: list[str],
+    spec: ModelSpec,
+    state_dict_ref: Any,
+    plan: ResourcePlan,
+    run_id: str,
+    progress: Any = None,
+    carried_ref: Any = None,
+    shard_source: ShardDatasource | None = None,
+    unreadable_names: frozenset[str] = frozenset(),
+) -> ray.data.Dataset:
+    """The whole graph up to (not including) the write.
+
+    ``carried_ref``: the object-store reference of the carried columns' table, row for row
+    with ``uris`` (None: no column is carried). ``shard_source``: read records from shards
+    (:mod:`pipeline.inputs.shard_source`) instead of the files ``uris`` lists. ``unreadable_names``:
+    listed names that are not valid UTF-8, failed as ``invalid_uri``
+    (:class:`~pipeline.inputs.listing.Listing`).
+    ``progress`` (the run's tracker) also receives the S3 retries of the decode tasks' reads.
+    """
+    import ray.data
+
+    labels = RunLabels(pipeline=config.job.name, run_id=run_id)
+    decoding = decode_settings(config, spec)
+    limits = reading.ReadLimits(
+        max_bytes=config.preprocess.max_input_bytes,
+        timeout_s=config.preprocess.max_read_seconds,
+        allowed_roots=tuple(os.path.realpath(storage.normalise(root)) for root in config.input.allowed_roots),
+        allowed_schemes=tuple(config.input.allowed_schemes),
+        http=HttpSettings(**config.http.model_dump(), pool_size=config.preprocess.fetch_threads),
+        unreadable_names=unreadable_names,
+    )
+    source = shard_source or UriListDatasource(uris, carry=carried_ref is not None)
+    dataset = ray.data.read_datasource(
+        source,
+        # One block stream per shard: a few shards must not be split into blocks of a row or two.
+        override_num_blocks=len(shard_source.shards) if shard_source is not None else None,
+        num_cpus=plan.read_num_cpus,
+        resources=plan.decode_resources or None,
+    )
+    dataset = dataset.map_batches(
+        decode_batch,
+        batch_size=plan.decode_batch_size,
+        batch_format="numpy",
+        num_cpus=plan.decode_num_cpus,
+        concurrency=plan.decode_concurrency,
+        resources=plan.decode_resources or None,
+        fn_kwargs={
+            "filesystems": storage.Filesystems(config.storage, retry_sink=progress),
+            "limits": limits,
+            "base": manifest_base(config.input),
+            "settings": decoding,
+            "fetch_threads": config.preprocess.fetch_threads,
+            "labels": labels,
+            "tracker": progress,
+        },
+    )
+    settings = inference_settings(config, plan)
+    compute = ray.data.ActorPoolStrategy(
+        min_size=plan.min_actors,
+        max_size=plan.max_actors,
+        # One batch queued behind each running call, so no call waits on the scheduler.
+        max_tasks_in_flight_per_actor=2 * plan.calls_in_flight_per_actor,
+        max_concurrent_calls_per_actor=plan.calls_in_flight_per_actor,
+        enable_true_multi_threading=plan.parallel_calls,
+    )
+    classified: ray.data.Dataset = dataset.map_batches(
+        Classify,
+        batch_size=plan.inference_batch_size,
+        batch_format="numpy",
+        compute=compute,
+        num_cpus=plan.actor_num_cpus,
+        num_gpus=plan.actor_num_gpus,
+        fn_constructor_kwargs={
+            "spec": spec,
+            "state_dict_ref": state_dict_ref,
+            "settings": settings,
+            "top_k": config.model.top_k,
+            "labels": labels,
+            "progress": progress,
+            "device_decode": decoding if decoding.keep_jpeg else None,
+            "carried_ref": carried_ref,
+            "shards": shard_source.carried_schema() if shard_source is not None else None,
+        },
+        **actor_remote_options(plan, settings),
+    )
+    return classified
+
+
+def write_parquet(
+    dataset: ray.data.Dataset,
+    data_uri: str,
+    filesystem: Any,
+    run_id: str,
+    plan: ResourcePlan,
+) -> None:
+    """The graph's last stage: Parquet parts under ``data_uri`` (checkpointed by Ray Data)."""
+    dataset.write_parquet(
+        data_uri,
+        filesystem=filesystem,
+        filename_provider=PartFilenames(run_id.replace(".", "_")),  # Ray refuses dots in part names
+        min_rows_per_file=plan.rows_per_file,
+        ray_remote_args={"num_cpus": plan.write_num_cpus, "resources": plan.decode_resources},
+    )

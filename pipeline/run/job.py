@@ -1,0 +1,422 @@
+"""Running one job: check, list, plan, execute, verify, commit, report.
+
+Everything that can be refused is refused before Ray starts: the config, the
+output state (committed runs are not redone without ``--overwrite``), the
+inputs, and the model weights (checksum and architecture).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+
+from pipeline import __version__
+from pipeline.compute.model import CachedWeights, ModelSpec, check_architecture, read_weights, resolve_spec
+from pipeline.errors import OutputInUseError, PipelineError, RunInterrupted, as_pipeline_error
+from pipeline.inputs import fingerprints, manifest, row_ids
+from pipeline.ops.display import Display
+from pipeline.ops.logs import STDERR, bind_run, get_logger, unbind_run
+from pipeline.ops.metrics import JobMetrics
+from pipeline.ops.push_auth import auth_handler
+from pipeline.outputs import claim, layout, restore, run_state, safety, tally
+from pipeline.outputs.commit import commit_run
+from pipeline.outputs.lease import Lease
+from pipeline.run import shard_job, stopping
+from pipeline.run.cluster import connect_ray, gpu_worker_requested, wait_for_gpu_workers
+from pipeline.run.summary import RunSummary
+from pipeline.run.supervisor import write_abandoned
+from pipeline.run.write_step import Work, write_with_progress
+from pipeline.storage import s3_retries
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
+    from pipeline.inputs.listing import Listing
+    from pipeline.ops.progress import ProgressSeries
+    from pipeline.run.placement import ResourcePlan
+
+
+def _claim_output(
+    location: layout.OutputLocation,
+    config: Config,
+    weights: CachedWeights,
+    new_id: str,
+    *,
+    overwrite: bool,
+) -> tuple[str, bool]:
+    """The run id (the unfinished run's, to resume it, else ``new_id``) and whether this run resumes.
+
+    Nothing is deleted here: ``--overwrite`` clears only after the inputs and the model
+    have been checked, just before the first write.
+    """
+    state, config_hash = claim.claimed(location, config, weights, overwrite=overwrite)
+    resume_id = run_state.check_can_start(
+        state, config.job.run_id, config_hash, overwrite=overwrite, carried=config.input.passthrough_columns
+    )
+    return resume_id or new_id, resume_id is not None and location.exists(layout.INPUTS)
+
+
+@dataclass
+class _Run:
+    """A run as the lifecycle's one ``finally`` reports it, whatever point it reached."""
+
+    config: Config
+    registry: CollectorRegistry
+    summary: RunSummary
+    started: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
+    metrics: JobMetrics | None = None
+    location: layout.OutputLocation | None = None  # set while the job holds the output's lease
+    report: bool = True
+    started_ray: bool = False
+    done_at_start: int | None = None  # rows already written when this attempt began (after restore)
+    display: Display = field(default_factory=lambda: Display(sys.stderr, enabled=False))
+    series: ProgressSeries | None = None  # rows done over time, once this attempt writes
+    retries_at_start: int = field(default_factory=s3_retries.retries)  # this process's S3 retries
+    worker_retries: int = 0  # S3 retries the decode and write tasks reported
+    # Set once the outcome is decided (_SUCCESS read back, or a failure being reported): the
+    # CLI's signal handler stops interrupting then, so the exit code agrees with the summary.
+    settled: threading.Event = field(default_factory=threading.Event)
+    phase_at: float = 0.0  # when the current phase began (monotonic)
+
+    def storage_retries(self) -> int:
+        """S3 retries of this run so far: the driver's, and those the tasks reported."""
+        return s3_retries.retries() - self.retries_at_start + self.worker_retries
+
+    def held(self) -> layout.OutputLocation:
+        """The output, while the job holds its lease."""
+        assert self.location is not None  # noqa: S101  # only called between lease and release
+        return self.location
+
+    def job_metrics(self) -> JobMetrics:
+        """The run's driver metrics (created once, under the run id known now)."""
+        if self.metrics is None:
+            m = self.config.metrics
+            self.metrics = JobMetrics(
+                pipeline=self.config.job.name,
+                run_id=self.summary.run_id,
+                pushgateway_url=m.pushgateway_url,
+                push_interval_s=m.push_interval_s,
+                push_handler=auth_handler(m),
+                registry=self.registry,
+            )
+        return self.metrics
+
+    def phase(self, name: str | None) -> None:
+        """Enter a named phase (None: the run ends in the one it is in): shown, logged, pushed, timed."""
+        now, current, phases = time.monotonic(), self.summary.phase, self.summary.phases
+        if current is not None:
+            phases[current] = phases.get(current, 0.0) + now - self.phase_at
+        self.phase_at = now
+        if name is not None:
+            self.summary.phase = name
+            self.display.phase(name)
+            self.job_metrics().set_phase(name)  # pipeline_job_phase, pushed at once
+
+    def failed(self, exc: Exception) -> PipelineError:
+        """Record why the run failed, and the rows it wrote; the error to raise (``as_pipeline_error``).
+
+        Ray is left up under a write abandoned on a stall or a lost lease, as after an interrupt
+        (shut down under Ray Data's thread, it ended the process with exit 1 and lost the error).
+        """
+        self.started_ray = self.started_ray and not write_abandoned()
+        self.count_written()
+        self.summary.error = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+        return as_pipeline_error(exc)
+
+    def count_written(self) -> None:
+        """``processed_this_run`` of a run that stopped while writing: rows in its completely written parts.
+
+        Counted from the checkpoints (the parts each vouches for); only if not known already.
+        """
+        if (
+            self.location is not None
+            and self.done_at_start is not None
+            and not self.summary.processed_this_run
+        ):
+            with contextlib.suppress(PipelineError):  # best effort: the next run recounts anyway
+                self.summary.processed_this_run = restore.rows_written(self.location) - self.done_at_start
+
+    def interrupted(self, exc: BaseException) -> bool:
+        """SIGINT or SIGTERM: say so, with the rows written by now (after the drain); False if committed.
+
+        A signal that came after this run's ``_SUCCESS`` was written (while it was read back)
+        changes nothing: the run succeeded, and says so. Otherwise Ray is left up (shut down
+        under Ray Data's threads, still writing if the grace ran out, it ended the process with
+        exit 1); the CLI exits after the summary; the next run deletes parts in flight.
+        """
+        summary = self.summary
+        if self.location is not None and run_state.committed_by(self.location, summary.run_id):
+            summary.status = "succeeded"
+        if summary.status == "succeeded":  # committed before the signal came: it stays so
+            self.settled.set()
+            return False
+        summary.status = "interrupted"
+        summary.error = str(exc) or "interrupted"
+        self.started_ray = False
+        if self.location is not None and self.done_at_start is not None:
+            kept = stopping.rows_kept(self.location, self.done_at_start, exc)
+            summary.processed_this_run, summary.unwritten_rows = kept
+        return True
+
+    def stop_ray(self) -> None:
+        """Shut down the cluster this run started (once)."""
+        if self.started_ray:
+            import ray
+
+            self.started_ray = False
+            ray.shutdown()
+
+    def finish(self) -> None:
+        """Push the final status and write the summary (status is ``succeeded`` only once committed)."""
+        self.settled.set()
+        summary = self.summary
+        summary.seconds = time.monotonic() - self.started
+        summary.storage_retries = self.storage_retries()
+        self.phase(None)
+        self.display.close()
+        try:
+            if self.report:
+                self.job_metrics().finish(
+                    succeeded=summary.status == "succeeded",
+                    inputs=summary.inputs,
+                    ok=summary.succeeded,
+                    failed_by_reason=summary.failed_by_reason,
+                    seconds=summary.seconds,
+                    storage_retries=summary.storage_retries,
+                )
+                if self.location is not None:  # best effort: never hides the run's own error
+                    run_state.write_summary(self.location, summary.run_id, summary.as_dict())
+            fields = {k: v for k, v in summary.as_dict().items() if k != "run_id"}
+            get_logger(run_id=summary.run_id, stage="driver").info("run finished", **fields)
+        finally:
+            self.stop_ray()
+            unbind_run()
+
+
+def run_job(
+    config: Config,
+    *,
+    overwrite: bool = False,
+    registry: CollectorRegistry | None = None,
+    progress_stream: IO[str] | None = None,
+    settled: threading.Event | None = None,
+) -> RunSummary:
+    """Run the whole job; raise a :class:`PipelineError` on failure.
+
+    The output is checked (:mod:`pipeline.outputs.safety`); one committed with this config
+    (its settings and its weights' bytes) is left as it is (status ``already_committed``).
+    Otherwise it is leased before its state is read, so two jobs on one output never both
+    write; the lease is held until the job ends, committed or not. From here on every failure
+    pushes status ``failed`` and, once the output is held, writes a run summary; a job refused
+    because another holds the output reports nothing (the holder reports for this pipeline).
+    ``settled``: see :class:`_Run`.
+    """
+    check_architecture(config.model.name)  # a config error: refused before anything is reported
+    overwrite = overwrite or config.output.mode == "overwrite"
+    run = _Run(
+        config,
+        registry or CollectorRegistry(),
+        RunSummary(
+            run_id=config.job.run_id or run_state.new_run_id(),
+            status="failed",
+            output_uri=config.output.uri,
+            task=config.model.task,
+        ),
+    )
+    stream = progress_stream or STDERR.stream()
+    show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
+    run.display = Display(stream, enabled=show)
+    run.settled = settled or run.settled
+    weights = functools.cache(lambda: read_weights(config.model, config.storage))  # read once per run
+    try:
+        location = layout.OutputLocation.open(config.output.uri, config.storage)
+        done = safety.check_before_lease(location, config, weights, overwrite=overwrite)
+        if done is not None:  # nothing written there, nothing pushed: the committed run reported itself
+            run.summary, run.report = RunSummary.of_commit(done, location.uri), False
+            run.finish()
+            return run.summary
+        lease = Lease.acquire(location, config.output.lease_seconds, config.resources.stall_timeout_s)
+    except Exception as exc:
+        run.report = not isinstance(exc, OutputInUseError)
+        error = run.failed(exc)
+        run.finish()
+        if error is exc:
+            raise
+        raise error from exc
+    with lease:
+        run.location = location
+        try:
+            _run_leased(run, location, lease, weights, overwrite=overwrite)
+        except Exception as exc:
+            error = run.failed(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        except (RunInterrupted, KeyboardInterrupt) as exc:
+            if run.interrupted(exc):
+                raise
+        finally:
+            run.finish()
+    return run.summary
+
+
+def _run_leased(
+    run: _Run,
+    location: layout.OutputLocation,
+    lease: Lease,
+    weights: CachedWeights,
+    *,
+    overwrite: bool,
+) -> None:
+    """Claim, list, resolve the model, connect, execute, verify, commit: the run's steps in order."""
+    config, summary = run.config, run.summary
+    summary.run_id, resuming = _claim_output(location, config, weights, summary.run_id, overwrite=overwrite)
+    run_id = summary.run_id
+    lease.name_run(run_id)
+    bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
+    log = get_logger(run_id=run_id, stage="driver")
+    run.phase("listing_inputs")
+    listing = fingerprints.inputs_of_run(location, config.input, config.storage, run_id, resumed=resuming)
+    uris, carried = listing.uris, listing.carried
+    if resuming:  # parts written before hold the carried columns' types of the run's start
+        started_state = location.read_json(layout.RUN_STATE)
+        manifest.check_resumed_types(
+            started_state.get("passthrough_columns"), carried, config.input.uri, run_id
+        )
+        listing = dataclasses.replace(listing, format=started_state.get("input_format", "files"))
+    summary.input_format = listing.format
+    summary.inputs, summary.empty_manifest_cells, summary.output_uri = (
+        len(uris),
+        listing.empty_cells,
+        location.uri,
+    )
+    run.phase("loading_model")
+    spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage, weights())
+    weights.cache_clear()  # the bytes: the state dict holds the tensors from here on
+    config_hash = config.config_hash(spec.weights_sha256)  # what the weights are, not only where
+    if spec.random_init:
+        log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
+    if overwrite:  # inputs and model checked: only now is the old output deleted
+        _clear(location, lease, log)
+    log.info("run starting", inputs=len(uris), output=location.uri, resuming=resuming, model=spec.name)
+    if not resuming:
+        state = {
+            "run_id": run_id,
+            "config_hash": config_hash,
+            "started_at": run.started_wall,
+            "input_format": listing.format,
+            claim.WEIGHTS_KEY: spec.weights_sha256,
+        }
+        if carried is not None:
+            state["passthrough_columns"] = manifest.described(carried.schema)
+        run_state.start_run(location, fingerprints.inputs_table(listing), state)
+    metrics = run.job_metrics()
+    metrics.start(spec.name, __version__, len(uris))
+    run.phase("starting_ray")
+    run.started_ray = connect_ray(config)
+    summary.timings["ray_ready"] = time.monotonic() - run.started
+    result, plan, summary.processed_this_run, summary.steady_images_per_second = _run_on_ray(
+        run, lease, listing, spec, state_dict
+    )
+    summary.succeeded, summary.failed, summary.failed_by_reason = (
+        result.ok,
+        result.failed,
+        result.failed_by_reason,
+    )
+    summary.seconds = time.monotonic() - run.started
+    summary.images_per_second = summary.processed_this_run / summary.seconds if summary.seconds else 0.0
+    lease.check()  # a job that lost the output to another must not commit
+    run.phase("committing")
+    series = run.series.as_dict() if run.series is not None else None
+    commit_run(
+        run.config,
+        run.summary,
+        run.held(),
+        spec,
+        result,
+        plan,
+        config_hash,
+        run.started_wall,
+        series,
+        lease.check_renewed,
+    )
+    summary.status = "succeeded"  # only now: the manifest is written and read back
+    run.settled.set()
+    summary.timings["committed"] = time.monotonic() - run.started
+    if config.output.report:  # after the commit: a report that fails only logs a warning
+        from pipeline.review.report import write_after_commit
+
+        write_after_commit(location, config.storage, log)
+
+
+def _clear(location: layout.OutputLocation, lease: Lease, log: Any) -> None:
+    """``--overwrite``: delete the pipeline's own files under the output, while still holding it."""
+    lease.check()
+    deleted = location.clear()
+    if deleted:
+        log.warning("overwriting existing output", output=location.uri, files_deleted=deleted)
+
+
+def _run_on_ray(
+    run: _Run, lease: Lease, listing: Listing, spec: ModelSpec, state_dict: Any
+) -> tuple[tally.Tally, ResourcePlan, int, float]:
+    """Plan, restore, write what is left, then read the output back; note the timings."""
+    import ray
+
+    from pipeline.run.placement import plan_resources
+
+    config, location, timings, uris = run.config, run.held(), run.summary.timings, listing.uris
+    local = config.resources.placement == "local"  # else planned from the declared worker groups
+    plan = plan_resources(config, ray.cluster_resources() if local else {})  # type: ignore[no-untyped-call]
+    log = get_logger(run_id=run.summary.run_id, stage="driver")
+    log.info("resource plan", **plan.as_dict())
+    configured = config.resources.decode_num_cpus
+    if configured is not None and plan.decode_num_cpus < configured:
+        log.warning(
+            "resources.decode_num_cpus is more than this local cluster's CPUs: capped",
+            configured=configured,
+            used=plan.decode_num_cpus,
+        )
+    with gpu_worker_requested(plan):  # the GPU pods start while the checkpoint is read
+        run.phase("restoring_checkpoint")
+        shards, run_id = None, run.summary.run_id
+        if listing.format != "files":  # the shards not completely written; their records are the work left
+            shards, run.done_at_start, total = shard_job.restore(
+                config, location, uris, listing.format, run_id
+            )
+            todo = uris if shards is not None else []
+        else:
+            todo = restore.restore_checkpoint(location, uris, run_id)  # inputs no committed part holds
+            run.done_at_start, total = len(uris) - len(todo), len(todo)
+        if todo and plan.actor_num_gpus > 0:  # else nothing will run on a GPU: no worker to wait for
+            run.phase("waiting_for_gpu_workers")
+            wait_for_gpu_workers(config, plan)
+            timings["gpu_workers_ready"] = time.monotonic() - run.started
+    run.summary.resumed = run.done_at_start > 0  # said only when rows are actually skipped
+    processed, steady = 0, 0.0
+    if todo:  # else every part was written before the last attempt stopped: only the commit is left
+        carried = listing.carried
+        carried = manifest.rows_to_do(carried, uris, todo) if carried is not None else None
+        work = Work(todo, total, spec, state_dict, plan, carried, shards, listing.unreadable_names)
+        processed, steady, first_landed = write_with_progress(run, lease, work)
+        if first_landed is not None:
+            timings["first_batch"] = first_landed - run.started_wall
+        timings["written"] = time.time() - run.started_wall
+    run.phase("verifying")
+    run.summary.storage_retries = run.storage_retries()  # as of the read-back, for the manifest
+    if listing.format != "files":
+        result = shard_job.tally(config, location, uris)
+        run.summary.inputs, run.summary.failed_shards = result.rows, result.failed_shards
+        return result, plan, processed, steady
+    ids = {row_ids.row_id(uri) for uri in uris}
+    result = tally.tally(location, config.storage, ids, carried=config.input.passthrough_columns)
+    # A batch retried after an actor died is reported to the tracker twice: cap the count.
+    return result, plan, min(processed, len(todo)), steady

@@ -1,0 +1,115 @@
+"""The run's write step: the graph over the inputs still to do, run on Ray and watched until written.
+
+A progress tracker actor on the driver's node counts the rows the inference actors finish and
+the S3 retries the decode and write tasks report; the parts and their checkpoints are written
+through a filesystem that reports its retries there too (:mod:`pipeline.storage.s3_client`).
+:func:`pipeline.run.supervisor.watch_write` runs the write in a thread, and stops the job on a stall
+or a lost lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pipeline.ops.progress import ProgressSeries, start_tracker
+from pipeline.outputs import layout
+from pipeline.run.cluster import configure_data_context
+from pipeline.run.supervisor import watch_write
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from pipeline.compute.model import ModelSpec
+    from pipeline.config import Config
+    from pipeline.inputs.shard_source import ShardDatasource
+    from pipeline.ops.display import Display
+    from pipeline.ops.metrics import JobMetrics
+    from pipeline.outputs.lease import Lease
+    from pipeline.run.placement import ResourcePlan
+    from pipeline.run.summary import RunSummary
+
+
+@dataclass(frozen=True)
+class Work:
+    """What is left to write: the inputs (or shards), the rows they hold, and what the stages need."""
+
+    todo: list[str]
+    total: int
+    spec: ModelSpec
+    state_dict: Any
+    plan: ResourcePlan
+    carried: pa.Table | None = None  # the carried columns of ``todo``'s rows
+    shards: ShardDatasource | None = None  # read records from shards instead of files
+    unreadable_names: frozenset[str] = frozenset()  # listed names not valid UTF-8: invalid_uri rows
+
+
+class Run(Protocol):
+    """What the write step reads and records of the run (``pipeline.run.job``'s run record)."""
+
+    config: Config
+    summary: RunSummary
+    started_wall: float
+    display: Display
+    series: ProgressSeries | None
+    worker_retries: int
+
+    def held(self) -> layout.OutputLocation:
+        """The output, while the job holds its lease."""
+
+    def job_metrics(self) -> JobMetrics:
+        """The run's driver metrics."""
+
+    def phase(self, name: str | None) -> None:
+        """Enter a named phase of the run."""
+
+
+def write_with_progress(run: Run, lease: Lease, work: Work) -> tuple[int, float, float | None]:
+    """Build the graph over ``work`` and run it; the rows processed, the steady rate, when the first landed.
+
+    The S3 retries the tasks reported go to ``run.worker_retries``, however the write ends.
+    """
+    import ray
+
+    from pipeline.run.graph import build_dataset, write_parquet
+
+    config, run_id = run.config, run.summary.run_id
+    tracker = start_tracker()
+    location = run.held().counting_retries(tracker)  # parts and checkpoints report their S3 retries
+    configure_data_context(location)
+    state_ref = ray.put(work.state_dict) if work.state_dict is not None else None
+    # Once, each actor reads it. One chunk: take() of a 512-row batch from a 1M-row table took
+    # 0.05 ms against 2 ms from the 8 chunks of the manifest's row groups.
+    carried_ref = ray.put(work.carried.combine_chunks()) if work.carried is not None else None
+    dataset = build_dataset(
+        config,
+        work.todo,
+        work.spec,
+        state_ref,
+        work.plan,
+        run_id,
+        progress=tracker,
+        carried_ref=carried_ref,
+        shard_source=work.shards,
+        unreadable_names=work.unreadable_names,
+    )
+    data_uri, filesystem = location.uri_of(layout.DATA_DIR), location.arrow_fs()
+    run.series = ProgressSeries(run.started_wall)
+    try:
+        processed, steady = watch_write(
+            lambda: write_parquet(dataset, data_uri, filesystem, run_id, work.plan),
+            config,
+            lease,
+            tracker,
+            work.total,
+            run.job_metrics(),
+            run.display,
+            run.phase,
+            run.series,
+        )
+        return processed, steady, ray.get(tracker.first_landed_at.remote())
+    finally:
+        ray.data.DataContext.get_current().checkpoint_config = None  # later datasets must not inherit it
+        with contextlib.suppress(Exception):  # best effort: a lost count never fails the run
+            run.worker_retries = int(ray.get(tracker.storage_retries.remote(), timeout=10))
