@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from pipeline import __version__
+from pipeline._version import __version__
 from pipeline.cli import review_commands
 from pipeline.cli.demo import demo_arguments
 from pipeline.errors import EXIT_CODES, ConfigError, PipelineError, RunInterrupted, UnexpectedError

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.compute import checkpoints
 from pipeline.errors import ConfigError, ModelError
@@ -83,6 +83,18 @@ class ModelSpec:
     def task(self) -> str:
         """``classify`` or ``embed``."""
         return "classify" if self.embedding is None else "embed"
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The model as ``_SUCCESS`` records it: what ran, from which weights, how preprocessed."""
+        return {
+            "name": self.name,
+            "sha256": self.weights_sha256,
+            "weights": self.weights_uri,
+            "random_init": self.random_init,
+            "preprocessing": asdict(self.preprocessing),
+            "task": self.task,
+            "embedding": asdict(self.embedding) if self.embedding else None,  # dim, dtype, normalized
+        }
 
 
 def _default_weights_meta(

@@ -23,13 +23,13 @@ import pyarrow as pa
 from pipeline import storage
 from pipeline.errors import InputError
 from pipeline.inputs import row_ids
-from pipeline.inputs.listing import Listing, list_inputs
 from pipeline.ops import redaction
-from pipeline.outputs.layout import INPUTS
 
 if TYPE_CHECKING:
-    from pipeline.config import InputConfig, StorageConfig
-    from pipeline.outputs.layout import OutputLocation
+    from collections.abc import Callable
+
+    from pipeline.config import InputConfig
+    from pipeline.inputs.listing import Listing
 
 STAMP_COLUMNS = ("size", "version")
 NAMED = 3  # inputs named per kind of change
@@ -47,38 +47,26 @@ def inputs_table(listing: Listing) -> pa.Table:
     return pa.table(columns)
 
 
-def inputs_of_run(
-    location: OutputLocation,
-    source: InputConfig,
-    storage_config: StorageConfig,
-    run_id: str,
-    *,
-    resumed: bool,
-) -> Listing:
-    """The run's inputs: listed now; on resume, listed again and checked against those it started with.
+def check_resumed(
+    listing: Listing, source: InputConfig, run_id: str, fixed: Callable[[list[str] | None], pa.Table]
+) -> None:
+    """Refuse to resume when the inputs listed now are not those the run started with (``fixed``).
 
-    A resumed manifest run reads the manifest again (``_inputs.parquet`` keeps URIs with
-    their signatures masked, so it cannot be read from) and must find the same inputs.
+    ``fixed(columns)`` reads ``_inputs.parquet`` (those columns; None: all). A resumed manifest
+    run reads the manifest again (``_inputs.parquet`` keeps URIs with their signatures masked,
+    so it cannot be read from) and must find the same inputs.
     """
-    listing = list_inputs(source, storage_config)
-    if resumed and source.is_manifest:
-        fixed = set(location.read_table(INPUTS, ["row_id"]).column("row_id").to_pylist())
+    if source.is_manifest:
+        started = set(fixed(["row_id"]).column("row_id").to_pylist())
         now = {row_ids.row_id(uri) for uri in listing.uris}
-        if now != fixed:
+        if now != started:
             raise InputError(
                 f"manifest {source.uri} changed since run {run_id!r} started: "
-                f"{len(now - fixed)} inputs added, {len(fixed - now)} removed; resume with the "
+                f"{len(now - started)} inputs added, {len(started - now)} removed; resume with the "
                 "manifest it started with, or pass --overwrite to start again"
             )
-    elif resumed:
-        _check_unchanged(location.read_table(INPUTS), listing, source.uri, run_id)
-    if listing.empty_cells:
-        from pipeline.ops.logs import get_logger
-
-        get_logger(run_id=run_id, stage="driver").warning(
-            "manifest cells without a URI skipped", count=listing.empty_cells, manifest=source.uri
-        )
-    return listing
+    else:
+        _check_unchanged(fixed(None), listing, source.uri, run_id)
 
 
 def _check_unchanged(fixed: pa.Table, listing: Listing, source: str, run_id: str) -> None:

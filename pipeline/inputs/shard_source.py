@@ -19,19 +19,14 @@ import pyarrow.compute as pc
 from ray.data.datasource import Datasource, ReadTask
 
 from pipeline import storage
+from pipeline.errors import InputError
 from pipeline.inputs.parquet_shards import read_parquet
 from pipeline.inputs.shards import LedgerEntry, ReadSpec, Shard, ShardDataError, ShardFailure
 from pipeline.inputs.webdataset_shards import read_webdataset
-from pipeline.outputs import layout
-from pipeline.outputs.shard_ledger import write_entry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-from pipeline.errors import InputError
-
-if TYPE_CHECKING:
     from pipeline.config import Config
 
 
@@ -98,8 +93,7 @@ def read_shard(shard: Shard, spec: ReadSpec) -> Iterator[pa.Table]:
         if storage.is_transient(exc):
             raise
         failure = ShardFailure(shard.uri, "unreadable", storage.describe(exc))
-    location = layout.OutputLocation.open(spec.output_uri, spec.storage)
-    write_entry(location, shard.index, shard.uri, LedgerEntry(counted[0], failure))
+    spec.ledger(shard.index, shard.uri, LedgerEntry(counted[0], failure))
 
 
 def survey(config: Config, kind: str, uris: list[str]) -> tuple[pa.Schema | None, int]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import pickle
 import posixpath
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline import storage
 from pipeline.inputs import row_ids
@@ -73,6 +73,13 @@ class LedgerEntry:
     failure: ShardFailure | None = None
 
 
+class ShardLedger(Protocol):
+    """Where a read task records a shard read to its end: the output's ledger, picklable."""
+
+    def __call__(self, index: int, uri: str, entry: LedgerEntry) -> None:
+        """Record the ``index``-th shard (at ``uri``) as its read task found it."""
+
+
 @dataclass(frozen=True)
 class ReadSpec:
     """What every shard's read task needs; small and picklable."""
@@ -80,7 +87,7 @@ class ReadSpec:
     format: str  # parquet | webdataset
     root: str  # input.uri, normalised: shard names are relative to it
     storage: StorageConfig
-    output_uri: str  # where the ledger goes
+    ledger: ShardLedger  # records each shard read to its end (pipeline.outputs.shard_ledger)
     image_column: str = "image"
     key_column: str | None = None
     extensions: tuple[str, ...] = ()
@@ -88,13 +95,15 @@ class ReadSpec:
     rows_per_block: int = ROWS_PER_BLOCK
 
     @classmethod
-    def of(cls, source: InputConfig, kind: str, storage_config: StorageConfig, output_uri: str) -> ReadSpec:
+    def of(
+        cls, source: InputConfig, kind: str, storage_config: StorageConfig, ledger: ShardLedger
+    ) -> ReadSpec:
         """The spec of a run over ``kind`` shards (carried types are added once known)."""
         return cls(
             format=kind,
             root=storage.normalise(source.uri),
             storage=storage_config,
-            output_uri=output_uri,
+            ledger=ledger,
             image_column=source.image_column,
             key_column=source.key_column,
             extensions=tuple(source.extensions),

@@ -17,6 +17,7 @@ holding another checksum refuse the resume the same way.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -31,7 +32,6 @@ from pipeline.outputs.layout import DATA_DIR, RUN_STATE, is_temporary
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pipeline.compute.model import Weights
     from pipeline.config import Config
     from pipeline.outputs.layout import OutputLocation
     from pipeline.outputs.run_state import RunState
@@ -42,23 +42,51 @@ WEIGHTS_KEY = "weights_sha256"  # in _run.json
 def claimed(
     location: OutputLocation,
     config: Config,
-    weights: Callable[[], Weights],
+    weights_sha256: Callable[[], str],
     *,
     overwrite: bool,
     write: bool = True,
 ) -> tuple[RunState, str]:
     """The output's state and the config hash to claim it with (``run_state.check_can_start``).
 
-    The weights are read (``weights``, once per run) unless the output is refused as committed:
+    The weights are read (``weights_sha256``, once per run) unless the output is refused as committed:
     the hash only decides whether an unfinished run may resume. ``write=False`` (``pipeline
     plan``): an older run's state is brought up to date in memory only.
     """
-    state = run_state.inspect(location)
+    state = run_state.read_run_state(location)
     if state.committed is not None and not overwrite:
         return state, ""
-    digest = weights().sha256
+    digest = weights_sha256()
     checked = check_weights(location, state, config, digest, overwrite=overwrite, write=write)
     return checked, config.config_hash(digest)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a run finds when it claims an output: its state, and the unfinished run it resumes, if any."""
+
+    state: RunState
+    resume_id: str | None  # None: a new run
+
+
+def claim(
+    location: OutputLocation,
+    config: Config,
+    weights_sha256: Callable[[], str],
+    *,
+    overwrite: bool,
+    write: bool = True,
+) -> Claim:
+    """Claim the output for this config: a new run, or the unfinished run it may resume; else refused.
+
+    The checks :func:`claimed` and :func:`~pipeline.outputs.run_state.check_can_start` make, in
+    that order: the same for ``pipeline run`` (under its lease) and ``pipeline plan`` (``write=False``).
+    """
+    state, config_hash = claimed(location, config, weights_sha256, overwrite=overwrite, write=write)
+    resume_id = run_state.check_can_start(
+        state, config.job.run_id, config_hash, overwrite=overwrite, carried=config.input.passthrough_columns
+    )
+    return Claim(state, resume_id)
 
 
 def check_weights(

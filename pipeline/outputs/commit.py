@@ -1,107 +1,72 @@
-"""The run's last step: the failure budget, then the dead-letter table and ``_SUCCESS``.
+"""The commit: the failure budget, then the dead-letter table, then ``_SUCCESS``, written last and read back.
 
-A shard that could not be read to its end (``failed_shards``) counts against
-``output.max_failure_fraction`` as one failed input, beside the rows it did yield: its
-records are unknown, and a bad shard must not pass unnoticed where a bad file would not.
-
+:func:`check_failure_budget` refuses to commit too many failed rows (exit 5). A shard that could
+not be read to its end (``failed_shards``) counts against ``output.max_failure_fraction`` as one
+failed input, beside the rows it did yield: its records are unknown, and a bad shard must not
+pass unnoticed where a bad file would not. :func:`manifest_document` builds the ``_SUCCESS``
+document from the run's :class:`RunRecord` and the parts' :class:`~pipeline.outputs.tally.Tally`;
+:func:`commit` writes ``_failures.parquet``, then ``_SUCCESS``, and reads it back.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
-
-from pipeline.errors import FailureBudgetExceededError
-from pipeline.outputs import layout, tally
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from pipeline.compute.model import ModelSpec
-    from pipeline.config import Config
-    from pipeline.outputs.tally import Tally
-    from pipeline.run.placement import ResourcePlan
-    from pipeline.run.summary import RunSummary
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from pipeline import __version__
-from pipeline.errors import JobFailedError, StorageError
+from pipeline._version import __version__
+from pipeline.errors import FailureBudgetExceededError, JobFailedError, StorageError
 from pipeline.outputs.layout import DATA_DIR, FAILURES, MANIFEST, MANIFEST_VERSION, OutputLocation, json_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pipeline.compute.model import ModelSpec
     from pipeline.config import Config
+    from pipeline.outputs.tally import Tally
 
 
-def commit_run(
-    config: Config,
-    summary: RunSummary,
-    location: layout.OutputLocation,
-    spec: ModelSpec,
-    result: tally.Tally,
-    plan: ResourcePlan,
-    config_hash: str,
-    started_wall: float,
-    progress: dict[str, Any] | None = None,
-    still_held: Callable[[], None] | None = None,
-) -> None:
-    """Enforce the failure budget, then write the dead-letter table and the manifest.
+@dataclass(frozen=True)
+class RunRecord:
+    """What the manifest says of the run beside what its parts hold: the job's side of ``_SUCCESS``."""
 
-    ``progress``: the attempt's rows done over time (none when earlier attempts wrote every part).
-    ``still_held``: raises if the job lost its hold on the output (``Lease.check_renewed``).
-    """
+    config: Config
+    summary: dict[str, Any]  # RunSummary.as_dict(), as of the read-back
+    model: dict[str, Any]  # the model as it ran (pipeline.compute.model.manifest_entry)
+    plan: dict[str, Any]  # the resource plan (pipeline.run.placement.ResourcePlan.as_dict)
+    config_hash: str
+    started_wall: float
+    progress: dict[str, Any] | None = None  # this attempt's rows over time; none when nothing was left
+
+
+def check_failure_budget(record: RunRecord, result: Tally, data_uri: str) -> None:
+    """Refuse (exit 5) more failed rows than ``output.max_failure_fraction``."""
+    summary, budget = record.summary, record.config.output.max_failure_fraction
     shards = len(result.failed_shards)
-    failed, inputs = summary.failed + shards, summary.inputs + shards
+    failed, inputs = summary["failed"] + shards, summary["inputs"] + shards
     fraction = failed / inputs if inputs else 0.0
-    if fraction > config.output.max_failure_fraction:
+    if fraction > budget:
         needed = math.ceil(fraction * 1000) / 1000
         unread = f" (with {shards} shards that could not be read)" if shards else ""
         raise FailureBudgetExceededError(
             f"{failed} of {inputs} rows failed{unread} ({fraction:.1%}), above "
-            f"output.max_failure_fraction={config.output.max_failure_fraction}; rows are written "
-            f"under {location.uri_of(layout.DATA_DIR)} (failed rows with their reason) but the run "
+            f"output.max_failure_fraction={budget}; rows are written "
+            f"under {data_uri} (failed rows with their reason) but the run "
             f"is NOT committed. To accept these failures, run the same command again with --set "
-            f"output.max_failure_fraction={needed:g}: it resumes run {summary.run_id} and commits "
+            f"output.max_failure_fraction={needed:g}: it resumes run {summary['run_id']} and commits "
             "without redoing a row. To retry the failed inputs, fix them and run again with --overwrite."
         )
-    document = manifest_document(
-        config,
-        summary.as_dict(),
-        spec,
-        plan.as_dict(),
-        config_hash,
-        started_wall,
-        result.rows,
-        result.carried,
-    )
-    if progress is not None:
-        document["progress"] = progress
-    if summary.input_format != "files":
-        document["input_format"] = summary.input_format
-        document["failed_shards"] = result.failed_shards
-    commit(location, result, document, still_held)
 
 
-def manifest_document(
-    config: Config,
-    summary: dict[str, Any],
-    spec: ModelSpec,
-    plan: dict[str, Any],
-    config_hash: str,
-    started_wall: float,
-    rows: int,
-    carried: list[dict[str, str]] | None = None,
-) -> dict[str, Any]:
+def manifest_document(record: RunRecord, result: Tally) -> dict[str, Any]:
     """The ``_SUCCESS`` document of a run (:func:`commit` adds the layout's files and versions it)."""
-    return {
+    summary, model = record.summary, record.model
+    document = {
         "run_id": summary["run_id"],
-        "job": config.job.name,
+        "job": record.config.job.name,
         "status": "committed",
         "counts": {
             "inputs": summary["inputs"],
@@ -113,29 +78,27 @@ def manifest_document(
         "processed_this_run": summary["processed_this_run"],
         "resumed": summary["resumed"],
         "storage_retries": summary["storage_retries"],
-        "config_hash": config_hash,
-        "config": config.to_dict(),
-        "model": {
-            "name": spec.name,
-            "sha256": spec.weights_sha256,
-            "weights": spec.weights_uri,
-            "random_init": spec.random_init,
-            "preprocessing": asdict(spec.preprocessing),
-            "task": spec.task,
-            "embedding": asdict(spec.embedding) if spec.embedding else None,  # dim, dtype, normalized
-        },
-        "warnings": ["model weights are random (model.random_init)"] if spec.random_init else [],
+        "config_hash": record.config_hash,
+        "config": record.config.to_dict(),
+        "model": model,
+        "warnings": ["model weights are random (model.random_init)"] if model["random_init"] else [],
         "versions": versions(),
-        "resource_plan": plan,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_wall)),
+        "resource_plan": record.plan,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.started_wall)),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(summary["seconds"], 3),
         "images_per_second": round(summary["images_per_second"], 3),
         "timings_s": {name: round(seconds, 3) for name, seconds in summary["timings"].items()},
-        "layout": {"data": DATA_DIR, "failures": FAILURES, "rows": rows},
+        "layout": {"data": DATA_DIR, "failures": FAILURES, "rows": result.rows},
         # input.passthrough_columns, each with the Arrow type its column has in the parts.
-        "passthrough_columns": carried or [],
+        "passthrough_columns": result.carried or [],
     }
+    if record.progress is not None:
+        document["progress"] = record.progress
+    if summary["input_format"] != "files":
+        document["input_format"] = summary["input_format"]
+        document["failed_shards"] = result.failed_shards
+    return document
 
 
 def versions() -> dict[str, str]:

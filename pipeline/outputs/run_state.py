@@ -53,7 +53,7 @@ def read_manifest(location: OutputLocation) -> dict[str, Any]:
     return manifest
 
 
-def inspect(location: OutputLocation) -> RunState:
+def read_run_state(location: OutputLocation) -> RunState:
     """Read the manifest and run state, if any.
 
     A manifest that is not one (not valid JSON, or without the manifest's fields) is no

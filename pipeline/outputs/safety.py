@@ -16,28 +16,28 @@ from typing import TYPE_CHECKING, Any
 from pipeline import storage
 from pipeline.errors import ConfigError, OutputExistsError
 from pipeline.outputs.layout import FOREIGN_EXAMPLES, is_own
-from pipeline.outputs.run_state import inspect
+from pipeline.outputs.run_state import read_run_state
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pipeline.compute.model import Weights
     from pipeline.config import Config
     from pipeline.outputs.layout import OutputLocation
 
 
 def check_before_lease(
-    location: OutputLocation, config: Config, weights: Callable[[], Weights], *, overwrite: bool
+    location: OutputLocation, config: Config, weights_sha256: Callable[[], str], *, overwrite: bool
 ) -> dict[str, Any] | None:
     """Refuse an unsafe output; return the manifest of this config's commit there (nothing to do), if any.
 
-    ``weights`` (read once per run) is called only when a commit is there: "this configuration"
-    includes what the weights are, so a retry with other bytes at the same path is refused.
+    ``weights_sha256`` (the weights read once per run) is called only when a commit is there:
+    "this configuration" includes what the weights are, so a retry with other bytes at the same
+    path is refused.
     """
     check_safe_target(location, config.input.uri)
     if overwrite:
         return None
-    return committed_here(location, config, weights, strict=config.output.if_committed == "fail")
+    return committed_here(location, config, weights_sha256, strict=config.output.if_committed == "fail")
 
 
 def _same_place_forms(uri: str) -> set[str]:
@@ -93,7 +93,7 @@ def check_safe_target(location: OutputLocation, input_uri: str) -> None:
 
 
 def committed_here(
-    location: OutputLocation, config: Config, weights: Callable[[], Weights], *, strict: bool
+    location: OutputLocation, config: Config, weights_sha256: Callable[[], str], *, strict: bool
 ) -> dict[str, Any] | None:
     """The manifest of the run committed here with this configuration, or None if none is committed.
 
@@ -103,10 +103,10 @@ def committed_here(
     or, for a run committed before the hash covered the bytes, the hash of the settings and the
     checksum its manifest records.
     """
-    committed = inspect(location).committed
+    committed = read_run_state(location).committed
     if committed is None:
         return None
-    digest = weights().sha256
+    digest = weights_sha256()
     recorded = committed.get("config_hash")
     same = recorded == config.config_hash(digest) or (
         recorded == config.config_hash() and (committed.get("model") or {}).get("sha256") == digest

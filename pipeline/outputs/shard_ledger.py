@@ -8,12 +8,14 @@ records are all written.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline.inputs.shards import LedgerEntry, ShardFailure
+from pipeline.outputs.layout import OutputLocation
 
 if TYPE_CHECKING:
-    from pipeline.outputs.layout import OutputLocation
+    from pipeline.config import StorageConfig
 
 
 LEDGER_DIR = "_shards"
@@ -22,6 +24,18 @@ LEDGER_DIR = "_shards"
 def ledger_name(index: int) -> str:
     """The ledger entry of the ``index``-th shard, relative to the output."""
     return f"{LEDGER_DIR}/{index:06d}.json"
+
+
+@dataclass(frozen=True)
+class LedgerWriter:
+    """Writes a shard's entry under the output, from its read task (``ReadSpec.ledger``)."""
+
+    output_uri: str
+    storage: StorageConfig
+
+    def __call__(self, index: int, uri: str, entry: LedgerEntry) -> None:
+        """Record the ``index``-th shard as its read task found it."""
+        write_entry(OutputLocation.open(self.output_uri, self.storage), index, uri, entry)
 
 
 def write_entry(location: OutputLocation, index: int, uri: str, entry: LedgerEntry) -> None:

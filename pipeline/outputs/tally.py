@@ -36,6 +36,9 @@ class Tally:
     files: list[dict[str, Any]] = field(default_factory=list)
     carried: list[dict[str, str]] = field(default_factory=list)  # carried columns as the parts hold them
     failed_shards: list[dict[str, str]] = field(default_factory=list)  # shards not read to the end
+    counted_inputs: int | None = (
+        None  # inputs known only once read back (shards: their records); None: as listed
+    )
 
     @property
     def failed(self) -> int:

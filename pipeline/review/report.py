@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from pipeline import __version__, storage
+from pipeline import storage
+from pipeline._version import __version__
 from pipeline.outputs.layout import REPORT
 from pipeline.review import committed, inspection, report_plots, thumbnails
 

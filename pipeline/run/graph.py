@@ -24,7 +24,6 @@ from pipeline.compute.inference_actor import Classify
 from pipeline.inputs import reading
 from pipeline.inputs.http_fetch import HttpSettings
 from pipeline.inputs.listing import manifest_base
-from pipeline.inputs.uri_source import UriListDatasource
 from pipeline.ops.metrics import RunLabels
 from pipeline.run.placement import decode_settings, inference_settings
 
@@ -32,10 +31,9 @@ if TYPE_CHECKING:
     import ray.data
 
     from pipeline.compute.inference import InferenceSettings
-    from pipeline.compute.model import ModelSpec
     from pipeline.config import Config
-    from pipeline.inputs.shard_source import ShardDatasource
     from pipeline.run.placement import ResourcePlan
+    from pipeline.run.write_step import Work
 
 
 class PartFilenames(FilenameProvider):
@@ -65,27 +63,21 @@ def actor_remote_options(plan: ResourcePlan, settings: InferenceSettings) -> dic
 
 def build_dataset(
     config: Config,
-    uris: list[str],
-    spec: ModelSpec,
+    work: Work,
     state_dict_ref: Any,
-    plan: ResourcePlan,
     run_id: str,
     progress: Any = None,
     carried_ref: Any = None,
-    shard_source: ShardDatasource | None = None,
-    unreadable_names: frozenset[str] = frozenset(),
 ) -> ray.data.Dataset:
-    """The whole graph up to (not including) the write.
+    """The whole graph up to (not including) the write, over ``work.source`` (:mod:`pipeline.inputs.sources`).
 
     ``carried_ref``: the object-store reference of the carried columns' table, row for row
-    with ``uris`` (None: no column is carried). ``shard_source``: read records from shards
-    (:mod:`pipeline.inputs.shard_source`) instead of the files ``uris`` lists. ``unreadable_names``:
-    listed names that are not valid UTF-8, failed as ``invalid_uri``
-    (:class:`~pipeline.inputs.listing.Listing`).
-    ``progress`` (the run's tracker) also receives the S3 retries of the decode tasks' reads.
+    with the source's URIs (None: no column is carried). ``progress`` (the run's tracker) also
+    receives the S3 retries of the decode tasks' reads.
     """
     import ray.data
 
+    source, spec, plan = work.source, work.spec, work.plan
     labels = RunLabels(pipeline=config.job.name, run_id=run_id)
     decoding = decode_settings(config, spec)
     limits = reading.ReadLimits(
@@ -94,13 +86,12 @@ def build_dataset(
         allowed_roots=tuple(os.path.realpath(storage.normalise(root)) for root in config.input.allowed_roots),
         allowed_schemes=tuple(config.input.allowed_schemes),
         http=HttpSettings(**config.http.model_dump(), pool_size=config.preprocess.fetch_threads),
-        unreadable_names=unreadable_names,
+        unreadable_names=source.unreadable_names,
     )
-    source = shard_source or UriListDatasource(uris, carry=carried_ref is not None)
     dataset = ray.data.read_datasource(
-        source,
+        source.datasource,
         # One block stream per shard: a few shards must not be split into blocks of a row or two.
-        override_num_blocks=len(shard_source.shards) if shard_source is not None else None,
+        override_num_blocks=source.blocks,
         num_cpus=plan.read_num_cpus,
         resources=plan.decode_resources or None,
     )
@@ -146,7 +137,7 @@ def build_dataset(
             "progress": progress,
             "device_decode": decoding if decoding.keep_jpeg else None,
             "carried_ref": carried_ref,
-            "shards": shard_source.carried_schema() if shard_source is not None else None,
+            "shards": source.carried_schema,
         },
         **actor_remote_options(plan, settings),
     )

@@ -8,7 +8,6 @@ inputs, and the model weights (checksum and architecture).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import sys
 import threading
@@ -18,18 +17,20 @@ from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from pipeline import __version__
+from pipeline._version import __version__
 from pipeline.compute.model import CachedWeights, ModelSpec, check_architecture, read_weights, resolve_spec
 from pipeline.errors import OutputInUseError, PipelineError, RunInterrupted, as_pipeline_error
-from pipeline.inputs import fingerprints, manifest, row_ids
+from pipeline.inputs import manifest
+from pipeline.inputs.listing import list_inputs
+from pipeline.inputs.sources import source_of
 from pipeline.ops.display import Display
 from pipeline.ops.logs import STDERR, bind_run, get_logger, unbind_run
 from pipeline.ops.metrics import JobMetrics
 from pipeline.ops.push_auth import auth_handler
-from pipeline.outputs import claim, layout, restore, run_state, safety, tally
-from pipeline.outputs.commit import commit_run
-from pipeline.outputs.lease import Lease
-from pipeline.run import shard_job, stopping
+from pipeline.outputs import claim, run_state
+from pipeline.outputs.commit import RunRecord
+from pipeline.outputs.run_output import RunOutput
+from pipeline.run import stopping
 from pipeline.run.cluster import connect_ray, gpu_worker_requested, wait_for_gpu_workers
 from pipeline.run.summary import RunSummary
 from pipeline.run.supervisor import write_abandoned
@@ -40,27 +41,9 @@ if TYPE_CHECKING:
     from pipeline.config import Config
     from pipeline.inputs.listing import Listing
     from pipeline.ops.progress import ProgressSeries
+    from pipeline.outputs import layout
+    from pipeline.outputs.tally import Tally
     from pipeline.run.placement import ResourcePlan
-
-
-def _claim_output(
-    location: layout.OutputLocation,
-    config: Config,
-    weights: CachedWeights,
-    new_id: str,
-    *,
-    overwrite: bool,
-) -> tuple[str, bool]:
-    """The run id (the unfinished run's, to resume it, else ``new_id``) and whether this run resumes.
-
-    Nothing is deleted here: ``--overwrite`` clears only after the inputs and the model
-    have been checked, just before the first write.
-    """
-    state, config_hash = claim.claimed(location, config, weights, overwrite=overwrite)
-    resume_id = run_state.check_can_start(
-        state, config.job.run_id, config_hash, overwrite=overwrite, carried=config.input.passthrough_columns
-    )
-    return resume_id or new_id, resume_id is not None and location.exists(layout.INPUTS)
 
 
 @dataclass
@@ -73,7 +56,7 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
     metrics: JobMetrics | None = None
-    location: layout.OutputLocation | None = None  # set while the job holds the output's lease
+    output: RunOutput | None = None  # set while the job holds the output's lease
     report: bool = True
     started_ray: bool = False
     done_at_start: int | None = None  # rows already written when this attempt began (after restore)
@@ -91,9 +74,9 @@ class _Run:
         return s3_retries.retries() - self.retries_at_start + self.worker_retries
 
     def held(self) -> layout.OutputLocation:
-        """The output, while the job holds its lease."""
-        assert self.location is not None  # noqa: S101  # only called between lease and release
-        return self.location
+        """The output's location, while the job holds its lease."""
+        assert self.output is not None  # noqa: S101  # only called between lease and release
+        return self.output.location
 
     def job_metrics(self) -> JobMetrics:
         """The run's driver metrics (created once, under the run id known now)."""
@@ -136,13 +119,9 @@ class _Run:
 
         Counted from the checkpoints (the parts each vouches for); only if not known already.
         """
-        if (
-            self.location is not None
-            and self.done_at_start is not None
-            and not self.summary.processed_this_run
-        ):
+        if self.output is not None and self.done_at_start is not None and not self.summary.processed_this_run:
             with contextlib.suppress(PipelineError):  # best effort: the next run recounts anyway
-                self.summary.processed_this_run = restore.rows_written(self.location) - self.done_at_start
+                self.summary.processed_this_run = self.output.rows_written() - self.done_at_start
 
     def interrupted(self, exc: BaseException) -> bool:
         """SIGINT or SIGTERM: say so, with the rows written by now (after the drain); False if committed.
@@ -153,7 +132,7 @@ class _Run:
         exit 1); the CLI exits after the summary; the next run deletes parts in flight.
         """
         summary = self.summary
-        if self.location is not None and run_state.committed_by(self.location, summary.run_id):
+        if self.output is not None and self.output.committed_by(summary.run_id):
             summary.status = "succeeded"
         if summary.status == "succeeded":  # committed before the signal came: it stays so
             self.settled.set()
@@ -161,8 +140,8 @@ class _Run:
         summary.status = "interrupted"
         summary.error = str(exc) or "interrupted"
         self.started_ray = False
-        if self.location is not None and self.done_at_start is not None:
-            kept = stopping.rows_kept(self.location, self.done_at_start, exc)
+        if self.output is not None and self.done_at_start is not None:
+            kept = stopping.rows_kept(self.output.location, self.done_at_start, exc)
             summary.processed_this_run, summary.unwritten_rows = kept
         return True
 
@@ -192,8 +171,8 @@ class _Run:
                     seconds=summary.seconds,
                     storage_retries=summary.storage_retries,
                 )
-                if self.location is not None:  # best effort: never hides the run's own error
-                    run_state.write_summary(self.location, summary.run_id, summary.as_dict())
+                if self.output is not None:  # best effort: never hides the run's own error
+                    self.output.write_summary(summary.run_id, summary.as_dict())
             fields = {k: v for k, v in summary.as_dict().items() if k != "run_id"}
             get_logger(run_id=summary.run_id, stage="driver").info("run finished", **fields)
         finally:
@@ -237,13 +216,13 @@ def run_job(
     run.settled = settled or run.settled
     weights = functools.cache(lambda: read_weights(config.model, config.storage))  # read once per run
     try:
-        location = layout.OutputLocation.open(config.output.uri, config.storage)
-        done = safety.check_before_lease(location, config, weights, overwrite=overwrite)
+        output = RunOutput.open(config)
+        done = output.committed_here(lambda: weights().sha256, overwrite=overwrite)
         if done is not None:  # nothing written there, nothing pushed: the committed run reported itself
-            run.summary, run.report = RunSummary.of_commit(done, location.uri), False
+            run.summary, run.report = RunSummary.of_commit(done, output.uri), False
             run.finish()
             return run.summary
-        lease = Lease.acquire(location, config.output.lease_seconds, config.resources.stall_timeout_s)
+        lease = output.take()
     except Exception as exc:
         run.report = not isinstance(exc, OutputInUseError)
         error = run.failed(exc)
@@ -252,9 +231,9 @@ def run_job(
             raise
         raise error from exc
     with lease:
-        run.location = location
+        run.output = output
         try:
-            _run_leased(run, location, lease, weights, overwrite=overwrite)
+            _run_leased(run, output, weights, overwrite=overwrite)
         except Exception as exc:
             error = run.failed(exc)
             if error is exc:
@@ -268,115 +247,103 @@ def run_job(
     return run.summary
 
 
-def _run_leased(
-    run: _Run,
-    location: layout.OutputLocation,
-    lease: Lease,
-    weights: CachedWeights,
-    *,
-    overwrite: bool,
-) -> None:
+def _run_leased(run: _Run, output: RunOutput, weights: CachedWeights, *, overwrite: bool) -> None:
     """Claim, list, resolve the model, connect, execute, verify, commit: the run's steps in order."""
     config, summary = run.config, run.summary
-    summary.run_id, resuming = _claim_output(location, config, weights, summary.run_id, overwrite=overwrite)
-    run_id = summary.run_id
-    lease.name_run(run_id)
-    bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
-    log = get_logger(run_id=run_id, stage="driver")
-    run.phase("listing_inputs")
-    listing = fingerprints.inputs_of_run(location, config.input, config.storage, run_id, resumed=resuming)
-    uris, carried = listing.uris, listing.carried
-    if resuming:  # parts written before hold the carried columns' types of the run's start
-        started_state = location.read_json(layout.RUN_STATE)
-        manifest.check_resumed_types(
-            started_state.get("passthrough_columns"), carried, config.input.uri, run_id
-        )
-        listing = dataclasses.replace(listing, format=started_state.get("input_format", "files"))
-    summary.input_format = listing.format
-    summary.inputs, summary.empty_manifest_cells, summary.output_uri = (
-        len(uris),
-        listing.empty_cells,
-        location.uri,
-    )
+    listing, resuming = _claim_and_list(run, output, weights, overwrite=overwrite)
     run.phase("loading_model")
     spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage, weights())
     weights.cache_clear()  # the bytes: the state dict holds the tensors from here on
     config_hash = config.config_hash(spec.weights_sha256)  # what the weights are, not only where
+    log = get_logger(run_id=summary.run_id, stage="driver")
     if spec.random_init:
         log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
-    if overwrite:  # inputs and model checked: only now is the old output deleted
-        _clear(location, lease, log)
-    log.info("run starting", inputs=len(uris), output=location.uri, resuming=resuming, model=spec.name)
+    if overwrite and (deleted := output.clear()):  # inputs and model checked: only now is it deleted
+        log.warning("overwriting existing output", output=output.uri, files_deleted=deleted)
+    log.info("run starting", inputs=len(listing), output=output.uri, resuming=resuming, model=spec.name)
     if not resuming:
-        state = {
-            "run_id": run_id,
-            "config_hash": config_hash,
-            "started_at": run.started_wall,
-            "input_format": listing.format,
-            claim.WEIGHTS_KEY: spec.weights_sha256,
-        }
-        if carried is not None:
-            state["passthrough_columns"] = manifest.described(carried.schema)
-        run_state.start_run(location, fingerprints.inputs_table(listing), state)
-    metrics = run.job_metrics()
-    metrics.start(spec.name, __version__, len(uris))
+        output.start(listing, _run_state(run, listing, spec, config_hash))
+    run.job_metrics().start(spec.name, __version__, len(listing))
     run.phase("starting_ray")
     run.started_ray = connect_ray(config)
     summary.timings["ray_ready"] = time.monotonic() - run.started
-    result, plan, summary.processed_this_run, summary.steady_images_per_second = _run_on_ray(
-        run, lease, listing, spec, state_dict
-    )
-    summary.succeeded, summary.failed, summary.failed_by_reason = (
-        result.ok,
-        result.failed,
-        result.failed_by_reason,
-    )
+    result, plan = _run_on_ray(run, output, listing, spec, state_dict)
     summary.seconds = time.monotonic() - run.started
     summary.images_per_second = summary.processed_this_run / summary.seconds if summary.seconds else 0.0
-    lease.check()  # a job that lost the output to another must not commit
+    output.held().check()  # a job that lost the output to another must not commit
     run.phase("committing")
     series = run.series.as_dict() if run.series is not None else None
-    commit_run(
-        run.config,
-        run.summary,
-        run.held(),
-        spec,
-        result,
-        plan,
+    record = RunRecord(
+        config,
+        summary.as_dict(),
+        spec.manifest_entry(),
+        plan.as_dict(),
         config_hash,
         run.started_wall,
         series,
-        lease.check_renewed,
     )
+    output.commit(result, record)
     summary.status = "succeeded"  # only now: the manifest is written and read back
     run.settled.set()
     summary.timings["committed"] = time.monotonic() - run.started
     if config.output.report:  # after the commit: a report that fails only logs a warning
         from pipeline.review.report import write_after_commit
 
-        write_after_commit(location, config.storage, log)
+        write_after_commit(output.location, config.storage, log)
 
 
-def _clear(location: layout.OutputLocation, lease: Lease, log: Any) -> None:
-    """``--overwrite``: delete the pipeline's own files under the output, while still holding it."""
-    lease.check()
-    deleted = location.clear()
-    if deleted:
-        log.warning("overwriting existing output", output=location.uri, files_deleted=deleted)
+def _claim_and_list(
+    run: _Run, output: RunOutput, weights: CachedWeights, *, overwrite: bool
+) -> tuple[Listing, bool]:
+    """Claim the output (the run id: a new run's, or the unfinished one's), then list the inputs.
+
+    A resumed run must find the inputs it started with, their carried columns of the same
+    types, and keeps its input format. Whether it resumes is returned beside the listing.
+    """
+    config, summary = run.config, run.summary
+    summary.run_id, resuming = output.claim(lambda: weights().sha256, summary.run_id, overwrite=overwrite)
+    run_id = summary.run_id
+    bind_run(run_id, config.job.name)  # every line from here on, in any module, carries the run id
+    run.phase("listing_inputs")
+    listing = list_inputs(config.input, config.storage)
+    if resuming:
+        output.check_inputs_unchanged(listing, run_id)
+        listing = output.as_started(listing, run_id)  # parts written before hold its types
+    if listing.empty_cells:
+        get_logger(run_id=run_id, stage="driver").warning(
+            "manifest cells without a URI skipped", count=listing.empty_cells, manifest=config.input.uri
+        )
+    summary.input_format, summary.inputs = listing.format, len(listing.uris)
+    summary.empty_manifest_cells, summary.output_uri = listing.empty_cells, output.uri
+    return listing, resuming
+
+
+def _run_state(run: _Run, listing: Listing, spec: ModelSpec, config_hash: str) -> dict[str, Any]:
+    """A new run's ``_run.json``: its id, config hash, start, input format, weights, carried columns."""
+    state: dict[str, Any] = {
+        "run_id": run.summary.run_id,
+        "config_hash": config_hash,
+        "started_at": run.started_wall,
+        "input_format": listing.format,
+        claim.WEIGHTS_KEY: spec.weights_sha256,
+    }
+    if listing.carried is not None:
+        state["passthrough_columns"] = manifest.described(listing.carried.schema)
+    return state
 
 
 def _run_on_ray(
-    run: _Run, lease: Lease, listing: Listing, spec: ModelSpec, state_dict: Any
-) -> tuple[tally.Tally, ResourcePlan, int, float]:
-    """Plan, restore, write what is left, then read the output back; note the timings."""
+    run: _Run, output: RunOutput, listing: Listing, spec: ModelSpec, state_dict: Any
+) -> tuple[Tally, ResourcePlan]:
+    """Plan, restore, write what is left, then read the output back; note the timings and counts."""
     import ray
 
     from pipeline.run.placement import plan_resources
 
-    config, location, timings, uris = run.config, run.held(), run.summary.timings, listing.uris
+    config, summary, timings = run.config, run.summary, run.summary.timings
     local = config.resources.placement == "local"  # else planned from the declared worker groups
     plan = plan_resources(config, ray.cluster_resources() if local else {})  # type: ignore[no-untyped-call]
-    log = get_logger(run_id=run.summary.run_id, stage="driver")
+    log = get_logger(run_id=summary.run_id, stage="driver")
     log.info("resource plan", **plan.as_dict())
     configured = config.resources.decode_num_cpus
     if configured is not None and plan.decode_num_cpus < configured:
@@ -387,36 +354,38 @@ def _run_on_ray(
         )
     with gpu_worker_requested(plan):  # the GPU pods start while the checkpoint is read
         run.phase("restoring_checkpoint")
-        shards, run_id = None, run.summary.run_id
-        if listing.format != "files":  # the shards not completely written; their records are the work left
-            shards, run.done_at_start, total = shard_job.restore(
-                config, location, uris, listing.format, run_id
-            )
-            todo = uris if shards is not None else []
-        else:
-            todo = restore.restore_checkpoint(location, uris, run_id)  # inputs no committed part holds
-            run.done_at_start, total = len(uris) - len(todo), len(todo)
-        if todo and plan.actor_num_gpus > 0:  # else nothing will run on a GPU: no worker to wait for
+        remaining = output.restore(listing, summary.run_id)  # what no completely written part holds
+        run.done_at_start = remaining.done
+        if (
+            remaining.uris and plan.actor_num_gpus > 0
+        ):  # else nothing will run on a GPU: no worker to wait for
             run.phase("waiting_for_gpu_workers")
             wait_for_gpu_workers(config, plan)
             timings["gpu_workers_ready"] = time.monotonic() - run.started
-    run.summary.resumed = run.done_at_start > 0  # said only when rows are actually skipped
+    summary.resumed = remaining.done > 0  # said only when rows are actually skipped
     processed, steady = 0, 0.0
-    if todo:  # else every part was written before the last attempt stopped: only the commit is left
-        carried = listing.carried
-        carried = manifest.rows_to_do(carried, uris, todo) if carried is not None else None
-        work = Work(todo, total, spec, state_dict, plan, carried, shards, listing.unreadable_names)
-        processed, steady, first_landed = write_with_progress(run, lease, work)
+    if remaining.uris:  # else every part was written before the last attempt stopped: only the commit is left
+        source = source_of(config, listing, remaining, output.ledger())
+        processed, steady, first_landed = write_with_progress(
+            run, output.held(), Work(source, spec, state_dict, plan)
+        )
+        if (
+            source.exact
+        ):  # a batch retried after an actor died is reported to the tracker twice: cap the count
+            processed = min(processed, source.rows)
         if first_landed is not None:
             timings["first_batch"] = first_landed - run.started_wall
         timings["written"] = time.time() - run.started_wall
+    summary.processed_this_run, summary.steady_images_per_second = processed, steady
     run.phase("verifying")
-    run.summary.storage_retries = run.storage_retries()  # as of the read-back, for the manifest
-    if listing.format != "files":
-        result = shard_job.tally(config, location, uris)
-        run.summary.inputs, run.summary.failed_shards = result.rows, result.failed_shards
-        return result, plan, processed, steady
-    ids = {row_ids.row_id(uri) for uri in uris}
-    result = tally.tally(location, config.storage, ids, carried=config.input.passthrough_columns)
-    # A batch retried after an actor died is reported to the tracker twice: cap the count.
-    return result, plan, min(processed, len(todo)), steady
+    summary.storage_retries = run.storage_retries()  # as of the read-back, for the manifest
+    result = output.tally(listing)
+    summary.succeeded, summary.failed, summary.failed_by_reason = (
+        result.ok,
+        result.failed,
+        result.failed_by_reason,
+    )
+    summary.failed_shards = result.failed_shards
+    if result.counted_inputs is not None:  # a shard's records are counted only once read back
+        summary.inputs = result.counted_inputs
+    return result, plan

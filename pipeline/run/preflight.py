@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.compute.model import check_architecture, read_weights, resolve_spec
 from pipeline.inputs.listing import Listing, list_inputs
-from pipeline.outputs import claim, layout, run_state, safety
+from pipeline.outputs import claim, layout, safety
 
 if TYPE_CHECKING:
     from pipeline.compute.model import ModelSpec
@@ -91,18 +91,12 @@ def check_run(config: Config) -> Verdict:
     overwrite = config.output.mode == "overwrite"
     location = layout.OutputLocation.open(config.output.uri, config.storage)
     weights = functools.cache(lambda: read_weights(config.model, config.storage))  # once, as run reads them
-    done = safety.check_before_lease(location, config, weights, overwrite=overwrite)
+    done = safety.check_before_lease(location, config, lambda: weights().sha256, overwrite=overwrite)
     if done is not None:
         committed_at = done.get("committed_at") or done.get("finished_at")
         return Verdict("nothing", location.uri, str(done.get("run_id")), str(committed_at))
-    state, config_hash = claim.claimed(location, config, weights, overwrite=overwrite, write=False)
-    resume = run_state.check_can_start(
-        state,
-        config.job.run_id,
-        config_hash,
-        overwrite=overwrite,
-        carried=config.input.passthrough_columns,
-    )
+    found = claim.claim(location, config, lambda: weights().sha256, overwrite=overwrite, write=False)
+    state, resume = found.state, found.resume_id
     listing = list_inputs(config.input, config.storage)
     spec, _ = resolve_spec(config.model, config.preprocess, config.storage, weights())
     held = state.committed is not None or state.started is not None or state.has_data

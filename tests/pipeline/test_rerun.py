@@ -28,6 +28,7 @@ from pipeline.cli import samples
 from pipeline.config import dump_yaml
 from pipeline.errors import RunInterrupted
 from pipeline.outputs.layout import MANIFEST, OutputLocation
+from pipeline.outputs.run_output import RunOutput
 from pipeline.run.job import _Run
 from pipeline.run.summary import RunSummary
 
@@ -196,12 +197,12 @@ def test_a_signal_while_the_manifest_is_read_back_leaves_the_run_succeeded(
     manifest = json.loads((out / MANIFEST).read_text())
     config = local_config(tmp_path, out)
     run = _Run(config, None, RunSummary(run_id=manifest["run_id"], status="failed", output_uri=str(out)))  # type: ignore[arg-type]
-    run.location = OutputLocation.open(str(out), config.storage)
+    run.output = RunOutput(OutputLocation.open(str(out), config.storage), config)
     assert run.interrupted(RunInterrupted(signal.SIGTERM)) is False
     assert run.summary.status == "succeeded"
     assert run.settled.is_set()
 
     other = _Run(config, None, RunSummary(run_id="another-run", status="failed", output_uri=str(out)))  # type: ignore[arg-type]
-    other.location = run.location
+    other.output = run.output
     assert other.interrupted(RunInterrupted(signal.SIGTERM)) is True
     assert other.summary.status == "interrupted"

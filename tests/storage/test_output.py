@@ -72,16 +72,19 @@ class TestRunState:
         manifest = {"run_id": RUN, "finished_at": "t", "counts": {}, "layout": {}}
         s3.put_object(Bucket=bucket, Key="out/_SUCCESS", Body=json.dumps(manifest))
         with pytest.raises(OutputExistsError, match=r"committed run 'run-1'.*--overwrite") as caught:
-            run_state.check_can_start(run_state.inspect(location), None, "hash", overwrite=False)
+            run_state.check_can_start(run_state.read_run_state(location), None, "hash", overwrite=False)
         assert caught.value.exit_code == 3
-        assert run_state.check_can_start(run_state.inspect(location), None, "hash", overwrite=True) is None
+        assert (
+            run_state.check_can_start(run_state.read_run_state(location), None, "hash", overwrite=True)
+            is None
+        )
 
     def test_unfinished_run_is_resumed_by_its_id(self, s3, bucket, location):
         """An unfinished run with the same config is picked up from _run.json."""
         s3.put_object(
             Bucket=bucket, Key="out/_run.json", Body=json.dumps({"run_id": RUN, "config_hash": "h"})
         )
-        state = run_state.inspect(location)
+        state = run_state.read_run_state(location)
         assert run_state.check_can_start(state, None, "h", overwrite=False) == RUN
         with pytest.raises(ResumeRefusedError, match="different configuration") as caught:
             run_state.check_can_start(state, None, "other", overwrite=False)
@@ -105,7 +108,7 @@ class TestRunState:
         """Parts with no run state are not mixed into a new run."""
         s3.put_object(Bucket=bucket, Key="out/data/part-x-0.parquet", Body=b"x")
         with pytest.raises(ResumeRefusedError, match=r"no _run\.json"):
-            run_state.check_can_start(run_state.inspect(location), None, "h", overwrite=False)
+            run_state.check_can_start(run_state.read_run_state(location), None, "h", overwrite=False)
 
     def test_dead_endpoint_is_a_storage_error_quickly(self):
         """Inspecting an output with nothing listening raises StorageError (exit 4) naming URI, endpoint."""
@@ -115,7 +118,7 @@ class TestRunState:
         )
         started = time.monotonic()
         with pytest.raises(StorageError) as caught:
-            run_state.inspect(dead)
+            run_state.read_run_state(dead)
         assert time.monotonic() - started < 20
         assert caught.value.exit_code == 4
         assert "s3://bucket/out/_SUCCESS" in str(caught.value)
