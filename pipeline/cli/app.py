@@ -311,8 +311,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             args.headroom,
             decode,
             model,
-            cpus_per_pod=args.cpus_per_pod,
-            gpus_per_pod=args.gpus_per_pod,
+            group_sizing.PodShape(args.cpus_per_pod, args.gpus_per_pod),
         )
     print_plan(config, sized=sized, as_json=args.json, verdict=verdict, show_config=args.show_config)
     return 0

@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,20 +90,30 @@ def model_predictor(config: Config, precision: str, torch_threads: int | None = 
     return Predictor(spec, None, settings, top_k=1, seed=0)
 
 
-def _time_model_process(
-    config: Config,
-    precision: str,
-    plan: ResourcePlan,
-    images: np.ndarray,
-    seconds: float,
-    start_together: Any,
-    results: Any,
-) -> None:
+@dataclass(frozen=True)
+class _ModelTiming:
+    """What each model process times: this config's model at ``precision``, placed as ``plan`` says."""
+
+    config: Config
+    precision: str
+    plan: ResourcePlan
+    images: np.ndarray
+    seconds: float
+
+
+def _time_model_process(timing: _ModelTiming, start_together: Any, results: Any) -> None:
     """One model in its own process, as one inference actor: warm up, wait, time its calls.
 
     On CPU the actor runs ``calls_in_flight_per_actor`` calls at once, each in its own
     thread on ``torch_threads`` threads, all on the one model: so does this.
     """
+    config, precision, plan, images, seconds = (
+        timing.config,
+        timing.precision,
+        timing.plan,
+        timing.images,
+        timing.seconds,
+    )
     if plan.torch_threads:
         os.environ["OMP_NUM_THREADS"] = str(plan.torch_threads)  # as the actor's worker starts
     try:
@@ -143,7 +154,7 @@ def measure_model(
     context = multiprocessing.get_context("spawn")
     copies = plan.max_actors if plan.inference_device == "cpu" else 1
     start_together, results = context.Barrier(copies), context.Queue()
-    args = (config, precision, plan, images, seconds, start_together, results)
+    args = (_ModelTiming(config, precision, plan, images, seconds), start_together, results)
     processes = [context.Process(target=_time_model_process, args=args) for _ in range(copies)]
     for process in processes:
         process.start()

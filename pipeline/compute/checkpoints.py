@@ -151,16 +151,21 @@ def fit(
     fitted = _strip_wrapper_prefixes(dict(state_dict), set(expected), source)
     if drop_head and head is not None:
         fitted = {key: value for key, value in fitted.items() if not _under(key, head)}
+    if any(_differences(fitted, expected)):
+        raise ModelError(_mismatch(source, architecture, head, fitted, expected))
+    return fitted
+
+
+def _differences(
+    fitted: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """The keys missing from ``fitted``, those it has beyond ``expected``, and those of another shape."""
     missing = [key for key in expected if key not in fitted]
     unexpected = [key for key in fitted if key not in expected]
     reshaped = [
         key for key in expected if key in fitted and tuple(fitted[key].shape) != tuple(expected[key].shape)
     ]
-    if missing or unexpected or reshaped:
-        raise ModelError(
-            _mismatch(source, architecture, head, missing, unexpected, reshaped, fitted, expected)
-        )
-    return fitted
+    return missing, unexpected, reshaped
 
 
 def _under(key: str, module: str) -> bool:
@@ -194,13 +199,11 @@ def _mismatch(
     source: str | None,
     architecture: str,
     head: str | None,
-    missing: list[str],
-    unexpected: list[str],
-    reshaped: list[str],
     fitted: Mapping[str, torch.Tensor],
     expected: Mapping[str, torch.Tensor],
 ) -> str:
     """A few lines: how many keys differ, the first of each kind, and what to do."""
+    missing, unexpected, reshaped = _differences(fitted, expected)
 
     def named(keys: list[str], what: str) -> str:
         more = ", ..." if len(keys) > NAMED else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,16 +35,20 @@ if TYPE_CHECKING:
     from pipeline import storage
 
 
+@dataclass(frozen=True)
+class DecodeJob:
+    """What every decode task of a run is given: where and how to read, how to decode, whose metrics."""
+
+    filesystems: storage.Filesystems
+    limits: ReadLimits
+    base: str | None  # a relative manifest entry is read beside the manifest
+    settings: DecodeSettings
+    fetch_threads: int
+    labels: RunLabels
+
+
 def decode_batch(
-    batch: dict[str, np.ndarray],
-    *,
-    filesystems: storage.Filesystems,
-    limits: ReadLimits,
-    base: str | None,
-    settings: DecodeSettings,
-    fetch_threads: int,
-    labels: RunLabels,
-    tracker: Any = None,
+    batch: dict[str, np.ndarray], *, job: DecodeJob, tracker: Any = None
 ) -> dict[str, np.ndarray]:
     """Fetch and decode one batch of ``row_id``/``uri`` rows into uint8 crops.
 
@@ -58,6 +63,7 @@ def decode_batch(
     JPEGs left for the inference device, or the raw crop of what was decoded here.
     """
     started = time.perf_counter()
+    limits, settings, labels = job.limits, job.settings, job.labels
     if stop_requested(tracker):
         batch = {name: column[:0] for name, column in batch.items()}
     uris = [str(uri) for uri in batch["uri"]]
@@ -71,7 +77,7 @@ def decode_batch(
     if RECORD_BYTES_COLUMN in batch:
         fetched = records_fetched(batch, limits.max_bytes)
     else:
-        fetched = fetch_all(filesystems, uris, limits, fetch_threads, base)
+        fetched = fetch_all(job.filesystems, uris, limits, job.fetch_threads, job.base)
     for index, (data, fetch_reason, detail) in enumerate(fetched):
         result = decode(data, settings) if fetch_reason is None else None
         if result is not None and result.encoded is not None:

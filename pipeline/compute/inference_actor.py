@@ -1,22 +1,21 @@
-"""The per-batch work of each stage, as Ray Data calls it.
+"""The inference stage, as Ray Data calls it: :class:`ClassifyOrEmbed`, the actor, one model each.
 
-``decode_batch`` runs in CPU tasks: fetch bytes (a thread pool hides storage
-latency), decode, crop. ``Classify`` is the inference actor, whichever the task
-(classify or embed): the model is loaded once per actor, failed rows pass through
-untouched, and the output is the task's Parquet schema of :mod:`pipeline.schema`.
-
+Whichever the task (classify or embed): the model is loaded once per actor, failed rows pass
+through untouched, and the output is the task's Parquet schema of :mod:`pipeline.schema`.
+The decode stage before it runs in CPU tasks (:mod:`pipeline.compute.decode_task`).
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.compute.inference import InferenceSettings, Predictor
+from pipeline.compute.inference import Predictor
 from pipeline.inputs.shards import unpack_carried
 from pipeline.ops.logs import bad_input_sampler
 from pipeline.ops.metrics import STAGE_DECODE, STAGE_INFERENCE, RunLabels, worker_metrics
@@ -37,7 +36,19 @@ from pipeline.schema import (
 
 if TYPE_CHECKING:
     from pipeline.compute.decode import DecodeSettings
+    from pipeline.compute.inference import InferenceSettings
     from pipeline.compute.model import ModelSpec
+
+
+@dataclass(frozen=True)
+class ActorSettings:
+    """What every inference actor of a run is built with, beside the model and its weights."""
+
+    inference: InferenceSettings
+    top_k: int
+    labels: RunLabels
+    device_decode: DecodeSettings | None = None  # set: the rows carry JPEG bytes to decode here
+    shards: pa.Schema | None = None  # a run over shards, whose records carry these columns (empty: none)
 
 
 def _strings(values: np.ndarray) -> np.ndarray:
@@ -45,35 +56,34 @@ def _strings(values: np.ndarray) -> np.ndarray:
     return np.array([value if isinstance(value, str) else None for value in values], dtype=object)
 
 
-class Classify:
+class ClassifyOrEmbed:
     """Inference actor: one model per actor, one forward pass per batch of good rows.
 
-    Named for its first task; it embeds as well (``spec.embedding``).
+    It classifies, or embeds (``spec.embedding``). The name keeps ``Classify`` in it: the
+    dashboards select its Ray Data operator by that word (``operator=~".*Classify.*"``).
     """
 
     def __init__(
         self,
         spec: ModelSpec,
         state_dict_ref: Any,
-        settings: InferenceSettings,
-        top_k: int,
-        labels: RunLabels,
+        settings: ActorSettings,
         progress: Any = None,
-        device_decode: DecodeSettings | None = None,
         carried_ref: Any = None,
-        shards: pa.Schema | None = None,
     ) -> None:
-        """``shards``: a run over shards, whose records carry these columns (empty: none)."""
+        """``state_dict_ref``, ``carried_ref``: object-store references, read once per actor."""
         import ray
+
+        labels, shards = settings.labels, settings.shards
 
         state_dict = ray.get(state_dict_ref) if state_dict_ref is not None else None
         # The carried columns, read once per actor; rows find theirs by CARRIED_INDEX_COLUMN.
         self._carried: pa.Table | None = ray.get(carried_ref) if carried_ref is not None else None
         self.spec = spec
         self.labels = labels
-        self.predictor = Predictor(spec, state_dict, settings, top_k=top_k)
+        self.predictor = Predictor(spec, state_dict, settings.inference, top_k=settings.top_k)
         self.progress = progress
-        self.device_decode = device_decode  # set: the rows carry JPEG bytes to decode here
+        self.device_decode = settings.device_decode  # set: the rows carry JPEG bytes to decode here
         self.metrics = worker_metrics(labels.pipeline, labels.run_id)
         self.metrics.model_load_seconds.set(self.predictor.load_seconds)
         self._label_array = np.array(spec.labels, dtype=object)

@@ -292,7 +292,8 @@ def fit_weights(
 ) -> dict[str, torch.Tensor]:
     """``state_dict`` with the names ``model.name`` gives its tensors (``checkpoints.fit``), loaded once."""
     module, head = _architecture(model.name, model.num_classes, model.task)
-    return _load(module, head, state_dict, model.name, model.num_classes, model.task, source)
+    drop_head = model.task == "embed"
+    return _load(module, head, state_dict, source, _described(model.name, model.num_classes), drop_head)
 
 
 def _architecture(name: str, num_classes: int, task: str) -> tuple[torch.nn.Module, str | None]:
@@ -311,22 +312,26 @@ def _architecture(name: str, num_classes: int, task: str) -> tuple[torch.nn.Modu
     return module, None if found is None else found[0]
 
 
+def _described(name: str, num_classes: int) -> str:
+    """The architecture as the weights' messages name it."""
+    return f"architecture {name!r} with {num_classes} classes"
+
+
 def _load(
     module: torch.nn.Module,
     head: str | None,
     state_dict: dict[str, torch.Tensor],
-    name: str,
-    num_classes: int,
-    task: str,
     source: str | None,
+    architecture: str,
+    drop_head: bool,
 ) -> dict[str, torch.Tensor]:
     fitted = checkpoints.fit(
         state_dict,
         module.state_dict(),
         source=source,
-        architecture=f"architecture {name!r} with {num_classes} classes",
+        architecture=architecture,
         head=head,
-        drop_head=task == "embed",
+        drop_head=drop_head,
     )
     module.load_state_dict(fitted, strict=True)
     return fitted
@@ -344,7 +349,7 @@ def build_model(
 
     module, head = _architecture(name, num_classes, task)
     if state_dict is not None:
-        _load(module, head, state_dict, name, num_classes, task, None)
+        _load(module, head, state_dict, None, _described(name, num_classes), task == "embed")
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad = False

@@ -1,7 +1,8 @@
-"""The weights a run is made with: what they are is part of its config hash, and a resume must match.
+"""The claim on an output: a new run, or the unfinished one it resumes, checked against the weights.
 
-The config hash covers what the weights are, not only where: the sha256 of their bytes, read once
-per run on the driver (:func:`pipeline.compute.model.read_weights`), is hashed with the settings
+:func:`claim` reads the output's state and decides (``run_state.check_can_start``). The config
+hash covers what the weights are, not only where: the sha256 of their bytes, read once per run
+on the driver (:func:`pipeline.compute.model.read_weights`), is hashed with the settings
 (:meth:`pipeline.config.Config.config_hash`) and recorded in ``_run.json`` (``weights_sha256``) and
 ``_SUCCESS`` (``model.sha256``), whether or not ``model.sha256`` pins it. A resume whose weights
 now hold other bytes, at the same path or another, is refused, naming both checksums: one output

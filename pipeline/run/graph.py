@@ -1,7 +1,7 @@
 """The one place the Ray Data graph is built: datasource, stages wiring, write.
 
     listing (driver) -> read row_id/uri (or records of shards) -> [checkpoint filter on resume]
-      -> decode_batch (CPU tasks) -> Classify (actor pool) -> write_parquet
+      -> decode_batch (CPU tasks) -> ClassifyOrEmbed (actor pool) -> write_parquet
 
 The read emits only ids and URIs (and, when manifest columns are carried, each
 row's index into their table, :mod:`pipeline.inputs.manifest`), so on resume Ray
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from ray.data.datasource.filename_provider import FilenameProvider
 
 from pipeline import storage
-from pipeline.compute.decode_task import decode_batch
-from pipeline.compute.inference_actor import Classify
+from pipeline.compute.decode_task import DecodeJob, decode_batch
+from pipeline.compute.inference_actor import ActorSettings, ClassifyOrEmbed
 from pipeline.inputs import reading
 from pipeline.inputs.http_fetch import HttpSettings
 from pipeline.inputs.listing import manifest_base
@@ -103,12 +103,14 @@ def build_dataset(
         concurrency=plan.decode_concurrency,
         resources=plan.decode_resources or None,
         fn_kwargs={
-            "filesystems": storage.Filesystems(config.storage, retry_sink=progress),
-            "limits": limits,
-            "base": manifest_base(config.input),
-            "settings": decoding,
-            "fetch_threads": config.preprocess.fetch_threads,
-            "labels": labels,
+            "job": DecodeJob(
+                filesystems=storage.Filesystems(config.storage, retry_sink=progress),
+                limits=limits,
+                base=manifest_base(config.input),
+                settings=decoding,
+                fetch_threads=config.preprocess.fetch_threads,
+                labels=labels,
+            ),
             "tracker": progress,
         },
     )
@@ -122,7 +124,7 @@ def build_dataset(
         enable_true_multi_threading=plan.parallel_calls,
     )
     classified: ray.data.Dataset = dataset.map_batches(
-        Classify,
+        ClassifyOrEmbed,
         batch_size=plan.inference_batch_size,
         batch_format="numpy",
         compute=compute,
@@ -131,13 +133,15 @@ def build_dataset(
         fn_constructor_kwargs={
             "spec": spec,
             "state_dict_ref": state_dict_ref,
-            "settings": settings,
-            "top_k": config.model.top_k,
-            "labels": labels,
+            "settings": ActorSettings(
+                inference=settings,
+                top_k=config.model.top_k,
+                labels=labels,
+                device_decode=decoding if decoding.keep_jpeg else None,
+                shards=source.carried_schema,
+            ),
             "progress": progress,
-            "device_decode": decoding if decoding.keep_jpeg else None,
             "carried_ref": carried_ref,
-            "shards": source.carried_schema,
         },
         **actor_remote_options(plan, settings),
     )

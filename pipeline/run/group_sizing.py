@@ -129,20 +129,27 @@ def _notes(config: Config, decode: Rate, model: Rate, actors: int | None) -> lis
     return notes
 
 
+@dataclass(frozen=True)
+class PodShape:
+    """What one pod of each worker group brings: cores of a CPU pod, GPUs of a GPU pod (as values.yaml)."""
+
+    cpus: int = CPU_POD_CPUS
+    gpus: int = GPU_POD_GPUS
+
+
 def size_cluster(
     config: Config,
     target_per_hour: float,
     headroom: float,
     decode: Rate,
     model: Rate,
-    *,
-    cpus_per_pod: int = CPU_POD_CPUS,
-    gpus_per_pod: int = GPU_POD_GPUS,
+    pods: PodShape = PodShape(),
 ) -> dict[str, Any]:
     """CPU and GPU pods for ``target_per_hour`` plus ``headroom``, and the Helm values to set.
 
     A side whose rate is unknown stays unsized (``None``), never guessed.
     """
+    cpus_per_pod, gpus_per_pod = pods.cpus, pods.gpus
     sized_for = target_per_hour * (1 + headroom)
     per_second = sized_for / 3600
     d, f = decode.images_per_second, model.images_per_second

@@ -1,11 +1,9 @@
-"""Progress while the Ray Data job runs, as the driver sees it.
+"""The write's control loop: it aborts the run on a stall or a lost lease, and drains it on a stop.
 
-:class:`ProgressTracker` is a tiny Ray actor the inference actors report each batch to;
-:class:`Display` shows phases and rows on a terminal (rich) or logs progress elsewhere;
-:func:`watch_write` runs the write in a thread and, every second, reads the tracker, pushes
-progress metrics, updates the display, and stops the job on a stall
-(``resources.stall_timeout_s``) or a lost output lease.
-
+:func:`watch_write` runs the write in a thread and, every second, reads the progress tracker
+(:mod:`pipeline.ops.progress`), pushes progress metrics, updates the display, and stops the job
+on a stall (``resources.stall_timeout_s``) or a lost output lease; on SIGINT or SIGTERM it
+drains the write (:mod:`pipeline.run.stopping`).
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ import re
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline.errors import JobFailedError, RunInterrupted
@@ -45,17 +44,21 @@ def write_abandoned() -> bool:
     return any(thread.name == WRITER_THREAD and thread.is_alive() for thread in threading.enumerate())
 
 
-def watch_write(
-    write_output: Callable[[], None],
-    config: Config,
-    lease: Lease,
-    tracker: Any,
-    total: int,
-    metrics: JobMetrics,
-    display: Display,
-    phase: Callable[[str], None],
-    series: ProgressSeries | None = None,
-) -> tuple[int, float]:
+@dataclass(frozen=True)
+class Watched:
+    """What the watch loop follows (the lease, the tracker, the rows expected) and whom it tells."""
+
+    config: Config
+    lease: Lease
+    tracker: Any  # the run's ProgressTracker actor
+    total: int  # rows expected (for shards, what their footers say: 0 when unknown)
+    metrics: JobMetrics
+    display: Display
+    phase: Callable[[str], None]
+    series: ProgressSeries | None = None  # each poll's totals, for the manifest
+
+
+def watch_write(write_output: Callable[[], None], watched: Watched) -> tuple[int, float]:
     """Run ``write_output`` in a thread; poll progress, push metrics, detect stalls and a lost lease.
 
     ``phase`` is told when the run enters ``starting_workers``, ``writing`` (the first rows
@@ -66,6 +69,7 @@ def watch_write(
     import ray
 
     failure: list[BaseException] = []
+    tracker, phase, series = watched.tracker, watched.phase, watched.series
 
     def write() -> None:
         try:
@@ -74,7 +78,7 @@ def watch_write(
             failure.append(exc)
 
     writer = threading.Thread(target=write, name=WRITER_THREAD, daemon=True)
-    watch = _Watch(config, lease, tracker, total, metrics, display, phase, series)
+    watch = _Watch(watched)
     writer.start()
     phase("starting_workers")
     try:
@@ -103,19 +107,19 @@ def watch_write(
 class _Watch:
     """What :func:`watch_write` follows between polls: progress, the last change, a stop's deadline."""
 
-    def __init__(
-        self,
-        config: Config,
-        lease: Lease,
-        tracker: Any,
-        total: int,
-        metrics: JobMetrics,
-        display: Display,
-        phase: Callable[[str], None],
-        series: ProgressSeries | None,
-    ) -> None:
-        self.config, self.lease, self.tracker, self.total = config, lease, tracker, total
-        self.metrics, self.display, self.phase, self.series = metrics, display, phase, series
+    def __init__(self, watched: Watched) -> None:
+        self.config, self.lease, self.tracker, self.total = (
+            watched.config,
+            watched.lease,
+            watched.tracker,
+            watched.total,
+        )
+        self.metrics, self.display, self.phase, self.series = (
+            watched.metrics,
+            watched.display,
+            watched.phase,
+            watched.series,
+        )
         self.started = self.last_change = time.monotonic()
         self.last_done = -1
         self.stop_at: float | None = None  # set by a stop: when its grace ends (monotonic)

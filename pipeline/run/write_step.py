@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pipeline.ops.progress import ProgressSeries, start_tracker
 from pipeline.outputs import layout
 from pipeline.run.cluster import configure_data_context
-from pipeline.run.supervisor import watch_write
+from pipeline.run.supervisor import Watched, watch_write
 
 if TYPE_CHECKING:
     from pipeline.compute.model import ModelSpec
@@ -81,16 +81,11 @@ def write_with_progress(run: Run, lease: Lease, work: Work) -> tuple[int, float,
     data_uri, filesystem = location.uri_of(layout.DATA_DIR), location.arrow_fs()
     run.series = ProgressSeries(run.started_wall)
     try:
+        watched = Watched(
+            config, lease, tracker, work.source.rows, run.job_metrics(), run.display, run.phase, run.series
+        )
         processed, steady = watch_write(
-            lambda: write_parquet(dataset, data_uri, filesystem, run_id, work.plan),
-            config,
-            lease,
-            tracker,
-            work.source.rows,
-            run.job_metrics(),
-            run.display,
-            run.phase,
-            run.series,
+            lambda: write_parquet(dataset, data_uri, filesystem, run_id, work.plan), watched
         )
         return processed, steady, ray.get(tracker.first_landed_at.remote())
     finally:

@@ -20,7 +20,7 @@ def test_sized_values_install(helm: HelmRunner, tmp_path) -> None:
     decode = group_sizing.Rate(200.0, "flag", "--decode-rate")
     model = group_sizing.Rate(900.0, "flag", "--model-rate")
     sized = group_sizing.size_cluster(
-        config, 20_000_000, 0.25, decode, model, cpus_per_pod=16, gpus_per_pod=2
+        config, 20_000_000, 0.25, decode, model, group_sizing.PodShape(cpus=16, gpus=2)
     )
     release = helm.install(yaml.safe_load(group_sizing.values_snippet(sized["helm_values"])))
     groups = {

@@ -6,7 +6,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from monitoring_parts import free_port, http_get
+from helpers import free_port
+from monitoring_parts import http_get
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
@@ -105,7 +106,7 @@ class TestWorkerMetrics:
         from pipeline.cli import samples
         from pipeline.compute.decode import DecodeSettings
         from pipeline.compute.inference import InferenceSettings
-        from pipeline.compute.inference_actor import Classify
+        from pipeline.compute.inference_actor import ActorSettings, ClassifyOrEmbed
         from pipeline.compute.model import ModelSpec, Preprocessing
         from pipeline.ops.metrics import RunLabels
         from pipeline.schema import BYTES_COLUMN, ENCODING_COLUMN, ENCODING_JPEG
@@ -115,7 +116,8 @@ class TestWorkerMetrics:
         spec = ModelSpec("resnet18", 10, None, "random-init", True, labels, prep)  # noqa: FBT003
         on_device = DecodeSettings(72, 64, "bilinear", 89_478_485, reduced_decode=False, keep_jpeg=True)
         settings = InferenceSettings(device="cpu", precision="fp32", batch_size=4)
-        classify = Classify(spec, None, settings, 1, RunLabels("p", "r"), device_decode=on_device)
+        actor = ActorSettings(settings, 1, RunLabels("p", "r"), device_decode=on_device)
+        classify = ClassifyOrEmbed(spec, None, actor)
         classify.metrics = recording_worker_metrics()
         good = samples.jpeg_bytes(samples.photo_like(np.random.default_rng(1), 120, 90))
         blobs = [good, good[:1500], good]

@@ -152,7 +152,7 @@ class TestCarriedColumns:
         import ray
 
         from pipeline.compute.inference import InferenceSettings
-        from pipeline.compute.inference_actor import Classify
+        from pipeline.compute.inference_actor import ActorSettings, ClassifyOrEmbed
         from pipeline.compute.model import ModelSpec, Preprocessing
         from pipeline.ops.metrics import RunLabels
         from pipeline.schema import CARRIED_INDEX_COLUMN
@@ -163,7 +163,8 @@ class TestCarriedColumns:
         prep = Preprocessing(72, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
         spec = ModelSpec("resnet18", 10, None, "random-init", True, tuple(map(str, range(10))), prep)  # noqa: FBT003
         settings = InferenceSettings(device="cpu", precision="fp32", batch_size=2)
-        classify = Classify(spec, None, settings, 1, RunLabels("p", "r"), carried_ref=ray.put(carried))
+        actor = ActorSettings(settings, 1, RunLabels("p", "r"))
+        classify = ClassifyOrEmbed(spec, None, actor, carried_ref=ray.put(carried))
 
         def failed_rows(indices: list[int]) -> pa.Table:
             count = len(indices)

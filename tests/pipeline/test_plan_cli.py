@@ -204,7 +204,7 @@ class TestSizing:
         decode = group_sizing.Rate(200.0, "flag", "--decode-rate")
         model = group_sizing.Rate(900.0, "flag", "--model-rate")
         sized = group_sizing.size_cluster(
-            config, 20_000_000, 0.25, decode, model, cpus_per_pod=32, gpus_per_pod=8
+            config, 20_000_000, 0.25, decode, model, group_sizing.PodShape(cpus=32, gpus=8)
         )
         helm = sized["helm_values"]
         check_helm_values(helm)

@@ -13,7 +13,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.run.group_sizing import Rate, size_cluster
+from pipeline.run.group_sizing import PodShape, Rate, size_cluster
 from pipeline.run.placement import inference_settings, plan_resources
 
 # The chart's default groups as its ConfigMap declares them: the GPU group may have no pod yet.
@@ -192,7 +192,7 @@ class TestPartSize:
 def _size(tmp_path, target: float, decode: float, model: float, headroom: float = 0.0):
     """Sized with one core a CPU pod and one GPU a GPU pod, so pods are cores and GPUs."""
     rates = Rate(decode, "flag", "--decode-rate"), Rate(model, "flag", "--model-rate")
-    return size_cluster(_config(tmp_path), target, headroom, *rates, cpus_per_pod=1, gpus_per_pod=1)
+    return size_cluster(_config(tmp_path), target, headroom, *rates, PodShape(cpus=1, gpus=1))
 
 
 class TestSizeGroups:
