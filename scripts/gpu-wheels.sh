@@ -8,7 +8,7 @@
 # pillow/grpcio/jinja2/attrs/typing-extensions... already installed (DEVICE_HAS below). Missing there:
 # ray[data] (+ jsonschema and its deps), pydantic (+ core, annotated-types, typing-inspection),
 # structlog. Not fetched: s3fs/botocore/boto3 (only s3:// URIs need them, and the machine has no
-# network; storage.py imports botocore inside try/except), ray's `default` extra (the dashboard; pipeline calls ray.init(include_dashboard=False)).
+# network; pipeline/storage/ imports botocore inside try/except), ray's `default` extra (the dashboard; pipeline calls ray.init(include_dashboard=False)).
 #
 # ray's wheel (~79 MB) is over one call's carry. scripts/gpu_wheelpack.py repacks it as a solid
 # .tar.xz of its uncompressed members (nested ray_dist.jar expanded too), ~42 MB; gpu-install.sh

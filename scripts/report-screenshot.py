@@ -2,7 +2,7 @@
 
 A demo run (``pipeline demo``: generated images, three broken files, random weights), its report
 (``pipeline report``), then the page opened and photographed exactly as the browser test does
-(tests/pipeline/report_browser.py), and shrunk to keep the repository small. Needs Debian's
+(scripts/report_browser.py, beside this script), and shrunk to keep the repository small. Needs Debian's
 chromium and chromium-driver (``scripts/setup.sh dev`` as root)::
 
     .venv/bin/python scripts/report-screenshot.py            # about a minute on 2 cores
@@ -16,10 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "pipeline"))
+from report_browser import browser_missing, visit  # beside this script, on sys.path when it runs
 
-from report_browser import browser_missing, visit  # noqa: E402 - found through the path above
+ROOT = Path(__file__).resolve().parent.parent
 
 WIDTH = 1000  # pixels of the committed picture
 

@@ -1,7 +1,8 @@
 """Open a report page in a real headless Chromium: what it shows, logs and requests, and a screenshot.
 
-Used by tests/pipeline/test_report_browser.py and by scripts/report-screenshot.py (the README's
-picture), so the picture is taken the way the test looks at the page. Debian's ``chromium``
+Used by scripts/report-screenshot.py beside it (the README's picture) and by
+tests/pipeline/test_report.py, so the picture is taken the way the test looks at the page; it
+lives here, not under tests/, so the script imports nothing from the tests. Debian's ``chromium``
 and ``chromium-driver`` (``scripts/setup.sh dev`` installs them as root); Selenium drives them.
 """
 

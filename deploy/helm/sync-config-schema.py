@@ -7,7 +7,7 @@ a typo in the config then fails ``helm install`` rather than the job minutes lat
 The pipeline's definitions are hoisted into the values schema's ``$defs`` with a ``pipeline``
 prefix, because Helm resolves ``$ref`` from the root of values.schema.json.
 
-Run after changing pipeline/config.py (tests/deploy checks the copy is current):
+Run after changing pipeline/config/ (tests/deploy checks the copy is current):
 
     .venv/bin/python deploy/helm/sync-config-schema.py
 """

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from report_browser import browser_missing, visit
+from scripts.report_browser import browser_missing, visit
 
 from pipeline.cli import main, samples
 from pipeline.config import StorageConfig

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -156,6 +157,30 @@ def test_cycle_check_finds_a_cycle():
     graph = _import_graph(ROOT)
     graph["pipeline.outputs.layout"] = {*graph["pipeline.outputs.layout"], "pipeline.outputs.run_output"}
     assert _cycle(graph) is not None
+
+
+def _named_in_architecture() -> tuple[set[str], set[str]]:
+    """The module paths docs/architecture.md names one a line, and the test files those lines name."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.startswith("- `")]
+    module = re.compile(r"`((?:pipeline|benchmarks)/[\w/]+\.py)`")
+    modules = {match for line in lines for match in module.findall(line)}
+    tests = {match for line in lines for match in re.findall(r"`(tests/[\w/]+\.py)`", line)}
+    return modules, tests
+
+
+def test_architecture_names_every_module_and_a_real_test():
+    """docs/architecture.md names every module of the package and benchmarks/; each test it cites exists."""
+    modules, tests = _named_in_architecture()
+    present = {
+        str(path.relative_to(ROOT))
+        for folder in ("pipeline", "benchmarks")
+        for path in (ROOT / folder).rglob("*.py")
+        if path.name != "__init__.py" or path.parent.name in {"pipeline", "config", "storage"}
+    }
+    assert sorted(present - modules) == [], "modules docs/architecture.md does not name"
+    assert sorted(modules - present) == [], "docs/architecture.md names modules that do not exist"
+    assert sorted(test for test in tests if not (ROOT / test).is_file()) == []
 
 
 def test_public_api_is_small_and_imports_cheaply():
