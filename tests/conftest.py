@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from pipeline.cli import samples
 from pipeline.config import Config, load_config
@@ -93,15 +94,6 @@ def make_config(tmp_path: Path, local_config: Callable[..., Config]) -> Callable
         return local_config(input_uri, tmp_path / "out", **overrides)
 
     return build
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # Every port a node listens on is a free one: another Ray instance on the machine (the

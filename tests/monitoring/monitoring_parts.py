@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS_DIR = REPO / "monitoring" / "alerts"
@@ -50,13 +50,6 @@ def binary(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} is not installed (apt-get install {package}); CI installs it")
     return path
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> bytes:

@@ -11,12 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from helpers import wait_for_parts
 
 from pipeline.cli import samples
 
@@ -80,13 +80,12 @@ def _start_job(cluster, config: Path, tmp_path: Path) -> subprocess.Popen[bytes]
 
 def _wait_for_parts(out: Path, job: subprocess.Popen[bytes], minimum: int = 2, timeout: float = 300) -> None:
     """Evidence that the run is under way: committed part files, not a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(list((out / "data").glob("part-*.parquet"))) >= minimum:
-            return
-        assert job.poll() is None, "job ended before the fault could be injected"
-        time.sleep(0.2)
-    raise TimeoutError("no part files appeared")
+    wait_for_parts(
+        lambda: list((out / "data").glob("part-*.parquet")),
+        lambda parts: len(parts) >= minimum,
+        job,
+        timeout_s=timeout,
+    )
 
 
 def _check_exactly_once(out: Path, images: Path, job: subprocess.Popen[bytes], tmp_path: Path) -> dict:

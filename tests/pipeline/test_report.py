@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from scripts.report_browser import browser_missing, visit
 
 from pipeline.cli import main, samples
 from pipeline.config import StorageConfig
@@ -18,6 +17,7 @@ from pipeline.outputs.layout import MANIFEST, REPORT, OutputLocation
 from pipeline.review.inspection import inspect_output
 from pipeline.review.report import write_after_commit
 from pipeline.run.job import run_job
+from scripts.report_browser import browser_missing, visit
 
 INPUTS, FAILED = 43, 3  # conftest's sample_images: 40 images and 3 broken files
 PNG = b"\x89PNG\r\n\x1a\n"

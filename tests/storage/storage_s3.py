@@ -6,7 +6,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from helpers import free_port
 
 from pipeline.cli import samples
 
@@ -37,13 +37,6 @@ KILLABLE_PACE = {
     "inference__torch_threads": 1,
     "resources__object_store_memory_bytes": 150 * 1024 * 1024,
 }
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def moto_server_path() -> str | None:

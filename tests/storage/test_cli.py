@@ -6,7 +6,6 @@ import json
 import secrets
 import string
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,23 +13,18 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
-from storage_s3 import free_port, get_bytes, job_environment, list_keys, read_json, upload_images
+from helpers import free_port, run_cli
+from storage_s3 import get_bytes, job_environment, list_keys, read_json, upload_images
 
 pytestmark = pytest.mark.slow
 
 
-def run_cli(
+def run_job_cli(
     config_path: Path, env: dict[str, str], timeout_s: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """Run the job to the end; stdout and stderr are captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "--config", str(config_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout_s,
-        check=False,
-        cwd=config_path.parent,
+    return run_cli(
+        ["run", "--config", str(config_path)], env=env, timeout_s=timeout_s, cwd=config_path.parent
     )
 
 
@@ -48,7 +42,7 @@ class TestCli:
             bucket, storage__endpoint_url=dead, storage__max_attempts=2, storage__connect_timeout_s=1
         )
         started = time.monotonic()
-        result = run_cli(write_config(config), job_environment())
+        result = run_job_cli(write_config(config), job_environment())
         assert time.monotonic() - started < 60
         assert result.returncode == 4, result.stderr[-3000:]
         error = json.loads(result.stderr.strip().splitlines()[-1])  # the last line: one JSON error
@@ -64,7 +58,7 @@ class TestCli:
         key_id, secret = unique_credentials()
         config = s3_config(bucket, logging__level="debug", logging__format="json")
         env = job_environment(AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
-        result = run_cli(write_config(config), env)
+        result = run_job_cli(write_config(config), env)
         assert result.returncode == 0, result.stderr[-3000:]
         assert read_json(s3, bucket, "out/_SUCCESS")["counts"]["inputs"] == 12
         keys = list_keys(s3, bucket, "out/")
@@ -90,7 +84,7 @@ class TestMissingBucket:
             storage__endpoint_url=moto.endpoint,
             storage__region="us-east-1",
         )
-        result = run_cli(write_config(config), job_environment(), timeout_s=120)
+        result = run_job_cli(write_config(config), job_environment(), timeout_s=120)
         assert result.returncode == 4, result.stderr[-3000:]
         error = json.loads(result.stderr.strip().splitlines()[-1])
         assert f"bucket '{missing}' does not exist" in error["event"]
@@ -111,7 +105,7 @@ class TestInputsAndWeightsOnS3:
             storage__max_attempts=1,
             storage__connect_timeout_s=1,
         )
-        result = run_cli(write_config(config), job_environment())
+        result = run_job_cli(write_config(config), job_environment())
         assert result.returncode == 4, result.stderr[-3000:]
         assert "Traceback" not in result.stderr
         assert "cannot read the model weights at s3://models/resnet18.safetensors" in result.stderr
@@ -130,7 +124,7 @@ class TestInputsAndWeightsOnS3:
         config = make_config(
             manifest, storage__endpoint_url=moto.endpoint, storage__region="us-east-1", logging__format="json"
         )
-        result = run_cli(write_config(config), job_environment())
+        result = run_job_cli(write_config(config), job_environment())
         assert result.returncode == 0, result.stderr[-3000:]
         rows = {row["uri"]: row for row in pq.read_table(tmp_path / "out" / "data").to_pylist()}
         assert rows[str(local)]["status"] == "ok"

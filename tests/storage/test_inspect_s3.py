@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from storage_s3 import REGION, free_port, job_environment, storage_flags, upload_folder
+from helpers import free_port
+from storage_s3 import REGION, job_environment, storage_flags, upload_folder
 
 from pipeline.cli import main
 

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import wait_for_parts
 from storage_s3 import (
     FAKE_ACCESS_KEY_ID,
     FAKE_SECRET_ACCESS_KEY,
@@ -75,18 +76,18 @@ def committed_checkpoints(s3: Any, bucket: str) -> list[str]:
     return [key for key in keys if key.endswith(".parquet") and not key.endswith(PENDING)]
 
 
-def wait_for_parts(s3: Any, bucket: str, process: subprocess.Popen[bytes], log_path: Path) -> list[str]:
+def wait_for_committed_parts(
+    s3: Any, bucket: str, process: subprocess.Popen[bytes], log_path: Path
+) -> list[str]:
     """Poll until some parts are committed (not a fixed sleep); fail if the job ends first."""
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text()[-3000:]
-            pytest.fail(f"job ended (rc {process.returncode}) before it could be killed:\n{tail}")
-        done = committed_checkpoints(s3, bucket)
-        if len(done) >= KILL_AFTER_COMMITTED_PARTS:
-            return done
-        time.sleep(0.1)
-    pytest.fail(f"no committed parts within {DEADLINE_S:.0f}s:\n{log_path.read_text()[-3000:]}")
+    return wait_for_parts(
+        lambda: committed_checkpoints(s3, bucket),
+        lambda done: len(done) >= KILL_AFTER_COMMITTED_PARTS,
+        process,
+        timeout_s=DEADLINE_S,
+        interval_s=0.1,
+        log=log_path,
+    )
 
 
 def copy_object(s3: Any, bucket: str, source: str, target: str) -> None:
@@ -130,7 +131,7 @@ class TestCrashAndResume:
 
         first = start_job(config_path, first_log)
         try:
-            committed = wait_for_parts(s3, bucket, first, first_log)
+            committed = wait_for_committed_parts(s3, bucket, first, first_log)
         finally:
             kill_group(first)
         keys = list_keys(s3, bucket, "out/")

@@ -6,14 +6,14 @@ Parquet shards (keys: the objects' URIs) and 3 WebDataset tars in the same bucke
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import wait_for_parts
 from storage_s3 import KILLABLE_PACE, list_keys, read_json, read_parts
-from test_resume import DEADLINE_S, kill_group, start_job
+from test_resume import DEADLINE_S, committed_checkpoints, kill_group, start_job
 
 from pipeline.cli import sample_shards, samples
 from pipeline.config import load_config
@@ -143,14 +143,11 @@ def test_killed_shard_run_resumes_without_loss_or_duplicates(
 
 def _wait_for_a_part(s3: Any, bucket: str, process: Any, log: Path) -> None:
     """Poll until one part is committed; fail if the job ends first."""
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(
-                f"job ended (rc {process.returncode}) before it could be killed:\n{log.read_text()[-3000:]}"
-            )
-        keys = list_keys(s3, bucket, "out/_checkpoint/")
-        if [key for key in keys if key.endswith(".parquet") and not key.endswith(".pending.parquet")]:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"no committed part within {DEADLINE_S:.0f}s")
+    wait_for_parts(
+        lambda: committed_checkpoints(s3, bucket),
+        bool,
+        process,
+        timeout_s=DEADLINE_S,
+        interval_s=0.1,
+        log=log,
+    )

@@ -7,7 +7,8 @@ import time
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
-from storage_s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, free_port, upload_images
+from helpers import free_port
+from storage_s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, upload_images
 
 from pipeline import storage
 from pipeline.config import InputConfig, StorageConfig
