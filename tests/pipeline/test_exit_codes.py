@@ -27,6 +27,7 @@ from pipeline.cli import build_parser, main
 from pipeline.config import Config, dump_yaml
 from pipeline.errors import EXIT_CODES, PipelineError
 from pipeline.lease import Lease
+from pipeline.model import read_weights
 from pipeline.output import MANIFEST, RUN_STATE, OutputLocation
 
 ROOT = Path(pipeline.__file__).parents[1]
@@ -81,7 +82,7 @@ def process(argv: list[str], timeout_s: float = 300) -> subprocess.CompletedProc
 
 def succeeds_on_a_committed_rerun(case: Case) -> int:
     config = case.config(case.images, case.tmp_path / "out")
-    case.committed(config, config.config_hash())
+    case.committed(config, config.config_hash(read_weights(config.model).sha256))
     return main(["run", "--config", str(case.config_file(config))])
 
 

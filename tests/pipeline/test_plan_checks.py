@@ -123,9 +123,11 @@ class TestWhatTheRunWillDo:
     ):
         """Committed with this config: the plan says the run will do nothing (exit 0), writing nothing."""
         from pipeline.config import load_config
+        from pipeline.model import read_weights
 
         path = job()
-        _committed(tmp_path / "out", write_output, load_config(path, environ={}).config_hash())
+        config = load_config(path, environ={})
+        _committed(tmp_path / "out", write_output, config.config_hash(read_weights(config.model).sha256))
         before = _snapshot(tmp_path / "out")
         assert main(_argv("plan", path)) == 0
         lines = capsys.readouterr().out.splitlines()
