@@ -133,7 +133,7 @@ def test_a_deleted_head_pod_fails_the_attempt_after_the_driver_drains(
 ) -> None:
     """preStop SIGTERMs each driver: it drains, its job ends FAILED (143); a retry does the rest."""
     # The chart's render, its dashboard port the local head's, so the hook's argv runs as rendered;
-    # twice the default drain time, for a loaded 2-core machine (the hook took 46 s under load 14).
+    # twice the default drain time, for a loaded 2-core machine (the hook took 48 s under load 6-14).
     release = helm.install({"ports": {"dashboard": local_cluster.dashboard_port}, "stopGraceSeconds": 120})
     cluster_spec = release.one("RayJob")["spec"]["rayClusterSpec"]
     head_pod = cluster_spec["headGroupSpec"]["template"]["spec"]
@@ -147,8 +147,9 @@ def test_a_deleted_head_pod_fails_the_attempt_after_the_driver_drains(
     listing = submit_when_ready(client, entrypoint=NOT_CONNECTED)
     job_id = client.submit_job(**job)
     deadline = time.monotonic() + JOB_TIMEOUT_S
+    # Until a model call has landed (the next one is under way) and the other job waits for its signal.
     while not whole_parts(out) or "listening" not in client.get_job_logs(listing):
-        for running in (job_id, listing):  # a model call has landed; the next one is under way
+        for running in (job_id, listing):
             assert client.get_job_status(running) not in ENDED, client.get_job_logs(running)[-5000:]
         assert time.monotonic() < deadline, "no part was written"
         time.sleep(0.2)
@@ -166,7 +167,7 @@ def test_a_deleted_head_pod_fails_the_attempt_after_the_driver_drains(
     assert time.monotonic() - started < grace
 
     logs = client.get_job_logs(job_id)
-    ended = [client.get_job_info(ended) for ended in (job_id, listing)]
+    ended = [client.get_job_info(submission) for submission in (job_id, listing)]
     for info in ended:  # what KubeRay reads: FAILED, so it retries the RayJob
         assert (info.status, info.driver_exit_code) == (JobStatus.FAILED, 143), (info.message or "")[-5000:]
         assert "exit code 143" in (info.message or "")
