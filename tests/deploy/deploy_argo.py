@@ -177,6 +177,28 @@ KUBERAY_LIFECYCLES: dict[str, list[tuple[str, str | None]]] = {
         ("Running", "FAILED"),
         ("Failed", "FAILED"),
     ],
+    "loses its head pod: the preStop hook fails the attempt, which is retried": [
+        ("Initializing", "NEW"),
+        ("Running", "RUNNING"),
+        ("Retrying", "FAILED"),  # the driver's exit 143, read from the terminating head (the hook's hold)
+        ("New", "NEW"),
+        ("Initializing", "NEW"),
+        ("Running", "RUNNING"),
+        ("Complete", "SUCCEEDED"),
+    ],
+    "loses its head pod, the failure unread: the job is resubmitted to the recreated head": [
+        ("Initializing", "NEW"),
+        ("Running", "RUNNING"),
+        ("Running", "RUNNING"),  # status checks fail while no head answers (jobStatusCheckFailureStartTime)
+        ("Running", "PENDING"),  # the new head does not know the job: reconcileHTTPModeJobNotFound submits it
+        ("Running", "RUNNING"),
+        ("Complete", "SUCCEEDED"),
+    ],
+    "loses its head pod, which is not back within the status-check timeout": [
+        ("Initializing", "NEW"),
+        ("Running", "RUNNING"),
+        ("Failed", "RUNNING"),  # reason JobStatusCheckTimeoutExceeded (300 s): never retried
+    ],
     "is stopped (ray job stop, or the dashboard)": [
         ("Initializing", "NEW"),
         ("Running", "RUNNING"),
@@ -201,6 +223,9 @@ EXPECTED_OUTCOME = {
     "succeeds": "succeeded",
     "fails, is retried, then succeeds": "succeeded",
     "fails after its last retry": "failed",
+    "loses its head pod: the preStop hook fails the attempt, which is retried": "succeeded",
+    "loses its head pod, the failure unread: the job is resubmitted to the recreated head": "succeeded",
+    "loses its head pod, which is not back within the status-check timeout": "failed",
     "is stopped (ray job stop, or the dashboard)": "failed",
     "passes its activeDeadlineSeconds": "failed",
     "cannot start its cluster in preRunningDeadlineSeconds": "failed",

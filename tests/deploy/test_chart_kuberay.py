@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ MAX_RAYJOB_NAME = 47  # utils.MaxRayJobNameLength
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
 Obj = dict[str, Any]
 STOP_JOBS_SCRIPT = CHART / "files" / "stop-ray-jobs.py"
+KUBERAY_POLL_S = 3  # RayJobDefaultRequeueDuration: how often the operator reads a running job's status
 
 
 def kuberay_refusals(rayjob: Obj) -> list[str]:
@@ -209,27 +211,38 @@ def head_container(rayjob: Obj) -> Obj:
     return container
 
 
-def stop_timings(release: Release, rayjob: Obj) -> tuple[float, int, float, int]:
-    """The stop's nested bounds: the driver's drain (config), Ray's SIGKILL after a stop (the head's
-    RAY_JOB_STOP_WAIT_TIME_S), the preStop hook's wait, and the head pod's grace period."""
+@dataclass(frozen=True)
+class StopTimings:
+    """The stop's nested bounds, in seconds from the preStop hook's SIGTERM."""
+
+    drain: float  # the driver's drain (config resources.stop_grace_s)
+    sigkill: float  # the hook SIGKILLs what is left of the job (as Ray does after RAY_JOB_STOP_WAIT_TIME_S)
+    wait: float  # the hook gives up on the jobs ending
+    hold: float  # the hook keeps the head up once they have ended
+    grace: int  # the head pod's terminationGracePeriodSeconds
+
+
+def stop_timings(release: Release, rayjob: Obj) -> StopTimings:
+    """The stop's bounds as rendered: the config, the head's environment and preStop argv, the pod."""
     config = yaml.safe_load(release.pipeline_config()["data"]["config.yaml"])
     container = head_container(rayjob)
-    *_, wait = container["lifecycle"]["preStop"]["exec"]["command"]
-    return (
+    *_, sigkill, wait, hold = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert int(env_of(container)["RAY_JOB_STOP_WAIT_TIME_S"]["value"]) == float(sigkill)  # `ray job stop`'s
+    pod = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    return StopTimings(
         config["resources"]["stop_grace_s"],
-        int(env_of(container)["RAY_JOB_STOP_WAIT_TIME_S"]["value"]),
+        float(sigkill),
         float(wait),
-        rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"][
-            "terminationGracePeriodSeconds"
-        ],
+        float(hold),
+        pod["terminationGracePeriodSeconds"],
     )
 
 
 class TestPodDeletionReachesTheDriver:
-    """A deleted head pod first stops its Ray jobs through the Jobs API: the driver drains while Ray is up."""
+    """A deleted head pod SIGTERMs its jobs' drivers first: each drains with Ray up, its job ends FAILED."""
 
     @pytest.mark.parametrize("values", ALL_VALUES)
-    def test_the_head_stops_its_jobs_before_it_stops(
+    def test_the_head_signals_its_drivers_before_it_stops(
         self, releases: dict[str, Release], scheduled: Release, values: str
     ) -> None:
         """ray-head's preStop runs the chart's stop-ray-jobs.py against the local dashboard; bounds nest."""
@@ -238,18 +251,20 @@ class TestPodDeletionReachesTheDriver:
                 command = head_container(rayjob)["lifecycle"]["preStop"]["exec"]["command"]
                 script = STOP_JOBS_SCRIPT.read_text(encoding="utf-8")
                 assert command[:4] == ["python", "-c", script, "http://127.0.0.1:8265"]
-                drain, sigkill, hook, grace = stop_timings(release, rayjob)
-                assert drain < sigkill < hook < grace
+                timings = stop_timings(release, rayjob)
+                assert timings.drain < timings.sigkill < timings.wait
+                assert timings.wait + timings.hold < timings.grace
+                assert timings.hold > 3 * KUBERAY_POLL_S  # three of the operator's status polls
 
     def test_the_bounds_follow_stop_grace_seconds(self, helm: HelmRunner) -> None:
-        """stopGraceSeconds moves every bound: the drain, Ray's SIGKILL, the hook's wait, the grace period."""
+        """stopGraceSeconds moves every bound: the drain, the SIGKILL, the hook's wait, the grace period."""
         release = helm.install({"stopGraceSeconds": 600})
         (rayjob,) = rayjobs(release)
-        drain, sigkill, hook, grace = stop_timings(release, rayjob)
-        assert drain == 600
-        assert drain < sigkill < hook < grace
+        timings = stop_timings(release, rayjob)
+        assert timings.drain == 600
+        assert timings.drain < timings.sigkill < timings.wait < timings.wait + timings.hold < timings.grace
         for group in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
-            assert group["template"]["spec"]["terminationGracePeriodSeconds"] == grace
+            assert group["template"]["spec"]["terminationGracePeriodSeconds"] == timings.grace
 
     @pytest.mark.parametrize(
         ("values", "named"),

@@ -1,21 +1,23 @@
-"""A deleted head pod drains its Ray job: the head's preStop hook, on a local multi-node Ray cluster.
+"""A deleted head pod drains its Ray job, then fails the attempt: the head's preStop on a local Ray cluster.
 
 Kubernetes runs the ray-head container's preStop hook before it sends SIGTERM to the container's
-main process (`ray start --head --block`), which is not the job's driver. The hook stops the job
-through the Jobs API; Ray's job supervisor then sends the driver SIGTERM, and SIGKILL only after
-RAY_JOB_STOP_WAIT_TIME_S. Here the nodes run with their rendered containers' environment (Ray
-token authentication included), the rendered entrypoint is submitted as KubeRay's HTTPMode does,
-and once a part is written the rendered preStop command runs as the kubelet would run it: the
-same argv, the container's environment.
+main process (`ray start --head --block`), which is not the job's driver. The hook sends SIGTERM
+to the driver itself (the pid the Jobs API names), so the driver drains and exits 143 and the job
+ends FAILED, which KubeRay retries; a stop through the Jobs API would end it STOPPED, which
+KubeRay never retries. Here the nodes run with their rendered containers' environment (Ray token
+authentication included), the rendered entrypoint is submitted as KubeRay's HTTPMode does, and
+once a part is written the rendered preStop command runs as the kubelet would run it: the same
+argv, the container's environment.
 
 The model is slow on purpose (ResNet-50 on 512-pixel crops, one thread, one call at a time, 24
-images a call): when the stop comes, a call has seconds to go, more than Ray's default 3 s, so
-without the chart's RAY_JOB_STOP_WAIT_TIME_S the driver is killed before it has drained.
+images a call): when the SIGTERM comes, a call has seconds to go, which the driver finishes and
+writes before it exits.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -39,6 +41,13 @@ BATCH = 24  # images per model call, and rows per part: three calls in all
 CROP = 512
 TOKEN = "local-test-ray-token-5f0c2b9e"  # noqa: S105 - the Secret's value on this test cluster
 JOB_TIMEOUT_S = 600
+# A job whose entrypoint has not connected to Ray, as the pipeline's while it lists its inputs
+# and loads its model: the Jobs API names no driver, so the hook signals the entrypoint's processes.
+LISTENING = (
+    "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); "
+    "print('listening', flush=True); time.sleep(3600)"
+)
+NOT_CONNECTED = shlex.join(["python", "-c", LISTENING])
 ENDED = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 Obj = dict[str, Any]
 
@@ -119,40 +128,50 @@ def slow_job(release: Release, tmp_path: Path) -> tuple[Obj, Path]:
     return {"entrypoint": entrypoint, "runtime_env": runtime_env}, out
 
 
-def test_a_deleted_head_pod_stops_the_job_and_the_driver_drains(
+def test_a_deleted_head_pod_fails_the_attempt_after_the_driver_drains(
     helm: HelmRunner, local_cluster, tmp_path: Path, reliability
 ) -> None:
-    """The rendered preStop ends the job within the grace period: STOPPED, drained; a rerun does the rest."""
+    """preStop SIGTERMs each driver: it drains, its job ends FAILED (143); a retry does the rest."""
     # The chart's render, its dashboard port the local head's, so the hook's argv runs as rendered;
-    # twice the default drain time, for a loaded 2-core machine (the hook took 46 s under load 14).
+    # twice the default drain time, for a loaded 2-core machine (the hook took 48 s under load 6-14).
     release = helm.install({"ports": {"dashboard": local_cluster.dashboard_port}, "stopGraceSeconds": 120})
     cluster_spec = release.one("RayJob")["spec"]["rayClusterSpec"]
     head_pod = cluster_spec["headGroupSpec"]["template"]["spec"]
     (hook,) = [
         c["lifecycle"]["preStop"]["exec"]["command"] for c in head_pod["containers"] if "lifecycle" in c
     ]
-    grace = head_pod["terminationGracePeriodSeconds"]
+    grace, hold = head_pod["terminationGracePeriodSeconds"], float(hook[-1])
     head_env = start_as_rendered(local_cluster, cluster_spec, tmp_path)
     job, out = slow_job(release, tmp_path)
     client = JobSubmissionClient(local_cluster.dashboard_url, headers=local_cluster.headers)
-    job_id = submit_when_ready(client, **job)
+    listing = submit_when_ready(client, entrypoint=NOT_CONNECTED)
+    job_id = client.submit_job(**job)
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not whole_parts(out):  # a model call has landed; the next one is under way
-        assert client.get_job_status(job_id) not in ENDED, client.get_job_logs(job_id)[-5000:]
+    # Until a model call has landed (the next one is under way) and the other job waits for its signal.
+    while not whole_parts(out) or "listening" not in client.get_job_logs(listing):
+        for running in (job_id, listing):
+            assert client.get_job_status(running) not in ENDED, client.get_job_logs(running)[-5000:]
         assert time.monotonic() < deadline, "no part was written"
         time.sleep(0.2)
     before = whole_parts(out)
+    assert client.get_job_info(job_id).driver_info is not None  # the pipeline has connected to Ray
+    assert client.get_job_info(listing).driver_info is None
 
     # The kubelet's part: the preStop hook, as rendered, in the container's environment (where
     # KubeRay adds RAY_ADDRESS); whatever still runs after the grace period is SIGKILLed.
     started = time.monotonic()
     hook_env = {**local_cluster.env, **head_env, "RAY_ADDRESS": local_cluster.address}
     stopped = subprocess.run(hook, env=hook_env, capture_output=True, text=True, timeout=grace, check=False)
+    returned = time.time()
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     assert time.monotonic() - started < grace
 
     logs = client.get_job_logs(job_id)
-    assert client.get_job_status(job_id) == JobStatus.STOPPED, logs[-5000:]
+    ended = [client.get_job_info(submission) for submission in (job_id, listing)]
+    for info in ended:  # what KubeRay reads: FAILED, so it retries the RayJob
+        assert (info.status, info.driver_exit_code) == (JobStatus.FAILED, 143), (info.message or "")[-5000:]
+        assert "exit code 143" in (info.message or "")
+    assert returned - max(info.end_time or 0 for info in ended) / 1000 >= hold  # the operator's poll sees it
     assert "interrupted by SIGTERM" in logs, logs[-5000:]  # the driver drained, then said why it stopped
     (summary_file,) = out.glob("_summary-*.json")
     summary = json.loads(summary_file.read_text(encoding="utf-8"))
@@ -162,7 +181,7 @@ def test_a_deleted_head_pod_stops_the_job_and_the_driver_drains(
     assert before.items() <= after.items()
     assert sorted(after) == sorted(p.name for p in out.glob("data/*.parquet"))  # every part is whole
 
-    rerun = submit_when_ready(client, **job)  # what the next attempt submits
+    rerun = submit_when_ready(client, **job)  # what KubeRay's retry submits
     assert wait_for_end(client, rerun) == JobStatus.SUCCEEDED, client.get_job_logs(rerun)[-8000:]
     manifest = json.loads((out / "_SUCCESS").read_text(encoding="utf-8"))
     assert manifest["resumed"] is True
@@ -171,7 +190,7 @@ def test_a_deleted_head_pod_stops_the_job_and_the_driver_drains(
     assert len(ids) == len(set(ids)) == manifest["counts"]["inputs"] == IMAGES
     reliability.append(
         {
-            "scenario": "head pod deleted during the write (its preStop stops the job), then resubmitted",
+            "scenario": "head pod deleted during the write (preStop: the job FAILED), then retried",
             "faults": 1,
             "inputs": IMAGES,
             "rows_lost": IMAGES - len(set(ids)),

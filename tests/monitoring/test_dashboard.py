@@ -100,5 +100,17 @@ class TestJobDashboard:
             "actor pool",
             "model load time",
             "batch size",
+            "phase",
         ):
             assert topic in titles, topic
+
+    def test_phase_panel_shows_every_phase_the_driver_names(self) -> None:
+        """The Phase timeline reads pipeline_job_phase by phase; its help names each phase the driver has."""
+        from pipeline.ops.metrics import JOB_PHASES
+
+        (panel,) = [p for p in all_panels(load(JOB_DASHBOARD)) if p["title"] == "Phase"]
+        (target,) = panel["targets"]
+        assert target["expr"].startswith("max by (phase) (pipeline_job_phase{")
+        assert target["legendFormat"] == "{{phase}}"
+        missing = [name for name in JOB_PHASES if name.replace("_", " ") not in panel["description"].lower()]
+        assert missing == []

@@ -24,6 +24,7 @@ import pytest
 import pipeline
 from pipeline import errors
 from pipeline.cli import build_parser, main
+from pipeline.compute.model import read_weights
 from pipeline.config import Config, dump_yaml
 from pipeline.errors import EXIT_CODES, PipelineError
 from pipeline.outputs.layout import MANIFEST, RUN_STATE, OutputLocation
@@ -82,7 +83,7 @@ def process(argv: list[str], timeout_s: float = 300) -> subprocess.CompletedProc
 
 def succeeds_on_a_committed_rerun(case: Case) -> int:
     config = case.config(case.images, case.tmp_path / "out")
-    case.committed(config, config.config_hash())
+    case.committed(config, config.config_hash(read_weights(config.model).sha256))
     return main(["run", "--config", str(case.config_file(config))])
 
 

@@ -122,10 +122,12 @@ class TestWhatTheRunWillDo:
         self, ray_session, tmp_path, job, write_output, capsys
     ):
         """Committed with this config: the plan says the run will do nothing (exit 0), writing nothing."""
+        from pipeline.compute.model import read_weights
         from pipeline.config import load_config
 
         path = job()
-        _committed(tmp_path / "out", write_output, load_config(path, environ={}).config_hash())
+        config = load_config(path, environ={})
+        _committed(tmp_path / "out", write_output, config.config_hash(read_weights(config.model).sha256))
         before = _snapshot(tmp_path / "out")
         assert main(_argv("plan", path)) == 0
         lines = capsys.readouterr().out.splitlines()

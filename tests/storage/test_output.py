@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from storage_s3 import FAKE_SECRET_ACCESS_KEY, free_port, list_keys, read_json
 
-from pipeline.config import StorageConfig
+from pipeline.compute.model import Weights
+from pipeline.config import StorageConfig, load_config
 from pipeline.errors import JobFailedError, OutputExistsError, ResumeRefusedError, StorageError
 from pipeline.inputs import row_ids
 from pipeline.outputs import commit, layout, restore, run_state, safety, tally
@@ -92,16 +93,20 @@ class TestRunState:
         with pytest.raises(ResumeRefusedError, match="--run-id run-1"):
             run_state.check_can_start(state, "run-2", "h", overwrite=False)
 
-    def test_a_commit_of_this_config_is_found_and_another_refused(self, s3, bucket, location):
-        """Before the lease: the same config_hash is the committed run to report; another is exit 3."""
-        assert safety.committed_here(location, "h", strict=False) is None
-        manifest = {"run_id": RUN, "config_hash": "h", "committed_at": "t"}
+    def test_a_commit_of_this_config_is_found_and_another_refused(self, s3, bucket, location, tmp_path):
+        """Before the lease: a commit of these settings and weights is reported; another is exit 3."""
+        config = load_config(None, [f"input.uri={tmp_path}", "model.random_init=true"], environ={})
+        weights = Weights(None, "ab" * 32)
+        assert safety.committed_here(location, config, lambda: weights.sha256, strict=False) is None
+        manifest = {"run_id": RUN, "counts": {}, "layout": {}, "committed_at": "t"}
+        manifest["config_hash"] = config.config_hash(weights.sha256)
         s3.put_object(Bucket=bucket, Key="out/_SUCCESS", Body=json.dumps(manifest))
-        assert safety.committed_here(location, "h", strict=False) == manifest
+        assert safety.committed_here(location, config, lambda: weights.sha256, strict=False) == manifest
         with pytest.raises(OutputExistsError, match="with this configuration; --strict"):
-            safety.committed_here(location, "h", strict=True)
+            safety.committed_here(location, config, lambda: weights.sha256, strict=True)
+        other = Weights(None, "cd" * 32)  # the same settings, other weights' bytes
         with pytest.raises(OutputExistsError, match="with a different configuration") as caught:
-            safety.committed_here(location, "other", strict=False)
+            safety.committed_here(location, config, lambda: other.sha256, strict=False)
         assert caught.value.exit_code == 3
 
     def test_foreign_data_is_refused(self, s3, bucket, location):

@@ -158,13 +158,18 @@ def summary_of(s3: Any, bucket: str) -> dict[str, Any]:
     return read_json(s3, bucket, keys[0])
 
 
+def manifest_write_swallowed() -> list[Fault]:
+    """No reply to the manifest's PUT and read-back; the check before the lease (a HEAD) is answered."""
+    return [Fault("swallow", MANIFEST_KEY, method) for method in ("PUT", "GET")]
+
+
 class TestManifestWrite:
     def test_manifest_that_never_answers_exits_4_and_lets_go(
         self, s3, bucket, s3_config, write_config, tmp_path, moto
     ):
         """No reply to the manifest's PUT nor to its read-back: exit 4 in bounded time, the lease released."""
         upload_images(s3, bucket, "in", 6, broken=False)
-        proxy = FaultProxy(moto.endpoint, every=0, faults=[Fault("swallow", MANIFEST_KEY)]).start()
+        proxy = FaultProxy(moto.endpoint, every=0, faults=manifest_write_swallowed()).start()
         try:
             config = s3_config(
                 bucket, storage__endpoint_url=proxy.url, **{**BOUNDED, "storage__read_timeout_s": 30}
@@ -210,15 +215,17 @@ class TestManifestWrite:
     ):
         """A call hanging past resources.stall_timeout_s stops the lease renewal: another job may take it."""
         upload_images(s3, bucket, "in", 6, broken=False)
-        proxy = FaultProxy(moto.endpoint, every=0, faults=[Fault("swallow", MANIFEST_KEY)]).start()
+        proxy = FaultProxy(moto.endpoint, every=0, faults=manifest_write_swallowed()).start()
         log = tmp_path / "job.log"
         taken = None
         try:
-            settings = {**BOUNDED, "storage__read_timeout_s": 30, "storage__call_timeout_s": 40}
+            # The stall timeout outlasts a cold actor's start on a loaded machine (the write's own
+            # stall check would end the job first); the stuck call outlasts the stall timeout.
+            settings = {**BOUNDED, "storage__read_timeout_s": 60, "storage__call_timeout_s": 35}
             config = s3_config(
                 bucket,
                 storage__endpoint_url=proxy.url,
-                resources__stall_timeout_s=2,
+                resources__stall_timeout_s=30,
                 output__lease_seconds=3,
                 **settings,
             )

@@ -8,13 +8,15 @@ deletes the failed attempt's cluster and waits for its pods to go.
 */}}
 
 {{/*
-How a deleted head pod stops the job, each bound inside the next (docs/deploy.md, "Stopping a run"):
+How a deleted head pod stops the job, each bound inside the next (docs/deploy.md, "A deleted head pod"):
   stopGraceSeconds                  the driver drains its write after SIGTERM (resources.stop_grace_s);
-  jobStopWaitSeconds  = that + 20   Ray's job supervisor SIGKILLs the driver this long after the stop's
-                                    SIGTERM (RAY_JOB_STOP_WAIT_TIME_S on the head): room for the run's
-                                    summary and last push after the drain;
-  preStopWaitSeconds  = that + 5    the head's preStop hook waits this long at most for the job to end;
-  terminationGracePeriodSeconds     = that + 5: then Kubernetes SIGTERMs Ray itself, SIGKILLs it after.
+  jobStopWaitSeconds  = that + 20   the driver is SIGKILLed this long after its SIGTERM: by the head's
+                                    preStop hook, which sends that SIGTERM, and by Ray's job supervisor
+                                    after a stop through the Jobs API (RAY_JOB_STOP_WAIT_TIME_S on the
+                                    head); room for the run's summary and last push after the drain;
+  preStopWaitSeconds  = that + 5    the hook waits this long at most for the job to end (FAILED);
+  preStopHoldSeconds  = 10          then it keeps the head up, for the operator's poll to see the end;
+  terminationGracePeriodSeconds     = wait + hold + 5: then Kubernetes SIGTERMs Ray itself, SIGKILLs it after.
 */}}
 
 {{/* RAY_JOB_STOP_WAIT_TIME_S of the head; refused from extraEnv and the job's runtime env, which would override it. */}}
@@ -27,14 +29,24 @@ How a deleted head pod stops the job, each bound inside the next (docs/deploy.md
 {{- add (int .Values.stopGraceSeconds) 20 -}}
 {{- end }}
 
-{{/* Seconds the head's preStop hook waits for its stopped jobs to end: Ray's SIGKILL has come by then. */}}
+{{/* Seconds the head's preStop hook waits for the jobs it signalled to end: its own SIGKILL has come by then. */}}
 {{- define "batch-inference.preStopWaitSeconds" -}}
 {{- add (include "batch-inference.jobStopWaitSeconds" . | int) 5 -}}
 {{- end }}
 
-{{/* Seconds every Ray pod gets to stop: the head's preStop hook, then 5 s for Ray's own stop (stopGraceSeconds + 30). */}}
+{{/*
+Seconds the head's preStop hook keeps the head up once its jobs have ended: the KubeRay 1.7
+operator polls a running RayJob's status every 3 s (RayJobDefaultRequeueDuration), through the
+head's Service, which keeps a terminating head in its endpoints (headless, publishNotReadyAddresses),
+so 10 s is three polls and a margin for a busy operator (one that misses it: docs/deploy.md).
+*/}}
+{{- define "batch-inference.preStopHoldSeconds" -}}
+10
+{{- end }}
+
+{{/* Seconds every Ray pod gets to stop: the head's preStop hook, then 5 s for Ray's own stop (stopGraceSeconds + 40). */}}
 {{- define "batch-inference.terminationGracePeriodSeconds" -}}
-{{- add (include "batch-inference.preStopWaitSeconds" . | int) 5 -}}
+{{- add (include "batch-inference.preStopWaitSeconds" . | int) (include "batch-inference.preStopHoldSeconds" . | int) 5 -}}
 {{- end }}
 
 {{/* Seconds between two attempts: the failed attempt's pods stop (their grace period), then KubeRay's reconciles (every few seconds) create the next cluster. */}}

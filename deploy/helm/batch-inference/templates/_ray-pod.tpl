@@ -77,7 +77,8 @@ spec:
       env:
         {{- include "batch-inference.rayEnv" $root | nindent 8 }}
         {{- if $head }}
-        # Ray's job supervisor SIGKILLs a stopped driver this long after its SIGTERM (Ray's default: 3 s).
+        # Ray's job supervisor SIGKILLs a driver stopped through the Jobs API (`ray job stop`) this
+        # long after its SIGTERM (Ray's default: 3 s); the preStop hook below waits as long.
         - name: RAY_JOB_STOP_WAIT_TIME_S
           value: {{ include "batch-inference.jobStopWaitSeconds" $root | quote }}
         {{- end }}
@@ -89,8 +90,9 @@ spec:
       securityContext:
         {{- include "batch-inference.containerSecurityContext" $root | nindent 8 }}
       {{- if $head }}
-      # A deleted head pod's SIGTERM goes to `ray start`, not to the job's driver: stop the jobs
-      # through the Jobs API first, so the drivers drain while Ray is up (files/stop-ray-jobs.py).
+      # A deleted head pod's SIGTERM goes to `ray start`, not to the job's driver: send it to each
+      # driver first, so it drains while Ray is up and its job ends FAILED, which KubeRay retries
+      # (files/stop-ray-jobs.py). Arguments: the Jobs API, SIGKILL after, wait, hold (_deadlines.tpl).
       lifecycle:
         preStop:
           exec:
@@ -100,7 +102,9 @@ spec:
               - |
                 {{- $root.Files.Get "files/stop-ray-jobs.py" | nindent 16 }}
               - http://127.0.0.1:{{ $values.ports.dashboard }}
+              - {{ include "batch-inference.jobStopWaitSeconds" $root | quote }}
               - {{ include "batch-inference.preStopWaitSeconds" $root | quote }}
+              - {{ include "batch-inference.preStopHoldSeconds" $root | quote }}
       {{- end }}
       volumeMounts:
         {{- include "batch-inference.rayVolumeMounts" $root | nindent 8 }}
