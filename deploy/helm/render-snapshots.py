@@ -10,7 +10,7 @@ and the diff in the commit shows what changed:
     .venv/bin/python deploy/helm/render-snapshots.py        (from anywhere in the repository)
 
 Helm installs into a cluster, so this renders with the tests' harness: the real Helm library
-(helm-sdkpy) installing into the fake Kubernetes API of tests/deploy.
+(helm-sdkpy) installing into the fake Kubernetes API (deploy/helm/harness).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "deploy"))
+sys.path.insert(0, str(REPO / "deploy" / "helm" / "harness"))
 
 from deploy_manifests import RENDERS_DIR, render_values, standalone_helm  # noqa: E402
 

@@ -10,7 +10,7 @@ Run after changing the chart or chart-values.yaml (tests/deploy fails while the 
     .venv/bin/python deploy/helm/sync-kuberay.py        (from anywhere in the repository)
 
 Helm installs into a cluster, so this renders with the tests' harness: the real Helm library
-(helm-sdkpy) installing into the fake Kubernetes API of tests/deploy.
+(helm-sdkpy) installing into the fake Kubernetes API (deploy/helm/harness).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO / "tests" / "deploy") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests" / "deploy"))
+if str(REPO / "deploy" / "helm" / "harness") not in sys.path:
+    sys.path.insert(0, str(REPO / "deploy" / "helm" / "harness"))
 
 from deploy_manifests import KUBERAY_DIR, HelmRunner, Release, standalone_helm, walk_dicts  # noqa: E402
 

@@ -28,12 +28,13 @@ import yaml
 from deploy_fake_api import BUILTIN_RESOURCES, EXISTING_OBJECTS, FakeKubeAPI, crd_resources
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = HERE.parents[2]
+TESTS = REPO / "tests" / "deploy"  # the CRDs the objects are validated against, the stored renders
 CHART = REPO / "deploy" / "helm" / "batch-inference"
 KUBERAY_DIR = REPO / "deploy" / "kuberay"
-CRD_DIR = HERE / "crds"
+CRD_DIR = TESTS / "crds"
 # The stored renders test_chart_renders.py compares with; deploy/helm/render-snapshots.py writes them.
-RENDERS_DIR = HERE / "renders"
+RENDERS_DIR = TESTS / "renders"
 HELM_CLI = HERE / "deploy_helm_cli.py"
 ENVIRONMENTS = ("dev", "staging", "prod")
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion): its schemas are the strictest test.
@@ -274,6 +275,7 @@ def validate(obj: Obj) -> None:
 
 
 def walk_dicts(node: Any) -> Iterator[Obj]:
+    """Every mapping in a parsed manifest, depth first, the node itself included."""
     if isinstance(node, dict):
         yield node
         for value in node.values():
