@@ -32,7 +32,7 @@ from pipeline.inputs.shards import LedgerEntry, Shard
 from pipeline.outputs.layout import FAILURES
 from pipeline.outputs.restore import drop_unfinished
 from pipeline.outputs.shard_ledger import read_ledger
-from pipeline.outputs.tally import TALLY_COLUMNS, Tally, part_fragments, part_schema
+from pipeline.outputs.tally import TALLY_COLUMNS, Tally, check_statuses, part_fragments, part_schema
 from pipeline.schema import SHARD_INDEX_FIELD, STATUS_FAILED, STATUS_OK
 
 if TYPE_CHECKING:
@@ -132,10 +132,7 @@ def tally(
                 failures.write(failed)
     _check_counts(ledger, counts, uris)
     rows = int(counts.sum())
-    if ok + by_reason.total() != rows:
-        raise JobFailedError(
-            f"output has {rows - ok - by_reason.total()} rows with an unknown status; not committing"
-        )
+    check_statuses(rows, ok, by_reason.total())
     _check_unique(fragments, rows)
     return Tally(
         rows=rows,

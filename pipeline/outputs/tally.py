@@ -97,10 +97,7 @@ def tally(
             f"output does not match the inputs: {missing} missing, {extra} unexpected; not committing"
         )
     failed = pa.concat_tables([failure_schema.empty_table(), *failures], promote_options="permissive")
-    if ok + failed.num_rows != rows:
-        raise JobFailedError(
-            f"output has {rows - ok - failed.num_rows} rows with an unknown status; not committing"
-        )
+    check_statuses(rows, ok, failed.num_rows)
     by_reason = Counter(str(reason) for reason in failed.column("reason").to_pylist())
     return Tally(
         rows=rows,
@@ -110,6 +107,12 @@ def tally(
         files=sorted(files, key=lambda item: str(item["path"])),
         carried=[{"name": name, "type": str(failure_schema.field(name).type)} for name in carried],
     )
+
+
+def check_statuses(rows: int, ok: int, failed: int) -> None:
+    """Every row is ``ok`` or ``failed``: a part with another status is not committed."""
+    if ok + failed != rows:
+        raise JobFailedError(f"output has {rows - ok - failed} rows with an unknown status; not committing")
 
 
 def part_fragments(location: OutputLocation, storage_config: StorageConfig | None) -> list[Any]:

@@ -197,6 +197,16 @@ class TestTally:
         result = tally.tally(local, StorageConfig(), [row_ids.row_id("/img/1.jpg")])
         assert result.files == [{"path": "data/part-a-0.parquet", "rows": 1}]
 
+    def test_a_row_neither_ok_nor_failed_is_not_committed(self, tmp_path):
+        """A part row with another status stops the commit, naming how many."""
+        (tmp_path / "out" / "data").mkdir(parents=True)
+        part = pa.concat_tables([rows(["/img/1.jpg"]), rows(["/img/2.jpg"], status="pending")])
+        pq.write_table(part, tmp_path / "out" / "data" / "part-a-0.parquet")
+        local = layout.OutputLocation.open(str(tmp_path / "out"), StorageConfig())
+        ids = [row_ids.row_id(uri) for uri in ("/img/1.jpg", "/img/2.jpg")]
+        with pytest.raises(JobFailedError, match="1 rows with an unknown status; not committing"):
+            tally.tally(local, StorageConfig(), ids)
+
     def test_duplicates_are_not_committed(self, s3, bucket, location):
         """A row written twice stops the commit."""
         put_table(s3, bucket, "out/data/part-a-0.parquet", rows(["s3://x/1"]))
