@@ -123,7 +123,7 @@ def test_the_relay_turns_every_write_to_fd_2_into_one_json_line() -> None:
     """C++-style writes to the descriptor, Python prints and log calls all come out as JSON."""
     script = f"""
 import os, sys
-from pipeline import logrelay, logs
+from pipeline.ops import logrelay, logs
 logrelay.install()
 logs.configure("json")
 os.write(2, {CONSTRUCTOR_ARGS.encode()!r} + b"\\n")
@@ -158,7 +158,7 @@ def test_the_relay_keeps_rays_lines_off_stdout() -> None:
     """Ray's raylet and worker lines written to fd 1 are logged on stderr; the rest of stdout is untouched."""
     script = f"""
 import os, sys
-from pipeline import logrelay, logs
+from pipeline.ops import logrelay, logs
 logrelay.install()
 logs.configure("json")
 os.write(1, {f"{YELLOW}(raylet){RESET} {WORKER_DIED}".encode()!r} + b"\\n")

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import dump_yaml
 from pipeline.errors import ModelError, StorageError
-from pipeline.outputs import commit
+from pipeline.outputs import run_output
 from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_a_failed_commit_is_reported_failed_never_succeeded(
     def no_space(*_args: object, **_kwargs: object) -> None:
         raise StorageError("cannot write _SUCCESS: [Errno 28] No space left on device")
 
-    monkeypatch.setattr(commit, "commit", no_space)
+    monkeypatch.setattr(run_output, "commit", no_space)  # the name RunOutput.commit calls
     registry = CollectorRegistry()
     with pytest.raises(StorageError, match="No space left"):
         run_job(make_config(sample_images), registry=registry)

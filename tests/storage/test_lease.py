@@ -75,7 +75,7 @@ def test_lease_of_a_dead_process_on_this_host_lapses_at_once(tmp_path: Path):
     """A job killed on this machine (its pid is gone) does not block the output until expiry."""
     location = layout.OutputLocation.open(str(tmp_path / "out"), StorageConfig())
     script = (
-        "import sys; from pipeline import lease, output; from pipeline.config import StorageConfig;"
+        "import sys; from pipeline.outputs import layout, lease; from pipeline.config import StorageConfig;"
         f"loc = layout.OutputLocation.open({str(tmp_path / 'out')!r}, StorageConfig());"
         "held = lease.Lease.acquire(loc, 3600); held.name_run('run-killed')"
     )
