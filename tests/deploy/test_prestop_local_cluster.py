@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from deploy_manifests import CHART
+from helpers import whole_parts
 from PIL import Image
 from ray.autoscaler._private.kuberay.autoscaling_config import _get_custom_resources
 from ray.job_submission import JobStatus, JobSubmissionClient
@@ -66,17 +67,6 @@ def container_env(container: Obj, secrets: dict[tuple[str, str], str], home: Pat
             env[entry["name"]] = secrets[ref["name"], ref["key"]]
     home.mkdir(parents=True, exist_ok=True)
     return {**env, "HOME": str(home)}
-
-
-def whole_parts(out: Path) -> dict[str, int]:
-    """Each whole part under data/ and its rows (Ray Data commits a part's checkpoint once it is whole)."""
-    checkpoints = (out / "_checkpoint").rglob("*.parquet")
-    whole = {p.name.removesuffix(".parquet") for p in checkpoints if not p.name.endswith(".pending.parquet")}
-    return {
-        p.name: pq.ParquetFile(p).metadata.num_rows
-        for p in sorted(out.glob("data/*.parquet"))
-        if p.name.rsplit("-", 1)[0] in whole
-    }
 
 
 def wait_for_end(client: JobSubmissionClient, job_id: str) -> JobStatus:

@@ -1,4 +1,5 @@
-"""What many tests need and used to write each for itself: a free port, the CLI as a process, a poller.
+"""What many tests need and used to write each for itself: a free port, the CLI as a process, a poller,
+the parts of a local output that are completely written.
 
 Importable from every test folder as ``helpers``: the suite's root conftest (tests/conftest.py)
 is in a folder that is not a package, so pytest puts tests/ on ``sys.path``, as it does for
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 T = TypeVar("T")
+PENDING = ".pending.parquet"  # a checkpoint Ray Data has not committed yet: its part may be partial
 
 
 def free_port() -> int:
@@ -72,3 +74,25 @@ def wait_for_parts(
         time.sleep(interval_s)
     tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log else ""
     raise TimeoutError(f"not enough parts within {timeout_s:.0f}s:\n{tail}")
+
+
+def committed_checkpoints(out: Path) -> list[Path]:
+    """A local output's checkpoint files whose two-phase commit finished: each vouches for a whole part."""
+    folder = out / "_checkpoint"
+    return [p for p in folder.rglob("*.parquet") if not p.name.endswith(PENDING)] if folder.exists() else []
+
+
+def whole_parts(out: Path) -> dict[str, int]:
+    """Each completely written part under ``out/data/`` (its checkpoint committed) and its rows.
+
+    Parts are ``part-<run>-<write>-<task>-<n>.parquet``; Ray Data commits the checkpoint
+    ``<part-run-write-task>.parquet`` once they are whole (a part being written may be empty).
+    """
+    import pyarrow.parquet as pq
+
+    whole = {p.name.removesuffix(".parquet") for p in committed_checkpoints(out)}
+    return {
+        p.name: pq.ParquetFile(p).metadata.num_rows
+        for p in sorted(out.glob("data/*.parquet"))
+        if p.name.rsplit("-", 1)[0] in whole
+    }

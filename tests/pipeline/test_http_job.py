@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import committed_checkpoints
 from http_server import BASIC_PASSWORD, BASIC_USER
 from test_input_safety import rows_by_uri, write_manifest
 
@@ -150,13 +151,6 @@ def test_a_thousand_urls_with_transient_failures_commit_exactly_once(
 KILL_AFTER_PARTS = 2  # committed checkpoints, of about four
 
 
-def _written_parts(out: Path) -> int:
-    checkpoints = out / "_checkpoint"
-    if not checkpoints.exists():
-        return 0
-    return len([p for p in checkpoints.rglob("*.parquet") if not p.name.endswith(".pending.parquet")])
-
-
 def test_killed_url_run_resumes_with_every_url_once(image_server, make_config, tmp_path):
     """SIGKILL of the whole job mid-run; the rerun commits, every URL once, only the rest fetched again."""
     urls = [f"{image_server.url}/img/{index}.jpg" for index in range(240)]
@@ -181,7 +175,11 @@ def test_killed_url_run_resumes_with_every_url_once(image_server, make_config, t
         )
     try:
         deadline = time.monotonic() + 300
-        while _written_parts(out) < KILL_AFTER_PARTS and first.poll() is None and time.monotonic() < deadline:
+        while (
+            len(committed_checkpoints(out)) < KILL_AFTER_PARTS
+            and first.poll() is None
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         assert first.poll() is None, f"the run ended before it could be killed: {log.read_text()[-3000:]}"
     finally:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import whole_parts
 
 from pipeline.cli import samples
 from pipeline.config import dump_yaml
@@ -118,21 +119,6 @@ def _summary(out: Path) -> dict:
     return summaries[0]
 
 
-def _parts(out: Path) -> dict[str, int]:
-    """Each completely written part under data/ (its checkpoint committed) and its rows.
-
-    Parts are ``part-<run>-<write>-<task>-<n>.parquet``; Ray Data commits the checkpoint
-    ``<part-run-write-task>.parquet`` once they are whole (a part being written may be empty).
-    """
-    checkpoints = (out / "_checkpoint").rglob("*.parquet")
-    whole = {p.name.removesuffix(".parquet") for p in checkpoints if not p.name.endswith(".pending.parquet")}
-    return {
-        p.name: pq.ParquetFile(p).metadata.num_rows
-        for p in sorted(out.glob("data/*.parquet"))
-        if p.name.rsplit("-", 1)[0] in whole
-    }
-
-
 def _signal_and_wait(job: Job, signum: int, *, group: bool = False) -> float:
     """Send ``signum`` to the driver (as Kubernetes signals a container's process), or to its whole
     process group; seconds to exit."""
@@ -163,11 +149,11 @@ def test_a_signal_drains_the_batches_in_flight_and_the_rerun_does_only_the_rest(
     first.wait_for("phase", phase="writing")  # the first rows landed: work is in flight
     if rows_per_file:
         deadline = time.monotonic() + 300
-        while not _parts(out):
+        while not whole_parts(out):
             assert first.process.poll() is None, first.stderr()[-3000:]
             assert time.monotonic() < deadline, "no part was written"
             time.sleep(0.1)
-    before = _parts(out)
+    before = whole_parts(out)
 
     seconds = _signal_and_wait(first, signum)
     stderr = first.stderr()
@@ -177,7 +163,7 @@ def test_a_signal_drains_the_batches_in_flight_and_the_rerun_does_only_the_rest(
     summary = _summary(out)
     assert (summary["status"], summary["phase"]) == ("interrupted", "stopping"), summary
     assert summary["error"] == f"interrupted by {signal.Signals(signum).name}"
-    kept, after = summary["processed_this_run"], _parts(out)
+    kept, after = summary["processed_this_run"], whole_parts(out)
     assert kept > 0, "a stop during the write keeps what the actors finished"
     assert kept == sum(after.values())  # the summary's count is the rows in the parts
     assert sorted(after) == sorted(p.name for p in out.glob("data/*.parquet"))  # every part is whole

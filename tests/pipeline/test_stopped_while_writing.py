@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import committed_checkpoints
 
 from pipeline.cli import samples
 from pipeline.config import dump_yaml
@@ -47,16 +48,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("images")
     samples.make_images(root, IMAGES, seed=21, sizes=((160, 120), (120, 160)), png_every=0, broken=False)
     return root
-
-
-def committed_checkpoints(out: Path) -> list[Path]:
-    """Checkpoint files whose two-phase commit finished: each vouches for a written part."""
-    folder = out / "_checkpoint"
-    return (
-        [p for p in folder.rglob("*.parquet") if not p.name.endswith(".pending.parquet")]
-        if folder.exists()
-        else []
-    )
 
 
 def rows_written(out: Path) -> int:

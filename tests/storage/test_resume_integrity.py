@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import committed_checkpoints
 from storage_s3 import KILLABLE_PACE
 
 from pipeline.cli import samples
@@ -33,16 +34,6 @@ pytestmark = pytest.mark.slow
 IMAGES = 96
 KILL_AFTER_PARTS = 3
 DEADLINE_S = 300.0
-
-
-def committed_checkpoints(out: Path) -> list[Path]:
-    """Checkpoint files whose two-phase commit finished: each vouches for a written part."""
-    folder = out / "_checkpoint"
-    return (
-        [p for p in folder.rglob("*.parquet") if not p.name.endswith(".pending.parquet")]
-        if folder.exists()
-        else []
-    )
 
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:
