@@ -105,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 3 when the output is already committed, even with this configuration "
         "(output.if_committed: fail); without it such a rerun exits 0 and does nothing",
     )
-    run.add_argument("--summary-json", help="also write the run summary to this file")
+    run.add_argument(
+        "--summary-json",
+        help="also write the run summary to this local file, failed runs included (metrics.summary_path)",
+    )
 
     plan = command(
         "plan",
@@ -250,7 +253,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run.job import run_job
 
     strict = "fail" if args.strict else None
-    config = _load(args, flags={"job.run_id": args.run_id, "output.if_committed": strict})
+    flags = {
+        "job.run_id": args.run_id,
+        "output.if_committed": strict,
+        "metrics.summary_path": args.summary_json,
+    }
+    config = _load(args, flags=flags)
     _configure_logging(config, relay=True)
     settled, late = threading.Event(), list[int]()
     _stop_cleanly_on_signals(settled, late)
@@ -260,8 +268,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         logs.get_logger(run_id=summary.run_id, stage="driver").warning(
             f"{signal.Signals(signum).name} came after the commit: the run succeeded, exit 0"
         )
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")
     return 0
 
 

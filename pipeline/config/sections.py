@@ -247,6 +247,8 @@ class MetricsConfig(_Section):
 
     pushgateway_url: str | None = None
     push_interval_s: float = Field(default=15.0, gt=0)
+    # A local file that gets the run summary's JSON as the run ends, whatever its status (besides
+    # <output.uri>/_summary-<run id>.json): for a workflow step that reads the outcome from a file.
     summary_path: str | None = None
     # Files (a mounted Secret) with Pushgateway credentials, never the secret (pipeline.ops.push_auth).
     pushgateway_username_file: str | None = None

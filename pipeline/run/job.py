@@ -174,7 +174,17 @@ class _Run:
                 if self.output is not None:  # best effort: never hides the run's own error
                     self.output.write_summary(summary.run_id, summary.as_dict())
             fields = {k: v for k, v in summary.as_dict().items() if k != "run_id"}
-            get_logger(run_id=summary.run_id, stage="driver").info("run finished", **fields)
+            log = get_logger(run_id=summary.run_id, stage="driver")
+            log.info("run finished", **fields)
+            if self.config.metrics.summary_path:
+                try:
+                    summary.write(self.config.metrics.summary_path)
+                except OSError as exc:  # best effort: never hides the run's own error
+                    log.warning(
+                        "could not write metrics.summary_path",
+                        path=self.config.metrics.summary_path,
+                        error=str(exc),
+                    )
         finally:
             self.stop_ray()
             unbind_run()

@@ -1,8 +1,10 @@
-"""What a run did: the summary printed at the end, logged, and written as JSON beside the output."""
+"""What a run did: the summary printed at the end, logged, and written as JSON files."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -55,6 +57,13 @@ class RunSummary:
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
         return asdict(self)
+
+    def write(self, path: str) -> None:
+        """The summary's JSON as a local file (``metrics.summary_path``), replaced whole."""
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_text(json.dumps(self.as_dict(), indent=2) + "\n", encoding="utf-8")
+        partial.replace(target)  # a reader never sees half a summary
 
     def render(self) -> str:
         """Human-readable lines for the console."""

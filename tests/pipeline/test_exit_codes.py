@@ -319,7 +319,11 @@ def test_an_unforeseen_error_inside_a_run_is_its_own_code_in_the_summary_and_log
     config = local_config(sample_images, tmp_path / "out", logging__format="json")
     path = tmp_path / "job.yaml"
     path.write_text(dump_yaml(config), encoding="utf-8")
-    assert main(["run", "--config", str(path)]) == errors.UNEXPECTED_EXIT_CODE
+    local_summary = tmp_path / "summary.json"  # --summary-json: written when the run fails too
+    assert (
+        main(["run", "--config", str(path), "--summary-json", str(local_summary)])
+        == errors.UNEXPECTED_EXIT_CODE
+    )
     last = json.loads(capfd.readouterr().err.strip().splitlines()[-1])
     assert last["exit_code"] == errors.UNEXPECTED_EXIT_CODE
     assert last["event"].startswith("unexpected error ZeroDivisionError: a bug in the run")
@@ -327,4 +331,5 @@ def test_an_unforeseen_error_inside_a_run_is_its_own_code_in_the_summary_and_log
     assert Path(last["traceback_file"]).read_text() == last["traceback"]
     [summary] = (tmp_path / "out").glob("_summary-*.json")
     assert json.loads(summary.read_text())["error"] == "ZeroDivisionError: a bug in the run"
+    assert json.loads(local_summary.read_text()) == json.loads(summary.read_text())
     Path(last["traceback_file"]).unlink()
