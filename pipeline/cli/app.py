@@ -135,14 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--cpus-per-pod",
         type=int,
-        default=group_sizing.CPU_POD_CPUS,
-        help=f"cores of each CPU-group pod (default {group_sizing.CPU_POD_CPUS}, as values.yaml)",
+        help="cores of each CPU-group pod (default: the declared decode group's, "
+        f"else {group_sizing.CPU_POD_CPUS} as values.yaml)",
     )
     plan.add_argument(
         "--gpus-per-pod",
         type=int,
-        default=group_sizing.GPU_POD_GPUS,
-        help=f"GPUs of each GPU-group pod (default {group_sizing.GPU_POD_GPUS}, as values.yaml)",
+        help="GPUs of each GPU-group pod (default: the declared inference group's, "
+        f"else {group_sizing.GPU_POD_GPUS} as values.yaml)",
     )
     plan.add_argument(
         "--json", action="store_true", help="print the plan, sizing and Helm values as one JSON document"
@@ -317,7 +317,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             args.headroom,
             decode,
             model,
-            group_sizing.PodShape(args.cpus_per_pod, args.gpus_per_pod),
+            group_sizing.pod_shape(config, cpus=args.cpus_per_pod, gpus=args.gpus_per_pod),
         )
     print_plan(config, sized=sized, as_json=args.json, verdict=verdict, show_config=args.show_config)
     return 0

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from pipeline.config.worker_groups import carrying
 from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -131,10 +132,36 @@ def _notes(config: Config, decode: Rate, model: Rate, actors: int | None) -> lis
 
 @dataclass(frozen=True)
 class PodShape:
-    """What one pod of each worker group brings: cores of a CPU pod, GPUs of a GPU pod (as values.yaml)."""
+    """What one pod of each worker group brings: cores of a CPU pod, GPUs of a GPU pod (as values.yaml).
+
+    ``gpu_pod_cpus``: the GPU pod's cores, where declared; else ``GPU_POD_CPUS_PER_GPU`` per GPU.
+    """
 
     cpus: int = CPU_POD_CPUS
     gpus: int = GPU_POD_GPUS
+    gpu_pod_cpus: int | None = None
+
+
+def pod_shape(config: Config, *, cpus: int | None, gpus: int | None) -> PodShape:
+    """The pods to size: the flags where given, else the declared worker groups, else values.yaml's.
+
+    With ``resources.placement: worker_groups`` the groups carrying the decode and the inference
+    resources (the first of each, in declaration order) are the pods the cluster will start: sizing
+    other pods would print Helm values for a cluster nobody declared.
+    """
+    resources = config.resources
+    decode_group = inference_group = None
+    if resources.placement == "worker_groups":
+        decode_group = next(
+            iter(carrying(resources.worker_groups, resources.cpu_group_resource).values()), None
+        )
+        gpu_groups = carrying(resources.worker_groups, resources.gpu_group_resource)
+        inference_group = next((group for group in gpu_groups.values() if group.gpus), None)
+    if cpus is None:
+        cpus = int(decode_group.cpus) if decode_group is not None else CPU_POD_CPUS
+    if gpus is not None or inference_group is None:
+        return PodShape(cpus, gpus or GPU_POD_GPUS)
+    return PodShape(cpus, inference_group.gpus, int(inference_group.cpus))
 
 
 def size_cluster(
@@ -161,7 +188,7 @@ def size_cluster(
     expected = None
     if d and f and cpu_pods and actors:
         expected = min(actors * f, cpu_pods * cpus_per_pod * d)
-    gpu_pod_cpus = str(GPU_POD_CPUS_PER_GPU * gpus_per_pod)
+    gpu_pod_cpus = str(pods.gpu_pod_cpus or GPU_POD_CPUS_PER_GPU * gpus_per_pod)
     helm = {
         "workerGroups.cpu.maxReplicas": cpu_pods,
         "workerGroups.cpu.resources.requests.cpu": str(cpus_per_pod),

@@ -213,6 +213,27 @@ class TestSizing:
         assert helm["workerGroups.gpu.resources.limits.cpu"] == "32"
         assert helm["workerGroups.cpu.maxReplicas"] == 2
 
+    def test_declared_worker_groups_give_the_pod_shapes(self, tmp_path):
+        """On declared worker groups the pods sized are those groups' (a flag wins), not values.yaml's."""
+        groups = (
+            "{cpu: {cpus: 16, max_replicas: 4, resources: {cpu_group: 1000}}, "
+            "gpu: {cpus: 12, gpus: 2, max_replicas: 2, resources: {gpu_group: 1000}}}"
+        )
+        declared = [f"input.uri={tmp_path}", "model.random_init=true", "resources.placement=worker_groups"]
+        config = load_config(None, [*declared, f"resources.worker_groups={groups}"], environ={})
+        shape = group_sizing.pod_shape(config, cpus=None, gpus=None)
+        assert shape == group_sizing.PodShape(cpus=16, gpus=2, gpu_pod_cpus=12)
+        decode = group_sizing.Rate(100.0, "flag", "--decode-rate")
+        model = group_sizing.Rate(1000.0, "flag", "--model-rate")
+        sized = group_sizing.size_cluster(config, 5_000_000, 0.25, decode, model, shape)
+        # 6.25M/h = 1,736.1 img/s: 18 cores (2 pods of 16), 2 GPUs (1 pod of 2).
+        assert sized["cpu_group"] == {"cores_needed": 18, "pods": 2, "cpus_per_pod": 16}
+        assert sized["gpu_group"] == {"gpus_needed": 2, "pods": 1, "gpus_per_pod": 2, "cpus_per_pod": 12}
+        assert sized["helm_values"]["workerGroups.gpu.resources.limits.cpu"] == "12"
+        assert group_sizing.pod_shape(config, cpus=32, gpus=None) == group_sizing.PodShape(32, 2, 12)
+        local = load_config(None, [f"input.uri={tmp_path}", "model.random_init=true"], environ={})
+        assert group_sizing.pod_shape(local, cpus=None, gpus=None) == group_sizing.PodShape()
+
     def test_gpu_references_come_from_the_benchmarks_page(self):
         """No GPU figure is invented: the table is empty while docs/benchmarks.md has none."""
         page = BENCHMARKS.read_text(encoding="utf-8")
