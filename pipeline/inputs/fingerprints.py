@@ -103,3 +103,28 @@ def _named(what: str, found: list[str]) -> str:
         ", ..." if len(found) > NAMED else ""
     )
     return f"{len(found)} {what}" + (f" ({shown})" if found else "")
+
+
+def unchanged(before: pa.Table, listing: Listing) -> pa.Array:
+    """Row ids of the inputs listed now with the stamp ``before`` holds for them (an incremental run).
+
+    ``before`` is a previous output's ``_inputs.parquet``: an input whose size and version (ETag
+    or modification time) are those it had then still has the bytes its previous row was made
+    of. Empty when either side has no stamps: a manifest's entries carry none, so every one is
+    computed again.
+    """
+    if listing.stamps is None or not set(STAMP_COLUMNS) <= set(before.column_names):
+        return pa.array([], pa.string())
+    keys = ["row_id", *STAMP_COLUMNS]
+    now = inputs_table(listing).select(keys)
+    same = now.join(before.select(keys), keys=keys, join_type="inner", use_threads=False)
+    return same.column("row_id").combine_chunks()
+
+
+def gone(before: pa.Table, listing: Listing) -> int:
+    """How many inputs ``before`` (a previous output's ``_inputs.parquet``) holds that are not listed now."""
+    import pyarrow.compute as pc
+
+    now = pa.array([row_ids.row_id(uri) for uri in listing.uris], pa.string())
+    previous = before.column("row_id").combine_chunks()
+    return len(previous) - int(pc.sum(pc.is_in(previous, value_set=now)).as_py() or 0)

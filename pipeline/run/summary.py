@@ -36,6 +36,9 @@ class RunSummary:
     phase: str | None = None
     phases: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    # An incremental run (output.previous): the previous output and the rows carried, computed,
+    # retried and dropped (pipeline.outputs.carry.Carried), or why it ran in full. None: a full run.
+    incremental: dict[str, Any] | None = None
 
     @classmethod
     def of_commit(cls, manifest: dict[str, Any], output_uri: str) -> RunSummary:
@@ -85,6 +88,8 @@ class RunSummary:
             f"  seconds    {self.seconds:.1f}",
             f"  images/s   {self.images_per_second:.1f}",
         ]
+        if self.incremental is not None:
+            lines.append(f"  previous   {incremental_line(self.incremental)}")
         if self.storage_retries:
             lines.append(f"  storage    {self.storage_retries} S3 requests retried")
         if self.timings:
@@ -96,3 +101,13 @@ class RunSummary:
         if self.error:
             lines.append(f"  error      {self.error}")
         return "\n".join(lines)
+
+
+def incremental_line(incremental: dict[str, Any]) -> str:
+    """``s3://b/preds/2026-12-05: 19,600 carried, 400 computed (12 retried), 35 dropped``, or why in full."""
+    if "full_run" in incremental:
+        return f"{incremental['previous']}: full run ({incremental['full_run']})"
+    return (
+        f"{incremental['previous']}: {incremental['carried']:,} carried, {incremental['computed']:,} computed "
+        f"({incremental['retried']:,} retried), {incremental['dropped']:,} dropped"
+    )
