@@ -101,7 +101,7 @@ def check_semantics(config: Config) -> None:
 
 
 def check_previous(config: Config) -> None:
-    """``output.previous`` is another output than the one written (its rows are read while this is written)."""
+    """``output.previous`` is another output than the one written (read while this one is written)."""
     previous = config.output.previous
     if previous is not None and _same_place(previous, config.output.uri):
         raise ConfigError(
@@ -114,10 +114,10 @@ def check_previous(config: Config) -> None:
 
 def _same_place(first: str, second: str) -> bool:
     """Whether two output URIs name one place (local paths made absolute; config sits below storage)."""
-    import os.path
+    from pathlib import Path
 
     def plain(uri: str) -> str:
         uri = uri.removeprefix("file://")
-        return uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
+        return uri.rstrip("/") if "://" in uri else str(Path(uri).resolve())
 
     return plain(first) == plain(second)

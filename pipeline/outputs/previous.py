@@ -77,7 +77,10 @@ def find_previous(config: Config, config_hash: str) -> tuple[Previous | None, st
                 "nothing is there (no _SUCCESS); drop output.previous for a full run, or set "
                 "output.previous_missing=full_run to run in full when the previous output is absent",
             )
-        return None, f"no output at {location.uri} (output.previous_missing=full_run): every input is computed"
+        return (
+            None,
+            f"no output at {location.uri} (output.previous_missing=full_run): every input is computed",
+        )
     manifest = location.read_json(MANIFEST)
     if manifest.get("config_hash") != config_hash:
         if settings.previous_other_config == "refuse":

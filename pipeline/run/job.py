@@ -165,6 +165,8 @@ class _Run:
         self.display.close()
         try:
             if self.report:
+                if summary.incremental is not None:
+                    self.job_metrics().set_incremental(summary.incremental)
                 self.job_metrics().finish(
                     succeeded=summary.status == "succeeded",
                     inputs=summary.inputs,
@@ -322,7 +324,7 @@ def _claim_and_list(
 
 
 def _previous(run: _Run, listing: Listing, config_hash: str) -> Previous | None:
-    """``output.previous`` checked (:func:`~pipeline.outputs.previous.find_previous`); None: a full run, and why."""
+    """``output.previous``, checked (:func:`~pipeline.outputs.previous.find_previous`); None: a full run."""
     config, summary = run.config, run.summary
     previous, why = find_previous(config, config_hash)
     if previous is not None and listing.format != "files":

@@ -89,7 +89,9 @@ class RunSummary:
             f"  images/s   {self.images_per_second:.1f}",
         ]
         if self.incremental is not None:
-            lines.append(f"  previous   {incremental_line(self.incremental)}")
+            from pipeline.outputs.carry import describe  # pyarrow: only when there is a line to say
+
+            lines.append(f"  previous   {describe(self.incremental)}")
         if self.storage_retries:
             lines.append(f"  storage    {self.storage_retries} S3 requests retried")
         if self.timings:
@@ -101,13 +103,3 @@ class RunSummary:
         if self.error:
             lines.append(f"  error      {self.error}")
         return "\n".join(lines)
-
-
-def incremental_line(incremental: dict[str, Any]) -> str:
-    """``s3://b/preds/2026-12-05: 19,600 carried, 400 computed (12 retried), 35 dropped``, or why in full."""
-    if "full_run" in incremental:
-        return f"{incremental['previous']}: full run ({incremental['full_run']})"
-    return (
-        f"{incremental['previous']}: {incremental['carried']:,} carried, {incremental['computed']:,} computed "
-        f"({incremental['retried']:,} retried), {incremental['dropped']:,} dropped"
-    )

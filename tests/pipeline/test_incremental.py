@@ -1,149 +1,132 @@
-"""Incremental runs (``output.previous``): carried rows equal a full recompute; refusals before any work.
+"""Incremental runs (``output.previous``) without Ray: fingerprints of local files, refusals before any work.
 
-One module-scoped scenario: a dozen 48-px images run in full, then changed (added, deleted,
-modified in place, renamed, a broken one fixed, one left broken), then run twice more: once
-incremental on the first output, once in full; the two must hold the same rows.
+The runs themselves (carried rows equal to a full recompute, a kill and resume) are in
+tests/storage/test_s3_incremental.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import samples
+from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.outputs.layout import MANIFEST
+from pipeline.inputs import fingerprints, row_ids
+from pipeline.inputs.listing import list_inputs
+from pipeline.outputs.previous import find_previous
 from pipeline.run.job import run_job
 
-SMALL = {
-    "preprocess__resize_size": 48,
-    "preprocess__crop_size": 48,
-    "preprocess__batch_size": 4,
-    "inference__batch_size": 4,
-    "output__rows_per_file": 4,
-}
-COMPARED = ["row_id", "uri", "status", "reason", "top_k_ids", "top_k_labels", "label", "model_sha256"]
+HAND_MADE_HASH = "cd" * 32  # the config hash conftest.write_committed puts in _SUCCESS
 
 
-def _image(path: Path, seed: int) -> None:
-    """A 48-px photo-like JPEG."""
-    path.write_bytes(samples.jpeg_bytes(samples.photo_like(np.random.default_rng(seed), 48, 48)))
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """Three small files with image names (never decoded: nothing here reaches Ray)."""
+    root = tmp_path / "images"
+    root.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (root / name).write_bytes(name.encode() * 10)
+    return root
 
 
-def _rows(out: Path) -> pa.Table:
-    """Every part of an output, sorted by row id."""
-    return pq.read_table(out / "data").sort_by("row_id")
+class TestFingerprints:
+    def test_local_files_unchanged_by_size_and_mtime(
+        self, images: Path, local_config: Any, tmp_path: Path
+    ) -> None:
+        """A local file is unchanged while its size and mtime are; rewritten, renamed or new, it is not."""
+        config = local_config(images, tmp_path / "out")
+        before = fingerprints.inputs_table(list_inputs(config.input, config.storage))
+        (images / "a.jpg").write_bytes(b"other bytes, other size")
+        later = (images / "b.jpg").stat().st_mtime + 5
+        os.utime(images / "b.jpg", (later, later))  # same bytes, touched: computed again
+        (images / "c.jpg").rename(images / "c2.jpg")
+        (images / "d.jpg").write_bytes(b"new")
+        now = list_inputs(config.input, config.storage)
+        assert fingerprints.unchanged(before, now).to_pylist() == []
+        (images / "c2.jpg").rename(images / "c.jpg")
+        now = list_inputs(config.input, config.storage)
+        assert fingerprints.unchanged(before, now).to_pylist() == [row_ids.row_id(str(images / "c.jpg"))]
+        assert fingerprints.gone(before, now) == 0
+        (images / "c.jpg").unlink()
+        assert fingerprints.gone(before, list_inputs(config.input, config.storage)) == 1
+
+    def test_manifest_entries_have_no_fingerprint(
+        self, images: Path, local_config: Any, tmp_path: Path
+    ) -> None:
+        """A manifest's entries carry no stamp: none is found unchanged, every one is computed again."""
+        manifest = tmp_path / "list.csv"
+        manifest.write_text("uri\n" + "\n".join(str(p) for p in sorted(images.iterdir())) + "\n")
+        config = local_config(manifest, tmp_path / "out")
+        listing = list_inputs(config.input, config.storage)
+        assert len(listing) == 3
+        assert len(fingerprints.unchanged(fingerprints.inputs_table(listing), listing)) == 0
 
 
-@pytest.fixture(scope="module")
-def scenario(ray_session: None, local_config: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The first output, the changes, then the incremental output and a full recompute of the same inputs."""
-    root = tmp_path_factory.mktemp("incremental")
-    images = root / "images"
-    images.mkdir()
-    for index in range(10):
-        _image(images / f"img-{index:02d}.jpg", index)
-    (images / "broken-fixed.jpg").write_bytes(b"not an image yet")
-    (images / "broken-kept.jpg").write_bytes(b"not an image, and stays so")
-
-    def config(out: str, **extra: object) -> Any:
-        return local_config(images, root / out, **{**SMALL, **extra})
-
-    first = run_job(config("night-1"))
-    _image(images / "new-a.jpg", 100)  # added
-    _image(images / "new-b.jpg", 101)
-    (images / "img-00.jpg").unlink()  # deleted
-    _image(images / "img-01.jpg", 201)  # modified in place (other bytes, later mtime)
-    later = (images / "img-01.jpg").stat().st_mtime + 10
-    os.utime(images / "img-01.jpg", (later, later))
-    (images / "img-02.jpg").rename(images / "img-02-renamed.jpg")  # renamed
-    _image(images / "broken-fixed.jpg", 300)  # a failed image fixed
-    incremental = run_job(config("night-2", output__previous=str(root / "night-1")))
-    full = run_job(config("night-2-full"))
-    for summary in (first, incremental, full):
-        print("PHASES", summary.seconds, summary.phases)
-    return {
-        "root": root,
-        "images": images,
-        "config": config,
-        "first": first,
-        "incremental": incremental,
-        "full": full,
-    }
-
-
-class TestIncremental:
-    def test_equals_full_recompute_row_for_row(self, scenario: dict[str, Any]) -> None:
-        """Over added, deleted, modified, renamed and fixed inputs the incremental output is a full recompute's."""
-        inc, full = _rows(scenario["root"] / "night-2"), _rows(scenario["root"] / "night-2-full")
-        assert inc.num_rows == full.num_rows == 13
-        assert inc.select(COMPARED).to_pylist() == full.select(COMPARED).to_pylist()
-        np.testing.assert_allclose(
-            np.array(inc.column("score").to_pylist(), dtype=float),
-            np.array(full.column("score").to_pylist(), dtype=float),
-            rtol=0,
-            atol=1e-5,
+class TestRefusals:
+    def test_previous_not_committed_is_refused(
+        self, images: Path, local_config: Any, write_output: Any, tmp_path: Path
+    ) -> None:
+        """A previous output with parts but no _SUCCESS is refused (exit 2) before anything is written."""
+        previous = write_output(
+            tmp_path / "night-1", [{"row_id": "x", "status": "ok"}], parts=1, commit=False
         )
-
-    def test_counts_in_manifest_and_summary(self, scenario: dict[str, Any]) -> None:
-        """Carried, computed, retried and dropped are counted in _SUCCESS and the summary, with the previous URI."""
-        root, summary = scenario["root"], scenario["incremental"]
-        manifest = json.loads((root / "night-2" / MANIFEST).read_text())
-        counts = manifest["incremental"]
-        # 13 inputs: 2 added, 1 modified, 1 renamed, 1 fixed and 1 failed before (retried) are computed.
-        expected = {"carried": 7, "computed": 6, "retried": 1, "dropped": 2}
-        assert {key: counts[key] for key in expected} == expected
-        assert counts["previous"] == str(root / "night-1")
-        assert counts["parts_copied"] >= 1  # parts whose every row is current are copied whole
-        assert summary.incremental == counts
-        assert summary.processed_this_run == 6
-        assert manifest["counts"] == {"inputs": 13, "succeeded": 12, "failed": 1}
-        assert "7 carried, 6 computed (1 retried), 2 dropped" in summary.render()
-
-    def test_carried_rows_are_the_previous_ones(self, scenario: dict[str, Any]) -> None:
-        """Carried rows keep the run id of the run that computed them: their images were not read again."""
-        inc = _rows(scenario["root"] / "night-2")
-        by_run = dict(zip(inc.column("uri").to_pylist(), inc.column("run_id").to_pylist(), strict=True))
-        first, second = scenario["first"].run_id, scenario["incremental"].run_id
-        images = scenario["images"]
-        assert by_run[str(images / "img-03.jpg")] == first
-        assert by_run[str(images / "img-01.jpg")] == second  # modified
-        assert by_run[str(images / "new-a.jpg")] == second
-        assert by_run[str(images / "broken-kept.jpg")] == second  # retried
-
-    def test_previous_not_committed_is_refused(self, scenario: dict[str, Any]) -> None:
-        """A previous output without _SUCCESS is refused before anything is written."""
-        root = scenario["root"]
-        uncommitted = root / "uncommitted"
-        shutil.copytree(root / "night-1", uncommitted)
-        (uncommitted / MANIFEST).unlink()
+        config = local_config(images, tmp_path / "night-2", output__previous=str(previous))
         with pytest.raises(ConfigError, match="not committed") as refused:
-            run_job(scenario["config"]("refused-1", output__previous=str(uncommitted)))
+            run_job(config)
         assert refused.value.key == "output.previous"
-        assert not (root / "refused-1" / "_inputs.parquet").exists()
+        assert refused.value.exit_code == 2
+        assert not (tmp_path / "night-2" / "_inputs.parquet").exists()
 
-    def test_missing_previous_fails_by_default(self, scenario: dict[str, Any]) -> None:
-        """Nothing at output.previous fails (exit 2) unless output.previous_missing=full_run."""
-        root = scenario["root"]
+    def test_missing_previous_fails_or_runs_in_full(
+        self, images: Path, local_config: Any, tmp_path: Path
+    ) -> None:
+        """Nothing at output.previous fails by default; previous_missing=full_run runs in full, saying so."""
+        missing = str(tmp_path / "no-such-night")
         with pytest.raises(ConfigError, match="nothing is there"):
-            run_job(scenario["config"]("refused-2", output__previous=str(root / "no-such-night")))
+            run_job(local_config(images, tmp_path / "night-2", output__previous=missing))
+        config = local_config(
+            images, tmp_path / "night-2", output__previous=missing, output__previous_missing="full_run"
+        )
+        previous, why = find_previous(config, "any hash")
+        assert previous is None
+        assert why is not None
+        assert "every input is computed" in why
 
-    def test_other_config_is_refused_or_recomputed(self, scenario: dict[str, Any]) -> None:
-        """A previous output of another configuration is refused (a full run is needed) or, if accepted, recomputed."""
-        root = scenario["root"]
-        other = {"preprocess__crop_size": 32, "output__previous": str(root / "night-1")}
+    def test_other_config_is_refused_or_recomputed(
+        self, images: Path, local_config: Any, write_output: Any, tmp_path: Path
+    ) -> None:
+        """Another config hash is refused (a full run is needed), or accepted and every input recomputed."""
+        previous = write_output(tmp_path / "night-1", [{"row_id": "x", "status": "ok"}], parts=1)
+        config = local_config(images, tmp_path / "night-2", output__previous=str(previous))
         with pytest.raises(ConfigError, match="a full run is needed"):
-            run_job(scenario["config"]("refused-3", **other))
-        summary = run_job(scenario["config"]("recomputed", **other, output__previous_other_config="recompute"))
-        assert summary.processed_this_run == 13
-        assert "every input is computed" in summary.incremental["full_run"]
-        manifest = json.loads((root / "recomputed" / MANIFEST).read_text())
-        assert manifest["incremental"]["full_run"] == summary.incremental["full_run"]
+            run_job(config)
+        assert not (tmp_path / "night-2" / "_inputs.parquet").exists()
+        assert find_previous(config, HAND_MADE_HASH)[0] is not None  # the same hash: built on
+        accepting = local_config(
+            images,
+            tmp_path / "night-2",
+            output__previous=str(previous),
+            output__previous_other_config="recompute",
+        )
+        found, why = find_previous(accepting, "another hash")
+        assert found is None
+        assert why is not None
+        assert "every input is computed, nothing carried" in why
+
+    def test_previous_must_be_another_output(self, images: Path, tmp_path: Path) -> None:
+        """output.previous naming output.uri is a config error naming the key."""
+        out = str(tmp_path / "night")
+        with pytest.raises(ConfigError, match=r"another output than output\.uri"):
+            load_config(
+                None,
+                [
+                    f"input.uri={images}",
+                    f"output.uri={out}",
+                    f"output.previous={out}/",
+                    "model.random_init=true",
+                ],
+                environ={},
+            )
