@@ -22,7 +22,7 @@ def _env_vars(release: Release) -> dict[str, str]:
 
 @pytest.mark.parametrize("environment", ["staging", "prod"])
 def test_each_night_points_at_the_night_before(releases: dict[str, Release], environment: str) -> None:
-    """Night N's RayJob gets output.previous = night N-1's output, a full run when absent, recompute on a new model."""
+    """Night N builds on night N-1's output: a full run when it is absent, all recomputed on a new model."""
     release = releases[environment]
     prefix = yaml.safe_load(release.pipeline_config()["data"]["config.yaml"])["output"]["uri"].rstrip("/")
     env = _env_vars(release)
