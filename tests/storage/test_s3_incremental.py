@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 import ray
 from helpers import kill_group, wait_for_parts
+from prometheus_client import CollectorRegistry
 from storage_s3 import get_bytes, job_environment, list_keys, read_json, read_parts
 
 from pipeline.cli import samples
@@ -109,7 +110,8 @@ def scenario(
     carried_part = next(key for key in after_kill if key.startswith("night-2/data/part-carried-"))
     orphan = f"night-2/data/part-carried-{'f' * 24}-0.parquet"
     s3.copy_object(Bucket=bucket, Key=orphan, CopySource={"Bucket": bucket, "Key": carried_part})
-    resumed = run_job(incremental)
+    registry = CollectorRegistry()
+    resumed = run_job(incremental, registry=registry)
     full = run_job(config("night-2-full"))
     return {
         "s3": s3,
@@ -119,6 +121,8 @@ def scenario(
         "carried_checkpoints": carried_checkpoints,
         "orphan": orphan,
         "resumed": resumed,
+        "registry": registry,
+        "storage": incremental.storage,
         "full": full,
     }
 
@@ -185,6 +189,24 @@ class TestIncrementalOnS3:
 
         failures = pq.read_table(pa.BufferReader(get_bytes(s3, bucket, "night-2/_failures.parquet")))
         assert failures.column("uri").to_pylist() == [f"s3://{bucket}/in/broken-kept.jpg"]
+
+    def test_counts_in_metrics_and_inspect(self, scenario: dict[str, Any]) -> None:
+        """pipeline_job_incremental_rows and pipeline inspect show the same counts as the summary."""
+        from pipeline.review.inspection import inspect_output
+        from pipeline.review.text import render_inspect
+
+        resumed, registry = scenario["resumed"], scenario["registry"]
+        for kind in ("carried", "computed", "retried", "dropped"):
+            sample = registry.get_sample_value(
+                "pipeline_job_incremental_rows", {"run_id": resumed.run_id, "kind": kind}
+            )
+            assert sample == resumed.incremental[kind]
+        doc = inspect_output(f"s3://{scenario['bucket']}/night-2", scenario["storage"])
+        assert doc["incremental"] == resumed.incremental
+        assert (
+            f"previous   s3://{scenario['bucket']}/night-1: 7 carried, 6 computed (1 retried), 2 dropped"
+            in (render_inspect(doc))
+        )
 
     def test_carried_rows_were_not_computed_again(self, scenario: dict[str, Any]) -> None:
         """Carried rows keep the run id of night 1 (their images were not read); the others are night 2's."""
