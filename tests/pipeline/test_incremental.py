@@ -130,3 +130,39 @@ class TestRefusals:
                 ],
                 environ={},
             )
+
+
+class TestCarry:
+    def test_failed_rows_retried_unless_kept(
+        self, images: Path, local_config: Any, write_output: Any, tmp_path: Path
+    ) -> None:
+        """A failed row of an unchanged input is retried by default; output.keep_failed carries it."""
+        import json
+
+        import pyarrow.parquet as pq
+
+        from pipeline.outputs import carry
+        from pipeline.outputs.layout import INPUTS, OutputLocation
+        from pipeline.outputs.previous import Previous
+
+        config = local_config(images, tmp_path / "night-2")
+        listing = list_inputs(config.input, config.storage)
+        rows = [
+            {"row_id": row_ids.row_id(uri), "uri": uri, "status": "failed" if uri.endswith("a.jpg") else "ok"}
+            for uri in listing.uris
+        ]
+        previous_dir = write_output(tmp_path / "night-1", rows, parts=3)  # one row a part
+        pq.write_table(fingerprints.inputs_table(listing), previous_dir / INPUTS)
+        manifest = json.loads((previous_dir / "_SUCCESS").read_text())
+        previous = Previous(OutputLocation.open(str(previous_dir), config.storage), manifest)
+        for keep_failed, carried, retried in ((False, 2, 1), (True, 3, 0)):
+            out = OutputLocation.open(str(tmp_path / f"out-{keep_failed}"), config.storage)
+            empty = carry.written_ids([], [])
+            kept, counts = carry.carry_forward(out, previous, listing, empty, keep_failed=keep_failed)
+            assert (counts.carried, counts.retried, counts.computed) == (carried, retried, 3 - carried)
+            assert counts.parts_copied == carried  # each part's one row kept: copied whole
+            assert sorted(pq.read_table(out.path_of("data")).column("row_id").to_pylist()) == sorted(
+                kept.to_pylist()
+            )
+            remaining = carry.left_to_compute(listing.uris, kept)
+            assert [uri.endswith("a.jpg") for uri in remaining] == ([True] if not keep_failed else [])
