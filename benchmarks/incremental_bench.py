@@ -33,10 +33,7 @@ from typing import Any
 import numpy as np
 
 SPEED_SETTINGS = [
-    "model.name=mobilenet_v3_small",
     "model.random_init=true",
-    "preprocess.resize_size=64",
-    "preprocess.crop_size=64",
     "inference.precision=fp32",
     "output.max_failure_fraction=1.0",
     "logging.progress=false",
@@ -63,12 +60,13 @@ def write_images(folder: Path, count: int, start: int = 0, seed: int = 0) -> Non
         (sub / f"img-{index:06d}.jpg").write_bytes(samples.jpeg_bytes(samples.photo_like(rng, 64, 64)))
 
 
-def run_once(images: str, out: str, previous: str | None) -> dict[str, Any]:
+def run_once(images: str, out: str, previous: str | None, model: str, size: int) -> dict[str, Any]:
     """One run in this process (the child of ``speed``): its summary's figures."""
     from pipeline.config import load_config
     from pipeline.run.job import run_job
 
-    items = [*SPEED_SETTINGS, f"input.uri={images}", f"output.uri={out}"]
+    items = [*SPEED_SETTINGS, f"input.uri={images}", f"output.uri={out}", f"model.name={model}"]
+    items += [f"preprocess.resize_size={size}", f"preprocess.crop_size={size}"]
     if previous:
         items.append(f"output.previous={previous}")
     config = load_config(None, items, environ={})
@@ -90,7 +88,7 @@ def run_once(images: str, out: str, previous: str | None) -> dict[str, Any]:
 
 
 def _child(*args: str) -> dict[str, Any]:
-    """This module in a fresh process; its last stdout line as JSON."""
+    """Run this module in a fresh process; its last stdout line as JSON."""
     child = subprocess.run(
         [sys.executable, "-m", "benchmarks.incremental_bench", *args],
         capture_output=True,
@@ -103,12 +101,12 @@ def _child(*args: str) -> dict[str, Any]:
     return result
 
 
-def speed(workdir: Path, images: int, changed: float) -> dict[str, Any]:
+def speed(workdir: Path, images: int, changed: float, model: list[str]) -> dict[str, Any]:
     """Full run, change ``changed`` of the inputs, incremental run; both runs' figures."""
     folder = workdir / f"images-{images}"
     if not folder.exists():
         write_images(folder, images)
-    full = _child("--run", str(folder), str(workdir / "night-1"), "")
+    full = _child("--run", str(folder), str(workdir / "night-1"), "", *model)
     files = sorted(folder.rglob("*.jpg"))
     touched = int(len(files) * changed)
     rng = np.random.default_rng(7)
@@ -121,7 +119,7 @@ def speed(workdir: Path, images: int, changed: float) -> dict[str, Any]:
     for index in delete:
         files[index].unlink()
     write_images(folder / "added", touched - len(rewrite) - len(delete), start=10**6, seed=9)
-    incremental = _child("--run", str(folder), str(workdir / "night-2"), str(workdir / "night-1"))
+    incremental = _child("--run", str(folder), str(workdir / "night-2"), str(workdir / "night-1"), *model)
     return {
         "images": images,
         "changed": touched,
@@ -134,19 +132,56 @@ def speed(workdir: Path, images: int, changed: float) -> dict[str, Any]:
     }
 
 
+def _write_previous(listing: Any, previous_dir: Path, rows_per_part: int) -> None:
+    """A committed output of ``listing`` written directly: ok rows in parts, _inputs.parquet, _SUCCESS."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.inputs import fingerprints, row_ids
+    from pipeline.outputs.layout import INPUTS
+    from pipeline.schema import output_schema
+
+    files = []
+    (previous_dir / "data").mkdir(parents=True)
+    pq.write_table(fingerprints.inputs_table(listing), previous_dir / INPUTS)
+    schema = output_schema()
+    for start in range(0, len(listing.uris), rows_per_part):
+        uris = listing.uris[start : start + rows_per_part]
+        rows = len(uris)
+        table = pa.table(
+            {
+                "row_id": [row_ids.row_id(uri) for uri in uris],
+                "uri": uris,
+                "status": ["ok"] * rows,
+                "reason": pa.nulls(rows, pa.string()),
+                "error": pa.nulls(rows, pa.string()),
+                "top_k_ids": [[1, 2, 3, 4, 5]] * rows,
+                "top_k_labels": [["a", "b", "c", "d", "e"]] * rows,
+                "top_k_scores": [[0.5, 0.2, 0.1, 0.1, 0.1]] * rows,
+                "label": ["a"] * rows,
+                "score": [0.5] * rows,
+                "model_name": ["resnet18"] * rows,
+                "model_sha256": ["ab" * 32] * rows,
+                "run_id": ["night-1"] * rows,
+            },
+            schema=schema,
+        )
+        name = f"data/part-{start // rows_per_part:05d}.parquet"
+        pq.write_table(table, previous_dir / name)
+        files.append({"path": name, "rows": rows})
+    (previous_dir / "_SUCCESS").write_text(json.dumps({"layout": {"files": files}}), encoding="utf-8")
+
+
 def carry_memory(workdir: Path, carried: int, rows_per_part: int) -> dict[str, Any]:
     """The driver's RSS while carrying ``carried`` rows (the child of ``memory``)."""
     import psutil
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from pipeline.config import load_config
-    from pipeline.inputs import fingerprints, row_ids
     from pipeline.inputs.listing import list_inputs
     from pipeline.outputs import carry
-    from pipeline.outputs.layout import INPUTS, OutputLocation
+    from pipeline.outputs.layout import OutputLocation
     from pipeline.outputs.previous import Previous
-    from pipeline.schema import output_schema
 
     folder = workdir / f"tiny-{carried}"
     if not folder.exists():
@@ -161,36 +196,8 @@ def carry_memory(workdir: Path, carried: int, rows_per_part: int) -> dict[str, A
     )
     listing = list_inputs(config.input, config.storage)
     previous_dir = workdir / f"previous-{carried}"
-    files = []
     if not previous_dir.exists():
-        (previous_dir / "data").mkdir(parents=True)
-        pq.write_table(fingerprints.inputs_table(listing), previous_dir / INPUTS)
-        schema = output_schema()
-        for start in range(0, carried, rows_per_part):
-            uris = listing.uris[start : start + rows_per_part]
-            rows = len(uris)
-            table = pa.table(
-                {
-                    "row_id": [row_ids.row_id(uri) for uri in uris],
-                    "uri": uris,
-                    "status": ["ok"] * rows,
-                    "reason": pa.nulls(rows, pa.string()),
-                    "error": pa.nulls(rows, pa.string()),
-                    "top_k_ids": [[1, 2, 3, 4, 5]] * rows,
-                    "top_k_labels": [["a", "b", "c", "d", "e"]] * rows,
-                    "top_k_scores": [[0.5, 0.2, 0.1, 0.1, 0.1]] * rows,
-                    "label": ["a"] * rows,
-                    "score": [0.5] * rows,
-                    "model_name": ["resnet18"] * rows,
-                    "model_sha256": ["ab" * 32] * rows,
-                    "run_id": ["night-1"] * rows,
-                },
-                schema=schema,
-            )
-            name = f"data/part-{start // rows_per_part:05d}.parquet"
-            pq.write_table(table, previous_dir / name)
-            files.append({"path": name, "rows": rows})
-        (previous_dir / "_SUCCESS").write_text(json.dumps({"layout": {"files": files}}), encoding="utf-8")
+        _write_previous(listing, previous_dir, rows_per_part)
     manifest = json.loads((previous_dir / "_SUCCESS").read_text(encoding="utf-8"))
     # 2% of the inputs touched, every other one of the first 4%: their parts are filtered, the rest copied.
     for path in sorted(folder.rglob("*.jpg"))[: carried // 25 : 2]:
@@ -239,31 +246,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changed", type=float, default=0.02)
     parser.add_argument("--carried", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--rows-per-part", type=int, default=1_000)
+    parser.add_argument("--model", default="mobilenet_v3_small")
+    parser.add_argument("--size", type=int, default=64, help="resize and crop size")
     parser.add_argument("--workdir", default="incremental-bench")
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--run", nargs=3, metavar=("IMAGES", "OUT", "PREVIOUS"), help=argparse.SUPPRESS)
+    parser.add_argument("--run-model", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--carry", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if args.run:  # a child: one run
-        print(json.dumps(run_once(args.run[0], args.run[1], args.run[2] or None)))
+        model, size = args.run_model or (args.model, args.size)
+        print(json.dumps(run_once(args.run[0], args.run[1], args.run[2] or None, model, int(size))))
         return 0
     if args.carry:  # a child: one carry
         print(json.dumps(carry_memory(workdir, args.carry, args.rows_per_part)))
         return 0
     result: dict[str, Any] = {"cpu": _cpu(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
     if args.mode == "speed":
-        result.update(speed(workdir, args.images, args.changed))
+        result.update({"model": args.model, "size": args.size})
+        result.update(speed(workdir, args.images, args.changed, ["--run-model", args.model, str(args.size)]))
         for name in ("full", "incremental"):
             run = result[name]
-            print(
-                f"{name:>12}: wall {run['wall_s']} s, graph {run['graph_s']} s, inference {run['inference_s']} s, "
-                f"computed {run['computed']}"
-            )
-        print(
-            f"inference {result['inference_ratio']}x less; wall {result['wall_fraction']:.1%} of the full run's"
-        )
+            times = f"wall {run['wall_s']} s, graph {run['graph_s']} s, inference {run['inference_s']} s"
+            print(f"{name:>12}: {times}, computed {run['computed']}")
+        fraction = f"{result['wall_fraction']:.1%}"
+        print(f"inference {result['inference_ratio']}x less; wall {fraction} of the full run's")
     else:
         result["carry"] = [
             _child(
