@@ -69,11 +69,11 @@ def carry_forward(
 
     Returns the ids of every row kept (those written by an earlier attempt too) and the counts.
     """
-    before = previous.inputs()
+    before, now = previous.inputs(), fingerprints.listed_ids(listing)
     location.prepare()  # data/, where the filesystem has folders
     with storage.translate_errors("create", location.uri_of(CARRIED_CHECKPOINTS), location.storage_config):
         location.fs.makedirs(location.path_of(CARRIED_CHECKPOINTS), exist_ok=True)
-    same = fingerprints.unchanged(before, listing)
+    same = fingerprints.unchanged(before, listing, now)
     kept: list[pa.Array] = []
     retried = copied = filtered = 0
     for part in previous.parts():
@@ -104,7 +104,7 @@ def carry_forward(
         carried=len(all_kept),
         computed=len(listing.uris) - len(all_kept),
         retried=retried,
-        dropped=fingerprints.gone(before, listing),
+        dropped=fingerprints.gone(before, now),
         parts_copied=copied,
         parts_filtered=filtered,
     )

@@ -45,13 +45,17 @@ class TestFingerprints:
         (images / "c.jpg").rename(images / "c2.jpg")
         (images / "d.jpg").write_bytes(b"new")
         now = list_inputs(config.input, config.storage)
-        assert fingerprints.unchanged(before, now).to_pylist() == []
+        assert fingerprints.unchanged(before, now, fingerprints.listed_ids(now)).to_pylist() == []
         (images / "c2.jpg").rename(images / "c.jpg")
         now = list_inputs(config.input, config.storage)
-        assert fingerprints.unchanged(before, now).to_pylist() == [row_ids.row_id(str(images / "c.jpg"))]
-        assert fingerprints.gone(before, now) == 0
+        assert fingerprints.unchanged(before, now, fingerprints.listed_ids(now)).to_pylist() == [
+            row_ids.row_id(str(images / "c.jpg"))
+        ]
+        assert fingerprints.gone(before, fingerprints.listed_ids(now)) == 0
         (images / "c.jpg").unlink()
-        assert fingerprints.gone(before, list_inputs(config.input, config.storage)) == 1
+        assert (
+            fingerprints.gone(before, fingerprints.listed_ids(list_inputs(config.input, config.storage))) == 1
+        )
 
     def test_manifest_entries_have_no_fingerprint(
         self, images: Path, local_config: Any, tmp_path: Path
@@ -62,7 +66,14 @@ class TestFingerprints:
         config = local_config(manifest, tmp_path / "out")
         listing = list_inputs(config.input, config.storage)
         assert len(listing) == 3
-        assert len(fingerprints.unchanged(fingerprints.inputs_table(listing), listing)) == 0
+        assert (
+            len(
+                fingerprints.unchanged(
+                    fingerprints.inputs_table(listing), listing, fingerprints.listed_ids(listing)
+                )
+            )
+            == 0
+        )
 
 
 class TestRefusals:
