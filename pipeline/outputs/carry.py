@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.inputs import fingerprints, row_ids
+from pipeline.inputs import fingerprints
 from pipeline.outputs.layout import CHECKPOINT_DIR, DATA_DIR
 from pipeline.schema import STATUS_FAILED
 
@@ -63,13 +63,15 @@ def carried_base(previous: Previous, part: str) -> str:
 
 
 def carry_forward(
-    location: OutputLocation, previous: Previous, listing: Listing, done: pa.Array, *, keep_failed: bool
-) -> tuple[pa.Array, Carried]:
-    """Write the previous rows to keep that ``done`` (ids the output holds already) lacks.
+    location: OutputLocation, previous: Previous, listing: Listing, todo: list[str], *, keep_failed: bool
+) -> tuple[list[str], Carried]:
+    """Write the previous rows to keep that the output lacks (``todo``: the inputs the restore left).
 
-    Returns the ids of every row kept (those written by an earlier attempt too) and the counts.
+    Returns what is left to compute (``todo`` but the inputs carried) and the counts. The
+    listing's ids are computed once, as Arrow strings: the driver holds ids, never rows.
     """
     before, now = previous.inputs(), fingerprints.listed_ids(listing)
+    done = _written(listing, now, todo)
     location.prepare()  # data/, where the filesystem has folders
     with storage.translate_errors("create", location.uri_of(CARRIED_CHECKPOINTS), location.storage_config):
         location.fs.makedirs(location.path_of(CARRIED_CHECKPOINTS), exist_ok=True)
@@ -99,6 +101,7 @@ def carry_forward(
         # Last: the checkpoint vouches for the part (pipeline.outputs.restore keeps what it covers).
         location.write_table(f"{CARRIED_CHECKPOINTS}/{base}.parquet", pa.table({"row_id": ids.filter(write)}))
     all_kept = pa.concat_arrays(kept) if kept else pa.array([], pa.string())
+    left = pc.invert(pc.or_(pc.is_in(now, value_set=all_kept), pc.is_in(now, value_set=done)))
     counts = Carried(
         previous=previous.uri,
         carried=len(all_kept),
@@ -108,7 +111,7 @@ def carry_forward(
         parts_copied=copied,
         parts_filtered=filtered,
     )
-    return all_kept, counts
+    return [uri for uri, wanted in zip(listing.uris, left.to_pylist(), strict=True) if wanted], counts
 
 
 def _copy(previous: Previous, part: str, location: OutputLocation, name: str) -> None:
@@ -143,19 +146,12 @@ def _filter(previous: Previous, part: str, location: OutputLocation, name: str, 
                 writer.write_batch(batch.filter(pc.is_in(batch.column("row_id"), value_set=keep)))
 
 
-def left_to_compute(uris: list[str], kept: pa.Array) -> list[str]:
-    """``uris`` (what the restore left) without the inputs whose rows were carried."""
-    if not len(kept) or not uris:
-        return uris
-    ids = pa.array([row_ids.row_id(uri) for uri in uris], pa.string())
-    wanted = pc.invert(pc.is_in(ids, value_set=kept)).to_pylist()
-    return [uri for uri, keep in zip(uris, wanted, strict=True) if keep]
-
-
-def written_ids(uris: list[str], todo: list[str]) -> pa.Array:
-    """Ids of the inputs the restore found written: ``uris`` but those still ``todo``."""
+def _written(listing: Listing, now: pa.Array, todo: list[str]) -> pa.Array:
+    """Ids of the inputs the restore found written (``now``: the listing's ids; ``todo``: what it left)."""
+    if len(todo) == len(listing.uris):  # a new run: nothing written yet
+        return pa.array([], pa.string())
     left = set(todo)
-    return pa.array([row_ids.row_id(uri) for uri in uris if uri not in left], pa.string())
+    return now.filter(pa.array([uri not in left for uri in listing.uris], pa.bool_()))
 
 
 def describe(incremental: dict[str, Any]) -> str:

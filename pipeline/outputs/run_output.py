@@ -151,11 +151,9 @@ class RunOutput:
 
         Run after :meth:`restore`, so what an earlier attempt carried is not carried twice.
         """
-        done = carry.written_ids(listing.uris, remaining.uris)
-        kept, counts = carry.carry_forward(
-            self.location, previous, listing, done, keep_failed=self.config.output.keep_failed
+        todo, counts = carry.carry_forward(
+            self.location, previous, listing, remaining.uris, keep_failed=self.config.output.keep_failed
         )
-        todo = carry.left_to_compute(remaining.uris, kept)
         return Remaining(done=remaining.done + len(remaining.uris) - len(todo), uris=todo), counts
 
     def ledger(self) -> LedgerWriter:

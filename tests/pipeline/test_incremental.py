@@ -168,12 +168,15 @@ class TestCarry:
         previous = Previous(OutputLocation.open(str(previous_dir), config.storage), manifest)
         for keep_failed, carried, retried in ((False, 2, 1), (True, 3, 0)):
             out = OutputLocation.open(str(tmp_path / f"out-{keep_failed}"), config.storage)
-            empty = carry.written_ids([], [])
-            kept, counts = carry.carry_forward(out, previous, listing, empty, keep_failed=keep_failed)
+            todo, counts = carry.carry_forward(out, previous, listing, listing.uris, keep_failed=keep_failed)
             assert (counts.carried, counts.retried, counts.computed) == (carried, retried, 3 - carried)
             assert counts.parts_copied == carried  # each part's one row kept: copied whole
-            assert sorted(pq.read_table(out.path_of("data")).column("row_id").to_pylist()) == sorted(
-                kept.to_pylist()
+            written = pq.read_table(out.path_of("data")).column("row_id").to_pylist()
+            assert sorted(written + [row_ids.row_id(uri) for uri in todo]) == sorted(
+                row_ids.row_id(uri) for uri in listing.uris
             )
-            remaining = carry.left_to_compute(listing.uris, kept)
-            assert [uri.endswith("a.jpg") for uri in remaining] == ([True] if not keep_failed else [])
+            assert [uri.endswith("a.jpg") for uri in todo] == ([True] if not keep_failed else [])
+            # An attempt after a crash that kept these parts carries nothing again.
+            again, counts = carry.carry_forward(out, previous, listing, todo, keep_failed=keep_failed)
+            assert again == todo
+            assert counts.parts_copied + counts.parts_filtered == 0
