@@ -88,6 +88,7 @@ def check_semantics(config: Config) -> None:
         allowed = f"must be <= resources.max_actors ({actors.max_actors})"
         raise ConfigError("resources.min_actors", actors.min_actors, allowed)
     check_input(config.input, RESERVED_COLUMNS)
+    check_previous(config)
     check_push_auth(config.metrics)
     check_declared(actors, config.inference.device)
     preprocess = config.preprocess
@@ -97,3 +98,26 @@ def check_semantics(config: Config) -> None:
             preprocess.crop_size,
             f"must be <= preprocess.resize_size ({preprocess.resize_size})",
         )
+
+
+def check_previous(config: Config) -> None:
+    """``output.previous`` is another output than the one written (read while this one is written)."""
+    previous = config.output.previous
+    if previous is not None and _same_place(previous, config.output.uri):
+        raise ConfigError(
+            "output.previous",
+            previous,
+            "must be another output than output.uri: an incremental run writes a new snapshot "
+            "beside the one it builds on (e.g. one folder per night)",
+        )
+
+
+def _same_place(first: str, second: str) -> bool:
+    """Whether two output URIs name one place (local paths made absolute; config sits below storage)."""
+    from pathlib import Path
+
+    def plain(uri: str) -> str:
+        uri = uri.removeprefix("file://")
+        return uri.rstrip("/") if "://" in uri else str(Path(uri).resolve())
+
+    return plain(first) == plain(second)

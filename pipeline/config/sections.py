@@ -173,6 +173,18 @@ class OutputConfig(_Section):
     # After the commit, also write _report.html beside _SUCCESS (pipeline.review.report); a failure
     # there is a warning in the log, never a failed run.
     report: bool = False
+    # An incremental run: a committed output of this configuration (the night before) whose rows
+    # are carried forward where the input is unchanged; the rest is computed (docs/storage.md,
+    # "Incremental runs"). None: every input is computed.
+    previous: str | None = None
+    # output.previous with nothing there: fail (exit 2), or run in full (the chart's first night).
+    # A previous output that holds parts but no _SUCCESS is refused either way.
+    previous_missing: Literal["fail", "full_run"] = "fail"
+    # output.previous made with another model, weights or preprocessing (its config hash): refuse
+    # (exit 2: a full run is needed), or recompute every input and say so.
+    previous_other_config: Literal["refuse", "recompute"] = "refuse"
+    # Rows that failed in output.previous and whose input is unchanged: retried (false), or kept.
+    keep_failed: bool = False
 
 
 class StorageConfig(_Section):

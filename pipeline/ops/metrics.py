@@ -50,6 +50,9 @@ STAGE_INFERENCE = "inference"
 # run passes them (restoring_checkpoint comes before waiting_for_gpu_workers, so the GPU pods
 # scale up while the checkpoint is read, and a run with nothing left to do waits for none).
 # Alerts select on these values: renaming one breaks them.
+#: The kinds of pipeline_job_incremental_rows: an incremental run's counts (pipeline.outputs.carry).
+INCREMENTAL_KINDS = ("carried", "computed", "retried", "dropped")
+
 JOB_PHASES = (
     "listing_inputs",
     "loading_model",
@@ -231,6 +234,12 @@ class JobMetrics:
             (*labels, "outcome"),
             registry=reg,
         )
+        self.incremental = Gauge(
+            "pipeline_job_incremental_rows",
+            "An incremental run's rows by kind (carried, computed, retried, dropped); absent on a full run.",
+            (*labels, "kind"),
+            registry=reg,
+        )
         self.failed = Gauge(
             "pipeline_job_failed_rows", "Failed rows of the run by reason.", (*labels, "reason"), registry=reg
         )
@@ -278,6 +287,12 @@ class JobMetrics:
             "Unix time the last committed run finished.",
             registry=self.success_registry,  # pushed only on success: a failure keeps the old value
         )
+
+    def set_incremental(self, counts: Mapping[str, Any]) -> None:
+        """An incremental run's counts (the summary's ``incremental``), one per kind; pushed at the end."""
+        for kind in INCREMENTAL_KINDS:
+            if kind in counts:
+                self.incremental.labels(self.run_id, kind).set(counts[kind])
 
     def set_status(self, status: str) -> None:
         """Mark one of running/succeeded/failed as current."""

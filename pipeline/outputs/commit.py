@@ -95,6 +95,8 @@ def manifest_document(record: RunRecord, result: Tally) -> dict[str, Any]:
     }
     if record.progress is not None:
         document["progress"] = record.progress
+    if summary.get("incremental") is not None:  # output.previous: what was carried, computed, dropped
+        document["incremental"] = summary["incremental"]
     if summary["input_format"] != "files":
         document["input_format"] = summary["input_format"]
         document["failed_shards"] = result.failed_shards

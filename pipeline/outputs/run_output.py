@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.inputs import fingerprints, row_ids
 from pipeline.inputs.manifest import check_resumed_types
 from pipeline.inputs.sources import Remaining
-from pipeline.outputs import restore, run_state, safety, shard_parts, tally
+from pipeline.outputs import carry, restore, run_state, safety, shard_parts, tally
 from pipeline.outputs.claim import claim
 from pipeline.outputs.commit import RunRecord, check_failure_budget, commit, manifest_document
 from pipeline.outputs.layout import DATA_DIR, INPUTS, RUN_STATE, OutputLocation
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from pipeline.config import Config
     from pipeline.inputs.listing import Listing
+    from pipeline.outputs.previous import Previous
     from pipeline.outputs.tally import Tally
 
 
@@ -142,6 +143,18 @@ class RunOutput:
     def restore(self, listing: Listing, run_id: str) -> Remaining:
         """Make the output consistent after a crash; what is left to write."""
         return parts_of(listing).restore(self.location, listing, run_id)
+
+    def carry_forward(
+        self, previous: Previous, listing: Listing, remaining: Remaining
+    ) -> tuple[Remaining, carry.Carried]:
+        """An incremental run: carry the previous output's rows still current; what is left to compute.
+
+        Run after :meth:`restore`, so what an earlier attempt carried is not carried twice.
+        """
+        todo, counts = carry.carry_forward(
+            self.location, previous, listing, remaining.uris, keep_failed=self.config.output.keep_failed
+        )
+        return Remaining(done=remaining.done + len(remaining.uris) - len(todo), uris=todo), counts
 
     def ledger(self) -> LedgerWriter:
         """Where the read tasks of a run over shards record each shard read to its end."""

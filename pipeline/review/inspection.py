@@ -81,6 +81,7 @@ def inspect_committed(output: Committed) -> dict[str, Any]:
             key: manifest.get("model", {}).get(key) for key in ("name", "sha256", "weights", "random_init")
         },
         "config_hash": manifest.get("config_hash"),
+        "incremental": manifest.get("incremental"),  # output.previous: carried, computed, ...; None: full
         "parts": len(output.parts),
         "warnings": manifest.get("warnings", []),
         "task": task,

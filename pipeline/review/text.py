@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pipeline.outputs.carry import describe
+
 TEXT_EXAMPLES = 3  # compare's text shows this many of each difference (--json: SHOWN)
 TOP = 5  # compare documents from before overlap_k compared the first 5 labels
 
@@ -30,6 +32,8 @@ def render_inspect(doc: dict[str, Any]) -> str:
     lines.append(f"start-up   {timeline or '-'}")
     lines.append(f"model      {model['name']}  weights sha256 {model['sha256']}")
     lines.append(f"config     {doc['config_hash']}  ({doc['parts']} part files)")
+    if doc.get("incremental") is not None:
+        lines.append(f"previous   {describe(doc['incremental'])}")
     lines += [f"warning    {text}" for text in doc["warnings"]]
     if doc["embedding"] is not None:
         lines += _embedding_lines(doc["embedding"], counts["ok"])

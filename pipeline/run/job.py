@@ -29,6 +29,7 @@ from pipeline.ops.metrics import JobMetrics
 from pipeline.ops.push_auth import auth_handler
 from pipeline.outputs import claim, run_state
 from pipeline.outputs.commit import RunRecord
+from pipeline.outputs.previous import Previous, find_previous
 from pipeline.outputs.run_output import RunOutput
 from pipeline.run import stopping
 from pipeline.run.cluster import connect_ray, gpu_worker_requested, wait_for_gpu_workers
@@ -68,6 +69,7 @@ class _Run:
     # CLI's signal handler stops interrupting then, so the exit code agrees with the summary.
     settled: threading.Event = field(default_factory=threading.Event)
     phase_at: float = 0.0  # when the current phase began (monotonic)
+    previous: Previous | None = None  # an incremental run's previous output (output.previous)
 
     def storage_retries(self) -> int:
         """S3 retries of this run so far: the driver's, and those the tasks reported."""
@@ -163,6 +165,8 @@ class _Run:
         self.display.close()
         try:
             if self.report:
+                if summary.incremental is not None:
+                    self.job_metrics().set_incremental(summary.incremental)
                 self.job_metrics().finish(
                     succeeded=summary.status == "succeeded",
                     inputs=summary.inputs,
@@ -271,6 +275,7 @@ def _run_leased(run: _Run, output: RunOutput, weights: CachedWeights, *, overwri
     if overwrite and (deleted := output.clear()):  # inputs and model checked: only now is it deleted
         log.warning("overwriting existing output", output=output.uri, files_deleted=deleted)
     log.info("run starting", inputs=len(listing), output=output.uri, resuming=resuming, model=spec.name)
+    run.previous = _previous(run, listing, config_hash)  # refused here: before anything is written
     if not resuming:
         output.start(listing, _run_state(run, listing, spec, config_hash))
     run.job_metrics().start(spec.name, __version__, len(listing))
@@ -328,6 +333,21 @@ def _claim_and_list(
     return listing, resuming
 
 
+def _previous(run: _Run, listing: Listing, config_hash: str) -> Previous | None:
+    """``output.previous``, checked (:func:`~pipeline.outputs.previous.find_previous`); None: a full run."""
+    config, summary = run.config, run.summary
+    previous, why = find_previous(config, config_hash)
+    if previous is not None and listing.format != "files":
+        why, previous = "incremental runs over shards are not supported yet: every record is computed", None
+    log = get_logger(run_id=summary.run_id, stage="driver")
+    if why is not None:
+        log.warning("full run", reason=why)
+        summary.incremental = {"previous": config.output.previous, "full_run": why}
+    elif listing.stamps is None:
+        log.warning("a manifest's entries have no fingerprint: every input is computed again")
+    return previous
+
+
 def _run_state(run: _Run, listing: Listing, spec: ModelSpec, config_hash: str) -> dict[str, Any]:
     """A new run's ``_run.json``: its id, config hash, start, input format, weights, carried columns."""
     state: dict[str, Any] = {
@@ -365,6 +385,11 @@ def _run_on_ray(
     with gpu_worker_requested(plan):  # the GPU pods start while the checkpoint is read
         run.phase("restoring_checkpoint")
         remaining = output.restore(listing, summary.run_id)  # what no completely written part holds
+        summary.resumed = remaining.done > 0  # said only when rows are actually skipped
+        if run.previous is not None:  # an incremental run: the previous rows still current, carried
+            remaining, carried = output.carry_forward(run.previous, listing, remaining)
+            summary.incremental = carried.as_dict()
+            log.info("carried forward from the previous output", **carried.as_dict())
         run.done_at_start = remaining.done
         if (
             remaining.uris and plan.actor_num_gpus > 0
@@ -372,7 +397,6 @@ def _run_on_ray(
             run.phase("waiting_for_gpu_workers")
             wait_for_gpu_workers(config, plan)
             timings["gpu_workers_ready"] = time.monotonic() - run.started
-    summary.resumed = remaining.done > 0  # said only when rows are actually skipped
     processed, steady = 0, 0.0
     if remaining.uris:  # else every part was written before the last attempt stopped: only the commit is left
         source = source_of(config, listing, remaining, output.ledger())

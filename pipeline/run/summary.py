@@ -38,6 +38,9 @@ class RunSummary:
     phase: str | None = None
     phases: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    # An incremental run (output.previous): the previous output and the rows carried, computed,
+    # retried and dropped (pipeline.outputs.carry.Carried), or why it ran in full. None: a full run.
+    incremental: dict[str, Any] | None = None
 
     @classmethod
     def of_commit(cls, manifest: dict[str, Any], output_uri: str) -> RunSummary:
@@ -94,6 +97,10 @@ class RunSummary:
             f"  seconds    {self.seconds:.1f}",
             f"  images/s   {self.images_per_second:.1f}",
         ]
+        if self.incremental is not None:
+            from pipeline.outputs.carry import describe  # pyarrow: only when there is a line to say
+
+            lines.append(f"  previous   {describe(self.incremental)}")
         if self.storage_retries:
             lines.append(f"  storage    {self.storage_retries} S3 requests retried")
         if self.timings:

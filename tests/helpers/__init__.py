@@ -96,3 +96,22 @@ def whole_parts(out: Path) -> dict[str, int]:
         for p in sorted(out.glob("data/*.parquet"))
         if p.name.rsplit("-", 1)[0] in whole
     }
+
+
+def kill_group(process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    """SIGKILL a process started in its own session, and its whole group; wait until none of it is left."""
+    import contextlib
+    import os
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):  # already gone: the caller's checks will say why
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"processes of group {process.pid} survived SIGKILL")

@@ -306,6 +306,9 @@ SCHEDULED_RUN = {
     "{{workflow.creationTimestamp.Y}}": "2026",
     "{{workflow.creationTimestamp.m}}": "01",
     "{{workflow.creationTimestamp.d}}": "01",
+    # schedule.incremental.previousSuffix's default: the day before, as Argo evaluates it.
+    "{{=sprig.date('2006-01-02',sprig.dateModify('-24h',"
+    "sprig.toDate('2006-01-02T15:04:05Z07:00',workflow.creationTimestamp)))}}": "2025-12-31",
 }
 
 
