@@ -145,6 +145,10 @@ class JobFailedError(PipelineError):
     exit_code = 6
 
 
+class TableCommitRefusedError(JobFailedError):
+    """A table commit refused: the table already holds a commit of this run id (never two)."""
+
+
 class ClusterUnreachableError(JobFailedError):
     """Raised when the configured Ray cluster does not answer within ``resources.connect_timeout_s``."""
 

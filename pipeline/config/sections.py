@@ -173,6 +173,18 @@ class OutputConfig(_Section):
     # After the commit, also write _report.html beside _SUCCESS (pipeline.review.report); a failure
     # there is a warning in the log, never a failed run.
     report: bool = False
+    # What the verified parts become (docs/storage.md, "Tables"): parquet, the folder as it is;
+    # iceberg, the parts added to output.table in one snapshot; lance, the rows written as
+    # fragments of the dataset output.table, then one version. Either carries the run id.
+    format: Literal["parquet", "iceberg", "lance"] = "parquet"
+    # iceberg: the table's identifier in the catalog (namespace.name); lance: the dataset's URI
+    # (a local path or s3://). Required by both; one table takes every nightly run's rows.
+    table: str | None = None
+    # iceberg: the pyiceberg catalog's properties (type, uri, warehouse, ...). Empty: the
+    # embedded SQL catalog on the SQLite file pipeline-catalog.sqlite, in the working directory.
+    catalog: dict[str, str] = Field(default_factory=dict)
+    # lance with model.task embed: an ANN index on the embedding, built after the commit.
+    index: Literal["none", "ivf_flat", "ivf_pq"] = "none"
 
 
 class StorageConfig(_Section):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.inputs import fingerprints, row_ids
 from pipeline.inputs.manifest import check_resumed_types
 from pipeline.inputs.sources import Remaining
-from pipeline.outputs import restore, run_state, safety, shard_parts, tally
+from pipeline.outputs import restore, run_state, safety, shard_parts, tables, tally
 from pipeline.outputs.claim import claim
 from pipeline.outputs.commit import RunRecord, check_failure_budget, commit, manifest_document
 from pipeline.outputs.layout import DATA_DIR, INPUTS, RUN_STATE, OutputLocation
@@ -152,9 +152,19 @@ class RunOutput:
         return parts_of(listing).tally(self.location, self.config, listing)
 
     def commit(self, result: Tally, record: RunRecord) -> None:
-        """The failure budget, then the dead-letter table and ``_SUCCESS`` (only while the lease holds)."""
+        """The failure budget, the table commit (``output.format``), the dead-letter table, ``_SUCCESS``.
+
+        Each only while the lease holds. A table commit already in the table's history (a crash
+        after it, before ``_SUCCESS``) is not made again: ``_SUCCESS`` names it.
+        """
         check_failure_budget(record, result, self.location.uri_of(DATA_DIR))
-        commit(self.location, result, manifest_document(record, result), self.held().check_renewed)
+        document = manifest_document(record, result)
+        if (target := tables.target_of(self.config)) is not None:  # output.format: the table commit first
+            self.held().check_renewed()
+            document["table"] = tables.commit_run(
+                target, self.location, result, record.summary["run_id"], record.config_hash
+            )
+        commit(self.location, result, document, self.held().check_renewed)
 
     def rows_written(self) -> int:
         """Rows in completely written parts, every attempt's (:func:`~.restore.rows_written`)."""
