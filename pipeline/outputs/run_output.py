@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 from pipeline.inputs import fingerprints, row_ids
 from pipeline.inputs.manifest import check_resumed_types
 from pipeline.inputs.sources import Remaining
-from pipeline.outputs import restore, run_state, safety, shard_parts, tables, tally
+from pipeline.outputs import restore, run_state, safety, shard_parts, tally
 from pipeline.outputs.claim import claim
 from pipeline.outputs.commit import RunRecord, check_failure_budget, commit, manifest_document
 from pipeline.outputs.layout import DATA_DIR, INPUTS, RUN_STATE, OutputLocation
 from pipeline.outputs.lease import Lease
 from pipeline.outputs.shard_ledger import LedgerWriter
+from pipeline.outputs.tables import table_commit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -159,9 +160,11 @@ class RunOutput:
         """
         check_failure_budget(record, result, self.location.uri_of(DATA_DIR))
         document = manifest_document(record, result)
-        if (target := tables.target_of(self.config)) is not None:  # output.format: the table commit first
+        if (
+            target := table_commit.target_of(self.config)
+        ) is not None:  # output.format: the table commit first
             self.held().check_renewed()
-            document["table"] = tables.commit_run(
+            document["table"] = table_commit.commit_run(
                 target, self.location, result, record.summary["run_id"], record.config_hash
             )
         commit(self.location, result, document, self.held().check_renewed)

@@ -8,6 +8,7 @@ SIGKILLed between the data files and the table commit; the in-process reruns com
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,13 +19,14 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from storage_s3 import REGION, job_environment, list_keys, read_json, upload_images
+from storage_s3 import REGION, job_environment, list_keys, read_json, storage_flags, upload_images
 
 from pipeline.config import Config, dump_yaml
 from pipeline.errors import FailureBudgetExceededError, TableCommitRefusedError
 from pipeline.inputs import row_ids
-from pipeline.outputs import tables
 from pipeline.outputs.layout import OutputLocation
+from pipeline.outputs.tables import table_commit
+from pipeline.outputs.tables import target as tables
 from pipeline.outputs.tables.iceberg import load_catalog
 from pipeline.outputs.tables.lance import open_dataset
 from pipeline.run.job import run_job
@@ -135,7 +137,7 @@ def history(ray_session, s3, moto, local_config, tmp_path_factory) -> History:
     earlier = OutputLocation.open(f"s3://{bucket}/night1", refused.storage)
     earlier.write_table("data/part-0.parquet", night1)
     for fmt in ("iceberg", "lance"):
-        target = tables.target_of(_config(local_config, moto, bucket, "night1", tmp, fmt))
+        target = table_commit.target_of(_config(local_config, moto, bucket, "night1", tmp, fmt))
         target.commit(earlier, ["data/part-0.parquet"], {tables.RUN_ID_PROPERTY: RUN_A})  # type: ignore[union-attr]
     _copy_folder(s3, bucket, "night2", "night2-lance")
     configs = {
@@ -198,7 +200,7 @@ class TestExactlyOnce:
     def test_second_commit_of_a_run_is_refused(self, history: History) -> None:
         """Committing run B again, straight through either target, is refused; nothing is added."""
         for config, count in ((history.iceberg, _snapshots), (history.lance, _versions)):
-            target = tables.target_of(config)
+            target = table_commit.target_of(config)
             assert target is not None
             before = count(config)
             location = OutputLocation.open(config.output.uri, config.storage)
@@ -286,6 +288,31 @@ class TestReaders:
             assert rows.count() == len(history.uris)
         finally:
             spark.stop()
+
+
+class TestReview:
+    def test_inspect_compare_report_read_a_table_run(
+        self, history: History, moto, tmp_path, capsys, monkeypatch
+    ) -> None:
+        """inspect, compare and report take a table output (a catalog name, a Lance URI): run B's rows."""
+        from pipeline.cli import main
+
+        catalog = history.iceberg.output.catalog
+        monkeypatch.setenv("PYICEBERG_CATALOG__PIPELINE__URI", catalog["uri"])
+        monkeypatch.setenv("PYICEBERG_CATALOG__PIPELINE__WAREHOUSE", catalog["warehouse"])
+        flags = storage_flags(moto.endpoint)
+        iceberg, lance = f"iceberg:{ICEBERG_TABLE}", str(history.lance.output.table)
+        for name in (iceberg, lance):
+            assert main(["inspect", name, "--json", *flags]) == 0
+            doc = json.loads(capsys.readouterr().out)
+            assert doc["uri"] == f"{name}@{history.run_b}"
+            assert doc["counts"] == {"rows": len(history.uris), "ok": len(history.uris) - 2, "failed": 2}
+            assert doc["consistent_with_manifest"] is True
+        assert main(["compare", iceberg, lance, "--json", "--min-agreement", "1.0", *flags]) == 0
+        assert json.loads(capsys.readouterr().out)["agreement"] == 1.0  # the same vectors, two tables
+        assert main(["report", f"{lance}@{history.run_b}", "--html", str(tmp_path / "run.html"), *flags]) == 0
+        assert history.run_b in (tmp_path / "run.html").read_text(encoding="utf-8")
+        assert main(["inspect", f"{iceberg}@no-such-run", *flags]) == 12
 
 
 class TestConfig:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from pipeline.errors import StorageError, TableCommitRefusedError
-from pipeline.outputs.tables import RUN_ID_PROPERTY, s3_endpoint
+from pipeline.outputs.tables.target import RUN_ID_PROPERTY, s3_endpoint
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -44,8 +44,10 @@ def catalog_properties(catalog: dict[str, str], storage_config: StorageConfig) -
     """
     from pyiceberg.utils.config import Config as PyicebergConfig
 
-    properties = dict(catalog)
-    configured = PyicebergConfig().get_catalog_config(CATALOG_NAME) or {}
+    configured = {
+        key: str(value) for key, value in (PyicebergConfig().get_catalog_config(CATALOG_NAME) or {}).items()
+    }
+    properties = {**configured, **catalog}  # read now: pyiceberg's own copy is read once, at import
     if not {"type", "uri"} & {*properties, *configured}:
         properties["type"] = "sql"
         properties["uri"] = "sqlite:///" + str(Path(DEFAULT_CATALOG_FILE).resolve())

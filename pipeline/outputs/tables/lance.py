@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import storage
 from pipeline.errors import TableCommitRefusedError
-from pipeline.outputs.tables import RUN_ID_PROPERTY, s3_endpoint
+from pipeline.outputs.tables.target import RUN_ID_PROPERTY, s3_endpoint
 from pipeline.schema import EMBEDDING_COLUMN
 
 if TYPE_CHECKING:
