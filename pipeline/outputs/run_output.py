@@ -132,8 +132,13 @@ class RunOutput:
         return replace(listing, format=started.get("input_format", "files"))
 
     def clear(self) -> int:
-        """``--overwrite``: delete the pipeline's own files, while still holding the output; how many."""
+        """``--overwrite``: delete the pipeline's own files, while still holding the output; how many.
+
+        Refused where an Iceberg table references the parts (``_SUCCESS`` names a table commit):
+        deleting them would break every snapshot since.
+        """
         self.held().check()
+        table_commit.check_clearable(self.location, self.config)
         return self.location.clear()
 
     def start(self, listing: Listing, state: dict[str, Any]) -> None:

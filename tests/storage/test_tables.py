@@ -22,7 +22,7 @@ import pytest
 from storage_s3 import REGION, job_environment, list_keys, read_json, storage_flags, upload_images
 
 from pipeline.config import Config, dump_yaml
-from pipeline.errors import FailureBudgetExceededError, TableCommitRefusedError
+from pipeline.errors import ConfigError, FailureBudgetExceededError, TableCommitRefusedError
 from pipeline.inputs import row_ids
 from pipeline.outputs.layout import OutputLocation
 from pipeline.outputs.tables import table_commit
@@ -208,6 +208,16 @@ class TestExactlyOnce:
                 target.commit(location, ["data/none.parquet"], {tables.RUN_ID_PROPERTY: history.run_b})
             assert count(config) == before
 
+    def test_overwrite_of_parts_an_iceberg_table_references_is_refused(self, history: History, s3) -> None:
+        """--overwrite of a folder whose parts are Iceberg's data files: exit 2, nothing deleted."""
+        keys = list_keys(s3, "tables-test", "night2/data/")
+        with pytest.raises(ConfigError) as refused:
+            run_job(history.iceberg, overwrite=True)
+        assert refused.value.key == "output.uri"
+        assert "Iceberg table" in str(refused.value)
+        assert list_keys(s3, "tables-test", "night2/data/") == keys
+        assert _snapshots(history.iceberg) == [RUN_A, history.run_b]
+
     def test_success_names_the_table_commit(self, history: History, s3) -> None:
         """``_SUCCESS`` beside the parts names the table and the snapshot / version that committed them."""
         bucket = "tables-test"
@@ -328,7 +338,6 @@ class TestConfig:
     def test_table_settings_that_do_not_fit_are_refused(self, settings: dict[str, str], key: str) -> None:
         """A table format without its table, or an index without Lance and vectors: exit 2 naming the key."""
         from pipeline.config import load_config
-        from pipeline.errors import ConfigError
 
         flags = [
             f"{name}={value}"

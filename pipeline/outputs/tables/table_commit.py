@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import ConfigError
+from pipeline.outputs.layout import MANIFEST
+from pipeline.outputs.run_state import read_manifest
 from pipeline.outputs.tables.target import CONFIG_HASH_PROPERTY, OUTPUT_PROPERTY, RUN_ID_PROPERTY, TableTarget
 
 if TYPE_CHECKING:
@@ -41,3 +44,18 @@ def commit_run(
     else:
         target.finish()
     return {"format": target.format, "name": target.name, "commit": found}
+
+
+def check_clearable(location: OutputLocation, config: Config) -> None:
+    """Refuse to delete parts an Iceberg table references (Lance keeps copies: its folder may go)."""
+    if not location.exists(MANIFEST):
+        return
+    table = read_manifest(location).get("table") or {}
+    if table.get("format") == "iceberg":
+        raise ConfigError(
+            "output.uri",
+            config.output.uri,
+            f"its parts are the data files of Iceberg table {table.get('name')} (snapshot "
+            f"{table.get('commit')}): --overwrite would break the table; write the new run to another "
+            "output.uri",
+        )
