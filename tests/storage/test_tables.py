@@ -197,6 +197,17 @@ class TestExactlyOnce:
         assert _snapshots(history.iceberg) == [RUN_A, history.run_b]
         assert [run for run in _versions(history.lance) if run] == [RUN_A, history.run_b]
 
+    def test_stop_after_table_commit_rerun_writes_only_success(self, history: History, s3) -> None:
+        """Stopped between the table commit and ``_SUCCESS``: the rerun finds its run there, commits none."""
+        for config, folder in ((history.iceberg, "night2"), (history.lance, "night2-lance")):
+            made = read_json(s3, "tables-test", f"{folder}/_SUCCESS")["table"]
+            s3.delete_object(Bucket="tables-test", Key=f"{folder}/_SUCCESS")
+            rerun = run_job(config)
+            assert (rerun.status, rerun.run_id, rerun.processed_this_run) == ("succeeded", history.run_b, 0)
+            assert read_json(s3, "tables-test", f"{folder}/_SUCCESS")["table"] == made
+        assert _snapshots(history.iceberg) == [RUN_A, history.run_b]
+        assert [run for run in _versions(history.lance) if run] == [RUN_A, history.run_b]
+
     def test_second_commit_of_a_run_is_refused(self, history: History) -> None:
         """Committing run B again, straight through either target, is refused; nothing is added."""
         for config, count in ((history.iceberg, _snapshots), (history.lance, _versions)):

@@ -73,12 +73,19 @@ class IcebergTarget:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.name = str(config.output.table)
+        self._catalog: Catalog | None = None
+
+    def catalog(self) -> Catalog:
+        """The catalog, loaded once (a SQL catalog opens its database when loaded)."""
+        if self._catalog is None:
+            self._catalog = load_catalog(self.config.output.catalog, self.config.storage)
+        return self._catalog
 
     def _table(self) -> Table | None:
         from pyiceberg.exceptions import NoSuchTableError
 
         try:
-            return load_catalog(self.config.output.catalog, self.config.storage).load_table(self.name)
+            return self.catalog().load_table(self.name)
         except NoSuchTableError:
             return None
 
@@ -121,7 +128,7 @@ class IcebergTarget:
         from pyiceberg.exceptions import TableAlreadyExistsError
         from pyiceberg.transforms import TruncateTransform
 
-        catalog = load_catalog(self.config.output.catalog, self.config.storage)
+        catalog = self.catalog()
         schema = pq.read_schema(location.path_of(first_part), filesystem=location.arrow_fs())
         catalog.create_namespace_if_not_exists(self.name.rsplit(".", 1)[0])
         try:
