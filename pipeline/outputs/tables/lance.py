@@ -13,6 +13,7 @@ index on it is (re)built after the commit, covering every version's rows.
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 from pipeline import storage
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from pipeline.outputs.layout import OutputLocation
 
 INDEX_TYPES = {"ivf_flat": "IVF_FLAT", "ivf_pq": "IVF_PQ"}
+# Lance's Rust logger, read when lance is first imported: at its default it warns on stderr that
+# the first run's dataset "will be created" (the expected case), and a clean run has no warning
+# line. Errors still show; a LANCE_LOG set by the user wins.
+os.environ.setdefault("LANCE_LOG", "error")
 
 
 def storage_options(storage_config: StorageConfig) -> dict[str, str]:
