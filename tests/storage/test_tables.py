@@ -1,15 +1,15 @@
 """Outputs as tables on the S3 test server: Iceberg (SQL catalog on SQLite) and Lance, exactly once.
 
-One module-scoped history serves every test: run A commits the demo's images to the Iceberg
-table; run B writes its parts and is refused by the failure budget (rows written, not committed),
-its folder copied for Lance; each copy's commit is then resumed in a real subprocess that is
-SIGKILLed between the data files and the table commit; the in-process reruns commit once each.
+One module-scoped history serves every test: a night before (run A, one row) is committed to
+each table; run B writes its parts and is refused by the failure budget (rows written, not
+committed), its folder copied for Lance; each copy's commit is then resumed in a real
+``pipeline run`` subprocess that is SIGKILLed between the data files and the table commit;
+the in-process reruns commit once each, and the next reruns find them committed.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 
 ICEBERG_TABLE = "nightly.embeddings"
 IMAGES = 8  # and 2 broken files: 10 inputs, 2 failed rows
+REPO = Path(__file__).resolve().parents[2]
 RUN_A = "20261205T010000Z-night1"  # the run before, one row, committed straight to each table
 
 # The subprocess: patch the table commit to SIGKILL its own process, then run the job's CLI.
@@ -155,17 +156,15 @@ def history(ray_session, s3, moto, local_config, tmp_path_factory) -> History:
                 )
             )
         )
-        env = job_environment(PYTHONPATH=os.pathsep.join([str(Path.cwd()), *sys.path]))
-        killed[fmt] = subprocess.Popen(
-            [sys.executable, "-c", KILL_AT_COMMIT, str(path)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        env = job_environment(PYTHONPATH=str(REPO))
+        with (tmp / f"{fmt}.log").open("w") as log:  # a file: a full pipe would block the job
+            killed[fmt] = subprocess.Popen(
+                [sys.executable, "-c", KILL_AT_COMMIT, str(path)], env=env, stdout=log, stderr=log
+            )
     codes = {
-        fmt: (process.wait(timeout=300), process.stderr.read()[-2000:]) for fmt, process in killed.items()
-    }  # type: ignore[union-attr]
+        fmt: (process.wait(timeout=300), (tmp / f"{fmt}.log").read_text()[-2000:])
+        for fmt, process in killed.items()
+    }
     after_kill = {
         "codes": {fmt: code for fmt, (code, _) in codes.items()},
         "logs": {fmt: log for fmt, (_, log) in codes.items()},
