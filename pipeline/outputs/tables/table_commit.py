@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UnreadableFileError
 from pipeline.outputs.layout import MANIFEST
 from pipeline.outputs.run_state import read_manifest
 from pipeline.outputs.tables.target import CONFIG_HASH_PROPERTY, OUTPUT_PROPERTY, RUN_ID_PROPERTY, TableTarget
@@ -50,7 +50,10 @@ def check_clearable(location: OutputLocation, config: Config) -> None:
     """Refuse to delete parts an Iceberg table references (Lance keeps copies: its folder may go)."""
     if not location.exists(MANIFEST):
         return
-    table = read_manifest(location).get("table") or {}
+    try:
+        table = read_manifest(location).get("table") or {}
+    except UnreadableFileError:  # a broken _SUCCESS (recovered by --overwrite) names no table
+        return
     if table.get("format") == "iceberg":
         raise ConfigError(
             "output.uri",
