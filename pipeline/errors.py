@@ -26,7 +26,8 @@ EXIT_CODES: dict[int, str] = {
     5: "too many failed rows (`output.max_failure_fraction`, default 0.05): the rows are written, not "
     "committed; the message says how to accept them without redoing a row",
     6: "the Ray job failed, or the cluster at `resources.ray_address` did not answer within "
-    "`resources.connect_timeout_s`",
+    "`resources.connect_timeout_s`, or a table commit was refused: the table (`output.table`) "
+    "holds this run id already",
     7: "the output is in use by another job (its lease is live)",
     8: "`inspect`, `compare`, `report`: the output is not committed (parts but no `_SUCCESS`)",
     9: "`compare --min-agreement X`: agreement below X (top-1 labels; for embeddings, the fraction "
@@ -143,6 +144,10 @@ class JobFailedError(PipelineError):
     """Raised when the Ray Data job itself fails (worker loss beyond retries, a stall)."""
 
     exit_code = 6
+
+
+class TableCommitRefusedError(JobFailedError):
+    """A table commit refused: the table already holds a commit of this run id (never two)."""
 
 
 class ClusterUnreachableError(JobFailedError):

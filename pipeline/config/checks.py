@@ -73,6 +73,22 @@ def check_push_auth(settings: MetricsConfig) -> None:
         )
 
 
+def check_table(config: Config) -> None:
+    """A table format names its table; an index needs Lance and vectors."""
+    output = config.output
+    if output.format != "parquet" and not output.table:
+        what = "a catalog identifier (namespace.name)" if output.format == "iceberg" else "a dataset URI"
+        raise ConfigError("output.table", output.table, f"output.format={output.format} needs {what}")
+    if output.index != "none" and (output.format != "lance" or config.model.task != "embed"):
+        raise ConfigError(
+            "output.index",
+            output.index,
+            f"needs output.format=lance and model.task=embed (not {output.format}, {config.model.task})",
+        )
+    if output.format == "iceberg" and "." not in str(output.table).strip("."):
+        raise ConfigError("output.table", output.table, "an Iceberg identifier is namespace.name")
+
+
 def check_semantics(config: Config) -> None:
     """Checks that need more than one field or a look at the outside world."""
     if config.model.weights is None and not config.model.random_init:
@@ -89,6 +105,7 @@ def check_semantics(config: Config) -> None:
         raise ConfigError("resources.min_actors", actors.min_actors, allowed)
     check_input(config.input, RESERVED_COLUMNS)
     check_previous(config)
+    check_table(config)
     check_push_auth(config.metrics)
     check_declared(actors, config.inference.device)
     preprocess = config.preprocess

@@ -185,6 +185,18 @@ class OutputConfig(_Section):
     previous_other_config: Literal["refuse", "recompute"] = "refuse"
     # Rows that failed in output.previous and whose input is unchanged: retried (false), or kept.
     keep_failed: bool = False
+    # What the verified parts become (docs/storage.md, "Tables"): parquet, the folder as it is;
+    # iceberg, the parts added to output.table in one snapshot; lance, the rows written as
+    # fragments of the dataset output.table, then one version. Either carries the run id.
+    format: Literal["parquet", "iceberg", "lance"] = "parquet"
+    # iceberg: the table's identifier in the catalog (namespace.name); lance: the dataset's URI
+    # (a local path or s3://). Required by both; one table takes every nightly run's rows.
+    table: str | None = None
+    # iceberg: the pyiceberg catalog's properties (type, uri, warehouse, ...). Empty: the
+    # embedded SQL catalog on the SQLite file pipeline-catalog.sqlite, in the working directory.
+    catalog: dict[str, str] = Field(default_factory=dict)
+    # lance with model.task embed: an ANN index on the embedding, built after the commit.
+    index: Literal["none", "ivf_flat", "ivf_pq"] = "none"
 
 
 class StorageConfig(_Section):

@@ -25,6 +25,7 @@ from pipeline.outputs.commit import RunRecord, check_failure_budget, commit, man
 from pipeline.outputs.layout import DATA_DIR, INPUTS, RUN_STATE, OutputLocation
 from pipeline.outputs.lease import Lease
 from pipeline.outputs.shard_ledger import LedgerWriter
+from pipeline.outputs.tables import table_commit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -132,8 +133,13 @@ class RunOutput:
         return replace(listing, format=started.get("input_format", "files"))
 
     def clear(self) -> int:
-        """``--overwrite``: delete the pipeline's own files, while still holding the output; how many."""
+        """``--overwrite``: delete the pipeline's own files, while still holding the output; how many.
+
+        Refused where an Iceberg table references the parts (``_SUCCESS`` names a table commit):
+        deleting them would break every snapshot since.
+        """
         self.held().check()
+        table_commit.check_clearable(self.location, self.config)
         return self.location.clear()
 
     def start(self, listing: Listing, state: dict[str, Any]) -> None:
@@ -165,9 +171,21 @@ class RunOutput:
         return parts_of(listing).tally(self.location, self.config, listing)
 
     def commit(self, result: Tally, record: RunRecord) -> None:
-        """The failure budget, then the dead-letter table and ``_SUCCESS`` (only while the lease holds)."""
+        """The failure budget, the table commit (``output.format``), the dead-letter table, ``_SUCCESS``.
+
+        Each only while the lease holds. A table commit already in the table's history (a crash
+        after it, before ``_SUCCESS``) is not made again: ``_SUCCESS`` names it.
+        """
         check_failure_budget(record, result, self.location.uri_of(DATA_DIR))
-        commit(self.location, result, manifest_document(record, result), self.held().check_renewed)
+        document = manifest_document(record, result)
+        if (
+            target := table_commit.target_of(self.config)
+        ) is not None:  # output.format: the table commit first
+            self.held().check_renewed()
+            document["table"] = table_commit.commit_run(
+                target, self.location, result, record.summary["run_id"], record.config_hash
+            )
+        commit(self.location, result, document, self.held().check_renewed)
 
     def rows_written(self) -> int:
         """Rows in completely written parts, every attempt's (:func:`~.restore.rows_written`)."""

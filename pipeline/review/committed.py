@@ -12,9 +12,11 @@ from pipeline import storage
 from pipeline.errors import OutputNotCommittedError, OutputNotFoundError, StorageError, UnreadableFileError
 from pipeline.outputs.layout import DATA_DIR, MANIFEST, OutputLocation
 from pipeline.outputs.run_state import read_manifest
+from pipeline.review import table_source
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
 
     from pipeline.config import StorageConfig
 
@@ -32,15 +34,23 @@ class Committed:
     location: OutputLocation
     manifest: dict[str, Any]
     parts: list[str]
+    rows: pa.Table | None = None  # a table output's run, read through its library (table_source)
+    name: str | None = None  # a table output's name, with its run
 
     @property
     def uri(self) -> str:
-        """The output's URI."""
-        return self.location.uri
+        """The output's URI (a table output: its name and run)."""
+        return self.name or self.location.uri
 
 
 def open_committed(uri: str, storage_config: StorageConfig) -> Committed:
-    """Open an output for reading; refuse one without a readable ``_SUCCESS``."""
+    """Open an output for reading; refuse one without a readable ``_SUCCESS``.
+
+    A table output (:func:`~.table_source.is_table`) is one run of the table, its rows in memory.
+    """
+    if table_source.is_table(uri):
+        run = table_source.open_table_run(uri, storage_config)
+        return Committed(run.location, run.manifest, [], run.rows, run.name)
     location = OutputLocation.open(uri, storage_config)
     if not location.exists(MANIFEST):
         parts = location.list_files(DATA_DIR)
@@ -81,7 +91,10 @@ def connect(**views: Committed) -> Iterator[duckdb.DuckDBPyConnection]:
                 ):  # one per scheme: same settings
                     connection.register_filesystem(output.location.fs)
                     registered.add(scheme)
-                connection.read_parquet(output.parts).create_view(name)
+                if output.rows is not None:
+                    connection.from_arrow(output.rows).create_view(name)
+                else:
+                    connection.read_parquet(output.parts).create_view(name)
             yield connection
         except duckdb.InvalidInputException as exc:  # (a ProgrammingError) a part, not our query
             uris = " and ".join(output.uri for output in views.values())

@@ -1,0 +1,148 @@
+"""The Iceberg target: the verified parts added, as they are, to one table in ONE snapshot.
+
+``add_files`` references the Parquet parts where the run wrote them (nothing is copied), so the
+parts stay the data files of the table: the output folder must outlive the table's snapshots
+that name it. Results and failures share one table, as they share the parts: a failure is a
+row with ``status = 'failed'`` and its reason, the contract of the Parquet output. The table is
+partitioned by ``truncate(8)`` of ``run_id``: the run's UTC date (run ids start ``YYYYMMDD``),
+uniform within each part, so a nightly append lands in its day's partition and ``add_files``
+infers the partition from each part's statistics (a date transform would need a timestamp
+column the parts do not have). The catalog comes from ``output.catalog`` (an embedded SQL
+catalog on SQLite by default; REST or Glue with their own properties in production).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.parquet as pq
+
+from pipeline.errors import StorageError, TableCommitRefusedError
+from pipeline.outputs.tables.target import RUN_ID_PROPERTY, s3_endpoint
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table
+
+    from pipeline.config import Config, StorageConfig
+    from pipeline.outputs.layout import OutputLocation
+
+CATALOG_NAME = "pipeline"
+DEFAULT_CATALOG_FILE = "pipeline-catalog.sqlite"
+DEFAULT_WAREHOUSE = "pipeline-warehouse"
+PARTITION_FIELD = "run_date"  # truncate(8) of run_id
+COMMIT_TRIES = 5  # another writer's snapshot landed first: refresh, look for the run again, retry
+
+
+def catalog_properties(catalog: dict[str, str], storage_config: StorageConfig) -> dict[str, str]:
+    """The catalog's properties: ``output.catalog``, else the embedded SQLite default, and S3's endpoint.
+
+    pyiceberg's own config of the catalog ``pipeline`` (``.pyiceberg.yaml``,
+    ``PYICEBERG_CATALOG__PIPELINE__*``) counts as naming one; ``storage``'s S3 endpoint and
+    region are added unless set.
+    """
+    from pyiceberg.utils.config import Config as PyicebergConfig
+
+    configured = {
+        key: str(value) for key, value in (PyicebergConfig().get_catalog_config(CATALOG_NAME) or {}).items()
+    }
+    properties = {**configured, **catalog}  # read now: pyiceberg's own copy is read once, at import
+    if not {"type", "uri"} & {*properties, *configured}:
+        properties["type"] = "sql"
+        properties["uri"] = "sqlite:///" + str(Path(DEFAULT_CATALOG_FILE).resolve())
+    if properties.get("type") == "sql" and "warehouse" not in {*properties, *configured}:
+        properties["warehouse"] = Path(DEFAULT_WAREHOUSE).resolve().as_uri()
+    for key, value in s3_endpoint(storage_config).items():
+        properties.setdefault(f"s3.{key}", value)
+    return properties
+
+
+def load_catalog(catalog: dict[str, str], storage_config: StorageConfig) -> Catalog:
+    """The catalog these properties (and pyiceberg's own config) describe."""
+    from pyiceberg.catalog import load_catalog as load
+
+    return load(CATALOG_NAME, **catalog_properties(catalog, storage_config))
+
+
+class IcebergTarget:
+    """``output.table`` in ``output.catalog``: created on the first run, appended to by each."""
+
+    format = "iceberg"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.name = str(config.output.table)
+        self._catalog: Catalog | None = None
+
+    def catalog(self) -> Catalog:
+        """The catalog, loaded once (a SQL catalog opens its database when loaded)."""
+        if self._catalog is None:
+            self._catalog = load_catalog(self.config.output.catalog, self.config.storage)
+        return self._catalog
+
+    def _table(self) -> Table | None:
+        from pyiceberg.exceptions import NoSuchTableError
+
+        try:
+            return self.catalog().load_table(self.name)
+        except NoSuchTableError:
+            return None
+
+    def committed(self, run_id: str) -> int | None:
+        """The snapshot whose summary carries ``run_id`` (snapshots expired away are not seen)."""
+        table = self._table()
+        return None if table is None else snapshot_of(table, run_id)
+
+    def commit(self, location: OutputLocation, files: list[str], properties: dict[str, str]) -> int:
+        """``add_files`` of the parts in one snapshot carrying ``properties``; its id."""
+        from pyiceberg.exceptions import CommitFailedException
+
+        uris = [location.uri_of(path) for path in files]
+        run_id = properties[RUN_ID_PROPERTY]
+        table = self._table() or self._create(location, files[0])
+        for attempt in range(COMMIT_TRIES):
+            if (found := snapshot_of(table, run_id)) is not None:
+                raise TableCommitRefusedError(
+                    f"{self.name} already holds run {run_id} (snapshot {found}); a run is committed once"
+                )
+            try:
+                table.add_files(uris, snapshot_properties=properties)
+            except CommitFailedException:  # the table's optimistic concurrency: another commit first
+                if attempt == COMMIT_TRIES - 1:
+                    raise
+                table = table.refresh()
+                continue
+            except OSError as exc:
+                raise StorageError(f"could not add the parts to {self.name}: {exc}") from exc
+            snapshot = table.current_snapshot()
+            assert snapshot is not None  # noqa: S101  # add_files just made one
+            return int(snapshot.snapshot_id)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def finish(self) -> None:
+        """Nothing follows an Iceberg commit."""
+
+    def _create(self, location: OutputLocation, first_part: str) -> Table:
+        """The table, with the parts' schema and the run-date partition (another creator may win)."""
+        from pyiceberg.exceptions import TableAlreadyExistsError
+        from pyiceberg.transforms import TruncateTransform
+
+        catalog = self.catalog()
+        schema = pq.read_schema(location.path_of(first_part), filesystem=location.arrow_fs())
+        catalog.create_namespace_if_not_exists(self.name.rsplit(".", 1)[0])
+        try:
+            table = catalog.create_table(self.name, schema=schema)
+        except TableAlreadyExistsError:
+            return catalog.load_table(self.name)
+        with table.update_spec() as spec:
+            spec.add_field("run_id", TruncateTransform(8), PARTITION_FIELD)
+        return table
+
+
+def snapshot_of(table: Any, run_id: str) -> int | None:
+    """The id of the snapshot of ``table`` whose summary names ``run_id``."""
+    for snapshot in table.metadata.snapshots:
+        if snapshot.summary is not None and snapshot.summary[RUN_ID_PROPERTY] == run_id:
+            return int(snapshot.snapshot_id)
+    return None
