@@ -38,7 +38,7 @@ def test_bench_writes_every_field(tmp_path):
     out = tmp_path / "bench.json"
     args = [
         "--images",
-        "12",  # and 48 for --memory-check: every field and ratio is there at any size
+        "24",
         "--naive-images",
         "3",
         "--model",
@@ -75,11 +75,11 @@ def test_bench_writes_every_field(tmp_path):
     assert data["process_start_seconds"] > 0
     assert data["ray_start_seconds"] > 0
     assert data["peak_memory_bytes"] > 100 * 2**20
-    assert data["images"] == 12
+    assert data["images"] == 24
     assert data["overrides"] == ["preprocess.batch_size=6"]
     assert data["resource_plan"]["decode_batch_size"] == 6  # --set reached the job
     check = data["memory_check"]  # the same job over 4x the images
-    assert check["images"] == 48
+    assert check["images"] == 96
     assert check["peak_memory_bytes"] > 100 * 2**20
     assert 0.5 < check["growth_ratio"] < 4  # 4x the images must not mean 4x the memory
     assert len(check["a_model_only_before_and_after_d"]) == 2
@@ -127,7 +127,7 @@ def test_the_ideal_is_the_slower_stage_on_a_gpu_and_shared_cores_on_a_cpu():
 def test_bench_embed_times_the_embedding_task(tmp_path):
     """``--task embed`` runs every measurement on the embed model; precision is checked by cosine."""
     out = tmp_path / "bench.json"
-    args = ["--task", "embed", "--images", "8", "--naive-images", "2", "--model", "resnet18"]
+    args = ["--task", "embed", "--images", "16", "--naive-images", "2", "--model", "resnet18"]
     args += ["--model-seconds", "1", "--batch-size", "8", "--precision", "bf16"]
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "bench", *args, "--workdir", str(tmp_path), "--json", str(out)],
