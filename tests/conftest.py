@@ -208,7 +208,7 @@ class LocalCluster:
                 if process.poll() is not None:
                     log = (self.temp_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"ray node {name} exited: {log}")
-            time.sleep(1)
+            time.sleep(0.25)
         raise TimeoutError(f"{count} Ray nodes not alive after {timeout}s")
 
     def stop(self) -> None:
@@ -217,9 +217,8 @@ class LocalCluster:
             self.stop_node(name)
 
 
-@pytest.fixture
-def local_cluster() -> Iterator[LocalCluster]:
-    """A fresh multi-node cluster (head only at first); always torn down."""
+@contextlib.contextmanager
+def _new_local_cluster() -> Iterator[LocalCluster]:
     temp_dir = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))  # short: Ray's socket paths have a limit
     cluster = LocalCluster(temp_dir)
     try:
@@ -227,6 +226,21 @@ def local_cluster() -> Iterator[LocalCluster]:
     finally:
         cluster.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def local_cluster() -> Iterator[LocalCluster]:
+    """A fresh multi-node cluster (head only at first); always torn down."""
+    with _new_local_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def module_local_cluster() -> Iterator[LocalCluster]:
+    """:func:`local_cluster` shared by a module's tests (starting nodes is most of a short test's
+    time): each test adds the nodes it needs that are not up; torn down after the module."""
+    with _new_local_cluster() as cluster:
+        yield cluster
 
 
 _RELIABILITY: list[dict[str, object]] = []

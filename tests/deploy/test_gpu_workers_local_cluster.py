@@ -96,14 +96,14 @@ def wait_for_phase(client: JobSubmissionClient, job_id: str, phase: str) -> None
     while f'"phase": "{phase}"' not in client.get_job_logs(job_id):
         assert client.get_job_status(job_id) not in ENDED, client.get_job_logs(job_id)[-5000:]
         assert time.monotonic() < deadline, f"no phase {phase} after {JOB_TIMEOUT_S}s"
-        time.sleep(1)
+        time.sleep(0.25)
 
 
 def wait_for_end(client: JobSubmissionClient, job_id: str) -> JobStatus:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while (status := client.get_job_status(job_id)) not in ENDED:
         assert time.monotonic() < deadline, client.get_job_logs(job_id)[-5000:]
-        time.sleep(2)
+        time.sleep(0.5)
     return status
 
 
@@ -113,15 +113,55 @@ def run_summary(out: Path) -> dict[str, Any]:
     return summary
 
 
+@pytest.fixture
+def cluster_without_gpus(releases: dict[str, Release], module_local_cluster):
+    """The module's cluster as each job here finds it: the head and a CPU node, no GPU node.
+
+    The tests share one cluster (its start is most of their time); the case that never gets a GPU
+    node runs first, and a GPU node an earlier test started is stopped again, and seen gone, first.
+    """
+    cluster = module_local_cluster
+    if not cluster.nodes:
+        start_without_gpus(cluster, releases["prod"])
+    if "gpu" in cluster.nodes:
+        cluster.stop_node("gpu")
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while any("gpu_group" in n["resources_total"] for n in cluster.alive_nodes()):
+            assert time.monotonic() < deadline, "the stopped GPU node is still alive"
+            time.sleep(0.25)
+    return cluster
+
+
+def test_a_gpu_worker_that_never_comes_fails_the_job_with_exit_10(
+    releases: dict[str, Release], cluster_without_gpus, tmp_path: Path
+) -> None:
+    """No GPU node ever: past resources.gpu_workers_timeout_s, exit 10 naming the group; summary failed."""
+    release = releases["prod"]
+    make_images(tmp_path / "images")
+    client, job_id, out = submit(cluster_without_gpus, release, tmp_path, gpu_workers_timeout_s=WAIT_S)
+    assert wait_for_end(client, job_id) == JobStatus.FAILED
+    assert client.get_job_info(job_id).driver_exit_code == 10
+    logs = client.get_job_logs(job_id)
+    assert "no worker of the GPU group 'gpu' (pods of 1 GPU and 4 CPUs, 0 to 8 of them)" in logs
+    assert "resources.gpu_workers_timeout_s" in logs
+
+    summary = run_summary(out)
+    assert (summary["status"], summary["phase"]) == ("failed", "waiting_for_gpu_workers")
+    assert "'GPU': 1" in summary["error"]  # what was asked of the autoscaler
+    assert WAIT_S <= summary["phases"]["waiting_for_gpu_workers"] < WAIT_S + 60  # the bound, not more
+    assert not (out / "_SUCCESS").exists()
+    assert not list(out.glob("data/*.parquet"))
+
+
 def test_the_job_waits_for_its_gpu_worker_and_runs_inference_only_there(
-    releases: dict[str, Release], local_cluster, tmp_path: Path
+    releases: dict[str, Release], cluster_without_gpus, tmp_path: Path
 ) -> None:
     """No GPU node at start: the job waits (waiting_for_gpu_workers), then runs its actors there, commits."""
     from ray.util.state import list_actors
 
     release = releases["prod"]
+    local_cluster = cluster_without_gpus
     inputs = make_images(tmp_path / "images")
-    start_without_gpus(local_cluster, release)
     client, job_id, out = submit(local_cluster, release, tmp_path)
     wait_for_phase(client, job_id, "waiting_for_gpu_workers")
     start_gpu_node(local_cluster, release)  # the autoscaler's part: the GPU pod joins
@@ -138,32 +178,11 @@ def test_the_job_waits_for_its_gpu_worker_and_runs_inference_only_there(
     assert pq.read_table(out / "data").num_rows == inputs
 
     gpu_nodes = {n["node_id"] for n in local_cluster.alive_nodes() if "gpu_group" in n["resources_total"]}
+    ray_job = client.get_job_info(job_id).job_id  # this job's actors: the cluster is shared
     classify_nodes = {
         actor.node_id
         for actor in list_actors(address=local_cluster.dashboard_url, detail=True, limit=1_000)
-        if "Classify" in actor.class_name
+        if "Classify" in actor.class_name and actor.job_id == ray_job
     }
     assert len(gpu_nodes) == 1
     assert classify_nodes == gpu_nodes
-
-
-def test_a_gpu_worker_that_never_comes_fails_the_job_with_exit_10(
-    releases: dict[str, Release], local_cluster, tmp_path: Path
-) -> None:
-    """No GPU node ever: past resources.gpu_workers_timeout_s, exit 10 naming the group; summary failed."""
-    release = releases["prod"]
-    make_images(tmp_path / "images")
-    start_without_gpus(local_cluster, release)
-    client, job_id, out = submit(local_cluster, release, tmp_path, gpu_workers_timeout_s=WAIT_S)
-    assert wait_for_end(client, job_id) == JobStatus.FAILED
-    assert client.get_job_info(job_id).driver_exit_code == 10
-    logs = client.get_job_logs(job_id)
-    assert "no worker of the GPU group 'gpu' (pods of 1 GPU and 4 CPUs, 0 to 8 of them)" in logs
-    assert "resources.gpu_workers_timeout_s" in logs
-
-    summary = run_summary(out)
-    assert (summary["status"], summary["phase"]) == ("failed", "waiting_for_gpu_workers")
-    assert "'GPU': 1" in summary["error"]  # what was asked of the autoscaler
-    assert WAIT_S <= summary["phases"]["waiting_for_gpu_workers"] < WAIT_S + 60  # the bound, not more
-    assert not (out / "_SUCCESS").exists()
-    assert not list(out.glob("data/*.parquet"))

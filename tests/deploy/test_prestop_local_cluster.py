@@ -73,7 +73,7 @@ def wait_for_end(client: JobSubmissionClient, job_id: str) -> JobStatus:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while (status := client.get_job_status(job_id)) not in ENDED:
         assert time.monotonic() < deadline, client.get_job_logs(job_id)[-5000:]
-        time.sleep(2)
+        time.sleep(0.5)
     return status
 
 

@@ -57,7 +57,7 @@ def submit_when_ready(client: JobSubmissionClient, **job: Any) -> str:
         except RuntimeError as exc:
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
                 raise
-            time.sleep(2)
+            time.sleep(0.5)
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_rendered_rayjob_succeeds_on_a_local_cluster(
         assert time.monotonic() < deadline, (
             f"job still {status} after {JOB_TIMEOUT_S}s:\n{client.get_job_logs(job_id)[-5000:]}"
         )
-        time.sleep(2)
+        time.sleep(0.5)
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-8000:]
 

@@ -206,7 +206,7 @@ class Prometheus:
             result = self.query(expr)
             if predicate(result):
                 return result
-            time.sleep(1)
+            time.sleep(0.25)
         pytest.fail(f"timed out waiting for {expr}; last result {result}")
         return result  # pragma: no cover  # pytest.fail raises
 

@@ -187,7 +187,7 @@ def wait_for_panels(observed: ObservedRun, timeout: float = 60.0) -> None:
     while pending and time.monotonic() < deadline:
         pending = [expr for expr in pending if not observed.over_the_run(expr)]
         if pending:
-            time.sleep(1)
+            time.sleep(0.5)
 
 
 class TestTheRun:

@@ -1,14 +1,21 @@
-"""Fixtures of the pipeline tests that need more than tests/conftest.py: the loopback image server."""
+"""Fixtures of the pipeline tests that need more than tests/conftest.py: the loopback image server,
+one committed run of the sample images that several modules read."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from http_server import ImageServer
 
 from pipeline.cli import samples
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
+    from pipeline.run.summary import RunSummary
 
 DISTINCT_IMAGES = 16
 
@@ -34,3 +41,23 @@ def image_server(jpegs: list[bytes]) -> Iterator[ImageServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def reported_run(
+    ray_session: None,
+    sample_images: Path,
+    local_config: Callable[..., Config],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, RunSummary]:
+    """One committed local run of ``sample_images`` with ``output.report: true`` in 16-row parts:
+    its output folder and summary.
+
+    test_readers.py, test_report.py and test_inspect.py each read it (none writes into it), so
+    the suite runs this job once instead of once per module.
+    """
+    from pipeline.run.job import run_job
+
+    root = tmp_path_factory.mktemp("reported-run") / "out"
+    summary = run_job(local_config(sample_images, root, output__report="true", output__rows_per_file=16))
+    return root, summary

@@ -40,6 +40,27 @@ LOCAL_GROUPS = {
 }
 
 
+# The nodes of the cluster the two fault tests share: one head, two CPU nodes (one may be lost),
+# one node with a declared GPU.
+FAULT_NODES = {
+    "cpu-a": ("--num-cpus=1", '--resources={"cpu_group": 1000}'),
+    "cpu-b": ("--num-cpus=1", '--resources={"cpu_group": 1000}'),
+    "gpu": ("--num-cpus=1", "--num-gpus=1", '--resources={"gpu_group": 1000}'),
+}
+
+
+@pytest.fixture
+def fault_cluster(module_local_cluster):
+    """The module's cluster with its head and every node of FAULT_NODES up: a node an earlier
+    test lost is started again, so each test starts from the same cluster in any order."""
+    if "head" not in module_local_cluster.nodes:
+        module_local_cluster.start_head()
+    for name, args in FAULT_NODES.items():
+        if name not in module_local_cluster.nodes:
+            module_local_cluster.add_node(name, *args)
+    return module_local_cluster
+
+
 def _write_config(tmp_path: Path, images: Path, weights: Path, **resources: object) -> Path:
     """A worker_groups config with small batches and parts, so a fault lands mid-run."""
     config = tmp_path / "config.yaml"
@@ -113,52 +134,6 @@ def _run_with_fault(cluster, images: Path, weights: Path, tmp_path: Path, inject
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-
-
-def test_killed_inference_actor_is_replaced(local_cluster, many_images, weights_file, tmp_path, reliability):
-    """SIGKILL of the inference actor's process mid-run: Ray restarts it, the run commits, nothing lost."""
-    from ray.util.state import list_actors
-
-    local_cluster.start_head()
-    local_cluster.add_node("cpu", "--num-cpus=1", '--resources={"cpu_group": 1000}')
-    local_cluster.add_node("gpu", "--num-cpus=1", "--num-gpus=1", '--resources={"gpu_group": 1000}')
-
-    def kill_actor() -> None:
-        actors = [
-            a
-            for a in list_actors(address=local_cluster.dashboard_url, detail=True)
-            if "Classify" in a.class_name and a.state == "ALIVE"
-        ]
-        assert actors, "no live inference actor found"
-        os.kill(actors[0].pid, signal.SIGKILL)
-
-    result = _run_with_fault(local_cluster, many_images, weights_file, tmp_path, kill_actor)
-    reliability.append({"scenario": "inference actor SIGKILL", "faults": 1, **result})
-
-
-def test_lost_worker_node(local_cluster, many_images, weights_file, tmp_path, reliability):
-    """A CPU worker node killed mid-run: its tasks rerun on the other node, the run commits once."""
-    local_cluster.start_head()
-    local_cluster.add_node("cpu-a", "--num-cpus=1", '--resources={"cpu_group": 1000}')
-    local_cluster.add_node("cpu-b", "--num-cpus=1", '--resources={"cpu_group": 1000}')
-    local_cluster.add_node("gpu", "--num-cpus=1", "--num-gpus=1", '--resources={"gpu_group": 1000}')
-
-    def lose_node() -> None:
-        # The progress tracker must sit on the driver's node (the head), or losing a node
-        # that happens to host it fails the run: check that first, then lose the node.
-        from ray.util.state import list_actors, list_nodes
-
-        head = [n.node_id for n in list_nodes(address=local_cluster.dashboard_url) if n.is_head_node]
-        trackers = [
-            a.node_id
-            for a in list_actors(address=local_cluster.dashboard_url, detail=True)
-            if a.class_name == "ProgressTracker" and a.state == "ALIVE"
-        ]
-        assert trackers == head, f"progress tracker on {trackers}, driver's node is {head}"
-        local_cluster.stop_node("cpu-b")
-
-    result = _run_with_fault(local_cluster, many_images, weights_file, tmp_path, lose_node)
-    reliability.append({"scenario": "worker node lost", "faults": 1, **result})
 
 
 def _run_local_with_hook(
@@ -252,3 +227,45 @@ def test_job_that_cannot_progress_fails_clearly(sample_images, make_config, tmp_
     assert run.returncode == 6, run.stderr[-3000:]
     assert "no progress for 8s at 0/8 rows (resources.stall_timeout_s)" in run.stderr
     assert not (Path(config.output.uri) / "_SUCCESS").exists()
+
+
+# Last in the module: the cluster these two share stays up until the module ends.
+def test_killed_inference_actor_is_replaced(fault_cluster, many_images, weights_file, tmp_path, reliability):
+    """SIGKILL of the inference actor's process mid-run: Ray restarts it, the run commits, nothing lost."""
+    from ray.util.state import list_actors
+
+    local_cluster = fault_cluster
+
+    def kill_actor() -> None:
+        actors = [
+            a
+            for a in list_actors(address=local_cluster.dashboard_url, detail=True)
+            if "Classify" in a.class_name and a.state == "ALIVE"
+        ]
+        assert actors, "no live inference actor found"
+        os.kill(actors[0].pid, signal.SIGKILL)
+
+    result = _run_with_fault(local_cluster, many_images, weights_file, tmp_path, kill_actor)
+    reliability.append({"scenario": "inference actor SIGKILL", "faults": 1, **result})
+
+
+def test_lost_worker_node(fault_cluster, many_images, weights_file, tmp_path, reliability):
+    """A CPU worker node killed mid-run: its tasks rerun on the other node, the run commits once."""
+    local_cluster = fault_cluster
+
+    def lose_node() -> None:
+        # The progress tracker must sit on the driver's node (the head), or losing a node
+        # that happens to host it fails the run: check that first, then lose the node.
+        from ray.util.state import list_actors, list_nodes
+
+        head = [n.node_id for n in list_nodes(address=local_cluster.dashboard_url) if n.is_head_node]
+        trackers = [
+            a.node_id
+            for a in list_actors(address=local_cluster.dashboard_url, detail=True)
+            if a.class_name == "ProgressTracker" and a.state == "ALIVE"
+        ]
+        assert trackers == head, f"progress tracker on {trackers}, driver's node is {head}"
+        local_cluster.stop_node("cpu-b")
+
+    result = _run_with_fault(local_cluster, many_images, weights_file, tmp_path, lose_node)
+    reliability.append({"scenario": "worker node lost", "faults": 1, **result})

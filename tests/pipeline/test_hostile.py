@@ -127,27 +127,25 @@ class TestHostileRun:
             assert rows[uri]["top_k_ids"] == baseline[uri]["top_k_ids"]
             assert rows[uri]["score"] == pytest.approx(baseline[uri]["score"], abs=1e-5)
 
-    def test_failure_budget_stops_the_commit(self, ray_session, hostile, make_config, tmp_path):
-        """Above output.max_failure_fraction the job fails with a clear message and writes no manifest."""
+    def test_failure_budget_stops_the_commit_then_a_higher_budget_commits_without_redoing_a_row(
+        self, ray_session, hostile, make_config, tmp_path
+    ):
+        """Above output.max_failure_fraction the job fails with a clear message and writes no manifest.
+
+        Then (one refused run serves both checks): the exit-5 message says what to run; raising the
+        budget (and a smaller batch) resumes and commits the rows already written; another model is
+        another run and is refused.
+        """
         root, expected = hostile
-        config = make_config(
-            self._manifest(tmp_path, [str(root / name) for name in expected]),
-            output__max_failure_fraction="0.2",
-        )
-        with pytest.raises(FailureBudgetExceededError, match=r"above output.max_failure_fraction=0.2"):
+        manifest = self._manifest(tmp_path, [str(root / name) for name in expected])
+        config = make_config(manifest, output__max_failure_fraction="0.2")
+        with pytest.raises(
+            FailureBudgetExceededError, match=r"above output.max_failure_fraction=0.2"
+        ) as refused:
             run_job(config)
         assert not (Path(config.output.uri) / MANIFEST).exists()
         assert pq.read_table(Path(config.output.uri) / DATA_DIR).num_rows == len(expected)
 
-    def test_after_exit_5_a_higher_budget_commits_without_redoing_a_row(
-        self, ray_session, hostile, make_config, tmp_path
-    ):
-        """The exit-5 message says what to run; raising the budget (and a smaller batch) resumes and
-        commits the rows already written; another model is another run and is refused."""
-        root, expected = hostile
-        manifest = self._manifest(tmp_path, [str(root / name) for name in expected])
-        with pytest.raises(FailureBudgetExceededError) as refused:
-            run_job(make_config(manifest, output__max_failure_fraction="0.2"))
         message = str(refused.value)
         assert "--set output.max_failure_fraction=" in message
         assert "--overwrite" in message

@@ -261,11 +261,9 @@ class TestCompare:
 @pytest.mark.slow
 class TestRealRun:
     @pytest.fixture(scope="class")
-    def output(self, ray_session, sample_images, local_config, tmp_path_factory) -> Path:
-        from pipeline.run.job import run_job
-
-        root = tmp_path_factory.mktemp("inspect") / "out"
-        run_job(local_config(sample_images, root, output__rows_per_file=16))
+    def output(self, reported_run) -> Path:
+        """A real run of the sample images in 16-row parts (shared: conftest.py)."""
+        root, _ = reported_run
         return root
 
     def test_inspect_matches_the_manifest_and_the_parts(self, output, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,6 +15,10 @@ from pipeline.inputs import row_ids
 from pipeline.inputs.listing import list_inputs
 from pipeline.outputs.layout import DATA_DIR, FAILURES, MANIFEST, OutputLocation
 from pipeline.run.job import run_job
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
+    from pipeline.run.summary import RunSummary
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +39,20 @@ def _reference(config, uris: list[str], weights: Path) -> dict[str, tuple[int, f
     return expected
 
 
+@pytest.fixture(scope="module")
+def default_run(ray_session, sample_images, local_config, tmp_path_factory) -> tuple[Config, RunSummary]:
+    """One run of the sample images with the default (fp32) config: its config and summary.
+
+    Read, never changed, by the tests below that pin what such a run writes.
+    """
+    config = local_config(sample_images, tmp_path_factory.mktemp("default-run") / "out")
+    return config, run_job(config)
+
+
 class TestRunJob:
-    def test_predictions_match_single_process_torch(
-        self, ray_session, sample_images, make_config, weights_file
-    ):
+    def test_predictions_match_single_process_torch(self, default_run, sample_images, weights_file):
         """Every good row's top-1 id is identical to plain torch's and its score within 1e-4 (fp32)."""
-        config = make_config(sample_images)
-        summary = run_job(config)
+        config, summary = default_run
         rows = _read_output(Path(config.output.uri))
         uris = list_inputs(config.input, config.storage).uris
         expected = _reference(config, uris, weights_file)
@@ -54,10 +66,9 @@ class TestRunJob:
             assert len(row["top_k_ids"]) == config.model.top_k
         assert summary.succeeded == 40
 
-    def test_nothing_is_lost(self, ray_session, sample_images, make_config):
+    def test_nothing_is_lost(self, default_run, sample_images):
         """Output rows equal input files, each row id once, and every broken file has a reason."""
-        config = make_config(sample_images)
-        summary = run_job(config)
+        config, summary = default_run
         out = Path(config.output.uri)
         table = pq.read_table(out / DATA_DIR)
         files = sorted(str(p) for p in sample_images.rglob("*") if p.is_file())
@@ -82,10 +93,9 @@ class TestRunJob:
         assert summary.succeeded + summary.failed == summary.inputs == len(files)
         # What pyarrow, pandas, DuckDB and Spark see of the output folder: test_readers.py.
 
-    def test_manifest_is_written_last_with_counts(self, ray_session, sample_images, make_config):
+    def test_manifest_is_written_last_with_counts(self, default_run):
         """The _SUCCESS manifest records counts, config hash, model checksum and versions."""
-        config = make_config(sample_images)
-        run_job(config)
+        config, _ = default_run
         location = OutputLocation.open(config.output.uri, config.storage)
         manifest = location.read_json(MANIFEST)
         assert manifest["counts"] == {"inputs": 43, "succeeded": 40, "failed": 3}
@@ -120,13 +130,12 @@ class TestRunJob:
         assert (summary.status, summary.succeeded + summary.failed) == ("succeeded", 8)
         assert manifest["resource_plan"]["decode_num_cpus"] == 2.0
 
-    def test_bf16_agrees_with_fp32(self, ray_session, sample_images, make_config, tmp_path):
+    def test_bf16_agrees_with_fp32(self, default_run, sample_images, make_config, tmp_path):
         """The mixed-precision path keeps top-1 agreement with fp32 on at least 90% of images."""
-        fp32 = make_config(sample_images, output__uri=str(tmp_path / "fp32"))
+        fp32, _ = default_run  # the same inputs and settings, in fp32
         bf16 = make_config(sample_images, output__uri=str(tmp_path / "bf16"), inference__precision="bf16")
-        run_job(fp32)
         run_job(bf16)
-        a, b = _read_output(tmp_path / "fp32"), _read_output(tmp_path / "bf16")
+        a, b = _read_output(Path(fp32.output.uri)), _read_output(tmp_path / "bf16")
         good = [uri for uri, row in a.items() if row["status"] == "ok"]
         agree = np.mean([a[u]["top_k_ids"][0] == b[u]["top_k_ids"][0] for u in good])
         score_error = max(abs(a[u]["score"] - b[u]["score"]) for u in good)

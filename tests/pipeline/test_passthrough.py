@@ -84,18 +84,22 @@ def assert_carried(out: pa.Table, manifest: pa.Table, names: list[str], expected
 
 @pytest.mark.slow
 class TestCarriedColumns:
-    def test_parquet_columns_arrive_with_their_types_on_every_row(
+    def test_parquet_columns_arrive_with_their_types_on_every_row_and_on_a_resume(
         self, ray_session, sample_images, make_config, tmp_path
     ):
-        """int64 past 2**53, string, timestamp, float, list, struct, decimal and nulls arrive as written."""
+        """int64 past 2**53, string, timestamp, float, list, struct, decimal and nulls arrive as written.
+
+        Then, on the same run made unfinished: an attempt finishing the rows an earlier one left
+        writes them with the same columns and values.
+        """
         manifest = typed_manifest(sample_images, tmp_path / "manifest.parquet")
         config = make_config(
             tmp_path / "manifest.parquet",
             input__passthrough_columns=json.dumps(CARRIED),
             output__rows_per_file=10,
-            preprocess__batch_size=8,
+            preprocess__batch_size=8,  # several blocks, so several parts and checkpoints
         )
-        summary = run_job(config)
+        summary = first = run_job(config)
         assert (summary.succeeded, summary.failed) == (40, 3)
         out = output_table(config)
         assert_carried(out, manifest, CARRIED, manifest.schema)
@@ -120,6 +124,20 @@ class TestCarriedColumns:
         assert (inspected["counts"]["rows"], inspected["consistent_with_manifest"]) == (43, True)
         compared = compare_outputs(config.output.uri, config.output.uri, config.storage)
         assert (compared["rows"]["in_both"], compared["top1_agreement"]) == (43, 1.0)
+
+        root = Path(config.output.uri)
+        (root / MANIFEST).unlink()  # as if the run had stopped before its commit...
+        checkpoints = sorted((root / "_checkpoint").rglob("*.parquet"))
+        assert len(checkpoints) > 1
+        lost = checkpoints[0]  # ... and before this part's checkpoint was committed
+        base = lost.name.removesuffix(".parquet")
+        lost_rows = pq.read_table(lost).num_rows
+        lost.unlink()
+        second = run_job(config)
+        assert second.run_id == first.run_id
+        assert 0 < second.processed_this_run == lost_rows < 43
+        assert not any(part.name.startswith(f"{base}-") for part in (root / DATA_DIR).iterdir())
+        assert_carried(output_table(config), manifest, CARRIED, manifest.schema)
 
     def test_csv_columns_arrive_as_their_text(self, ray_session, sample_images, make_config, tmp_path):
         """A CSV manifest's columns arrive as the text written (zero-padded codes kept); empty cells null."""
@@ -185,30 +203,6 @@ class TestCarriedColumns:
         assert with_values.select(CARRIED).to_pylist() == carried.take([1, 0]).to_pylist()
         assert all(value is None for row in all_null.select(CARRIED).to_pylist() for value in row.values())
         assert all_null.select(CARRIED).schema == manifest.schema
-
-    def test_resume_writes_the_same_columns(self, ray_session, sample_images, make_config, tmp_path):
-        """An attempt finishing the rows an earlier one left writes them with the same columns and values."""
-        manifest = typed_manifest(sample_images, tmp_path / "manifest.parquet")
-        config = make_config(
-            tmp_path / "manifest.parquet",
-            input__passthrough_columns=json.dumps(CARRIED),
-            output__rows_per_file=10,
-            preprocess__batch_size=8,  # several blocks, so several parts and checkpoints
-        )
-        first = run_job(config)
-        out = Path(config.output.uri)
-        (out / MANIFEST).unlink()  # as if the run had stopped before its commit...
-        checkpoints = sorted((out / "_checkpoint").rglob("*.parquet"))
-        assert len(checkpoints) > 1
-        lost = checkpoints[0]  # ... and before this part's checkpoint was committed
-        base = lost.name.removesuffix(".parquet")
-        lost_rows = pq.read_table(lost).num_rows
-        lost.unlink()
-        second = run_job(config)
-        assert second.run_id == first.run_id
-        assert 0 < second.processed_this_run == lost_rows < 43
-        assert not any(part.name.startswith(f"{base}-") for part in (out / DATA_DIR).iterdir())
-        assert_carried(output_table(config), manifest, CARRIED, manifest.schema)
 
 
 class TestRefusals:

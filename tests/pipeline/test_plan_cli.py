@@ -81,6 +81,12 @@ def plan(images: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.fixture(scope="module")
+def plain_plan(images: Path) -> subprocess.CompletedProcess[str]:
+    """``plan --json`` with no target: one process read by the tests that need it."""
+    return plan(images, "--json")
+
+
 @pytest.mark.slow
 class TestPlanCommand:
     def test_json_holds_the_plan_the_sizing_and_the_helm_values(self, images, tmp_path):
@@ -157,18 +163,18 @@ class TestPlanCommand:
         assert "  --set 'workerGroups.gpu.resources.limits.nvidia\\.com/gpu=1' \\" in command
         assert command[-1] == "  --set config.resources.max_actors=2"
 
-    def test_embed_plans_like_classify(self, images):
+    def test_embed_plans_like_classify(self, images, plain_plan):
         """The embed task plans the same stages; the plan's config names the task."""
-        classify = json.loads(plan(images, "--json").stdout)
+        classify = json.loads(plain_plan.stdout)
         done = plan(images, "--json", "--set", "model.task=embed")
         assert done.returncode == 0, done.stderr
         embed = json.loads(done.stdout)
         assert embed["config"]["model"]["task"] == "embed"
         assert embed["resource_plan"] == classify["resource_plan"]
 
-    def test_no_target_no_sizing(self, images):
+    def test_no_target_no_sizing(self, plain_plan):
         """Without --target-images-per-hour the JSON says so: sizing is null."""
-        done = plan(images, "--json")
+        done = plain_plan
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["sizing"] is None
 

@@ -1,6 +1,7 @@
 """What common Parquet readers see when pointed at a committed output folder.
 
-One real job (40 good images, 3 broken files) is committed once for the module, and each
+One real job (40 good images, 3 broken files) is committed once (tests/pipeline/conftest.py's
+``reported_run``, which test_report.py and test_inspect.py read too), and each
 reader is asked for the query docs/storage.md gives: every one must see each input exactly
 once, so the failed rows (in ``data/`` and again in ``_failures.parquet``) are not counted
 twice and ``_inputs.parquet`` and ``_checkpoint/`` are not read as predictions.
@@ -25,7 +26,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.outputs.layout import CHECKPOINT_DIR, DATA_DIR, FAILURES, INPUTS, REPORT
-from pipeline.run.job import run_job
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,11 +38,10 @@ FAILED_COUNT = 3
 
 
 @pytest.fixture(scope="module")
-def output(ray_session, sample_images, local_config, tmp_path_factory) -> Path:
+def output(reported_run) -> Path:
     """The root of one committed output with failed rows (the broken files)."""
-    root = tmp_path_factory.mktemp("readers") / "out"
     # output.report: the page beside _SUCCESS must not trip a reader either
-    summary = run_job(local_config(sample_images, root, output__report="true"))
+    root, summary = reported_run
     assert (summary.inputs, summary.failed) == (INPUTS_COUNT, FAILED_COUNT)
     # What the readers must step over: the dead-letter table, the inputs, the checkpoint.
     assert pq.read_metadata(root / FAILURES).num_rows == FAILED_COUNT

@@ -16,7 +16,6 @@ from pipeline.errors import OutputNotCommittedError
 from pipeline.outputs.layout import MANIFEST, REPORT, OutputLocation
 from pipeline.review.inspection import inspect_output
 from pipeline.review.report import write_after_commit
-from pipeline.run.job import run_job
 from scripts.report_browser import browser_missing, visit
 
 INPUTS, FAILED = 43, 3  # conftest's sample_images: 40 images and 3 broken files
@@ -28,10 +27,9 @@ def _picture_tiles(html: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def reported(ray_session, sample_images, local_config, tmp_path_factory) -> Path:
-    """A real local run with ``output.report: true``: its output folder."""
-    root = tmp_path_factory.mktemp("report") / "out"
-    summary = run_job(local_config(sample_images, root, output__report="true"))
+def reported(reported_run) -> Path:
+    """A real local run with ``output.report: true``: its output folder (shared: conftest.py)."""
+    root, summary = reported_run
     assert (summary.status, summary.inputs, summary.failed) == ("succeeded", INPUTS, FAILED)
     return root
 

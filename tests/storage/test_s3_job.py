@@ -73,8 +73,14 @@ class TestS3Job:
         assert sorted(failures.column("reason").to_pylist()) == ["empty_file", "not_an_image"]
         assert read_json(s3, bucket, f"out/_summary-{summary.run_id}.json")["status"] == "succeeded"
 
-    def test_written_but_uncommitted_run_just_commits(self, ray_session, s3, bucket, s3_config):
-        """A run stopped after its last part but before the manifest commits on re-run, reprocessing none."""
+    def test_uncommitted_run_just_commits_and_a_committed_one_is_refused_then_overwritten(
+        self, ray_session, s3, bucket, s3_config, write_config, capfd, restore_logging
+    ):
+        """A run stopped after its last part but before the manifest commits on re-run, reprocessing none.
+
+        Then, on that committed output (one run serves both checks): re-running it exits 0 writing no
+        key, --strict exits 3 saying so; --overwrite redoes it under a new run id.
+        """
         uris = upload_images(s3, bucket, "in", 8, broken=False)
         config = s3_config(bucket)
         first = run_job(config)
@@ -85,14 +91,6 @@ class TestS3Job:
         assert manifest["counts"] == {"inputs": 8, "succeeded": 8, "failed": 0}
         assert_exactly_once(s3, bucket, uris)
 
-    def test_committed_run_is_refused_then_overwritten(
-        self, ray_session, s3, bucket, s3_config, write_config, capfd, restore_logging
-    ):
-        """Re-running a committed output exits 0 writing no key, --strict exits 3 saying so;
-        --overwrite redoes it under a new run id."""
-        uris = upload_images(s3, bucket, "in", 8, broken=False)
-        config = s3_config(bucket)
-        first = run_job(config)
         path = write_config(config)
         keys = list_keys(s3, bucket, "out/")
         capfd.readouterr()
