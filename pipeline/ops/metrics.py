@@ -236,7 +236,7 @@ class JobMetrics:
         )
         self.incremental = Gauge(
             "pipeline_job_incremental_rows",
-            "An incremental run's rows by kind (carried, computed, retried, dropped); absent on a full run.",
+            "A run's rows by kind (carried, computed, retried, dropped); a full run computes them all.",
             (*labels, "kind"),
             registry=reg,
         )
@@ -289,10 +289,9 @@ class JobMetrics:
         )
 
     def set_incremental(self, counts: Mapping[str, Any]) -> None:
-        """An incremental run's counts (the summary's ``incremental``), one per kind; pushed at the end."""
+        """The run's counts by kind (the summary's ``incremental``; a kind not given is 0); pushed at the end."""
         for kind in INCREMENTAL_KINDS:
-            if kind in counts:
-                self.incremental.labels(self.run_id, kind).set(counts[kind])
+            self.incremental.labels(self.run_id, kind).set(counts.get(kind, 0))
 
     def set_status(self, status: str) -> None:
         """Mark one of running/succeeded/failed as current."""

@@ -165,8 +165,10 @@ class _Run:
         self.display.close()
         try:
             if self.report:
-                if summary.incremental is not None:
+                if summary.incremental is not None and "carried" in summary.incremental:
                     self.job_metrics().set_incremental(summary.incremental)
+                elif summary.status == "succeeded":  # a full run: every row computed, nothing carried
+                    self.job_metrics().set_incremental({"carried": 0, "computed": summary.inputs})
                 self.job_metrics().finish(
                     succeeded=summary.status == "succeeded",
                     inputs=summary.inputs,
