@@ -62,7 +62,8 @@ def _local_snapshot(name: str) -> str:
     from huggingface_hub import snapshot_download
 
     try:
-        return str(snapshot_download(name, local_files_only=True))
+        # The cache as this process's environment names it now (huggingface_hub reads it at import).
+        return str(snapshot_download(name, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE")))
     except Exception as exc:
         raise ModelError(
             f"Hugging Face model {name!r} is not in the local cache ({type(exc).__name__}); the job never "
