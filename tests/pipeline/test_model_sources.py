@@ -457,6 +457,32 @@ class TestConfig:
         with pytest.raises(ConfigError, match=named):
             load_config(None, ["input.uri=/x", *keys], environ={})
 
+    def test_bench_runs_the_source_and_its_saved_model(self, models, images, tmp_path):
+        """pipeline bench --source: the source's model as the job loads it, random only without weights."""
+        from pipeline.cli import bench
+        from pipeline.cli.app import build_parser
+
+        argv = [
+            "bench",
+            "--source",
+            "huggingface",
+            "--model",
+            "vit",
+            "--set",
+            f"model.weights={models['huggingface']}",
+        ]
+        overrides = bench._overrides(images, tmp_path, build_parser().parse_args(argv), "fp32")
+        config = bench._config(overrides)
+        assert (config.model.source, config.model.random_init) == ("huggingface", False)
+        predictor = bench.model_predictor(config, "fp32")
+        assert predictor.spec.labels == tiny_models.HF_LABELS  # the folder's model, not a random init
+        timm = bench._config(
+            bench._overrides(
+                images, tmp_path, build_parser().parse_args(["bench", "--source", "timm"]), "fp32"
+            )
+        )
+        assert (timm.model.source, timm.model.name, timm.model.random_init) == ("timm", "resnet50", True)
+
     def test_hash_is_unchanged_for_torchvision_and_covers_the_source(self):
         """Existing configs hash as before; another source (same name and weights) hashes differently."""
         base = ["input.uri=/x", "model.name=resnet18", "model.weights=/w.safetensors"]
