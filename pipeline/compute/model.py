@@ -1,5 +1,8 @@
 """Building a torchvision classifier (or the embedder inside it) and loading weights we can trust.
 
+:class:`ModelSpec` and the reading and pinning of weights (one file, or the files of a saved
+folder) serve every ``model.source`` (:mod:`pipeline.compute.sources`); the rest is torchvision's.
+
 Weights come from a local path or any fsspec URI (``s3://...``), as safetensors or
 as a torch file loaded with ``weights_only=True`` (never arbitrary pickle), however the
 training loop saved them (:mod:`pipeline.compute.checkpoints`). An optional sha256 pin refuses a

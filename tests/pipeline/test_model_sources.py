@@ -483,6 +483,15 @@ class TestConfig:
         )
         assert (timm.model.source, timm.model.name, timm.model.random_init) == ("timm", "resnet50", True)
 
+    def test_random_init_open_clip_is_the_same_model_on_every_actor(self):
+        """A random-init OpenCLIP model has no payload, so every actor seeds the same weights (the bench's
+        fp32 reference once compared two different random models: cosine -0.1)."""
+        keys = ["input.uri=/x", "model.source=open_clip", "model.name=ViT-B-32", "model.task=embed"]
+        config = load_config(None, [*keys, "model.random_init=true"], environ={})
+        loaded = sources.resolve(config.model, config.preprocess)
+        assert loaded.payload is None
+        assert loaded.spec.random_init
+
     def test_hash_is_unchanged_for_torchvision_and_covers_the_source(self):
         """Existing configs hash as before; another source (same name and weights) hashes differently."""
         base = ["input.uri=/x", "model.name=resnet18", "model.weights=/w.safetensors"]

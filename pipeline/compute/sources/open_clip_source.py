@@ -155,7 +155,9 @@ def resolve(
         files=weights.files,
         options=(("prompt_template", model.prompt_template),),
     )
-    return LoadedModel(spec, {"config": config, "state_dict": state_dict})
+    # Random init has no payload: the predictor seeds it, so every actor holds the same weights.
+    payload = None if config is None and state_dict is None else {"config": config, "state_dict": state_dict}
+    return LoadedModel(spec, payload)
 
 
 def prompts(labels: tuple[str, ...], template: str) -> list[str]:
@@ -165,6 +167,7 @@ def prompts(labels: tuple[str, ...], template: str) -> list[str]:
 
 def build(spec: ModelSpec, payload: Any) -> torch.nn.Module:
     """The image tower (embed), or it and the labels' text features, encoded once here (classify)."""
+    payload = payload or {"config": None, "state_dict": None}
     with _created(spec.name, payload["config"]) as (clip, tokenizer):
         if payload["state_dict"] is not None:
             clip.load_state_dict(payload["state_dict"], strict=True)
