@@ -14,7 +14,7 @@ fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 
 if [ "$mode" = dev ]; then
-  "${pip[@]}" -e '.[dev,gpu,tables]'
+  "${pip[@]}" -e '.[dev,gpu,models,tables]'
   # helm-sdkpy bundles Helm v4's Go library; it declares Python >= 3.12 but works on 3.11.
   .venv/bin/python -c 'import helm_sdkpy' 2>/dev/null || "${pip[@]}" --ignore-requires-python 'helm-sdkpy==0.1.32'
   need_prometheus=false need_java=false need_browser=false

@@ -16,11 +16,12 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, get_args
 
 from pipeline._version import __version__
 from pipeline.cli import review_commands
 from pipeline.cli.demo import demo_arguments
+from pipeline.config.sections import ModelSource
 from pipeline.errors import EXIT_CODES, ConfigError, PipelineError, RunInterrupted, UnexpectedError
 from pipeline.ops import logrelay, logs
 from pipeline.run import group_sizing, stopping
@@ -163,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--show", action="store_true", help="print the resolved config as YAML")
     config.add_argument("--schema", action="store_true", help="print the config's JSON schema")
 
-    command("models", "list the torchvision architectures", "pipeline models | grep resnet")
+    models = command(
+        "models",
+        "list what each model.source offers here (or the extra that installs it)",
+        "pipeline models --source timm | grep resnet",
+    )
+    models.add_argument("--source", choices=get_args(ModelSource), help="one source only")
 
     bench = command(
         "bench",
@@ -171,7 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline bench --images 2048 --model resnet50 --json bench.json",
     )
     bench.add_argument("--images", type=int, default=512, help="generated JPEGs to run (default 512)")
-    bench.add_argument("--model", default="resnet50", help="torchvision architecture (random weights)")
+    bench.add_argument("--model", default="resnet50", help="model.name: the architecture (random weights)")
+    bench.add_argument(
+        "--source",
+        choices=get_args(ModelSource),
+        default="torchvision",
+        help="model.source (huggingface, exported: --set model.weights=... names the saved model)",
+    )
     bench.add_argument(
         "--task", choices=["classify", "embed"], default=None, help="model.task (default classify)"
     )
@@ -287,11 +299,18 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(_: argparse.Namespace) -> int:
-    """``pipeline models``."""
-    from pipeline.compute.model import known_architectures
+def cmd_models(args: argparse.Namespace) -> int:
+    """``pipeline models``: per model.source, what it offers here, or the extra that installs it."""
+    from pipeline.compute import sources
 
-    print("\n".join(sorted(known_architectures())))
+    for name in [args.source] if args.source else list(sources.SOURCES):
+        missing = sources.missing_library(name)
+        if missing is not None:
+            print(f"{name}: {missing}")
+            continue
+        offered = sources.source_module(name).offers()
+        print(f"{name} ({len(offered)})")
+        print("\n".join(f"  {item}" for item in offered))
     return 0
 
 

@@ -34,7 +34,7 @@ from pipeline.cli import samples
 from pipeline.cli.peakmem import MemorySampler
 from pipeline.compute.decode import decode
 from pipeline.compute.inference import InferenceSettings, Predictor, resolve_device, resolve_precision
-from pipeline.compute.model import build_model, check_architecture, resolve_spec
+from pipeline.compute.sources import build_module, check_model, resolve_spec
 from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError, JobFailedError
 from pipeline.run.placement import ResourcePlan, decode_settings, plan_resources
@@ -44,9 +44,12 @@ DECODE_SAMPLE = 2048
 
 
 def _overrides(images: Path, out: Path, args: argparse.Namespace, precision: str) -> list[str]:
+    # Random weights, unless --set names the model's files (model.source huggingface, exported).
+    given = any(item.startswith("model.weights=") for item in args.overrides)
     overrides = [
+        f"model.source={args.source}",
         f"model.name={args.model}",
-        "model.random_init=true",
+        *([] if given else ["model.random_init=true"]),
         "logging.progress=false",
         "logging.level=warning",
         "job.name=bench",
@@ -79,7 +82,7 @@ def measure_decode(paths: list[Path], config: Config) -> tuple[float, list[np.nd
 
 def model_predictor(config: Config, precision: str, torch_threads: int | None = None) -> Predictor:
     """The model as the inference actor runs it, at the given precision, in this process."""
-    spec, _ = resolve_spec(config.model, config.preprocess)
+    spec, payload = resolve_spec(config.model, config.preprocess)
     inf = config.inference
     settings = InferenceSettings(
         precision=precision,
@@ -87,7 +90,7 @@ def model_predictor(config: Config, precision: str, torch_threads: int | None = 
         channels_last=inf.channels_last,
         torch_threads=torch_threads,
     )
-    return Predictor(spec, None, settings, top_k=1, seed=0)
+    return Predictor(spec, payload, settings, top_k=1, seed=0)
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,7 @@ def measure_naive(config: Config, paths: list[Path]) -> float:
     """(e): the tutorial script: load the model for every batch of one image, fp32."""
     import torch
 
-    spec, _ = resolve_spec(config.model, config.preprocess)
+    spec, payload = resolve_spec(config.model, config.preprocess)
     settings = decode_settings(config, spec)
     mean = torch.tensor(spec.preprocessing.mean).view(1, 3, 1, 1)
     std = torch.tensor(spec.preprocessing.std).view(1, 3, 1, 1)
@@ -190,7 +193,7 @@ def measure_naive(config: Config, paths: list[Path]) -> float:
         crop = decode(path.read_bytes(), settings).crop
         if crop is None:
             continue
-        model = build_model(spec.name, spec.num_classes, None, spec.task)
+        model = build_module(spec, payload)
         x = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0).float() / 255.0
         with torch.inference_mode():
             model((x - mean) / std)
@@ -284,8 +287,9 @@ def main(args: argparse.Namespace) -> int:
     images = workdir / f"images-{args.images}"
     workdir.mkdir(parents=True, exist_ok=True)
     # Every --set is checked before the images are made (minutes for thousands of them).
-    check_architecture(args.model)
-    if _config(_overrides(workdir, workdir / "out", args, args.precision)).preprocess.decode_device == "gpu":
+    checked = _config(_overrides(workdir, workdir / "out", args, args.precision))
+    check_model(checked.model)
+    if checked.preprocess.decode_device == "gpu":
         raise ConfigError(
             "preprocess.decode_device",
             "gpu",
@@ -345,6 +349,7 @@ def main(args: argparse.Namespace) -> int:
     result = {
         "machine": {"cores": cores, "device": device},
         "model": args.model,
+        "source": args.source,
         "task": config.model.task,
         "precision": precision,
         "batch_size": batch_size,

@@ -45,6 +45,9 @@ class DecodeSettings:
     max_image_pixels: int
     reduced_decode: bool
     keep_jpeg: bool = False
+    # shorter: short side to resize_size, then the centre crop (torchvision, timm, OpenCLIP);
+    # squash: both sides to resize_size, aspect not kept (Hugging Face's height/width processors).
+    resize_mode: str = "shorter"
 
 
 @dataclass(frozen=True)
@@ -104,8 +107,12 @@ def resize_geometry(
     The (width, height) to resize to, short side to ``resize_size`` and the long side
     scaled with it (rounded down), as torchvision's ``Resize``; and the centre crop box
     in the resized image (:func:`centre_box`), as its ``CenterCrop``. The box reaches
-    outside the image only when ``crop_size`` exceeds ``resize_size``.
+    outside the image only when ``crop_size`` exceeds ``resize_size``. ``resize_mode``
+    ``squash``: both sides to ``resize_size``, as Hugging Face's ``{"height", "width"}`` sizes.
     """
+    if settings.resize_mode == "squash":
+        square = (settings.resize_size, settings.resize_size)
+        return square, centre_box(*square, settings.crop_size)
     short, long = (width, height) if width <= height else (height, width)
     new_short = settings.resize_size
     new_long = int(new_short * long / short)

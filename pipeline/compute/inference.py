@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from pipeline.compute.model import ModelSpec, build_model
 from pipeline.compute.nvml import GpuReading, GpuStats
+from pipeline.compute.sources import build_module
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     import torch
+
+    from pipeline.compute.model import ModelSpec
 
 # On CPU, small batches keep a ResNet-50's activations in cache: on the 2-core test
 # machine batch 8 ran 13.8 img/s against 10.5 at 32 and 9.7 at 64 (docs/benchmarks.md).
@@ -213,7 +215,7 @@ class Predictor:
     def __init__(
         self,
         spec: ModelSpec,
-        state_dict: dict[str, torch.Tensor] | None,
+        state_dict: Any,  # the source's payload (pipeline.compute.sources.LoadedModel); None: random init
         settings: InferenceSettings,
         *,
         top_k: int = 5,
@@ -233,7 +235,9 @@ class Predictor:
         self.precision = resolve_precision(settings.precision, self.device.type)
         if state_dict is None:
             torch.manual_seed(seed)  # every actor of a random-init run holds the same weights
-        model = build_model(spec.name, spec.num_classes, state_dict, spec.task).to(self.device)
+        model = build_module(spec, state_dict).to(
+            self.device
+        )  # whatever its source (pipeline.compute.sources)
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if settings.compile:
@@ -262,7 +266,8 @@ class Predictor:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self._dtype)
 
-    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """N x H x W x 3 uint8 crops as the model takes them: NCHW float on the device, normalised."""
         import torch
 
         batch = batch.to(self.device)  # a no-op unless a CPU-decoded tensor meets a GPU model
@@ -270,6 +275,12 @@ class Predictor:
         x = (x - self._mean) / self._std
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        import torch
+
+        x = self.model_input(batch)
         with torch.inference_mode(), self._autocast():
             output = self.model(x).float()
         if self.spec.embedding is not None:

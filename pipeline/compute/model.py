@@ -1,5 +1,8 @@
 """Building a torchvision classifier (or the embedder inside it) and loading weights we can trust.
 
+:class:`ModelSpec` and the reading and pinning of weights (one file, or the files of a saved
+folder) serve every ``model.source`` (:mod:`pipeline.compute.sources`); the rest is torchvision's.
+
 Weights come from a local path or any fsspec URI (``s3://...``), as safetensors or
 as a torch file loaded with ``weights_only=True`` (never arbitrary pickle), however the
 training loop saved them (:mod:`pipeline.compute.checkpoints`). An optional sha256 pin refuses a
@@ -55,6 +58,7 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str
+    resize_mode: str = "shorter"  # or squash (pipeline.compute.decode.resize_geometry)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,11 @@ class ModelSpec:
     labels: tuple[str, ...]
     preprocessing: Preprocessing
     embedding: Embedding | None = None  # None: classify
+    source: str = "torchvision"  # the library that builds it (pipeline.compute.sources)
+    files: tuple[tuple[str, str], ...] = ()  # (path, sha256) of every file read
+    versions: tuple[tuple[str, str], ...] = ()  # (library, version) of the libraries that build it
+    #: What the source needs on the actor beside the payload (OpenCLIP's prompts), as JSON-able pairs.
+    options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def task(self) -> str:
@@ -94,6 +103,9 @@ class ModelSpec:
             "preprocessing": asdict(self.preprocessing),
             "task": self.task,
             "embedding": asdict(self.embedding) if self.embedding else None,  # dim, dtype, normalized
+            "source": self.source,
+            "files": [{"path": path, "sha256": digest} for path, digest in self.files],
+            "versions": dict(self.versions),
         }
 
 
@@ -149,10 +161,67 @@ def _read_uri(uri: str, storage_config: StorageConfig | None) -> bytes:
 
 @dataclass(frozen=True)
 class Weights:
-    """The weights file's bytes (None: random init) and their sha256, read once per run on the driver."""
+    """The weights file's bytes (None: random init) and their sha256, read once per run on the driver.
+
+    A directory (Hugging Face, OpenCLIP): ``contents`` holds each file read, by its path in the
+    directory, and ``sha256`` is :func:`directory_digest` of them.
+    """
 
     blob: bytes | None
     sha256: str
+    contents: dict[str, bytes] | None = None
+    path: str = "weights"  # the one file's URI, as the manifest names it
+
+    @property
+    def files(self) -> tuple[tuple[str, str], ...]:
+        """(path, sha256) of each file read: the directory's, or the one weights file."""
+        if self.contents is not None:
+            return tuple(
+                (path, hashlib.sha256(data).hexdigest()) for path, data in sorted(self.contents.items())
+            )
+        return () if self.blob is None else ((self.path, self.sha256),)
+
+
+def directory_digest(contents: dict[str, bytes]) -> str:
+    """What ``model.sha256`` pins for a directory: the sha256 of ``sha256sum``'s lines, sorted by path.
+
+    The same as ``(cd DIR && sha256sum FILE... | sort -k2 | sha256sum)`` over the files read.
+    """
+    lines = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {path}\n" for path, data in sorted(contents.items())
+    )
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def list_directory(uri: str, storage_config: StorageConfig | None) -> list[str]:
+    """The paths of the files under directory ``uri``, relative to it; [] when it is not a directory."""
+    from pipeline import storage
+    from pipeline.config import StorageConfig
+
+    config = storage_config or StorageConfig()
+    fs = storage.fsspec_filesystem(uri, config)
+    root = storage.fs_path(storage.normalise(uri)).rstrip("/")
+    try:
+        if not fs.isdir(root):
+            return []
+        found = fs.find(root)
+    except Exception as exc:
+        if storage.is_transient(exc):
+            raise storage.storage_error("list the model directory at", uri, exc, config) from exc
+        raise
+    return sorted(str(path)[len(root) :].lstrip("/") for path in found)
+
+
+def read_files(uri: str, paths: list[str], pin: str | None, storage_config: StorageConfig | None) -> Weights:
+    """Read ``paths`` under directory ``uri`` once, checksum them, refuse a pinned digest that differs."""
+    contents = {path: _read_uri(f"{uri.rstrip('/')}/{path}", storage_config) for path in paths}
+    digest = directory_digest(contents)
+    if pin is not None and digest != pin.lower():
+        raise ModelError(
+            f"config key 'model.sha256': the files read from {uri} ({', '.join(paths)}) have sha256 "
+            f"{digest} (computed as docs/weights.md says), expected {pin.lower()}; refusing to load them"
+        )
+    return Weights(None, digest, contents)
 
 
 class CachedWeights(Protocol):
@@ -176,7 +245,7 @@ def read_weights(model: ModelConfig, storage_config: StorageConfig | None = None
             f"config key 'model.sha256': weights at {model.weights} have sha256 {digest}, "
             f"expected {model.sha256.lower()}; refusing to load them"
         )
-    return Weights(blob, digest)
+    return Weights(blob, digest, path=model.weights)
 
 
 def resolve_spec(
@@ -198,7 +267,7 @@ def resolve_spec(
         crop_size=preprocess.crop_size or defaults.crop_size,
         mean=preprocess.mean or defaults.mean,
         std=preprocess.std or defaults.std,
-        interpolation=defaults.interpolation,
+        interpolation=preprocess.interpolation or defaults.interpolation,
     )
     embedding = None
     if model.task == "embed":
@@ -230,8 +299,7 @@ def _labels(
     model: ModelConfig, categories: list[str] | None, storage_config: StorageConfig | None
 ) -> list[str]:
     if model.labels is not None:
-        names = [line.strip() for line in _read_uri(model.labels, storage_config).decode().splitlines()]
-        names = [name for name in names if name]
+        names = read_label_file(model.labels, storage_config)
         if len(names) != model.num_classes:
             raise ModelError(
                 f"config key 'model.labels': {model.labels} has {len(names)} labels, "
@@ -241,6 +309,12 @@ def _labels(
     if categories is not None and len(categories) == model.num_classes:
         return categories
     return [f"class_{index}" for index in range(model.num_classes)]
+
+
+def read_label_file(uri: str, storage_config: StorageConfig | None) -> list[str]:
+    """The labels of a file of one label a line (blank lines skipped)."""
+    names = [line.strip() for line in _read_uri(uri, storage_config).decode().splitlines()]
+    return [name for name in names if name]
 
 
 def final_linear(module: torch.nn.Module, num_classes: int) -> tuple[str, torch.nn.Linear] | None:

@@ -89,16 +89,45 @@ def check_table(config: Config) -> None:
         raise ConfigError("output.table", output.table, "an Iceberg identifier is namespace.name")
 
 
-def check_semantics(config: Config) -> None:
-    """Checks that need more than one field or a look at the outside world."""
-    if config.model.weights is None and not config.model.random_init:
+def check_model_source(config: Config) -> None:
+    """What each ``model.source`` needs from the other keys (docs/weights.md)."""
+    model, preprocess = config.model, config.preprocess
+    hub_cache = model.source == "huggingface" and not model.random_init  # model.name: a cached hub id
+    if model.weights is None and not model.random_init and not hub_cache:
         raise ConfigError(
             "model.weights",
             None,
             "set a weights file (.safetensors or .pt) or model.random_init: true for a demo",
         )
-    if config.model.weights is not None and config.model.random_init:
+    if model.weights is not None and model.random_init:
         raise ConfigError("model.random_init", value=True, allowed="must be false when model.weights is set")
+    if model.random_init and model.source in ("huggingface", "exported"):
+        raise ConfigError(
+            "model.random_init",
+            value=True,
+            allowed=f"model.source {model.source} has no architecture to initialise: set model.weights",
+        )
+    if model.source == "exported":  # a graph says nothing about the pixels it was trained on
+        for key in ("resize_size", "crop_size", "mean", "std"):
+            if getattr(preprocess, key) is None:
+                raise ConfigError(
+                    f"preprocess.{key}",
+                    None,
+                    "model.source exported needs its preprocessing spelled out: set preprocess."
+                    "resize_size, crop_size, mean and std (docs/weights.md)",
+                )
+    if model.source == "open_clip" and model.task == "classify" and model.labels is None:
+        raise ConfigError(
+            "model.labels",
+            None,
+            "model.source open_clip classifies zero-shot: name a file of labels, one a line, "
+            "each put into model.prompt_template (or use model.task: embed)",
+        )
+
+
+def check_semantics(config: Config) -> None:
+    """Checks that need more than one field or a look at the outside world."""
+    check_model_source(config)
     actors = config.resources
     if actors.min_actors and actors.max_actors and actors.min_actors > actors.max_actors:
         allowed = f"must be <= resources.max_actors ({actors.max_actors})"

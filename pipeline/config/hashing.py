@@ -21,12 +21,37 @@ INPUT_KEYS_HASHED_WHEN_SET: dict[str, Any] = {
 }
 
 
+#: What model.prompt_template is unless set: OpenCLIP's own zero-shot prompt for ImageNet.
+DEFAULT_PROMPT_TEMPLATE = "a photo of a {}."
+
+
+#: Model keys newer than the first runs: hashed only when they differ from their default, so a
+#: torchvision config hashes as it did before models came from other libraries.
+MODEL_KEYS_HASHED_WHEN_SET: dict[str, Any] = {
+    "source": "torchvision",
+    "prompt_template": DEFAULT_PROMPT_TEMPLATE,
+}
+
+
 #: Preprocessing settings that change the pixels the model sees (the rest are limits and tuning).
-RESULT_PREPROCESS_KEYS = ("resize_size", "crop_size", "mean", "std", "reduced_decode", "decode_device")
+RESULT_PREPROCESS_KEYS = (
+    "resize_size",
+    "crop_size",
+    "mean",
+    "std",
+    "interpolation",
+    "reduced_decode",
+    "decode_device",
+)
+#: Of those, the ones hashed only when set (None is "the model's own"), so older runs still resume.
+PREPROCESS_KEYS_HASHED_WHEN_SET = ("mean", "std", "interpolation")
 
 
 #: Model keys only one task reads: the other task's hash leaves them out.
-TASK_ONLY_MODEL_KEYS = {"classify": ("labels", "top_k"), "embed": ("task", "embedding_dtype", "normalize")}
+TASK_ONLY_MODEL_KEYS = {
+    "classify": ("labels", "top_k", "prompt_template"),
+    "embed": ("task", "embedding_dtype", "normalize"),
+}
 
 
 #: The precision class a resume must keep: bf16 and fp16 give the same top-1 within tolerance.
@@ -44,14 +69,16 @@ def config_hash(config: Config, weights_sha256: str | None) -> str:
     other = "embed" if config.model.task == "classify" else "classify"
     for key in TASK_ONLY_MODEL_KEYS[other]:
         data["model"].pop(key)
+    for key, default in MODEL_KEYS_HASHED_WHEN_SET.items():
+        if data["model"].get(key, default) == default:
+            data["model"].pop(key, None)
     results = {
         "input": data["input"],
         "model": data["model"],
-        # mean and std only when set, so runs started before they existed still resume.
         "preprocess": {
             key: data["preprocess"][key]
             for key in RESULT_PREPROCESS_KEYS
-            if key not in {"mean", "std"} or data["preprocess"][key] is not None
+            if key not in PREPROCESS_KEYS_HASHED_WHEN_SET or data["preprocess"][key] is not None
         },
         "precision": PRECISION_CLASS[config.inference.precision],
     }

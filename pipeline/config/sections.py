@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.config.hashing import config_hash
+from pipeline.config.hashing import DEFAULT_PROMPT_TEMPLATE, config_hash
 from pipeline.config.worker_groups import WorkerGroup
 
 Unit = Annotated[float, Field(ge=0, le=1)]  # a per-channel mean, on the 0-1 scale torchvision uses
@@ -97,12 +97,22 @@ class InputConfig(_Section):
         return self.format in ("parquet", "webdataset")
 
 
+#: The libraries a model can come from (pipeline.compute.sources, docs/weights.md).
+ModelSource = Literal["torchvision", "timm", "huggingface", "open_clip", "exported"]
+
+
 class ModelConfig(_Section):
-    """Which torchvision architecture, which weights, and what to write per image."""
+    """Which model (library, architecture, weights), and what to write per image."""
 
     # classify: top-k classes; embed: the vector the final Linear receives (docs/architecture.md).
     task: Literal["classify", "embed"] = "classify"
+    # Which library builds the model; torchvision is what every config meant before the key.
+    source: ModelSource = "torchvision"
+    # torchvision, timm, open_clip: the architecture; huggingface without weights: a hub id
+    # found in the local cache only; exported: a name for the outputs' model_name column.
     name: str = "resnet50"
+    # A state dict / safetensors file; huggingface and open_clip: a directory the library
+    # saved (save_pretrained; open_clip_config.json + weights); exported: a torch.export .pt2.
     weights: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     random_init: bool = False
@@ -115,6 +125,8 @@ class ModelConfig(_Section):
     # embed only. float32: exact, and every Parquet reader has it; float16 halves the column.
     embedding_dtype: Literal["float32", "float16"] = "float32"
     normalize: bool = False  # embed only: L2-normalise each vector (unit length)
+    # open_clip classify: the text each label of model.labels becomes ({} is the label).
+    prompt_template: str = Field(default=DEFAULT_PROMPT_TEMPLATE, pattern=r"\{\}")
 
 
 class PreprocessConfig(_Section):
@@ -125,6 +137,8 @@ class PreprocessConfig(_Section):
     # Normalisation the weights were trained with, e.g. [0.485, 0.456, 0.406]; None: model.preprocessing's.
     mean: tuple[Unit, Unit, Unit] | None = None
     std: tuple[Spread, Spread, Spread] | None = None
+    # Resampling of the resize; None: the model's own (source.exported: bilinear).
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
     max_image_pixels: int = Field(default=89_478_485, ge=1)
     # An input larger than this fails with reason too_large before more of it is read.
     max_input_bytes: int = Field(default=64 * 1024 * 1024, ge=1)

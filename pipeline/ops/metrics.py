@@ -289,7 +289,7 @@ class JobMetrics:
         )
 
     def set_incremental(self, counts: Mapping[str, Any]) -> None:
-        """The run's counts by kind (the summary's ``incremental``; a kind not given is 0); pushed at the end."""
+        """The run's counts by kind (the summary's ``incremental``; a kind not given: 0), pushed at end."""
         for kind in INCREMENTAL_KINDS:
             self.incremental.labels(self.run_id, kind).set(counts.get(kind, 0))
 

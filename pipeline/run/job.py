@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from pipeline._version import __version__
-from pipeline.compute.model import CachedWeights, ModelSpec, check_architecture, read_weights, resolve_spec
+from pipeline.compute.sources import check_model, read_weights, resolve_spec
 from pipeline.errors import OutputInUseError, PipelineError, RunInterrupted, as_pipeline_error
 from pipeline.inputs import manifest
 from pipeline.inputs.listing import list_inputs
@@ -39,6 +39,7 @@ from pipeline.run.write_step import Work, write_with_progress
 from pipeline.storage import s3_retries
 
 if TYPE_CHECKING:
+    from pipeline.compute.model import CachedWeights, ModelSpec
     from pipeline.config import Config
     from pipeline.inputs.listing import Listing
     from pipeline.ops.progress import ProgressSeries
@@ -214,7 +215,7 @@ def run_job(
     because another holds the output reports nothing (the holder reports for this pipeline).
     ``settled``: see :class:`_Run`.
     """
-    check_architecture(config.model.name)  # a config error: refused before anything is reported
+    check_model(config.model)  # a config error: refused before anything is reported
     overwrite = overwrite or config.output.mode == "overwrite"
     run = _Run(
         config,

@@ -203,6 +203,7 @@ def decode_settings(config: Config, spec: ModelSpec) -> DecodeSettings:
         resize_size=prep.resize_size,
         crop_size=prep.crop_size,
         interpolation=prep.interpolation,
+        resize_mode=prep.resize_mode,
         max_image_pixels=config.preprocess.max_image_pixels,
         reduced_decode=config.preprocess.reduced_decode,
         keep_jpeg=config.preprocess.decode_device == "gpu",

@@ -15,7 +15,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.compute.model import check_architecture, read_weights, resolve_spec
+from pipeline.compute.sources import check_model, read_weights, resolve_spec
 from pipeline.inputs.listing import Listing, list_inputs
 from pipeline.outputs import claim, layout, safety
 
@@ -87,7 +87,7 @@ class Verdict:
 
 def check_run(config: Config) -> Verdict:
     """Run's checks in run's order, raising its errors; what the run will do if they pass."""
-    check_architecture(config.model.name)
+    check_model(config.model)
     overwrite = config.output.mode == "overwrite"
     location = layout.OutputLocation.open(config.output.uri, config.storage)
     weights = functools.cache(lambda: read_weights(config.model, config.storage))  # once, as run reads them

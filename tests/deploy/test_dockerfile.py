@@ -120,16 +120,21 @@ class TestDockerfile:
         assert not any("nvidia/cuda" in s.base for s in stages)
 
     def test_each_target_installs_its_torch(self, dockerfile) -> None:
-        """cpu: torch's CPU index, CUDA-less; gpu: PyPI's CUDA wheels, the gpu extra; both: tables."""
+        """cpu: torch's CPU index, no gpu extra, CUDA-less; gpu: PyPI's CUDA wheels and the gpu extra.
+
+        Both carry the models and tables extras, and import each library of theirs once built.
+        """
         _, stages = dockerfile
         (cpu_install,) = stage(stages, "builder-cpu").args("RUN")
         (gpu_install,) = stage(stages, "builder-gpu").args("RUN")
         assert "--index-url https://download.pytorch.org/whl/cpu" in cpu_install
-        assert '"/src[tables]"' in cpu_install  # output.format iceberg and lance
+        assert '"/src[models,tables]"' in cpu_install
         assert "torch.version.cuda is None" in cpu_install
         assert "--index-url https://pypi.org/simple" in gpu_install
-        assert '"/src[gpu,tables]"' in gpu_install
+        assert '"/src[gpu,models,tables]"' in gpu_install
         assert "import pipeline, pynvml" in gpu_install
+        for install in (cpu_install, gpu_install):
+            assert "timm, transformers, open_clip" in install
         project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
         assert any(pin.startswith("nvidia-ml-py==") for pin in project["optional-dependencies"]["gpu"])
         for target in FINAL_TARGETS:
