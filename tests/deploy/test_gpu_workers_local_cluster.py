@@ -72,6 +72,10 @@ def submit(
     rayjob = scheduled_spec(release)
     runtime_env = yaml.safe_load(rayjob["runtimeEnvYAML"])
     del runtime_env["env_vars"]["PIPELINE_OUTPUT__URI"]  # the night's S3 prefix; here a local folder
+    # prod's nights are incremental: the night before, here a folder with nothing in it (the first
+    # night), which the rendered previous_missing=full_run turns into a full run.
+    assert runtime_env["env_vars"]["PIPELINE_OUTPUT__PREVIOUS_MISSING"] == "full_run"
+    runtime_env["env_vars"]["PIPELINE_OUTPUT__PREVIOUS"] = str(tmp_path / "night-before")
     config = local_config(
         release.pipeline_config()["data"]["config.yaml"], tmp_path / "images", tmp_path / "out"
     )
