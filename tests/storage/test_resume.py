@@ -6,19 +6,15 @@ kill takes the driver and every Ray process it started, as a lost pod would.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import wait_for_parts
+from helpers import kill_group, wait_for_parts
 from storage_s3 import (
     FAKE_ACCESS_KEY_ID,
     FAKE_SECRET_ACCESS_KEY,
@@ -53,21 +49,6 @@ def start_job(config_path: Path, log_path: Path, *args: str) -> subprocess.Popen
             env=job_environment(),
             cwd=config_path.parent,
         )
-
-
-def kill_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the job's whole process group and wait until none of it is left."""
-    with contextlib.suppress(ProcessLookupError):  # already gone: the caller's checks will say why
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    pytest.fail(f"processes of group {process.pid} survived SIGKILL")
 
 
 def committed_checkpoints(s3: Any, bucket: str) -> list[str]:

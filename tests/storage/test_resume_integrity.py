@@ -8,12 +8,10 @@ paths (the run's inputs and weights are named by absolute path), changes what it
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import committed_checkpoints
+from helpers import committed_checkpoints, kill_group
 from storage_s3 import KILLABLE_PACE
 
 from pipeline.cli import samples
@@ -34,13 +32,6 @@ pytestmark = pytest.mark.slow
 IMAGES = 96
 KILL_AFTER_PARTS = 3
 DEADLINE_S = 300.0
-
-
-def kill_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the job's whole process group (driver and the Ray it started) and wait for it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
 
 
 def make_weights(path: Path, seed: int) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import wait_for_parts
+from helpers import kill_group, wait_for_parts
 from storage_s3 import KILLABLE_PACE, list_keys, read_json, read_parts
-from test_resume import DEADLINE_S, committed_checkpoints, kill_group, start_job
+from test_resume import DEADLINE_S, committed_checkpoints, start_job
 
 from pipeline.cli import sample_shards, samples
 from pipeline.config import load_config
