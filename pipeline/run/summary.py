@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
+
+from pipeline.storage.atomic_writes import write_atomic
 
 
 @dataclass
@@ -63,10 +64,10 @@ class RunSummary:
 
     def write(self, path: str) -> None:
         """The summary's JSON as a local file (``metrics.summary_path``), replaced whole."""
-        target = Path(path)
-        partial = target.with_name(f".{target.name}.partial")
-        partial.write_text(json.dumps(self.as_dict(), indent=2) + "\n", encoding="utf-8")
-        partial.replace(target)  # a reader never sees half a summary
+        import fsspec
+
+        data = (json.dumps(self.as_dict(), indent=2) + "\n").encode()
+        write_atomic(fsspec.filesystem("file"), path, data)  # a reader never sees half a summary
 
     def render(self) -> str:
         """Human-readable lines for the console."""
