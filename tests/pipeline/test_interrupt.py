@@ -192,13 +192,17 @@ def test_a_signal_drains_the_batches_in_flight_and_the_rerun_does_only_the_rest(
 def test_a_stop_whose_grace_runs_out_exits_anyway(make_config, images, tmp_path, start_job):
     """Batches in flight longer than resources.stop_grace_s: the run exits 143 at the grace, interrupted."""
     grace = 0.5
-    # One model call at a time (max_actors set: one call per actor), of 64 images on one thread:
-    # when the first lands, the second has seconds to go, longer than the grace.
+    # One model call at a time (max_actors set: one call per actor), of 64 images at 384 px on one
+    # thread (~7 s on a 2-core Xeon): when the first lands, the second has seconds to go, far longer
+    # than the grace even after the poll that sees the first rows and the signal's own delay (at
+    # 224 px a call took ~2.5 s, and a CI run once saw the write drain inside the grace).
     config_path = _config_file(
         make_config,
         images,
         tmp_path,
         inference__batch_size=64,
+        preprocess__resize_size=384,
+        preprocess__crop_size=384,
         resources__max_actors=1,
         resources__stop_grace_s=grace,
     )
