@@ -26,6 +26,7 @@ from pipeline.schema import (
     CARRIED_ROW_COLUMN,
     EMBEDDING_COLUMN,
     ENCODING_COLUMN,
+    FINGERPRINT_FIELD,
     IMAGE_COLUMN,
     SHARD_INDEX_FIELD,
     STATUS_FAILED,
@@ -148,6 +149,7 @@ class ClassifyOrEmbed:
             "model_name": pa.array([self.spec.name] * count, pa.string()),
             "model_sha256": pa.array([self.spec.weights_sha256] * count, pa.string()),
             "run_id": pa.array([self.labels.run_id] * count, pa.string()),
+            FINGERPRINT_FIELD.name: pa.array(batch.get(FINGERPRINT_FIELD.name, [None] * count), pa.string()),
         }
         if self._carried is not None:  # Arrow's take: the manifest's types and nulls, untouched
             rows = self._carried.take(pa.array(batch[CARRIED_INDEX_COLUMN], pa.int64()))

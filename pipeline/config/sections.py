@@ -299,6 +299,7 @@ class MetricsConfig(_Section):
 RESERVED_COLUMNS = frozenset(
     {
         *("row_id", "uri", "status", "reason", "error", "model_name", "model_sha256", "run_id"),
+        "fingerprint",
         *("top_k_ids", "top_k_labels", "top_k_scores", "label", "score", "embedding"),
         *("image", "data", "encoding", "carried_index"),
         *("shard_index", "record_bytes", "carried_row"),

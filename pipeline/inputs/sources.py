@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from pipeline.inputs.fingerprints import of_inputs
 from pipeline.inputs.manifest import rows_to_do
 from pipeline.inputs.shards import ReadSpec
 
@@ -55,7 +56,7 @@ def source_of(config: Config, listing: Listing, remaining: Remaining, ledger: Sh
         todo = remaining.uris
         carried = rows_to_do(listing.carried, listing.uris, todo) if listing.carried is not None else None
         return Source(
-            UriListDatasource(todo, carry=carried is not None),
+            UriListDatasource(todo, carry=carried is not None, fingerprints=of_inputs(listing, todo)),
             rows=len(todo),
             exact=True,
             carried=carried,
