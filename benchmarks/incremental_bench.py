@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 SPEED_SETTINGS = [
-    "model.random_init=true",
     "inference.precision=fp32",
     "output.max_failure_fraction=1.0",
     "logging.progress=false",
@@ -62,12 +61,32 @@ def write_images(folder: Path, count: int, start: int = 0, seed: int = 0) -> Non
         (sub / f"img-{index:06d}.jpg").write_bytes(samples.jpeg_bytes(samples.photo_like(rng, 64, 64)))
 
 
+def weights_file(workdir: Path, model: str) -> Path:
+    """Random weights of ``model``, saved as a file.
+
+    Not ``model.random_init``: a random-init run is never carried from, since every random
+    model shares one weights checksum.
+    """
+    path = workdir / f"weights-{model}.safetensors"
+    if not path.exists():
+        import torch
+        import torchvision
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        net = torchvision.models.get_model(model, weights=None, num_classes=1000)
+        save_file({key: value.contiguous() for key, value in net.state_dict().items()}, str(path))
+    return path
+
+
 def run_once(images: str, out: str, previous: str | None, model: str, size: int) -> dict[str, Any]:
     """One run in this process (the child of ``speed``): its summary's figures."""
     from pipeline.config import load_config
     from pipeline.run.job import run_job
 
+    weights = weights_file(Path(out).parent, model)
     items = [*SPEED_SETTINGS, f"input.uri={images}", f"output.uri={out}", f"model.name={model}"]
+    items.append(f"model.weights={weights}")
     items += [f"preprocess.resize_size={size}", f"preprocess.crop_size={size}"]
     if previous:
         items.append(f"output.previous={previous}")

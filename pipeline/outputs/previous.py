@@ -147,6 +147,7 @@ def find_previous(config: Config, config_hash: str) -> tuple[Previous | None, st
             f"no output at {location.uri} (output.previous_missing=full_run): every input is computed",
         )
     manifest = location.read_json(MANIFEST)
+    _refuse_random_weights(config, manifest, settings.previous)
     if manifest.get("config_hash") != config_hash:
         if settings.previous_other_config == "refuse":
             raise ConfigError(
@@ -162,3 +163,21 @@ def find_previous(config: Config, config_hash: str) -> tuple[Previous | None, st
             "recompute): every input is computed, nothing carried"
         )
     return Previous(location, manifest), None
+
+
+def _refuse_random_weights(config: Config, manifest: dict[str, Any], previous: str) -> None:
+    """Refuse to carry into or from a run on random weights (``model.random_init``).
+
+    Every random-init run's weights "checksum" is the same word, so two different random models
+    share a config hash: their rows would be carried as if one model had made both.
+    """
+    into = config.model.random_init
+    if into or manifest.get("model", {}).get("random_init"):
+        which = "this run uses" if into else "it was made with"
+        raise ConfigError(
+            KEY,
+            previous,
+            f"{which} random weights (model.random_init): random models all share one weights "
+            "checksum, so their rows cannot be told apart and are never carried; drop "
+            "output.previous for a full run, or set model.weights",
+        )

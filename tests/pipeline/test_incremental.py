@@ -132,6 +132,50 @@ class TestRefusals:
         assert why is not None
         assert "every input is computed, nothing carried" in why
 
+    def test_random_weights_are_never_carried(
+        self, images: Path, local_config: Any, write_output: Any, tmp_path: Path
+    ) -> None:
+        """A random-init run neither carries rows nor gives them: two random models share one weights hash."""
+        import json
+
+        previous = write_output(tmp_path / "night-1", [{"row_id": "x", "status": "ok"}], parts=1)
+        random_run = local_config(
+            images,
+            tmp_path / "night-2",
+            output__previous=str(previous),
+            model__weights=None,
+            model__random_init=True,
+        )
+        with pytest.raises(ConfigError, match="random weights") as into:
+            find_previous(random_run, HAND_MADE_HASH)
+        assert into.value.key == "output.previous"
+        manifest = json.loads((previous / "_SUCCESS").read_text())
+        manifest["model"]["random_init"] = True  # the night before ran on random weights
+        (previous / "_SUCCESS").write_text(json.dumps(manifest))
+        config = local_config(images, tmp_path / "night-2", output__previous=str(previous))
+        with pytest.raises(ConfigError, match="random weights"):
+            find_previous(config, HAND_MADE_HASH)
+
+    def test_plan_checks_the_previous_output(
+        self, images: Path, local_config: Any, write_output: Any, tmp_path: Path
+    ) -> None:
+        """pipeline plan refuses an uncommitted previous output as the run does, and names a committed one."""
+        from pipeline.run.preflight import check_run
+
+        half = write_output(tmp_path / "half", [{"row_id": "x", "status": "ok"}], parts=1, commit=False)
+        with pytest.raises(ConfigError, match="not committed"):
+            check_run(local_config(images, tmp_path / "night-2", output__previous=str(half)))
+        missing = local_config(
+            images,
+            tmp_path / "night-2",
+            output__previous=str(tmp_path / "none"),
+            output__previous_missing="full_run",
+        )
+        verdict = check_run(missing)
+        assert verdict.previous is not None
+        assert "every input is computed" in verdict.previous
+        assert any("every input is computed" in line for line in verdict.lines(missing))
+
     def test_previous_must_be_another_output(self, images: Path, tmp_path: Path) -> None:
         """output.previous naming output.uri is a config error naming the key."""
         out = str(tmp_path / "night")
