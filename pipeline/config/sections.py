@@ -69,6 +69,11 @@ class InputConfig(_Section):
     allowed_roots: list[str] = Field(default_factory=list)
     # Manifest columns copied unchanged into every output row (pipeline.inputs.manifest).
     passthrough_columns: list[str] = Field(default_factory=list)
+    # A manifest's column holding each entry's version (an ETag, a content hash, an update
+    # time): the entry's fingerprint, so an incremental run (output.previous) carries the rows
+    # of entries whose version is unchanged. None: a manifest's entries have no fingerprint and
+    # are all computed again; an entry whose cell is empty is computed again.
+    version_column: str | None = None
     # The kinds of input a manifest may name; others fail with reason scheme_not_allowed.
     # file:// URLs are left out by default: a manifest from elsewhere cannot point into this host.
     allowed_schemes: list[InputScheme] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_SCHEMES))

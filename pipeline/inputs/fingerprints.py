@@ -45,14 +45,26 @@ def fingerprint(stamp: tuple[int, str]) -> str:
     return f"{size}:{version}"
 
 
+def listed(listing: Listing, start: int, stop: int) -> list[str | None]:
+    """The fingerprints of the listing's inputs ``start`` to ``stop``; None where there is none.
+
+    A folder's or prefix's: :func:`fingerprint` of the stamp. A manifest's: ``version:<cell>``
+    of its ``input.version_column`` (an empty cell, or no such column: None, computed again).
+    """
+    if listing.stamps is not None:
+        return [fingerprint(stamp) for stamp in listing.stamps[start:stop]]
+    if listing.versions is not None:
+        return [None if cell is None else f"version:{cell}" for cell in listing.versions[start:stop]]
+    return [None] * len(listing.uris[start:stop])
+
+
 def of_inputs(listing: Listing, uris: list[str]) -> list[str | None]:
-    """The fingerprints of ``uris`` (some of the listing's, in any order); None where it has none."""
-    if listing.stamps is None:
-        return [None] * len(uris)
-    if uris is listing.uris or len(uris) == len(listing.uris):  # a new run: every input, in order
-        return [fingerprint(stamp) for stamp in listing.stamps]
-    stamps = dict(zip(listing.uris, listing.stamps, strict=True))
-    return [fingerprint(stamps[uri]) for uri in uris]
+    """The fingerprints of ``uris`` (some of the listing's, in listing order); None where none."""
+    prints = listed(listing, 0, len(listing.uris))
+    if len(uris) == len(listing.uris):  # a new run: every input, in order
+        return prints
+    by_uri = dict(zip(listing.uris, prints, strict=True))
+    return [by_uri[uri] for uri in uris]
 
 
 def inputs_table(listing: Listing) -> pa.Table:

@@ -235,11 +235,9 @@ def _spill_listing(listing: Listing, todo: list[str], now: _Spill, digits: int) 
             if uri == wanted:
                 wanted = next(pending, None)
         ids = pa.array([row_ids.row_id(uri) for uri in uris], pa.string())
-        stamps = listing.stamps[start : start + CHUNK_ROWS] if listing.stamps is not None else None
-        prints = [fingerprints.fingerprint(stamp) for stamp in stamps] if stamps is not None else None
         columns = [
             ids,
-            pa.array(prints if prints is not None else [None] * len(uris), pa.string()),
+            pa.array(fingerprints.listed(listing, start, start + CHUNK_ROWS), pa.string()),
             pa.array(range(start, start + len(uris)), pa.int64()),
             pa.array(done, pa.bool_()),
             _bucket(ids, digits),

@@ -80,6 +80,35 @@ class TestFingerprints:
         assert len(listing) == 3
         assert set(_prints(listing).values()) == {None}
 
+    def test_manifest_version_column_is_the_fingerprint(
+        self, images: Path, local_config: Any, write_output: Any, tmp_path: Path
+    ) -> None:
+        """With input.version_column an unchanged version is carried; a new one or a blank cell is not."""
+        from pipeline.outputs import carry
+        from pipeline.outputs.layout import OutputLocation
+
+        paths = sorted(str(path) for path in images.iterdir())
+        manifest = tmp_path / "list.csv"
+        manifest.write_text(f"uri,v\n{paths[0]},1\n{paths[1]},1\n{paths[2]},\n")
+        config = local_config(manifest, tmp_path / "night-2", input__version_column="v")
+        listing = list_inputs(config.input, config.storage)
+        assert listing.carried is None  # the version column is read, not written
+        prints = _prints(listing)
+        assert list(prints.values()) == ["version:1", "version:1", None]
+        rows = [
+            {"row_id": row_ids.row_id(uri), "uri": uri, "status": "ok", "fingerprint": prints[uri]}
+            for uri in paths
+        ]
+        previous = _previous(write_output(tmp_path / "night-1", rows, parts=1), listing, config)
+        manifest.write_text(f"uri,v\n{paths[0]},1\n{paths[1]},2\n{paths[2]},\n")
+        listing = list_inputs(config.input, config.storage)
+        out = OutputLocation.open(config.output.uri, config.storage)
+        todo, counts = carry.carry_forward(out, previous, listing, listing.uris, keep_failed=False)
+        assert (todo, counts.carried) == (paths[1:], 1)
+        with pytest.raises(ConfigError, match=r"needs a \.parquet or \.csv manifest") as refused:
+            local_config(images, tmp_path / "out", input__version_column="v")
+        assert refused.value.key == "input.version_column"
+
 
 class TestRefusals:
     def test_previous_not_committed_is_refused(
