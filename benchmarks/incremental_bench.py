@@ -9,8 +9,9 @@ model's share); "graph" is the write step's wall time (actor start-up included).
 
 ``memory``: the driver while it carries rows forward, at each ``--carried`` size, in a fresh
 process: a listing of that many tiny files (never read) and a previous output written directly
-(parts of ``--rows-per-part`` rows, 2% of the inputs touched so some parts are filtered and
-the rest copied), then the real :func:`pipeline.outputs.carry.carry_forward`. A thread samples
+(parts of ``--rows-per-part`` rows whose rows hold their fingerprint, 2% of the inputs touched
+so some parts are filtered and the rest copied), then the real
+:func:`pipeline.outputs.carry.carry_forward`. A thread samples
 the process's RSS every 5 ms; the figure is the peak during the carry over the RSS just
 before it (the listing itself, like any run's, is outside it; so are the libraries the carry
 loads on first use, loaded by a warm-up on a few rows first).
@@ -34,7 +35,6 @@ from typing import Any
 import numpy as np
 
 SPEED_SETTINGS = [
-    "model.random_init=true",
     "inference.precision=fp32",
     "output.max_failure_fraction=1.0",
     "logging.progress=false",
@@ -61,12 +61,32 @@ def write_images(folder: Path, count: int, start: int = 0, seed: int = 0) -> Non
         (sub / f"img-{index:06d}.jpg").write_bytes(samples.jpeg_bytes(samples.photo_like(rng, 64, 64)))
 
 
+def weights_file(workdir: Path, model: str) -> Path:
+    """Random weights of ``model``, saved as a file.
+
+    Not ``model.random_init``: a random-init run is never carried from, since every random
+    model shares one weights checksum.
+    """
+    path = workdir / f"weights-{model}.safetensors"
+    if not path.exists():
+        import torch
+        import torchvision
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        net = torchvision.models.get_model(model, weights=None, num_classes=1000)
+        save_file({key: value.contiguous() for key, value in net.state_dict().items()}, str(path))
+    return path
+
+
 def run_once(images: str, out: str, previous: str | None, model: str, size: int) -> dict[str, Any]:
     """One run in this process (the child of ``speed``): its summary's figures."""
     from pipeline.config import load_config
     from pipeline.run.job import run_job
 
+    weights = weights_file(Path(out).parent, model)
     items = [*SPEED_SETTINGS, f"input.uri={images}", f"output.uri={out}", f"model.name={model}"]
+    items.append(f"model.weights={weights}")
     items += [f"preprocess.resize_size={size}", f"preprocess.crop_size={size}"]
     if previous:
         items.append(f"output.previous={previous}")
@@ -164,6 +184,7 @@ def _write_previous(listing: Any, previous_dir: Path, rows_per_part: int) -> Non
                 "model_name": ["resnet18"] * rows,
                 "model_sha256": ["ab" * 32] * rows,
                 "run_id": ["night-1"] * rows,
+                "fingerprint": fingerprints.of_inputs(listing, uris),
             },
             schema=schema,
         )
@@ -174,9 +195,10 @@ def _write_previous(listing: Any, previous_dir: Path, rows_per_part: int) -> Non
 
 
 def _warm_up(workdir: Path) -> None:
-    """Use once what the carry uses (a join, is_in, a Parquet write and read), on a few rows."""
+    """Use once what the carry uses (a join, is_in, a partitioned write, Parquet reads), on a few rows."""
     import pyarrow as pa
     import pyarrow.compute as pc
+    import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
     table = pa.table({"row_id": ["a", "b"], "size": [1, 2], "version": ["x", "y"]})
@@ -184,6 +206,16 @@ def _warm_up(workdir: Path) -> None:
     pc.is_in(table.column("row_id"), value_set=pa.array(["a"]))
     pq.write_table(table, workdir / "warm-up.parquet")
     pq.ParquetFile(workdir / "warm-up.parquet").read()
+    partitioning = ds.partitioning(pa.schema([("version", pa.string())]))
+    ds.write_dataset(
+        table,
+        workdir / "warm-up",
+        format="parquet",
+        partitioning=partitioning,
+        existing_data_behavior="overwrite_or_ignore",
+        use_threads=False,
+    )
+    pq.read_table(workdir / "warm-up" / "x", partitioning=None)
 
 
 def carry_memory(workdir: Path, carried: int, rows_per_part: int) -> dict[str, Any]:

@@ -11,6 +11,11 @@ writes the top-k columns (``top_k_ids``, ``top_k_labels``, ``top_k_scores``,
 fixed-size list of ``dim`` float32 or float16 values, and none of the top-k
 columns. A failed row's task columns are null.
 
+Then ``fingerprint``: what the listing said of the input when its row was made (size and
+version: :mod:`pipeline.inputs.fingerprints`), so an incremental run can tell from the row alone
+whether its input changed since; null where the listing gives none (a manifest without a
+version column). Outputs written before this column existed lack it; readers must not need it.
+
 A run over shards writes ``shard_index`` next (the record's shard, :mod:`pipeline.inputs.shards`).
 After these come the carried columns (``input.passthrough_columns``), on ok and failed
 rows alike, with the types the manifest holds (:mod:`pipeline.inputs.manifest`).
@@ -96,6 +101,9 @@ PROVENANCE_FIELDS = (
     pa.field("model_sha256", pa.string(), nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
 )
+# The input's fingerprint when the row was made (pipeline.inputs.fingerprints); nullable, and
+# absent from outputs written before it was added.
+FINGERPRINT_FIELD = pa.field("fingerprint", pa.string())
 EMBEDDING_COLUMN = "embedding"
 EMBEDDING_TYPES = {"float32": pa.float32(), "float16": pa.float16()}
 
@@ -119,10 +127,14 @@ def output_schema(
     else:
         task_fields = CLASSIFY_FIELDS
     shard = (SHARD_INDEX_FIELD,) if shards else ()
-    return pa.schema([*IDENTITY_FIELDS, *task_fields, *PROVENANCE_FIELDS, *shard, *(carried or [])])
+    return pa.schema(
+        [*IDENTITY_FIELDS, *task_fields, *PROVENANCE_FIELDS, FINGERPRINT_FIELD, *shard, *(carried or [])]
+    )
 
 
 def reserved_columns() -> frozenset[str]:
     """Every name the pipeline writes (either task) or passes between stages: no carried column's."""
     written = {field.name for field in (*IDENTITY_FIELDS, *CLASSIFY_FIELDS, *PROVENANCE_FIELDS)}
-    return frozenset({*written, EMBEDDING_COLUMN, SHARD_INDEX_FIELD.name, *IN_FLIGHT_COLUMNS})
+    return frozenset(
+        {*written, EMBEDDING_COLUMN, FINGERPRINT_FIELD.name, SHARD_INDEX_FIELD.name, *IN_FLIGHT_COLUMNS}
+    )

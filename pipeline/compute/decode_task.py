@@ -23,6 +23,7 @@ from pipeline.schema import (
     ENCODING_COLUMN,
     ENCODING_JPEG,
     ENCODING_RAW,
+    FINGERPRINT_FIELD,
     IMAGE_COLUMN,
     RECORD_BYTES_COLUMN,
     SHARD_INDEX_FIELD,
@@ -105,7 +106,7 @@ def decode_batch(
     pixels = (
         {BYTES_COLUMN: encoded, ENCODING_COLUMN: encodings} if settings.keep_jpeg else {IMAGE_COLUMN: images}
     )
-    passed = (CARRIED_INDEX_COLUMN, SHARD_INDEX_FIELD.name, CARRIED_ROW_COLUMN)
+    passed = (CARRIED_INDEX_COLUMN, SHARD_INDEX_FIELD.name, CARRIED_ROW_COLUMN, FINGERPRINT_FIELD.name)
     carried = {name: batch[name] for name in passed if name in batch}
     return {
         "row_id": batch["row_id"],

@@ -26,6 +26,7 @@ from pipeline.schema import (
     CARRIED_ROW_COLUMN,
     EMBEDDING_COLUMN,
     ENCODING_COLUMN,
+    FINGERPRINT_FIELD,
     IMAGE_COLUMN,
     SHARD_INDEX_FIELD,
     STATUS_FAILED,
@@ -148,6 +149,7 @@ class ClassifyOrEmbed:
             "model_name": pa.array([self.spec.name] * count, pa.string()),
             "model_sha256": pa.array([self.spec.weights_sha256] * count, pa.string()),
             "run_id": pa.array([self.labels.run_id] * count, pa.string()),
+            FINGERPRINT_FIELD.name: _fingerprints(batch, count),
         }
         if self._carried is not None:  # Arrow's take: the manifest's types and nulls, untouched
             rows = self._carried.take(pa.array(batch[CARRIED_INDEX_COLUMN], pa.int64()))
@@ -209,3 +211,15 @@ class ClassifyOrEmbed:
         values = pa.array(vectors.reshape(-1).astype(vector_type.value_type.to_pandas_dtype()))
         column = pa.FixedSizeListArray.from_arrays(values, type=vector_type, mask=pa.array(~ok_mask))
         return {EMBEDDING_COLUMN: column}
+
+
+def _fingerprints(batch: dict[str, np.ndarray], count: int) -> pa.Array:
+    """The rows' input fingerprints; nulls where there are none.
+
+    A batch whose fingerprints are all null (a manifest's entries) reaches numpy as floats
+    (NaN), not strings: those are nulls too.
+    """
+    values = batch.get(FINGERPRINT_FIELD.name)
+    if values is None or values.dtype.kind not in "OUS":
+        return pa.nulls(count, pa.string())
+    return pa.array(values, pa.string())

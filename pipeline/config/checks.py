@@ -24,6 +24,13 @@ KEY = "input.passthrough_columns"
 
 def check_input(source: InputConfig, reserved: AbstractSet[str]) -> None:
     """Refuse carried columns that cannot be carried (``reserved``: the names the output uses)."""
+    if source.version_column is not None and not source.is_manifest:
+        raise ConfigError(
+            "input.version_column",
+            source.version_column,
+            f"needs a .parquet or .csv manifest as input.uri; {source.uri} is listed, and its "
+            "listing gives each input's version (ETag or modification time) already",
+        )
     names = source.passthrough_columns
     if names and not source.is_manifest and source.format in ("auto", "files"):
         raise ConfigError(

@@ -63,6 +63,9 @@ def config_hash(config: Config, weights_sha256: str | None) -> str:
     data = config.to_dict()
     data["input"].pop("allowed_roots", None)
     data["input"].pop("allowed_schemes", None)
+    # Which rows an incremental run carries, not what a row holds: a night that starts naming
+    # the version column still builds on the night before.
+    data["input"].pop("version_column", None)
     for key, default in INPUT_KEYS_HASHED_WHEN_SET.items():  # older runs still resume
         if data["input"][key] == default:
             data["input"].pop(key)

@@ -69,6 +69,11 @@ class InputConfig(_Section):
     allowed_roots: list[str] = Field(default_factory=list)
     # Manifest columns copied unchanged into every output row (pipeline.inputs.manifest).
     passthrough_columns: list[str] = Field(default_factory=list)
+    # A manifest's column holding each entry's version (an ETag, a content hash, an update
+    # time): the entry's fingerprint, so an incremental run (output.previous) carries the rows
+    # of entries whose version is unchanged. None: a manifest's entries have no fingerprint and
+    # are all computed again; an entry whose cell is empty is computed again.
+    version_column: str | None = None
     # The kinds of input a manifest may name; others fail with reason scheme_not_allowed.
     # file:// URLs are left out by default: a manifest from elsewhere cannot point into this host.
     allowed_schemes: list[InputScheme] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_SCHEMES))
@@ -299,6 +304,7 @@ class MetricsConfig(_Section):
 RESERVED_COLUMNS = frozenset(
     {
         *("row_id", "uri", "status", "reason", "error", "model_name", "model_sha256", "run_id"),
+        "fingerprint",
         *("top_k_ids", "top_k_labels", "top_k_scores", "label", "score", "embedding"),
         *("image", "data", "encoding", "carried_index"),
         *("shard_index", "record_bytes", "carried_row"),

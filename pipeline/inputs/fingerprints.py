@@ -12,6 +12,10 @@ added, removed and rewritten and the first few of each, as a manifest run alread
 manifest changed: restore the inputs to resume, or pass ``--overwrite`` to start again. A run
 started before inputs were stamped has no sizes or versions: only added and removed inputs are
 found there.
+
+An incremental run (:mod:`pipeline.outputs.carry`) compares each input's :func:`fingerprint`
+now with the one its previous row holds (its ``fingerprint`` column): the same size and version,
+the same bytes, so the row is carried forward without reading the image.
 """
 
 from __future__ import annotations
@@ -33,6 +37,34 @@ if TYPE_CHECKING:
 
 STAMP_COLUMNS = ("size", "version")
 NAMED = 3  # inputs named per kind of change
+
+
+def fingerprint(stamp: tuple[int, str]) -> str:
+    """``<size>:<version>``: an input's fingerprint as its output row stores it (``fingerprint``)."""
+    size, version = stamp
+    return f"{size}:{version}"
+
+
+def listed(listing: Listing, start: int, stop: int) -> list[str | None]:
+    """The fingerprints of the listing's inputs ``start`` to ``stop``; None where there is none.
+
+    A folder's or prefix's: :func:`fingerprint` of the stamp. A manifest's: ``version:<cell>``
+    of its ``input.version_column`` (an empty cell, or no such column: None, computed again).
+    """
+    if listing.stamps is not None:
+        return [fingerprint(stamp) for stamp in listing.stamps[start:stop]]
+    if listing.versions is not None:
+        return [None if cell is None else f"version:{cell}" for cell in listing.versions[start:stop]]
+    return [None] * len(listing.uris[start:stop])
+
+
+def of_inputs(listing: Listing, uris: list[str]) -> list[str | None]:
+    """The fingerprints of ``uris`` (some of the listing's, in listing order); None where none."""
+    prints = listed(listing, 0, len(listing.uris))
+    if len(uris) == len(listing.uris):  # a new run: every input, in order
+        return prints
+    by_uri = dict(zip(listing.uris, prints, strict=True))
+    return [by_uri[uri] for uri in uris]
 
 
 def inputs_table(listing: Listing) -> pa.Table:
@@ -103,34 +135,3 @@ def _named(what: str, found: list[str]) -> str:
         ", ..." if len(found) > NAMED else ""
     )
     return f"{len(found)} {what}" + (f" ({shown})" if found else "")
-
-
-def unchanged(before: pa.Table, listing: Listing, now: pa.Array) -> pa.Array:
-    """Row ids of the inputs listed now with the stamp ``before`` holds for them (an incremental run).
-
-    ``before`` is a previous output's ``_inputs.parquet``, ``now`` the listing's row ids: an
-    input whose size and version (ETag or modification time) are those it had then still has
-    the bytes its previous row was made of. Empty when either side has no stamps: a manifest's
-    entries carry none, so every one is computed again.
-    """
-    if listing.stamps is None or not set(STAMP_COLUMNS) <= set(before.column_names):
-        return pa.array([], pa.string())
-    keys = ["row_id", *STAMP_COLUMNS]
-    sizes = pa.array([size for size, _ in listing.stamps], pa.int64())
-    versions = pa.array([version for _, version in listing.stamps], pa.string())
-    listed = pa.table([now, sizes, versions], names=keys)
-    same = listed.join(before.select(keys), keys=keys, join_type="inner", use_threads=False)
-    return same.column("row_id").combine_chunks()
-
-
-def listed_ids(listing: Listing) -> pa.Array:
-    """The row ids of a listing's inputs, in its order."""
-    return pa.array([row_ids.row_id(uri) for uri in listing.uris], pa.string())
-
-
-def gone(before: pa.Table, now: pa.Array) -> int:
-    """How many inputs ``before`` (a previous output's ``_inputs.parquet``) holds that ``now`` (ids) lacks."""
-    import pyarrow.compute as pc
-
-    previous = before.column("row_id").combine_chunks()
-    return len(previous) - int(pc.sum(pc.is_in(previous, value_set=now)).as_py() or 0)

@@ -72,6 +72,9 @@ class Listing:
     # Local files whose names are not valid UTF-8, listed with \xNN for those bytes: read as
     # that text they would not be found, so each is a failed row (invalid_uri), never read.
     unreadable_names: frozenset[str] = frozenset()
+    # A manifest's input.version_column, row for row with the URIs (None where a cell is empty):
+    # its entries' fingerprints (pipeline.inputs.fingerprints). None: no such column.
+    versions: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.uris)
@@ -79,17 +82,13 @@ class Listing:
 
 def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
     """Find every input: walk a directory or prefix, or read a manifest's URI column (and carried ones)."""
-    from pipeline.inputs.manifest import read_manifest  # pyarrow: loaded only to read a manifest
-
     uri = normalise(source.uri)
     fs = fsspec_filesystem(uri, storage)
-    empty, carried, walked, escaped = 0, None, None, frozenset[str]()
+    empty, carried, walked, escaped, versions = 0, None, None, frozenset[str](), None
     kind: str = source.format if source.is_sharded else "files"
     try:
         if source.is_manifest:
-            uris, empty, carried = read_manifest(
-                uri, fs_path(uri), source.manifest_column, fs, source.passthrough_columns
-            )
+            uris, empty, carried, versions = _read_manifest(uri, fs, source)
         else:
             walked, kind, escaped = _walk(uri, fs, source)
             uris = list(walked)
@@ -106,6 +105,7 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
     if source.limit is not None:
         uris = uris[: source.limit]
         carried = carried.slice(0, source.limit) if carried is not None else None
+        versions = versions[: source.limit] if versions is not None else None
     stamps = [walked[uri] for uri in uris] if walked is not None else None
     if not uris:
         raise InputError(
@@ -120,7 +120,28 @@ def list_inputs(source: InputConfig, storage: StorageConfig) -> Listing:
             f"input manifest {uri} lists {len(repeated)} URIs more than once ({named}{more}); "
             "each input must appear once, so its output row is unambiguous"
         )
-    return Listing(uris, empty, carried, kind, stamps, escaped.intersection(uris))
+    return Listing(uris, empty, carried, kind, stamps, escaped.intersection(uris), versions)
+
+
+def _read_manifest(
+    uri: str, fs: fsspec.AbstractFileSystem, source: InputConfig
+) -> tuple[list[str], int, pa.Table | None, list[str | None] | None]:
+    """A manifest's URIs, blank URI cells, carried columns, and its version column's cells as text."""
+    from pipeline.inputs.manifest import read_manifest  # pyarrow: loaded only to read a manifest
+
+    version = source.version_column
+    columns = list(source.passthrough_columns)
+    if version is None:
+        return (*read_manifest(uri, fs_path(uri), source.manifest_column, fs, columns), None)
+    extra = version not in columns
+    uris, empty, carried = read_manifest(
+        uri, fs_path(uri), source.manifest_column, fs, [*columns, version] if extra else columns
+    )
+    if carried is None:  # not reached: the version column is read
+        return uris, empty, None, None
+    cells = carried.column(version).to_pylist()
+    versions = [None if cell is None or not str(cell).strip() else str(cell) for cell in cells]
+    return uris, empty, (carried.drop_columns([version]) if extra else carried) if columns else None, versions
 
 
 def _stamp(info: dict[str, Any]) -> tuple[int, str]:

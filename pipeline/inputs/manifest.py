@@ -58,7 +58,8 @@ def read_manifest(
     if missing:
         raise InputError(
             f"manifest {uri} has no column {', '.join(map(repr, missing))} "
-            f"(columns: {', '.join(table.column_names)}); fix input.passthrough_columns"
+            f"(columns: {', '.join(table.column_names)}); fix input.passthrough_columns or "
+            "input.version_column"
         )
     values = [None if value is None else str(value) for value in table.column(column).to_pylist()]
     keep = [value is not None and bool(value.strip()) for value in values]

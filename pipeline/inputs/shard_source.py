@@ -23,6 +23,7 @@ from pipeline.errors import InputError
 from pipeline.inputs.parquet_shards import read_parquet
 from pipeline.inputs.shards import LedgerEntry, ReadSpec, Shard, ShardDataError, ShardFailure
 from pipeline.inputs.webdataset_shards import read_webdataset
+from pipeline.schema import FINGERPRINT_FIELD
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -86,7 +87,8 @@ def read_shard(shard: Shard, spec: ReadSpec) -> Iterator[pa.Table]:
             if shard.skip:
                 block = block.filter(pc.invert(pc.is_in(block.column("row_id"), pa.array(list(shard.skip)))))
             if block.num_rows:
-                yield block
+                prints = pa.array([shard.fingerprint] * block.num_rows, pa.string())
+                yield block.append_column(FINGERPRINT_FIELD.name, prints)
     except ShardDataError as exc:
         failure = ShardFailure(shard.uri, exc.reason, exc.detail)
     except Exception as exc:

@@ -117,6 +117,9 @@ class Shard:
     index: int
     uri: str
     skip: frozenset[str] = field(default_factory=frozenset)  # row ids written by an earlier attempt
+    # The shard's fingerprint as listed (size and ETag or modification time), stored in each of
+    # its records' rows: with the record's key (in its row id) it is the record's fingerprint.
+    fingerprint: str | None = None
 
 
 def pack_carried(rows: list[tuple[Any, ...]]) -> list[bytes]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from pipeline.inputs.fingerprints import listed, of_inputs
 from pipeline.inputs.manifest import rows_to_do
 from pipeline.inputs.shards import ReadSpec
 
@@ -55,7 +56,7 @@ def source_of(config: Config, listing: Listing, remaining: Remaining, ledger: Sh
         todo = remaining.uris
         carried = rows_to_do(listing.carried, listing.uris, todo) if listing.carried is not None else None
         return Source(
-            UriListDatasource(todo, carry=carried is not None),
+            UriListDatasource(todo, carry=carried is not None, fingerprints=of_inputs(listing, todo)),
             rows=len(todo),
             exact=True,
             carried=carried,
@@ -66,7 +67,8 @@ def source_of(config: Config, listing: Listing, remaining: Remaining, ledger: Sh
     carried_types, records = survey(config, listing.format, remaining.uris)
     spec = replace(ReadSpec.of(config.input, listing.format, config.storage, ledger), carried=carried_types)
     skipped = sum(len(shard.skip) for shard in remaining.shards)
-    shards = ShardDatasource(remaining.shards, spec)
+    prints = listed(listing, 0, len(listing.uris))  # each shard's, stored in its records' rows
+    shards = ShardDatasource([replace(s, fingerprint=prints[s.index]) for s in remaining.shards], spec)
     return Source(
         shards,
         rows=max(0, records - skipped),

@@ -1,8 +1,9 @@
 """The Ray Data read over a listing of files or manifest entries: ids and URIs only, no bytes.
 
-The read emits only ``row_id``/``uri`` (and, when manifest columns are carried, each row's index
-into their table, :mod:`pipeline.inputs.manifest`), so the bytes are fetched by the decode tasks
-and a resume filters finished rows before any is read.
+The read emits only ``row_id``/``uri``/``fingerprint`` (what the listing said of the input,
+written into its row: :mod:`pipeline.inputs.fingerprints`; and, when manifest columns are
+carried, each row's index into their table, :mod:`pipeline.inputs.manifest`), so the bytes
+are fetched by the decode tasks and a resume filters finished rows before any is read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pyarrow as pa
 from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.inputs import row_ids
-from pipeline.schema import CARRIED_INDEX_COLUMN
+from pipeline.schema import CARRIED_INDEX_COLUMN, FINGERPRINT_FIELD
 
 READ_ROWS_PER_TASK = 256
 
@@ -26,10 +27,16 @@ class UriListDatasource(Datasource):
     """
 
     def __init__(
-        self, uris: list[str], rows_per_task: int = READ_ROWS_PER_TASK, *, carry: bool = False
+        self,
+        uris: list[str],
+        rows_per_task: int = READ_ROWS_PER_TASK,
+        *,
+        carry: bool = False,
+        fingerprints: list[str | None] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._uris = uris
+        self._fingerprints: list[str | None] = fingerprints or [None] * len(uris)
         self._rows_per_task = rows_per_task
         self._carry = carry
 
@@ -51,10 +58,19 @@ class UriListDatasource(Datasource):
         chunk = max(1, min(self._rows_per_task, math.ceil(len(self._uris) / max(1, parallelism))))
         tasks = []
         for start in range(0, len(self._uris), chunk):
-            uris = self._uris[start : start + chunk]
+            uris, prints = self._uris[start : start + chunk], self._fingerprints[start : start + chunk]
 
-            def read(uris: list[str] = uris, start: int = start, carry: bool = self._carry) -> list[pa.Table]:
-                columns: dict[str, Any] = {"row_id": [row_ids.row_id(u) for u in uris], "uri": uris}
+            def read(
+                uris: list[str] = uris,
+                prints: list[str | None] = prints,
+                start: int = start,
+                carry: bool = self._carry,
+            ) -> list[pa.Table]:
+                columns: dict[str, Any] = {
+                    "row_id": [row_ids.row_id(u) for u in uris],
+                    "uri": uris,
+                    FINGERPRINT_FIELD.name: pa.array(prints, pa.string()),
+                }
                 if carry:
                     columns[CARRIED_INDEX_COLUMN] = pa.array(range(start, start + len(uris)), pa.int64())
                 return [pa.table(columns)]

@@ -7,21 +7,33 @@ precision, inputs): rows made otherwise are not this run's results, so a full ru
 ``output.previous_other_config: recompute`` accepts it and computes every input instead.
 Nothing at all there fails the run (``output.previous_missing: fail``, the default: a typo
 must not quietly cost a full run), or runs it in full (``full_run``, the chart's first night).
+
+:class:`Previous` is the one way the carry (:mod:`pipeline.outputs.carry`) reads a previous
+output: its parts' names, each part's schema, row count and record batches, a whole part
+copied, and, for an output written before rows held their ``fingerprint``, the fingerprints
+its ``_inputs.parquet`` recorded. Another kind of previous output (a table snapshot) is
+another implementation of these few methods.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.errors import ConfigError
 from pipeline.inputs.fingerprints import STAMP_COLUMNS
 from pipeline.outputs.layout import DATA_DIR, INPUTS, MANIFEST, RUN_STATE, OutputLocation
+from pipeline.schema import FINGERPRINT_FIELD
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from pipeline.config import Config
 
 KEY = "output.previous"
@@ -43,12 +55,65 @@ class Previous:
         """Its part files, as its manifest lists them (names relative to the output)."""
         return [str(item["path"]) for item in self.manifest.get("layout", {}).get("files", [])]
 
-    def inputs(self) -> pa.Table:
-        """Its ``_inputs.parquet``: row id, and size and version where its listing gave them."""
-        with self.location.fs.open(self.location.path_of(INPUTS), "rb") as handle:
-            names = pq.ParquetFile(handle).schema_arrow.names
-        columns = ["row_id", *(name for name in STAMP_COLUMNS if name in names)]
-        return self.location.read_table(INPUTS, columns)
+    def part_schema(self, part: str) -> pa.Schema:
+        """A part's columns (an output written before rows held their fingerprint lacks it)."""
+        with self._reading(part) as handle:
+            return pq.ParquetFile(handle).schema_arrow
+
+    def rows(self) -> int:
+        """How many rows it holds, as its manifest counts them (0: not counted)."""
+        return int(self.manifest.get("counts", {}).get("inputs", 0))
+
+    def batches(self, part: str, columns: list[str] | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """A part's rows, ``batch_rows`` at a time: never the whole part.
+
+        ``columns``: only those of these the part has (None: all).
+        """
+        with self._reading(part) as handle:
+            source = pq.ParquetFile(handle)
+            names = source.schema_arrow.names
+            wanted = None if columns is None else [name for name in columns if name in names]
+            yield from source.iter_batches(batch_size=batch_rows, columns=wanted)
+
+    def copy_part(self, part: str, target: OutputLocation, name: str) -> None:
+        """A whole part into ``target`` as ``name``: server-side on S3 (s3fs's copy), else streamed."""
+        source = self.location.path_of(part)
+        with storage.translate_errors("copy a previous part to", target.uri_of(name), target.storage_config):
+            if storage.scheme_of(self.uri) == storage.scheme_of(target.uri):
+                target.fs.copy(source, target.path_of(name))
+                return
+            with (
+                self.location.fs.open(source, "rb") as reader,
+                target.fs.open(target.path_of(name), "wb") as out,
+            ):
+                while chunk := reader.read(8 << 20):
+                    out.write(chunk)
+
+    def recorded_fingerprints(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """``row_id``, ``fingerprint`` from its ``_inputs.parquet``, for parts whose rows lack theirs.
+
+        Empty where its listing gave no stamps (a manifest's inputs): nothing is found unchanged.
+        """
+        with self._reading(INPUTS) as handle:
+            inputs = pq.ParquetFile(handle)
+            if not set(STAMP_COLUMNS) <= set(inputs.schema_arrow.names):
+                return
+            for batch in inputs.iter_batches(batch_size=batch_rows, columns=["row_id", *STAMP_COLUMNS]):
+                size = pc.cast(batch.column("size"), pa.string())
+                print_ = pc.binary_join_element_wise(size, batch.column("version"), ":")
+                yield pa.record_batch(
+                    [batch.column("row_id"), print_], names=["row_id", FINGERPRINT_FIELD.name]
+                )
+
+    @contextmanager
+    def _reading(self, name: str) -> Iterator[Any]:
+        """The file ``name`` under the previous output, open for reading; storage errors translated."""
+        location = self.location
+        with (
+            storage.translate_errors("read", location.uri_of(name), location.storage_config),
+            location.fs.open(location.path_of(name), "rb") as handle,
+        ):
+            yield handle
 
 
 def find_previous(config: Config, config_hash: str) -> tuple[Previous | None, str | None]:
@@ -82,6 +147,7 @@ def find_previous(config: Config, config_hash: str) -> tuple[Previous | None, st
             f"no output at {location.uri} (output.previous_missing=full_run): every input is computed",
         )
     manifest = location.read_json(MANIFEST)
+    _refuse_random_weights(config, manifest, settings.previous)
     if manifest.get("config_hash") != config_hash:
         if settings.previous_other_config == "refuse":
             raise ConfigError(
@@ -97,3 +163,21 @@ def find_previous(config: Config, config_hash: str) -> tuple[Previous | None, st
             "recompute): every input is computed, nothing carried"
         )
     return Previous(location, manifest), None
+
+
+def _refuse_random_weights(config: Config, manifest: dict[str, Any], previous: str) -> None:
+    """Refuse to carry into or from a run on random weights (``model.random_init``).
+
+    Every random-init run's weights "checksum" is the same word, so two different random models
+    share a config hash: their rows would be carried as if one model had made both.
+    """
+    into = config.model.random_init
+    if into or manifest.get("model", {}).get("random_init"):
+        which = "this run uses" if into else "it was made with"
+        raise ConfigError(
+            KEY,
+            previous,
+            f"{which} random weights (model.random_init): random models all share one weights "
+            "checksum, so their rows cannot be told apart and are never carried; drop "
+            "output.previous for a full run, or set model.weights",
+        )

@@ -346,8 +346,10 @@ def _previous(run: _Run, listing: Listing, config_hash: str) -> Previous | None:
     if why is not None:
         log.warning("full run", reason=why)
         summary.incremental = {"previous": config.output.previous, "full_run": why}
-    elif listing.stamps is None:
-        log.warning("a manifest's entries have no fingerprint: every input is computed again")
+    elif listing.stamps is None and listing.versions is None:
+        log.warning(
+            "a manifest without input.version_column gives no fingerprints: every input is computed again"
+        )
     return previous
 
 

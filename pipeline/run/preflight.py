@@ -4,7 +4,8 @@
 same checks, with the same exit codes: the model name, the output (safe, committed, or an
 unfinished run it may resume: :mod:`pipeline.outputs.safety`,
 :func:`pipeline.outputs.run_state.check_can_start`),
-the inputs (listed), and the weights (read, checksum, fitted to the architecture). Only the
+the inputs (listed), the weights (read, checksum, fitted to the architecture), and an
+incremental run's previous output (:func:`pipeline.outputs.previous.find_previous`). Only the
 lease is not taken: whether another job holds the output is a fact of the moment the run
 starts.
 """
@@ -18,12 +19,16 @@ from typing import TYPE_CHECKING, Any
 from pipeline.compute.sources import check_model, read_weights, resolve_spec
 from pipeline.inputs.listing import Listing, list_inputs
 from pipeline.outputs import claim, layout, safety
+from pipeline.outputs.previous import find_previous
 
 if TYPE_CHECKING:
     from pipeline.compute.model import ModelSpec
     from pipeline.config import Config
 
-CHECKS = "config, model name, output (safe, not another run's), inputs, weights against the architecture"
+CHECKS = (
+    "config, model name, output (safe, not another run's), inputs, weights against the architecture, "
+    "output.previous"
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class Verdict:
     committed_at: str | None = None
     listing: Listing | None = None  # None when there is nothing to do
     spec: ModelSpec | None = None
+    previous: str | None = None  # output.previous: the output carried from, or why it runs in full
 
     def lines(self, config: Config) -> list[str]:
         """The plan's first lines, for people."""
@@ -63,10 +69,12 @@ class Verdict:
             f"  {doing}: {spec.task} {len(self.listing):,} {kind} ({self.listing.format}) from "
             f"{config.input.uri} into {self.output_uri}"
         )
+        previous = [f"  previous {self.previous}"] if self.previous is not None else []
         return [
             "what the run will do",
             action,
             f"  model    {spec.name}, {weights} (sha256 {spec.weights_sha256[:12]}), {what}",
+            *previous,
             f"  checks   {CHECKS}: passed",
         ]
 
@@ -79,6 +87,7 @@ class Verdict:
             "committed_at": self.committed_at,
             "inputs": None if self.listing is None else len(self.listing),
             "input_format": None if self.listing is None else self.listing.format,
+            "previous": self.previous,
             "model": None
             if self.spec is None
             else {"name": self.spec.name, "task": self.spec.task, "sha256": self.spec.weights_sha256},
@@ -101,4 +110,8 @@ def check_run(config: Config) -> Verdict:
     spec, _ = resolve_spec(config.model, config.preprocess, config.storage, weights())
     held = state.committed is not None or state.started is not None or state.has_data
     action = "resume" if resume else ("overwrite" if overwrite and held else "new")
-    return Verdict(action, location.uri, resume, listing=listing, spec=spec)
+    previous, why = find_previous(config, config.config_hash(spec.weights_sha256))  # refused as run does
+    carried = f"{previous.uri}: rows of unchanged inputs carried" if previous is not None else why
+    if previous is not None and listing.format != "files":  # as run_job says it
+        carried = f"{previous.uri}: incremental runs over shards are not supported yet: a full run"
+    return Verdict(action, location.uri, resume, listing=listing, spec=spec, previous=carried)

@@ -32,48 +32,82 @@ def images(tmp_path: Path) -> Path:
     return root
 
 
+def _prints(listing: Any) -> dict[str, str | None]:
+    """Each listed URI's fingerprint, as its output row would store it."""
+    return dict(zip(listing.uris, fingerprints.of_inputs(listing, listing.uris), strict=True))
+
+
+def _previous(folder: Path, listing: Any, config: Any) -> Any:
+    """The hand-made output at ``folder`` as a previous output of ``listing`` (its _inputs.parquet added)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipeline.outputs.layout import INPUTS, OutputLocation
+    from pipeline.outputs.previous import Previous
+
+    pq.write_table(fingerprints.inputs_table(listing), folder / INPUTS)
+    manifest = json.loads((folder / "_SUCCESS").read_text())
+    return Previous(OutputLocation.open(str(folder), config.storage), manifest)
+
+
 class TestFingerprints:
     def test_local_files_unchanged_by_size_and_mtime(
         self, images: Path, local_config: Any, tmp_path: Path
     ) -> None:
-        """A local file is unchanged while its size and mtime are; rewritten, renamed or new, it is not."""
+        """A file keeps its fingerprint while its size and mtime do; rewritten, touched, renamed: not."""
         config = local_config(images, tmp_path / "out")
-        before = fingerprints.inputs_table(list_inputs(config.input, config.storage))
+        before = _prints(list_inputs(config.input, config.storage))
         (images / "a.jpg").write_bytes(b"other bytes, other size")
         later = (images / "b.jpg").stat().st_mtime + 5
         os.utime(images / "b.jpg", (later, later))  # same bytes, touched: computed again
         (images / "c.jpg").rename(images / "c2.jpg")
         (images / "d.jpg").write_bytes(b"new")
-        now = list_inputs(config.input, config.storage)
-        assert fingerprints.unchanged(before, now, fingerprints.listed_ids(now)).to_pylist() == []
+        now = _prints(list_inputs(config.input, config.storage))
+        assert [uri for uri, value in now.items() if before.get(uri) == value] == []
         (images / "c2.jpg").rename(images / "c.jpg")
-        now = list_inputs(config.input, config.storage)
-        assert fingerprints.unchanged(before, now, fingerprints.listed_ids(now)).to_pylist() == [
-            row_ids.row_id(str(images / "c.jpg"))
-        ]
-        assert fingerprints.gone(before, fingerprints.listed_ids(now)) == 0
-        (images / "c.jpg").unlink()
-        assert (
-            fingerprints.gone(before, fingerprints.listed_ids(list_inputs(config.input, config.storage))) == 1
-        )
+        now = _prints(list_inputs(config.input, config.storage))
+        assert [uri for uri, value in now.items() if before.get(uri) == value] == [str(images / "c.jpg")]
 
     def test_manifest_entries_have_no_fingerprint(
         self, images: Path, local_config: Any, tmp_path: Path
     ) -> None:
-        """A manifest's entries carry no stamp: none is found unchanged, every one is computed again."""
+        """A manifest's entries carry no fingerprint (a null in their rows): every one is computed again."""
         manifest = tmp_path / "list.csv"
         manifest.write_text("uri\n" + "\n".join(str(p) for p in sorted(images.iterdir())) + "\n")
         config = local_config(manifest, tmp_path / "out")
         listing = list_inputs(config.input, config.storage)
         assert len(listing) == 3
-        assert (
-            len(
-                fingerprints.unchanged(
-                    fingerprints.inputs_table(listing), listing, fingerprints.listed_ids(listing)
-                )
-            )
-            == 0
-        )
+        assert set(_prints(listing).values()) == {None}
+
+    def test_manifest_version_column_is_the_fingerprint(
+        self, images: Path, local_config: Any, write_output: Any, tmp_path: Path
+    ) -> None:
+        """With input.version_column an unchanged version is carried; a new one or a blank cell is not."""
+        from pipeline.outputs import carry
+        from pipeline.outputs.layout import OutputLocation
+
+        paths = sorted(str(path) for path in images.iterdir())
+        manifest = tmp_path / "list.csv"
+        manifest.write_text(f"uri,v\n{paths[0]},1\n{paths[1]},1\n{paths[2]},\n")
+        config = local_config(manifest, tmp_path / "night-2", input__version_column="v")
+        listing = list_inputs(config.input, config.storage)
+        assert listing.carried is None  # the version column is read, not written
+        prints = _prints(listing)
+        assert list(prints.values()) == ["version:1", "version:1", None]
+        rows = [
+            {"row_id": row_ids.row_id(uri), "uri": uri, "status": "ok", "fingerprint": prints[uri]}
+            for uri in paths
+        ]
+        previous = _previous(write_output(tmp_path / "night-1", rows, parts=1), listing, config)
+        manifest.write_text(f"uri,v\n{paths[0]},1\n{paths[1]},2\n{paths[2]},\n")
+        listing = list_inputs(config.input, config.storage)
+        out = OutputLocation.open(config.output.uri, config.storage)
+        todo, counts = carry.carry_forward(out, previous, listing, listing.uris, keep_failed=False)
+        assert (todo, counts.carried) == (paths[1:], 1)
+        with pytest.raises(ConfigError, match=r"needs a \.parquet or \.csv manifest") as refused:
+            local_config(images, tmp_path / "out", input__version_column="v")
+        assert refused.value.key == "input.version_column"
 
 
 class TestRefusals:
@@ -126,6 +160,50 @@ class TestRefusals:
         assert found is None
         assert why is not None
         assert "every input is computed, nothing carried" in why
+
+    def test_random_weights_are_never_carried(
+        self, images: Path, local_config: Any, write_output: Any, tmp_path: Path
+    ) -> None:
+        """A random-init run neither carries rows nor gives them: two random models share one weights hash."""
+        import json
+
+        previous = write_output(tmp_path / "night-1", [{"row_id": "x", "status": "ok"}], parts=1)
+        random_run = local_config(
+            images,
+            tmp_path / "night-2",
+            output__previous=str(previous),
+            model__weights=None,
+            model__random_init=True,
+        )
+        with pytest.raises(ConfigError, match="random weights") as into:
+            find_previous(random_run, HAND_MADE_HASH)
+        assert into.value.key == "output.previous"
+        manifest = json.loads((previous / "_SUCCESS").read_text())
+        manifest["model"]["random_init"] = True  # the night before ran on random weights
+        (previous / "_SUCCESS").write_text(json.dumps(manifest))
+        config = local_config(images, tmp_path / "night-2", output__previous=str(previous))
+        with pytest.raises(ConfigError, match="random weights"):
+            find_previous(config, HAND_MADE_HASH)
+
+    def test_plan_checks_the_previous_output(
+        self, images: Path, local_config: Any, write_output: Any, tmp_path: Path
+    ) -> None:
+        """pipeline plan refuses an uncommitted previous output as the run does, and names a committed one."""
+        from pipeline.run.preflight import check_run
+
+        half = write_output(tmp_path / "half", [{"row_id": "x", "status": "ok"}], parts=1, commit=False)
+        with pytest.raises(ConfigError, match="not committed"):
+            check_run(local_config(images, tmp_path / "night-2", output__previous=str(half)))
+        missing = local_config(
+            images,
+            tmp_path / "night-2",
+            output__previous=str(tmp_path / "none"),
+            output__previous_missing="full_run",
+        )
+        verdict = check_run(missing)
+        assert verdict.previous is not None
+        assert "every input is computed" in verdict.previous
+        assert any("every input is computed" in line for line in verdict.lines(missing))
 
     def test_previous_must_be_another_output(self, images: Path, tmp_path: Path) -> None:
         """output.previous naming output.uri is a config error naming the key."""
@@ -180,3 +258,100 @@ class TestCarry:
             again, counts = carry.carry_forward(out, previous, listing, todo, keep_failed=keep_failed)
             assert again == todo
             assert counts.parts_copied + counts.parts_filtered == 0
+
+    def test_streamed_in_chunks_and_buckets_it_keeps_exactly_the_unchanged(
+        self, local_config: Any, write_output: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Spilled in many chunks and buckets, the carry keeps each unchanged ok row once, leaves the rest."""
+        import pyarrow.parquet as pq
+
+        from pipeline.outputs import carry
+        from pipeline.outputs.layout import OutputLocation
+
+        monkeypatch.setattr(carry, "CHUNK_ROWS", 16)  # 120 rows: 8 chunks a side
+        monkeypatch.setattr(carry, "BUCKET_ROWS", 2)  # two hex digits: up to 256 buckets
+        root = tmp_path / "many"
+        root.mkdir()
+        for index in range(120):
+            (root / f"{index:03d}.jpg").write_bytes(b"x" * (index + 1))
+        config = local_config(root, tmp_path / "night-2")
+        listing = list_inputs(config.input, config.storage)
+        before = _prints(listing)
+        rows = [
+            {"row_id": row_ids.row_id(uri), "uri": uri, "status": "failed" if i % 10 == 0 else "ok"}
+            | {"fingerprint": before[uri]}
+            for i, uri in enumerate(listing.uris)
+        ]
+        previous = _previous(write_output(tmp_path / "night-1", rows, parts=7), listing, config)
+        for index in range(5, 15):  # rewritten: another size
+            (root / f"{index:03d}.jpg").write_bytes(b"changed" * 50)
+        for index in range(100, 110):
+            (root / f"{index:03d}.jpg").unlink()
+        for index in range(200, 205):
+            (root / f"{index:03d}.jpg").write_bytes(b"new")
+        listing = list_inputs(config.input, config.storage)
+        now = _prints(listing)
+        failed = {row["uri"] for row in rows if row["status"] == "failed"}
+        same = {uri for uri in listing.uris if before.get(uri) == now[uri]}
+        kept = {row_ids.row_id(uri) for uri in same - failed}
+        out = OutputLocation.open(config.output.uri, config.storage)
+        todo, counts = carry.carry_forward(out, previous, listing, listing.uris, keep_failed=False)
+        written = pq.read_table(out.path_of("data")).column("row_id").to_pylist()
+        assert sorted(written) == sorted(kept)
+        assert todo == [uri for uri in listing.uris if row_ids.row_id(uri) not in kept]
+        assert (counts.carried, counts.retried, counts.dropped) == (len(kept), len(same & failed), 10)
+        assert counts.computed == len(listing) - len(kept) == 25  # 10 changed, 5 new, 10 retried
+        # Run again over what it left (an attempt after a crash): nothing carried twice.
+        again, counts = carry.carry_forward(out, previous, listing, todo, keep_failed=False)
+        assert again == todo
+        assert counts.carried == len(kept)
+        assert counts.parts_copied + counts.parts_filtered == 0
+
+    def test_previous_written_before_rows_held_fingerprints(
+        self, images: Path, local_config: Any, write_output: Any, tmp_path: Path
+    ) -> None:
+        """An output without the fingerprint column is carried by _inputs.parquet's; its parts gain it."""
+        import pyarrow.parquet as pq
+
+        from pipeline.outputs import carry
+        from pipeline.outputs.layout import OutputLocation
+        from pipeline.schema import output_schema
+
+        config = local_config(images, tmp_path / "night-2")
+        listing = list_inputs(config.input, config.storage)
+        rows = [{"row_id": row_ids.row_id(uri), "uri": uri, "status": "ok"} for uri in listing.uris]
+        folder = write_output(tmp_path / "night-1", rows, parts=3)
+        for part in (folder / "data").iterdir():  # as written before the column existed
+            pq.write_table(pq.read_table(part).drop_columns(["fingerprint"]), part)
+        previous = _previous(folder, listing, config)
+        out = OutputLocation.open(config.output.uri, config.storage)
+        todo, counts = carry.carry_forward(out, previous, listing, listing.uris, keep_failed=False)
+        assert (todo, counts.carried, counts.parts_copied, counts.parts_filtered) == ([], 3, 0, 3)
+        table = pq.read_table(out.path_of("data"))
+        assert table.schema.equals(output_schema())
+        by_uri = dict(
+            zip(table.column("uri").to_pylist(), table.column("fingerprint").to_pylist(), strict=True)
+        )
+        assert by_uri == _prints(listing)
+
+
+class TestOlderOutputs:
+    def test_inspect_compare_and_report_read_an_output_without_fingerprints(
+        self, write_output: Any, local_config: Any, tmp_path: Path
+    ) -> None:
+        """inspect, compare and report read an output written before rows held their fingerprint."""
+        import pyarrow.parquet as pq
+
+        from pipeline.review.compare import compare_outputs
+        from pipeline.review.inspection import inspect_output
+        from pipeline.review.report import write_report
+
+        rows = [{"row_id": f"r{i}", "status": "ok", "top_k_labels": ["cat", "dog"]} for i in range(4)]
+        old = write_output(tmp_path / "old", rows, parts=2)
+        for part in (old / "data").iterdir():
+            pq.write_table(pq.read_table(part).drop_columns(["fingerprint"]), part)
+        new = write_output(tmp_path / "new", [row | {"fingerprint": "1:v"} for row in rows], parts=2)
+        storage = local_config(tmp_path, tmp_path / "unused").storage
+        assert inspect_output(str(old), storage)["counts"] == {"rows": 4, "ok": 4, "failed": 0}
+        assert compare_outputs(str(old), str(new), storage)["top1_agreement"] == 1.0
+        assert write_report(str(old), storage, tmp_path / "old.html") > 0

@@ -161,7 +161,9 @@ class TestCarriedColumns:
         zips = {row["uri"]: row["zip"] for row in out.to_pylist()}
         assert zips[uris[7]] == "00007"  # not the number 7
         assert out.filter(pa.compute.is_null(out.column("key"))).num_rows == len(range(0, len(uris), 5))
-        assert out.column_names[: -len(names)][-4:] == ["embedding", "model_name", "model_sha256", "run_id"]
+        assert out.column_names[: -len(names)][-5:] == [
+            *("embedding", "model_name", "model_sha256", "run_id", "fingerprint")
+        ]
 
     def test_a_batch_of_nulls_keeps_the_manifests_types(self, ray_session, sample_images, tmp_path):
         """The inference actor's output schema is fixed: rows whose carried values are all null (and

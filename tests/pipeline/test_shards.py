@@ -98,6 +98,10 @@ class TestEqualToLooseFiles:
         _assert_same_predictions(rows, loose_run)
         names = {row_ids.row_id(str(path)): (path.name, path.stat().st_size) for path in files}
         assert {rid: (row["name"], row["size_bytes"]) for rid, row in rows.items()} == names
+        shard_prints = {
+            f"{path.stat().st_size}:{path.stat().st_mtime}" for path in (tmp_path / "shards").iterdir()
+        }
+        assert {row["fingerprint"] for row in rows.values()} == shard_prints  # each record: its shard's
         committed = json.loads((out / MANIFEST).read_text())
         assert committed["input_format"] == "parquet"
         assert committed["failed_shards"] == []

@@ -223,3 +223,12 @@ class TestIncrementalOnS3:
             "broken-kept.jpg",
         ):
             assert by_uri[f"s3://{bucket}/in/{computed}"] == second
+
+    def test_each_row_holds_its_inputs_fingerprint(self, scenario: dict[str, Any]) -> None:
+        """Every row, carried or computed, holds its input's size and ETag as listed when night 2 ran."""
+        s3, bucket = scenario["s3"], scenario["bucket"]
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix="in/")["Contents"]
+        expected = {f"s3://{bucket}/{item['Key']}": f"{item['Size']}:{item['ETag']}" for item in listed}
+        rows = _rows(scenario, "night-2")
+        found = dict(zip(rows.column("uri").to_pylist(), rows.column("fingerprint").to_pylist(), strict=True))
+        assert found == expected
