@@ -76,7 +76,9 @@ class ClassifyOrEmbed:
 
         labels, shards = settings.labels, settings.shards
 
-        state_dict = ray.get(state_dict_ref) if state_dict_ref is not None else None
+        # A reference, or (several models in one actor, pipeline.compute.multi_actor) the payload itself.
+        fetched = isinstance(state_dict_ref, ray.ObjectRef)
+        state_dict = ray.get(state_dict_ref) if fetched else state_dict_ref
         # The carried columns, read once per actor; rows find theirs by CARRIED_INDEX_COLUMN.
         self._carried: pa.Table | None = ray.get(carried_ref) if carried_ref is not None else None
         self.spec = spec

@@ -234,6 +234,12 @@ class JobMetrics:
             (*labels, "outcome"),
             registry=reg,
         )
+        self.decoded = Gauge(
+            "pipeline_job_decoded_rows",
+            "Inputs the decode stage read this attempt: one per input, however many models run on it.",
+            labels,
+            registry=reg,
+        )
         self.incremental = Gauge(
             "pipeline_job_incremental_rows",
             "A run's rows by kind (carried, computed, retried, dropped); a full run computes them all.",
@@ -292,6 +298,10 @@ class JobMetrics:
         """The run's counts by kind (the summary's ``incremental``; a kind not given: 0), pushed at end."""
         for kind in INCREMENTAL_KINDS:
             self.incremental.labels(self.run_id, kind).set(counts.get(kind, 0))
+
+    def set_decoded(self, count: int) -> None:
+        """The inputs this attempt decoded (pushed with the run's end)."""
+        self.decoded.labels(self.run_id).set(count)
 
     def set_status(self, status: str) -> None:
         """Mark one of running/succeeded/failed as current."""

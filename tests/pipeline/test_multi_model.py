@@ -1,0 +1,125 @@
+"""models: one decode, two models in one actor, one committed output per model equal to its own run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import samples
+from pipeline.config import load_config
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
+    from pipeline.run.summary import RunSummary
+
+IMAGES = 12
+SECOND = "mobilenet_v3_small"  # the embedder beside the shared sessions' resnet18 classifier
+SMALL = ["preprocess.resize_size=64", "preprocess.crop_size=56", "inference.precision=fp32"]
+COMMON = ["logging.progress=off", "output.max_failure_fraction=1.0", "resources.stall_timeout_s=300"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dozen small JPEGs of several shapes."""
+    folder = tmp_path_factory.mktemp("multi-images")
+    rng = np.random.default_rng(11)
+    for index in range(IMAGES):
+        size = ((48, 40), (40, 48), (64, 48))[index % 3]
+        (folder / f"{index:02d}.jpg").write_bytes(samples.jpeg_bytes(samples.photo_like(rng, *size)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def second_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MobileNetV3-small state dict with fixed random weights, as safetensors."""
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    model = torchvision.models.get_model(SECOND, weights=None, num_classes=1000)
+    path = tmp_path_factory.mktemp("second") / f"{SECOND}.safetensors"
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
+    return path
+
+
+def _models(weights_file: Path, second: Path) -> str:
+    return (
+        f"models=[{{name: resnet18, weights: '{weights_file}', output: current, top_k: 3}},"
+        f" {{name: {SECOND}, weights: '{second}', task: embed, output: vectors}}]"
+    )
+
+
+def _config(images: Path, out: Path, *items: str) -> Config:
+    return load_config(
+        None, [f"input.uri={images}", f"output.uri={out}", *SMALL, *COMMON, *items], environ={}
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(
+    ray_session: None, images: Path, weights_file: Path, second_weights: Path, tmp_path_factory
+) -> tuple[Path, RunSummary, dict[str, Path]]:
+    """One two-model run, and each model's own single-model run, of the same images."""
+    from pipeline.run.job import run_job
+
+    root = tmp_path_factory.mktemp("multi-runs")
+    summary = run_job(_config(images, root / "both", _models(weights_file, second_weights)))
+    singles = {
+        "current": ["model.name=resnet18", f"model.weights={weights_file}", "model.top_k=3"],
+        "vectors": [f"model.name={SECOND}", f"model.weights={second_weights}", "model.task=embed"],
+    }
+    alone = {}
+    for name, items in singles.items():
+        run_job(_config(images, root / name, *items))
+        alone[name] = root / name
+    return root / "both", summary, alone
+
+
+def _rows(output: Path) -> dict[str, dict[str, object]]:
+    table = pq.read_table(output / "data")
+    return {row["row_id"]: row for row in table.to_pylist()}
+
+
+def test_each_output_equals_its_single_model_run(runs):
+    """Each model's rows from the two-model run are its single-model run's rows (fp32: same predictions)."""
+    both, _, alone = runs
+    for name, single in alone.items():
+        got, want = _rows(both / name), _rows(single)
+        assert set(got) == set(want)
+        assert (
+            pq.read_schema(next((both / name / "data").glob("*.parquet"))).names
+            == pq.read_schema(next((single / "data").glob("*.parquet"))).names
+        )  # a reader of one output never sees the other's columns
+        for row_id, row in want.items():
+            mine = got[row_id]
+            if name == "current":
+                assert mine["top_k_ids"] == row["top_k_ids"], row["uri"]
+                np.testing.assert_allclose(mine["top_k_scores"], row["top_k_scores"], rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_allclose(mine["embedding"], row["embedding"], rtol=1e-4, atol=1e-5)
+
+
+def test_each_output_is_committed_with_its_single_model_hash(runs):
+    """Each model's _SUCCESS carries the config hash its own run committed, and the shared decode it got."""
+    both, summary, alone = runs
+    assert summary.status == "succeeded"
+    for name, single in alone.items():
+        mine = json.loads((both / name / "_SUCCESS").read_text())
+        own = json.loads((single / "_SUCCESS").read_text())
+        assert mine["config_hash"] == own["config_hash"]
+        assert mine["counts"] == own["counts"] == {"inputs": IMAGES, "succeeded": IMAGES, "failed": 0}
+        assert mine["model"]["shared_decode"]["resized_to"] == 56
+        assert (both / name / "_inputs.parquet").exists()
+    assert (both / "_multi" / "_SUCCESS").exists()
+
+
+def test_each_input_is_decoded_once(runs):
+    """Two models, one decode per input: the run's decoded count equals its inputs."""
+    _, summary, _ = runs
+    assert summary.decoded == summary.inputs == IMAGES
