@@ -123,3 +123,26 @@ def test_each_input_is_decoded_once(runs):
     """Two models, one decode per input: the run's decoded count equals its inputs."""
     _, summary, _ = runs
     assert summary.decoded == summary.inputs == IMAGES
+
+
+def test_a_crash_between_the_commits_is_completed_without_recomputing(
+    runs, images, weights_file, second_weights, tmp_path
+):
+    """One output committed, one not (its _SUCCESS and a part lost): a rerun commits it, computing nothing."""
+    import shutil
+
+    from pipeline.run.job import run_job
+
+    both, first, _ = runs
+    crashed = tmp_path / "crashed"
+    shutil.copytree(both, crashed)
+    (crashed / "vectors" / "_SUCCESS").unlink()
+    (crashed / "_multi" / "_SUCCESS").unlink()
+    next((crashed / "vectors" / "data").glob("*.parquet")).write_bytes(b"cut short")
+    committed = (crashed / "current" / "_SUCCESS").read_bytes()
+    summary = run_job(_config(images, crashed, _models(weights_file, second_weights)))
+    assert (summary.status, summary.run_id) == ("succeeded", first.run_id)
+    assert (summary.processed_this_run, summary.decoded) == (0, 0)
+    assert (crashed / "current" / "_SUCCESS").read_bytes() == committed  # left as it was
+    assert _rows(crashed / "vectors").keys() == _rows(both / "vectors").keys()
+    assert json.loads((crashed / "vectors" / "_SUCCESS").read_text())["counts"]["inputs"] == IMAGES
