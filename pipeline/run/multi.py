@@ -88,12 +88,16 @@ class MultiRun:
         ]
         return Weights(blob=None, sha256=combined_digest(digests))
 
-    def hold(self, stack: contextlib.ExitStack[Any], *, overwrite: bool) -> None:
-        """Each model's output checked as its own run would (unsafe or foreign: refused), then leased."""
+    def check_outputs(self, *, overwrite: bool) -> None:
+        """Each model's output checked as its single-model run checks it (unsafe or foreign: refused)."""
         self.weights()
         assert self._weights is not None  # noqa: S101  # read just above
         for output, weights in zip(self.outputs, self._weights, strict=True):
             output.committed_here(functools.partial(str, weights.sha256), overwrite=overwrite)
+
+    def hold(self, stack: contextlib.ExitStack[Any], *, overwrite: bool) -> None:
+        """Each model's output checked (:meth:`check_outputs`), then leased until the run ends."""
+        self.check_outputs(overwrite=overwrite)
         for output in self.outputs:
             stack.enter_context(output.take())
 

@@ -68,3 +68,22 @@ def test_an_output_name_is_one_folder():
     """A models[].output that is not one plain folder name is refused."""
     with pytest.raises(ConfigError, match=r"models.*\.\./up"):
         load_config(None, [*BASE, "models=[{name: resnet18, random_init: true, output: ../up}]"], environ={})
+
+
+def test_plan_names_each_model_and_its_output(tmp_path, sample_images):
+    """`pipeline plan` of a models: run lists every model with its output folder, and writes nothing."""
+    from pipeline.run.preflight import check_run
+
+    config = load_config(
+        None, [f"input.uri={sample_images}", f"output.uri={tmp_path / 'out'}", TWO], environ={}
+    )
+    verdict = check_run(config)
+    assert verdict.action == "new"
+    assert [(name, spec.name) for name, spec in verdict.models] == [
+        ("current", "resnet18"),
+        ("candidate", "resnet50"),
+    ]
+    lines = "\n".join(verdict.lines(config))
+    assert f"output {tmp_path / 'out'}/candidate" in lines
+    assert [m["output"] for m in verdict.as_dict()["models"]] == ["current", "candidate"]
+    assert not (tmp_path / "out").exists()
