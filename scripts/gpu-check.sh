@@ -35,7 +35,7 @@ exec > >(tee -a "$out/gpu-check.log") 2>&1
 if [ "$rehearse" = 1 ]; then
   python="${PYTHON:-.venv/bin/python}"
   bench_args=(--images 48 --model resnet18 --model-seconds 1 --naive-images 4)
-  multi_args=(--images 8 --size 32)
+  multi_args=(--images 8 --size 32 --rounds 1)
   check_args=(--rehearse)
 else
   # The GPU machine's own python (with torch), the source tree, and wheels installed

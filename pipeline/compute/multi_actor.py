@@ -10,6 +10,7 @@ decode's outcome and the shared columns once, then each model's own columns unde
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ import pyarrow as pa
 
 from pipeline.compute.inference_actor import ActorSettings, ClassifyOrEmbed, _strings
 from pipeline.compute.shared_decode import Derivation, derive
+from pipeline.ops.metrics import STAGE_INFERENCE, STAGE_MODEL, worker_metrics
 from pipeline.ops.progress import stop_requested
 from pipeline.schema import (
     CLASSIFY_FIELDS,
@@ -81,18 +83,36 @@ class ClassifyOrEmbedMany:
         """``payloads_ref``: the models' payloads, one object-store tuple; ``combined``: (names, digest)."""
         import ray
 
-        payloads = ray.get(payloads_ref)
+        fetched = isinstance(payloads_ref, ray.ObjectRef)  # else the payloads themselves
+        payloads = ray.get(payloads_ref) if fetched else payloads_ref
         self.models = models
         self.heads = [
             ClassifyOrEmbed(part.spec, payload, part.settings, None, carried_ref)
             for part, payload in zip(models, payloads, strict=True)
         ]
+        for part, head in zip(models, self.heads, strict=True):
+            head.stage, head.model_label = STAGE_MODEL, part.output
+        self.metrics = worker_metrics(*self._labels(models))
         self.progress = progress
         self.combined_name, self.combined_sha256 = combined
         self.run_id = models[0].settings.labels.run_id
 
+    @staticmethod
+    def _labels(models: tuple[ModelPart, ...]) -> tuple[str, str]:
+        labels = models[0].settings.labels
+        return labels.pipeline, labels.run_id
+
+    def _count(self, status: np.ndarray, reasons: np.ndarray, started: float) -> None:
+        """The whole call, every model: stage "inference" counts each input once; the progress tracker too."""
+        ok = int((status == STATUS_OK).sum())
+        self.metrics.count_rows(STAGE_INFERENCE, ok, len(status) - ok)
+        self.metrics.observe_batch(STAGE_INFERENCE, time.perf_counter() - started, ok)
+        if self.progress is not None:
+            self.progress.add.remote(ok, _count_failed(reasons[status != STATUS_OK]))
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Every model's output rows of the batch, in one table (no rows once the run was asked to stop)."""
+        started = time.perf_counter()
         stopping = stop_requested(self.progress)
         tables = []
         for part, head in zip(self.models, self.heads, strict=True):
@@ -105,30 +125,37 @@ class ClassifyOrEmbedMany:
             tables.append(head(rows))
         count = tables[0].num_rows
         status = _strings(batch["status"])[:count]
-        if self.progress is not None and count:
-            ok = int((status == STATUS_OK).sum())
-            failed: dict[str, int] = {}
-            for reason in _strings(batch["reason"])[:count][status != STATUS_OK]:
-                failed[str(reason)] = failed.get(str(reason), 0) + 1
-            self.progress.add.remote(ok, failed)
+        if count:
+            self._count(status, _strings(batch["reason"])[:count], started)
         first = tables[0]
-        columns: dict[str, pa.Array] = {
-            "row_id": first.column("row_id"),
-            "uri": first.column("uri"),
+        decoded = {  # the decode's outcome, the run's models: the combined part's own columns
             "status": pa.array(status, pa.string()),
             "reason": pa.array(_strings(batch["reason"])[:count], pa.string()),
             "error": pa.array(_strings(batch["error"])[:count], pa.string()),
             "model_name": pa.array([self.combined_name] * count, pa.string()),
             "model_sha256": pa.array([self.combined_sha256] * count, pa.string()),
-            "run_id": first.column("run_id"),
         }
+        fields, columns = [], []  # each with its field as the model's schema has it (types, not-null)
+        for name in (*SHARED_LEADING, *decoded, "run_id"):
+            fields.append(first.schema.field(name))
+            columns.append(decoded[name] if name in decoded else first.column(name))
         for name in first.column_names:  # carried and shard columns: once, after run_id
             if name not in _SHARED and name not in own_columns(first):
-                columns[name] = first.column(name)
+                fields.append(first.schema.field(name))
+                columns.append(first.column(name))
         for part, table in zip(self.models, tables, strict=True):
             for name in own_columns(table):
-                columns[model_column(part.output, name)] = table.column(name)
-        return pa.table(columns)
+                fields.append(table.schema.field(name).with_name(model_column(part.output, name)))
+                columns.append(table.column(name))
+        return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _count_failed(reasons: np.ndarray) -> dict[str, int]:
+    """Failed rows by reason."""
+    failed: dict[str, int] = {}
+    for reason in reasons:
+        failed[str(reason)] = failed.get(str(reason), 0) + 1
+    return failed
 
 
 def own_columns(table: pa.Table) -> list[str]:
