@@ -285,6 +285,8 @@ def _run_leased(run: _Run, output: RunOutput, weights: CachedWeights, *, overwri
     """Claim, list, resolve the model, connect, execute, verify, commit: the run's steps in order."""
     config, summary = run.config, run.summary
     listing, resuming = _claim_and_list(run, output, weights, overwrite=overwrite)
+    if run.many is not None:  # each model's output: empty, this run's, or to be overwritten
+        run.many.check_started(summary.run_id, overwrite=overwrite)
     run.phase("loading_model")
     if run.many is not None:  # every model: one combined spec (the shared decode), their payloads
         spec, state_dict = run.many.resolve()

@@ -32,11 +32,11 @@ from pipeline.compute.multi_actor import ModelRun
 from pipeline.compute.shared_decode import plan_shared_decode
 from pipeline.compute.sources import check_model, read_weights, resolve_spec
 from pipeline.config.multi import is_multi, model_configs, output_uri
-from pipeline.errors import ResumeRefusedError
+from pipeline.errors import OutputExistsError, ResumeRefusedError
 from pipeline.inputs import fingerprints
 from pipeline.outputs import run_state
 from pipeline.outputs.commit import check_failure_budget
-from pipeline.outputs.layout import DATA_DIR, RUN_STATE, is_temporary
+from pipeline.outputs.layout import DATA_DIR, MANIFEST, RUN_STATE, is_temporary
 from pipeline.outputs.run_output import RunOutput
 from pipeline.schema import model_table
 
@@ -101,6 +101,22 @@ class MultiRun:
         for output in self.outputs:
             stack.enter_context(output.take())
 
+    def check_started(self, run_id: str, *, overwrite: bool) -> None:
+        """Before any work: each model output is empty, this run's, or (``--overwrite``) to be cleared.
+
+        Another run's commit or unfinished run there would otherwise be found only at the commit.
+        """
+        if overwrite:
+            return
+        for output in self.outputs:
+            if output.location.exists(MANIFEST) and not output.committed_by(run_id):
+                raise OutputExistsError(
+                    f"{output.uri} holds another run's commit (a models: run writes each model's "
+                    "output itself): pass --overwrite to redo it, or point output.uri elsewhere"
+                )
+            if output.location.exists(RUN_STATE):
+                _check_run_id(output, run_id)
+
     def resolve(self) -> tuple[ModelSpec, tuple[Any, ...]]:
         """Every model resolved on the driver: the combined spec (names, digest, shared decode), payloads."""
         self.weights()
@@ -158,16 +174,20 @@ class MultiRun:
 def _start(output: RunOutput, listing: Listing, run_id: str, config_hash: str, run: ModelRun) -> None:
     """A model output's ``_inputs.parquet`` and ``_run.json``, as its single-model run has them (once)."""
     if output.location.exists(RUN_STATE):
-        started = output.location.read_json(RUN_STATE)
-        if started.get("run_id") == run_id:
-            return
-        raise ResumeRefusedError(
-            f"{output.uri} holds unfinished run {started.get('run_id')}, not this run's ({run_id}): "
-            "pass --overwrite to replace it"
-        )
+        _check_run_id(output, run_id)
+        return
     state = {"run_id": run_id, "config_hash": config_hash, "input_format": listing.format}
     state["weights_sha256"] = run.spec.weights_sha256
     run_state.start_run(output.location, fingerprints.inputs_table(listing), state)
+
+
+def _check_run_id(output: RunOutput, run_id: str) -> None:
+    """Refuse a model output holding another run's state (exit 11)."""
+    started = output.location.read_json(RUN_STATE).get("run_id")
+    if started != run_id:
+        raise ResumeRefusedError(
+            f"{output.uri} holds run {started}, not this run's ({run_id}): pass --overwrite to replace it"
+        )
 
 
 def _split(combined: RunOutput, output: RunOutput, parts: list[str], name: str) -> None:

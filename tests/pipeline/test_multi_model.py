@@ -136,3 +136,18 @@ def test_a_crash_between_the_commits_is_completed_without_recomputing(
     assert (crashed / "current" / "_SUCCESS").read_bytes() == committed  # left as it was
     assert _rows(crashed / "vectors").keys() == _rows(both / "vectors").keys()
     assert json.loads((crashed / "vectors" / "_SUCCESS").read_text())["counts"]["inputs"] == first.inputs
+
+
+def test_a_model_output_holding_another_run_is_refused_before_any_work(
+    runs, sample_images, weights_file, second_weights, tmp_path
+):
+    """A model's folder holding another run's commit: exit 3 before anything is computed or written."""
+    from pipeline.errors import OutputExistsError
+    from pipeline.run.job import run_job
+
+    _, _, alone = runs
+    shutil.copytree(alone["vectors"], tmp_path / "out" / "vectors")
+    with pytest.raises(OutputExistsError, match="vectors"):
+        run_job(_config(sample_images, tmp_path / "out", _models(weights_file, second_weights)))
+    assert not (tmp_path / "out" / "current" / "data").exists()
+    assert not (tmp_path / "out" / "_multi" / "data").exists()
