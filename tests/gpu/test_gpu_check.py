@@ -45,7 +45,6 @@ def test_rehearsal_runs_every_stage_and_writes_the_json(tmp_path):
         "gpu-check.log",
         "gpu-tests-stage1.xml",
         "gpu-tests-stage2.xml",
-        "multi-bench.json",
     ]
     stage1 = json.loads((out / "gpu-check-stage1.json").read_text())
     assert stage1["problems"] == []
@@ -73,9 +72,6 @@ def test_rehearsal_runs_every_stage_and_writes_the_json(tmp_path):
     stage2 = json.loads((out / "gpu-check-stage2.json").read_text())
     assert stage2["bench"]["images"] == 48
     assert set(stage2["targets"]) == {"end_to_end_vs_ideal", "top1_agreement_with_fp32"}
-    multi = json.loads((out / "multi-bench.json").read_text())  # the models: pair, one pass vs two runs
-    assert [run["decoded"] for run in (*multi["separate"].values(), multi["one_pass"])] == [8, 8, 8]
-    assert multi["ratio"] > 0
     assert "Traceback" not in result.stdout + result.stderr
     assert "gpu-check: done, exit 0" in (out / "gpu-check.log").read_text()
 
