@@ -138,3 +138,42 @@ def reserved_columns() -> frozenset[str]:
     return frozenset(
         {*written, EMBEDDING_COLUMN, FINGERPRINT_FIELD.name, SHARD_INDEX_FIELD.name, *IN_FLIGHT_COLUMNS}
     )
+
+
+#: A run of several models (``models:``) writes one combined part per batch before each model's
+#: output gets its own: ``<output name>::<column>`` holds that model's columns.
+MODEL_COLUMN_SEPARATOR = "::"
+
+
+#: The columns every model's output starts with, taken once in a combined part.
+SHARED_LEADING = ("row_id", "uri")
+
+
+def model_column(output: str, name: str) -> str:
+    """The combined part's name of model output ``output``'s column ``name``."""
+    return f"{output}{MODEL_COLUMN_SEPARATOR}{name}"
+
+
+def model_table(combined: pa.Table, output: str) -> pa.Table:
+    """Model output ``output``'s rows of a combined part, in the columns its single-model run writes."""
+    prefix = f"{output}{MODEL_COLUMN_SEPARATOR}"
+    fields = [
+        (field.name, field.with_name(field.name.removeprefix(prefix)))
+        for field in combined.schema
+        if field.name.startswith(prefix)
+    ]
+    shared_rest = [  # carried and shard columns: after run_id, as output_schema puts them
+        f for f in combined.schema if MODEL_COLUMN_SEPARATOR not in f.name and f.name not in _COMBINED_ONLY
+    ]
+    order = [
+        *((name, combined.schema.field(name)) for name in SHARED_LEADING),
+        *fields,
+        *((f.name, f) for f in shared_rest),
+    ]
+    return pa.Table.from_arrays(
+        [combined.column(name) for name, _ in order], schema=pa.schema([field for _, field in order])
+    )
+
+
+#: A combined part's own columns (the decode's outcome, the run's models), not any model's.
+_COMBINED_ONLY = frozenset({*SHARED_LEADING, "status", "reason", "error", "model_name", "model_sha256"})

@@ -15,7 +15,7 @@ from pipeline.inputs.shards import records_fetched
 from pipeline.ops import redaction
 from pipeline.ops.logs import bad_input_sampler
 from pipeline.ops.metrics import STAGE_DECODE, RunLabels, worker_metrics
-from pipeline.ops.progress import stop_requested
+from pipeline.ops.progress import report_decoded, stop_requested
 from pipeline.schema import (
     BYTES_COLUMN,
     CARRIED_INDEX_COLUMN,
@@ -98,6 +98,7 @@ def decode_batch(
         sampler = bad_input_sampler(labels.pipeline, labels.run_id)
         for bad in np.flatnonzero(status == STATUS_FAILED):
             sampler.record(STAGE_DECODE, str(reasons[bad]), uris[bad], str(errors[bad] or ""))
+    report_decoded(tracker, len(uris))  # one decode per input, whatever the models
     metrics = worker_metrics(labels.pipeline, labels.run_id)
     metrics.count_rows(STAGE_DECODE, len(uris) - failed.total(), failed.total())
     metrics.count_failures(STAGE_DECODE, failed)

@@ -77,7 +77,9 @@ class ClassifyOrEmbed:
 
         labels, shards = settings.labels, settings.shards
 
-        state_dict = ray.get(state_dict_ref) if state_dict_ref is not None else None
+        # A reference, or (several models in one actor, pipeline.compute.multi_actor) the payload itself.
+        fetched = isinstance(state_dict_ref, ray.ObjectRef)
+        state_dict = ray.get(state_dict_ref) if fetched else state_dict_ref
         # The carried columns, read once per actor; rows find theirs by CARRIED_INDEX_COLUMN.
         self._carried: pa.Table | None = ray.get(carried_ref) if carried_ref is not None else None
         self.spec = spec
@@ -86,6 +88,8 @@ class ClassifyOrEmbed:
         self.progress = progress
         self.device_decode = settings.device_decode  # set: the rows carry JPEG bytes to decode here
         self.metrics = worker_metrics(labels.pipeline, labels.run_id)
+        # A models: run's actor sets these: its models count under stage "model", by output name.
+        self.stage, self.model_label = STAGE_INFERENCE, ""
         self.metrics.model_load_seconds.set(self.predictor.load_seconds)
         self._label_array = np.array(spec.labels, dtype=object)
         self._empty = self.predictor.predict(np.zeros((0, 1, 1, 3), np.uint8))  # the outputs' shapes
@@ -128,8 +132,8 @@ class ClassifyOrEmbed:
                 )
         ok_mask = status == STATUS_OK
         failed = Counter(str(reason) for reason in reasons[~ok_mask])
-        self.metrics.count_rows(STAGE_INFERENCE, int(ok_mask.sum()), failed.total())
-        self.metrics.observe_batch(STAGE_INFERENCE, time.perf_counter() - started, len(good))
+        self.metrics.count_rows(self.stage, int(ok_mask.sum()), failed.total(), self.model_label)
+        self.metrics.observe_batch(self.stage, time.perf_counter() - started, len(good), self.model_label)
         reading = self.predictor.gpu_stats()
         if reading is not None:
             self.metrics.observe_gpu(reading.utilization, reading.memory_used_bytes)

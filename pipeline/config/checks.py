@@ -96,45 +96,79 @@ def check_table(config: Config) -> None:
         raise ConfigError("output.table", output.table, "an Iceberg identifier is namespace.name")
 
 
-def check_model_source(config: Config) -> None:
-    """What each ``model.source`` needs from the other keys (docs/weights.md)."""
+def check_model_source(config: Config, key: str = "model") -> None:
+    """What each ``model.source`` needs from the other keys (docs/weights.md); ``key``: the section's name."""
     model, preprocess = config.model, config.preprocess
     hub_cache = model.source == "huggingface" and not model.random_init  # model.name: a cached hub id
     if model.weights is None and not model.random_init and not hub_cache:
         raise ConfigError(
-            "model.weights",
+            f"{key}.weights",
             None,
             "set a weights file (.safetensors or .pt) or model.random_init: true for a demo",
         )
     if model.weights is not None and model.random_init:
-        raise ConfigError("model.random_init", value=True, allowed="must be false when model.weights is set")
+        raise ConfigError(f"{key}.random_init", value=True, allowed="must be false when model.weights is set")
     if model.random_init and model.source in ("huggingface", "exported"):
         raise ConfigError(
-            "model.random_init",
+            f"{key}.random_init",
             value=True,
             allowed=f"model.source {model.source} has no architecture to initialise: set model.weights",
         )
     if model.source == "exported":  # a graph says nothing about the pixels it was trained on
-        for key in ("resize_size", "crop_size", "mean", "std"):
-            if getattr(preprocess, key) is None:
+        for name in ("resize_size", "crop_size", "mean", "std"):
+            if getattr(preprocess, name) is None:
                 raise ConfigError(
-                    f"preprocess.{key}",
+                    f"preprocess.{name}",
                     None,
                     "model.source exported needs its preprocessing spelled out: set preprocess."
                     "resize_size, crop_size, mean and std (docs/weights.md)",
                 )
     if model.source == "open_clip" and model.task == "classify" and model.labels is None:
         raise ConfigError(
-            "model.labels",
+            f"{key}.labels",
             None,
             "model.source open_clip classifies zero-shot: name a file of labels, one a line, "
             "each put into model.prompt_template (or use model.task: embed)",
         )
 
 
+#: What a run of several models does not do yet: (key, its single-model value, why).
+MULTI_UNSUPPORTED = (
+    ("output.previous", None, "incremental runs"),
+    ("output.format", "parquet", "table outputs"),
+    ("preprocess.decode_device", "cpu", "decoding on the GPU"),
+)
+
+
+def check_models(config: Config) -> None:
+    """``models:``: each entry as a ``model:`` section, output names unique, only what the run supports."""
+    from pipeline.config.sections import ModelConfig
+
+    if not config.models:
+        return
+    if config.model != ModelConfig():
+        raise ConfigError("model", config.model.name, "leave model: out when models: names the models")
+    if config.input.is_sharded:
+        raise ConfigError("input.format", config.input.format, "models: runs over files or a manifest only")
+    for key, default, what in MULTI_UNSUPPORTED:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value != default:
+            raise ConfigError(key, value, f"models: does not support {what} yet; run each model alone")
+    seen: set[str] = set()
+    for index, entry in enumerate(config.models):
+        if entry.output in seen:
+            raise ConfigError(f"models[{index}].output", entry.output, "each model needs its own output name")
+        seen.add(entry.output)
+        single = ModelConfig(**entry.model_dump(exclude={"output", "precision"}))
+        check_model_source(config.model_copy(update={"model": single}), f"models[{index}]")
+
+
 def check_semantics(config: Config) -> None:
     """Checks that need more than one field or a look at the outside world."""
-    check_model_source(config)
+    check_models(config)
+    if not config.models:  # else each entry was checked as its own model: section
+        check_model_source(config)
     actors = config.resources
     if actors.min_actors and actors.max_actors and actors.min_actors > actors.max_actors:
         allowed = f"must be <= resources.max_actors ({actors.max_actors})"

@@ -61,6 +61,8 @@ PRECISION_CLASS = {"auto": "auto", "fp32": "fp32", "bf16": "mixed", "fp16": "mix
 def config_hash(config: Config, weights_sha256: str | None) -> str:
     """The hash of :meth:`pipeline.config.Config.config_hash`."""
     data = config.to_dict()
+    if not data["models"]:  # models: newer than the first runs, hashed only when set
+        data.pop("models")
     data["input"].pop("allowed_roots", None)
     data["input"].pop("allowed_schemes", None)
     # Which rows an incremental run carries, not what a row holds: a night that starts naming
@@ -85,6 +87,8 @@ def config_hash(config: Config, weights_sha256: str | None) -> str:
         },
         "precision": PRECISION_CLASS[config.inference.precision],
     }
+    if "models" in data:  # a run of several models: each model's own keys, output name and precision
+        results["models"] = data["models"]
     if weights_sha256 is not None:
         results["weights_sha256"] = weights_sha256
     return hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()

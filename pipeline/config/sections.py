@@ -134,6 +134,19 @@ class ModelConfig(_Section):
     prompt_template: str = Field(default=DEFAULT_PROMPT_TEMPLATE, pattern=r"\{\}")
 
 
+#: A model's output name under ``output.uri`` (``models[].output``): one folder, no path tricks.
+OUTPUT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class ModelEntry(ModelConfig):
+    """One model of ``models:`` (several models over one decode, pipeline.config.multi)."""
+
+    # The folder under output.uri this model's output is written to (its own _SUCCESS).
+    output: str = Field(pattern=OUTPUT_NAME_PATTERN)
+    # This model's inference.precision; None: the run's. Part of this model's config hash.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
+
+
 class PreprocessConfig(_Section):
     """Decode and crop on CPU workers; the crop travels to inference as uint8."""
 
@@ -318,6 +331,9 @@ class Config(_Section):
     job: JobConfig = Field(default_factory=JobConfig)
     input: InputConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
+    # Several models over one decode, each its own output under output.uri (docs/multi-model.md);
+    # empty: the one model: section. Hashed only when set, so a single-model config hashes as before.
+    models: list[ModelEntry] = Field(default_factory=list, max_length=8)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

@@ -45,6 +45,9 @@ ETA_UNKNOWN = -1.0
 
 STAGE_DECODE = "decode"
 STAGE_INFERENCE = "inference"
+# A models: run: each model's rows, latency and batch sizes, labelled model=<its output name>; the
+# actor's whole call (every model) stays stage="inference", one count per input.
+STAGE_MODEL = "model"
 
 # The driver's named phases, the values of pipeline_job_phase's ``phase`` label, in the order a
 # run passes them (restoring_checkpoint comes before waiting_for_gpu_workers, so the GPU pods
@@ -80,16 +83,16 @@ class WorkerMetrics:
     gpu_utilization: RayGauge
     gpu_memory_used: RayGauge
 
-    def count_rows(self, stage: str, ok: int, failed: int) -> None:
-        """Add one batch's rows leaving ``stage`` by outcome.
+    def count_rows(self, stage: str, ok: int, failed: int, model: str = "") -> None:
+        """Add one batch's rows leaving ``stage`` by outcome (``model``: a models: run's model; "" none).
 
         ``failed`` includes rows that failed upstream and pass through; they are counted
         as failures only once, by :meth:`count_failures` where they failed.
         """
         if ok > 0:
-            self.rows.inc(ok, tags={"stage": stage, "outcome": "ok"})
+            self.rows.inc(ok, tags={"stage": stage, "outcome": "ok", "model": model})
         if failed > 0:
-            self.rows.inc(failed, tags={"stage": stage, "outcome": "failed"})
+            self.rows.inc(failed, tags={"stage": stage, "outcome": "failed", "model": model})
 
     def count_failures(self, stage: str, by_reason: Mapping[str, int]) -> None:
         """Add the rows that failed in ``stage`` (where the failure happened), by reason.
@@ -101,10 +104,10 @@ class WorkerMetrics:
             if count > 0:
                 self.failures.inc(count, tags={"stage": stage, "reason": str(reason)})
 
-    def observe_batch(self, stage: str, seconds: float, size: int) -> None:
-        """Record one batch's latency and size (rows the stage worked on) for a stage."""
-        self.stage_seconds.observe(seconds, tags={"stage": stage})
-        self.batch_size.observe(size, tags={"stage": stage})
+    def observe_batch(self, stage: str, seconds: float, size: int, model: str = "") -> None:
+        """Record one batch's latency and size (rows the stage worked on) for a stage (and model)."""
+        self.stage_seconds.observe(seconds, tags={"stage": stage, "model": model})
+        self.batch_size.observe(size, tags={"stage": stage, "model": model})
 
     def observe_gpu(self, utilization: float | None, memory_used_bytes: int | None) -> None:
         """Record the GPU busy fraction (0-1) and bytes in use; an unknown figure is not exported."""
@@ -130,7 +133,11 @@ def worker_metrics(pipeline: str, run_id: str) -> WorkerMetrics:
     return WorkerMetrics(
         tags=tags,
         rows=with_defaults(
-            Counter("pipeline_rows", "Rows leaving a stage, by outcome.", (*keys, "stage", "outcome"))
+            Counter(
+                "pipeline_rows",
+                "Rows leaving a stage, by outcome (and model, in a models: run; empty otherwise).",
+                (*keys, "stage", "outcome", "model"),
+            )
         ),
         failures=with_defaults(
             Counter(
@@ -144,7 +151,7 @@ def worker_metrics(pipeline: str, run_id: str) -> WorkerMetrics:
                 "pipeline_stage_batch_seconds",
                 "Seconds to process one batch in a stage.",
                 list(LATENCY_BUCKETS),
-                (*keys, "stage"),
+                (*keys, "stage", "model"),
             )
         ),
         batch_size=with_defaults(
@@ -152,7 +159,7 @@ def worker_metrics(pipeline: str, run_id: str) -> WorkerMetrics:
                 "pipeline_batch_size_rows",
                 "Rows per batch a stage worked on (inference: images through the model).",
                 list(BATCH_SIZE_BUCKETS),
-                (*keys, "stage"),
+                (*keys, "stage", "model"),
             )
         ),
         model_load_seconds=with_defaults(
@@ -234,6 +241,12 @@ class JobMetrics:
             (*labels, "outcome"),
             registry=reg,
         )
+        self.decoded = Gauge(
+            "pipeline_job_decoded_rows",
+            "Inputs the decode stage read this attempt: one per input, however many models run on it.",
+            labels,
+            registry=reg,
+        )
         self.incremental = Gauge(
             "pipeline_job_incremental_rows",
             "A run's rows by kind (carried, computed, retried, dropped); a full run computes them all.",
@@ -292,6 +305,10 @@ class JobMetrics:
         """The run's counts by kind (the summary's ``incremental``; a kind not given: 0), pushed at end."""
         for kind in INCREMENTAL_KINDS:
             self.incremental.labels(self.run_id, kind).set(counts.get(kind, 0))
+
+    def set_decoded(self, count: int) -> None:
+        """The inputs this attempt decoded (pushed with the run's end)."""
+        self.decoded.labels(self.run_id).set(count)
 
     def set_status(self, status: str) -> None:
         """Mark one of running/succeeded/failed as current."""

@@ -32,6 +32,15 @@ class ProgressTracker:
         self.last = 0.0
         self.stop = False  # the driver asked the run to stop (pipeline.run.stopping)
         self.retries = 0
+        self.decodes = 0  # inputs the decode tasks read: one each, however many models run
+
+    def add_decoded(self, count: int) -> None:
+        """Add the inputs one decode batch read."""
+        self.decodes += count
+
+    def decoded(self) -> int:
+        """Inputs decoded so far (pipeline_job_decoded_rows)."""
+        return self.decodes
 
     def add_retries(self, count: int) -> None:
         """Add S3 retries a worker's request needed."""
@@ -116,6 +125,12 @@ class ProgressSeries:
     def as_dict(self) -> dict[str, Any]:
         """The ``progress`` field of ``_SUCCESS`` (docs/inspect.md)."""
         return {"every_s": self.every_s, "columns": ["seconds", "ok", "failed"], "points": self.points}
+
+
+def report_decoded(tracker: Any, count: int) -> None:
+    """In a decode task: add the inputs it read to the tracker's count (None, or none read: nothing)."""
+    if tracker is not None and count:
+        tracker.add_decoded.remote(count)
 
 
 def stop_requested(tracker: Any) -> bool:

@@ -14,6 +14,7 @@ and the stages' settings come from :mod:`pipeline.run.placement`.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ray.data.datasource.filename_provider import FilenameProvider
@@ -21,6 +22,7 @@ from ray.data.datasource.filename_provider import FilenameProvider
 from pipeline import storage
 from pipeline.compute.decode_task import DecodeJob, decode_batch
 from pipeline.compute.inference_actor import ActorSettings, ClassifyOrEmbed
+from pipeline.compute.multi_actor import ClassifyOrEmbedMany, ModelPart
 from pipeline.inputs import reading
 from pipeline.inputs.http_fetch import HttpSettings
 from pipeline.inputs.listing import manifest_base
@@ -123,29 +125,50 @@ def build_dataset(
         max_concurrent_calls_per_actor=plan.calls_in_flight_per_actor,
         enable_true_multi_threading=plan.parallel_calls,
     )
+    actor_settings = ActorSettings(
+        inference=settings,
+        top_k=config.model.top_k,
+        labels=labels,
+        device_decode=decoding if decoding.keep_jpeg else None,
+        shards=source.carried_schema,
+    )
+    actor: type[ClassifyOrEmbed | ClassifyOrEmbedMany] = ClassifyOrEmbed
+    kwargs: dict[str, Any] = {"spec": spec, "state_dict_ref": state_dict_ref, "settings": actor_settings}
+    if work.models:  # several models over one decode, in one actor (pipeline.compute.multi_actor)
+        actor, kwargs = ClassifyOrEmbedMany, many_kwargs(work, actor_settings, state_dict_ref)
     classified: ray.data.Dataset = dataset.map_batches(
-        ClassifyOrEmbed,
+        actor,
         batch_size=plan.inference_batch_size,
         batch_format="numpy",
         compute=compute,
         num_cpus=plan.actor_num_cpus,
         num_gpus=plan.actor_num_gpus,
-        fn_constructor_kwargs={
-            "spec": spec,
-            "state_dict_ref": state_dict_ref,
-            "settings": ActorSettings(
-                inference=settings,
-                top_k=config.model.top_k,
-                labels=labels,
-                device_decode=decoding if decoding.keep_jpeg else None,
-                shards=source.carried_schema,
-            ),
-            "progress": progress,
-            "carried_ref": carried_ref,
-        },
+        fn_constructor_kwargs={**kwargs, "progress": progress, "carried_ref": carried_ref},
         **actor_remote_options(plan, settings),
     )
     return classified
+
+
+def many_kwargs(work: Work, settings: ActorSettings, payloads_ref: Any) -> dict[str, Any]:
+    """The several-model actor's arguments: each model with its own precision and top-k."""
+    parts = tuple(
+        ModelPart(
+            run.output,
+            run.spec,
+            replace(
+                settings,
+                inference=replace(settings.inference, precision=run.precision),
+                top_k=run.top_k,
+            ),
+            run.derivation,
+        )
+        for run in work.models
+    )
+    return {
+        "models": parts,
+        "payloads_ref": payloads_ref,
+        "combined": (work.spec.name, work.spec.weights_sha256),
+    }
 
 
 def write_parquet(

@@ -33,6 +33,7 @@ from pipeline.outputs.previous import Previous, find_previous
 from pipeline.outputs.run_output import RunOutput
 from pipeline.run import stopping
 from pipeline.run.cluster import connect_ray, gpu_worker_requested, wait_for_gpu_workers
+from pipeline.run.multi import MultiRun
 from pipeline.run.summary import RunSummary
 from pipeline.run.supervisor import write_abandoned
 from pipeline.run.write_step import Work, write_with_progress
@@ -71,6 +72,7 @@ class _Run:
     settled: threading.Event = field(default_factory=threading.Event)
     phase_at: float = 0.0  # when the current phase began (monotonic)
     previous: Previous | None = None  # an incremental run's previous output (output.previous)
+    many: MultiRun | None = None  # models: several models over one decode (pipeline.run.multi)
 
     def storage_retries(self) -> int:
         """S3 retries of this run so far: the driver's, and those the tasks reported."""
@@ -170,6 +172,7 @@ class _Run:
                     self.job_metrics().set_incremental(summary.incremental)
                 elif summary.status == "succeeded":  # a full run: every row computed, nothing carried
                     self.job_metrics().set_incremental({"carried": 0, "computed": summary.inputs})
+                self.job_metrics().set_decoded(summary.decoded)
                 self.job_metrics().finish(
                     succeeded=summary.status == "succeeded",
                     inputs=summary.inputs,
@@ -215,7 +218,7 @@ def run_job(
     because another holds the output reports nothing (the holder reports for this pipeline).
     ``settled``: see :class:`_Run`.
     """
-    check_model(config.model)  # a config error: refused before anything is reported
+    many, config = _models_of(config)  # a config error: refused before anything is reported
     overwrite = overwrite or config.output.mode == "overwrite"
     run = _Run(
         config,
@@ -231,7 +234,10 @@ def run_job(
     show = config.logging.progress is True or (config.logging.progress == "auto" and stream.isatty())
     run.display = Display(stream, enabled=show)
     run.settled = settled or run.settled
-    weights = functools.cache(lambda: read_weights(config.model, config.storage))  # read once per run
+    run.many = many
+    weights = functools.cache(
+        many.weights if many else functools.partial(read_weights, config.model, config.storage)
+    )
     try:
         output = RunOutput.open(config)
         done = output.committed_here(lambda: weights().sha256, overwrite=overwrite)
@@ -247,9 +253,11 @@ def run_job(
         if error is exc:
             raise
         raise error from exc
-    with lease:
+    with lease, contextlib.ExitStack() as models_leased:
         run.output = output
         try:
+            if many is not None:  # each model's output checked as its own run would, and leased
+                many.hold(models_leased, overwrite=overwrite)
             _run_leased(run, output, weights, overwrite=overwrite)
         except Exception as exc:
             error = run.failed(exc)
@@ -264,18 +272,34 @@ def run_job(
     return run.summary
 
 
+def _models_of(config: Config) -> tuple[MultiRun | None, Config]:
+    """``models:``'s models, each checked, and the combined run's config; else the one model checked."""
+    many = MultiRun.of(config)
+    if many is None:
+        check_model(config.model)
+        return None, config
+    return many, many.root
+
+
 def _run_leased(run: _Run, output: RunOutput, weights: CachedWeights, *, overwrite: bool) -> None:
     """Claim, list, resolve the model, connect, execute, verify, commit: the run's steps in order."""
     config, summary = run.config, run.summary
     listing, resuming = _claim_and_list(run, output, weights, overwrite=overwrite)
+    if run.many is not None:  # each model's output: empty, this run's, or to be overwritten
+        run.many.check_started(summary.run_id, overwrite=overwrite)
     run.phase("loading_model")
-    spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage, weights())
+    if run.many is not None:  # every model: one combined spec (the shared decode), their payloads
+        spec, state_dict = run.many.resolve()
+    else:
+        spec, state_dict = resolve_spec(config.model, config.preprocess, config.storage, weights())
     weights.cache_clear()  # the bytes: the state dict holds the tensors from here on
     config_hash = config.config_hash(spec.weights_sha256)  # what the weights are, not only where
     log = get_logger(run_id=summary.run_id, stage="driver")
     if spec.random_init:
         log.warning("model has RANDOM weights (model.random_init: true); predictions are meaningless")
-    if overwrite and (deleted := output.clear()):  # inputs and model checked: only now is it deleted
+    if overwrite and (
+        deleted := output.clear() + (run.many.clear() if run.many else 0)
+    ):  # inputs and model checked: only now is it deleted
         log.warning("overwriting existing output", output=output.uri, files_deleted=deleted)
     log.info("run starting", inputs=len(listing), output=output.uri, resuming=resuming, model=spec.name)
     run.previous = _previous(run, listing, config_hash)  # refused here: before anything is written
@@ -300,6 +324,8 @@ def _run_leased(run: _Run, output: RunOutput, weights: CachedWeights, *, overwri
         run.started_wall,
         series,
     )
+    if run.many is not None:  # every model's output committed first; the combined _SUCCESS last
+        run.many.commit_models(listing, output, record)
     output.commit(result, record)
     summary.status = "succeeded"  # only now: the manifest is written and read back
     run.settled.set()
@@ -406,7 +432,7 @@ def _run_on_ray(
     if remaining.uris:  # else every part was written before the last attempt stopped: only the commit is left
         source = source_of(config, listing, remaining, output.ledger())
         processed, steady, first_landed = write_with_progress(
-            run, output.held(), Work(source, spec, state_dict, plan)
+            run, output.held(), Work(source, spec, state_dict, plan, run.many.runs if run.many else ())
         )
         if (
             source.exact

@@ -20,6 +20,7 @@ from pipeline.compute.sources import check_model, read_weights, resolve_spec
 from pipeline.inputs.listing import Listing, list_inputs
 from pipeline.outputs import claim, layout, safety
 from pipeline.outputs.previous import find_previous
+from pipeline.run.multi import MultiRun
 
 if TYPE_CHECKING:
     from pipeline.compute.model import ModelSpec
@@ -42,6 +43,7 @@ class Verdict:
     listing: Listing | None = None  # None when there is nothing to do
     spec: ModelSpec | None = None
     previous: str | None = None  # output.previous: the output carried from, or why it runs in full
+    models: tuple[tuple[str, ModelSpec], ...] = ()  # models: (output name, spec) of each model
 
     def lines(self, config: Config) -> list[str]:
         """The plan's first lines, for people."""
@@ -70,13 +72,15 @@ class Verdict:
             f"{config.input.uri} into {self.output_uri}"
         )
         previous = [f"  previous {self.previous}"] if self.previous is not None else []
-        return [
-            "what the run will do",
-            action,
-            f"  model    {spec.name}, {weights} (sha256 {spec.weights_sha256[:12]}), {what}",
-            *previous,
-            f"  checks   {CHECKS}: passed",
-        ]
+        models = (
+            [  # models: one line each, its output beside the run's own folder
+                f"  model    {name}: {model.name} ({model.task}, sha256 {model.weights_sha256[:12]}), "
+                f"output {self.output_uri.rsplit('/', 1)[0]}/{name}, decoded once for all"
+                for name, model in self.models
+            ]
+            or [f"  model    {spec.name}, {weights} (sha256 {spec.weights_sha256[:12]}), {what}"]
+        )
+        return ["what the run will do", action, *models, *previous, f"  checks   {CHECKS}: passed"]
 
     def as_dict(self) -> dict[str, Any]:
         """The ``will_do`` of ``pipeline plan --json``."""
@@ -91,25 +95,45 @@ class Verdict:
             "model": None
             if self.spec is None
             else {"name": self.spec.name, "task": self.spec.task, "sha256": self.spec.weights_sha256},
+            **({"models": [_model_dict(name, spec) for name, spec in self.models]} if self.models else {}),
         }
+
+
+def _model_dict(output: str, spec: ModelSpec) -> dict[str, Any]:
+    """One model of a ``models:`` run in ``pipeline plan --json``."""
+    return {"output": output, "name": spec.name, "task": spec.task, "sha256": spec.weights_sha256}
 
 
 def check_run(config: Config) -> Verdict:
     """Run's checks in run's order, raising its errors; what the run will do if they pass."""
-    check_model(config.model)
+    many = MultiRun.of(config)  # models: each model checked; the run itself is output.uri/_multi
+    if many is None:
+        check_model(config.model)
+    else:
+        config = many.root
     overwrite = config.output.mode == "overwrite"
     location = layout.OutputLocation.open(config.output.uri, config.storage)
-    weights = functools.cache(lambda: read_weights(config.model, config.storage))  # once, as run reads them
+    weights = functools.cache(
+        many.weights if many else functools.partial(read_weights, config.model, config.storage)
+    )
     done = safety.check_before_lease(location, config, lambda: weights().sha256, overwrite=overwrite)
     if done is not None:
         committed_at = done.get("committed_at") or done.get("finished_at")
         return Verdict("nothing", location.uri, str(done.get("run_id")), str(committed_at))
+    if many is not None:
+        many.check_outputs(overwrite=overwrite)
     found = claim.claim(location, config, lambda: weights().sha256, overwrite=overwrite, write=False)
     state, resume = found.state, found.resume_id
     listing = list_inputs(config.input, config.storage)
-    spec, _ = resolve_spec(config.model, config.preprocess, config.storage, weights())
+    if many is not None:
+        spec, _ = many.resolve()
+    else:
+        spec, _ = resolve_spec(config.model, config.preprocess, config.storage, weights())
     held = state.committed is not None or state.started is not None or state.has_data
     action = "resume" if resume else ("overwrite" if overwrite and held else "new")
+    models = tuple((run.output, run.spec) for run in many.runs) if many else ()
+    if many is not None:  # models: refuses output.previous (config checks)
+        return Verdict(action, location.uri, resume, listing=listing, spec=spec, models=models)
     previous, why = find_previous(config, config.config_hash(spec.weights_sha256))  # refused as run does
     carried = f"{previous.uri}: rows of unchanged inputs carried" if previous is not None else why
     if previous is not None and listing.format != "files":  # as run_job says it

@@ -25,6 +25,7 @@ class RunSummary:
     failed: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     processed_this_run: int = 0
+    decoded: int = 0  # inputs this attempt's decode stage read: one per input, whatever the models
     # After a stop: rows this attempt's actors finished that no part holds (the next run redoes them).
     unwritten_rows: int = 0
     resumed: bool = False

@@ -20,6 +20,7 @@ from pipeline.run.supervisor import Watched, watch_write
 
 if TYPE_CHECKING:
     from pipeline.compute.model import ModelSpec
+    from pipeline.compute.multi_actor import ModelRun
     from pipeline.config import Config
     from pipeline.inputs.sources import Source
     from pipeline.ops.display import Display
@@ -34,9 +35,10 @@ class Work:
     """What is left to write (its read: ``sources.source_of``) and what the stages need."""
 
     source: Source
-    spec: ModelSpec
-    state_dict: Any
+    spec: ModelSpec  # models: the run's combined spec (names, digest, the shared decode)
+    state_dict: Any  # models: the tuple of every model's payload
     plan: ResourcePlan
+    models: tuple[ModelRun, ...] = ()  # set: several models over one decode (pipeline.run.multi)
 
 
 class Run(Protocol):
@@ -92,3 +94,4 @@ def write_with_progress(run: Run, lease: Lease, work: Work) -> tuple[int, float,
         ray.data.DataContext.get_current().checkpoint_config = None  # later datasets must not inherit it
         with contextlib.suppress(Exception):  # best effort: a lost count never fails the run
             run.worker_retries = int(ray.get(tracker.storage_retries.remote(), timeout=10))
+            run.summary.decoded = int(ray.get(tracker.decoded.remote(), timeout=10))

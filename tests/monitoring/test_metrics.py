@@ -326,3 +326,53 @@ class TestPushgateway:
             metrics.finish(succeeded=True, inputs=1, ok=1, failed_by_reason={}, seconds=1.0)
         last = pushed(pushgateway)["pipeline_job_last_success_timestamp_seconds"]
         assert set(last) == {(("pipeline", "alpha"),), (("pipeline", "beta"),)}
+
+
+def test_a_models_run_counts_each_input_once_and_each_model_by_name() -> None:
+    """models: stage "inference" counts each input once, stage "model" each model's rows by output name."""
+    import numpy as np
+
+    from pipeline.compute.inference import InferenceSettings
+    from pipeline.compute.inference_actor import ActorSettings
+    from pipeline.compute.model import ModelSpec, Preprocessing
+    from pipeline.compute.multi_actor import ClassifyOrEmbedMany, ModelPart
+    from pipeline.compute.shared_decode import Derivation
+    from pipeline.ops.metrics import RunLabels
+    from pipeline.schema import IMAGE_COLUMN, model_table, output_schema
+
+    prep = Preprocessing(36, 32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
+    spec = ModelSpec("resnet18", 10, None, "random-init", True, tuple(map(str, range(10))), prep)  # noqa: FBT003
+    settings = ActorSettings(
+        InferenceSettings(device="cpu", precision="fp32", batch_size=4), 3, RunLabels("p", "r")
+    )
+    parts = tuple(
+        ModelPart(name, spec, settings, Derivation(32, size, "bilinear"))
+        for name, size in (("a", 32), ("b", 16))
+    )
+    actor = ClassifyOrEmbedMany(parts, (None, None), ("resnet18+resnet18", "digest"))
+    recorded = recording_worker_metrics()
+    actor.metrics = recorded
+    for head in actor.heads:
+        head.metrics = recorded
+    table = actor(
+        {
+            "row_id": np.array(["x", "y", "z"], dtype=object),
+            "uri": np.array(["x.jpg", "y.jpg", "z.jpg"], dtype=object),
+            IMAGE_COLUMN: np.zeros((3, 32, 32, 3), np.uint8),
+            "status": np.array(["ok", "failed", "ok"], dtype=object),
+            "reason": np.array([None, "truncated", None], dtype=object),
+            "error": np.array([None, "cut", None], dtype=object),
+        }
+    )
+    rows: Any = recorded.rows
+    assert rows.totals("stage", "model", "outcome") == {
+        ("inference", "", "ok"): 2,
+        ("inference", "", "failed"): 1,
+        ("model", "a", "ok"): 2,
+        ("model", "a", "failed"): 1,
+        ("model", "b", "ok"): 2,
+        ("model", "b", "failed"): 1,
+    }
+    batches: Any = recorded.batch_size
+    assert batches.totals("stage", "model") == {("model", "a"): 2, ("model", "b"): 2, ("inference", ""): 2}
+    assert model_table(table, "b").schema == output_schema()  # each model's part: its own columns only
