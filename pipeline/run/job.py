@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from pipeline.inputs.listing import Listing
     from pipeline.ops.progress import ProgressSeries
     from pipeline.outputs import layout
+    from pipeline.outputs.lease import Lease
     from pipeline.outputs.tally import Tally
     from pipeline.run.placement import ResourcePlan
 
@@ -235,7 +236,8 @@ def run_job(
     try:
         output = RunOutput.open(config)
         done = output.committed_here(lambda: weights().sha256, overwrite=overwrite)
-        if done is not None:  # nothing written there, nothing pushed: the committed run reported itself
+        pending = done is not None and output.table_pending(done)
+        if done is not None and not pending:  # nothing written, nothing pushed: it reported itself
             run.summary, run.report = RunSummary.of_commit(done, output.uri), False
             run.finish()
             return run.summary
@@ -247,6 +249,8 @@ def run_job(
         if error is exc:
             raise
         raise error from exc
+    if pending:  # committed, but not to the table output.format names: that commit alone
+        return _commit_table_only(run, output, lease)
     with lease:
         run.output = output
         try:
@@ -261,6 +265,29 @@ def run_job(
                 raise
         finally:
             run.finish()
+    return run.summary
+
+
+def _commit_table_only(run: _Run, output: RunOutput, lease: Lease) -> RunSummary:
+    """A run committed as Parquet, rerun with a table format: the table commit, nothing computed.
+
+    Nothing is pushed (the committed run reported itself); a failure is reported as any run's.
+    """
+    with lease:
+        run.output = output
+        try:
+            manifest = output.commit_table()
+        except Exception as exc:
+            error = run.failed(exc)
+            run.finish()
+            if error is exc:
+                raise
+            raise error from exc
+        run.summary, run.report = RunSummary.of_commit(manifest, output.uri, status="table_committed"), False
+        get_logger(run_id=run.summary.run_id, stage="driver").info(
+            "committed run's parts added to the table, nothing computed", table=manifest["table"]
+        )
+        run.finish()
     return run.summary
 
 
