@@ -28,15 +28,15 @@ import pyarrow.parquet as pq
 from pipeline import storage
 from pipeline.inputs import fingerprints
 from pipeline.outputs.layout import CHECKPOINT_DIR, DATA_DIR
+from pipeline.outputs.previous import Previous
 from pipeline.schema import STATUS_FAILED
 
 if TYPE_CHECKING:
     from pipeline.inputs.listing import Listing
     from pipeline.outputs.layout import OutputLocation
-    from pipeline.outputs.previous import Previous
+    from pipeline.outputs.previous import PreviousOutput
 
 CARRIED_CHECKPOINTS = f"{CHECKPOINT_DIR}/carried"
-FILTER_BATCH_ROWS = 4096  # rows per batch when a part is filtered: a few MB of predictions at most
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,19 @@ class Carried:
         return asdict(self)
 
 
-def carried_base(previous: Previous, part: str) -> str:
+def carried_base(previous: PreviousOutput, part: str) -> str:
     """``part-carried-<key>``: the carried part's name, the same on every attempt."""
     key = hashlib.sha256(f"{previous.uri}/{part}".encode()).hexdigest()[:24]
     return f"part-carried-{key}"
 
 
 def carry_forward(
-    location: OutputLocation, previous: Previous, listing: Listing, todo: list[str], *, keep_failed: bool
+    location: OutputLocation,
+    previous: PreviousOutput,
+    listing: Listing,
+    todo: list[str],
+    *,
+    keep_failed: bool,
 ) -> tuple[list[str], Carried]:
     """Write the previous rows to keep that the output lacks (``todo``: the inputs the restore left).
 
@@ -79,8 +84,7 @@ def carry_forward(
     kept: list[pa.Array] = []
     retried = copied = filtered = 0
     for part in previous.parts():
-        with previous.location.fs.open(previous.location.path_of(part), "rb") as handle:
-            table = pq.read_table(handle, columns=["row_id", "status"])
+        table = previous.ids_and_statuses(part)
         ids = table.column("row_id").combine_chunks()
         unchanged = pc.is_in(ids, value_set=same)
         failed = pc.equal(table.column("status").combine_chunks(), STATUS_FAILED)
@@ -92,7 +96,7 @@ def carry_forward(
         if not to_write:
             continue
         base = carried_base(previous, part)
-        if to_write == len(ids):
+        if to_write == len(ids) and isinstance(previous, Previous):  # a table's rows: streamed
             _copy(previous, part, location, f"{DATA_DIR}/{base}-0.parquet")
             copied += 1
         else:
@@ -131,19 +135,18 @@ def _copy(previous: Previous, part: str, location: OutputLocation, name: str) ->
             out.write(chunk)
 
 
-def _filter(previous: Previous, part: str, location: OutputLocation, name: str, keep: pa.Array) -> None:
-    """The rows of a part whose ids are in ``keep``, read and written batch by batch."""
+def _filter(previous: PreviousOutput, part: str, location: OutputLocation, name: str, keep: pa.Array) -> None:
+    """The rows of a part (or a table's run) whose ids are in ``keep``, read and written batch by batch."""
+    schema, batches = previous.batches(part)
     with (
         storage.translate_errors(
             "filter a previous part into", location.uri_of(name), location.storage_config
         ),
-        previous.location.fs.open(previous.location.path_of(part), "rb") as reader,
         location.fs.open(location.path_of(name), "wb") as out,
+        pq.ParquetWriter(out, schema) as writer,
     ):
-        source = pq.ParquetFile(reader)
-        with pq.ParquetWriter(out, source.schema_arrow) as writer:
-            for batch in source.iter_batches(batch_size=FILTER_BATCH_ROWS):
-                writer.write_batch(batch.filter(pc.is_in(batch.column("row_id"), value_set=keep)))
+        for batch in batches:
+            writer.write_batch(batch.filter(pc.is_in(batch.column("row_id"), value_set=keep)))
 
 
 def _written(listing: Listing, now: pa.Array, todo: list[str]) -> pa.Array:

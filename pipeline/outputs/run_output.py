@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from pipeline.config import Config
     from pipeline.inputs.listing import Listing
-    from pipeline.outputs.previous import Previous
+    from pipeline.outputs.previous import PreviousOutput
     from pipeline.outputs.tally import Tally
 
 
@@ -152,7 +152,7 @@ class RunOutput:
         return parts_of(listing).restore(self.location, listing, run_id)
 
     def carry_forward(
-        self, previous: Previous, listing: Listing, remaining: Remaining
+        self, previous: PreviousOutput, listing: Listing, remaining: Remaining
     ) -> tuple[Remaining, carry.Carried]:
         """An incremental run: carry the previous output's rows still current; what is left to compute.
 

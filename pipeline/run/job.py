@@ -29,7 +29,7 @@ from pipeline.ops.metrics import JobMetrics
 from pipeline.ops.push_auth import auth_handler
 from pipeline.outputs import claim, run_state
 from pipeline.outputs.commit import RunRecord
-from pipeline.outputs.previous import Previous, find_previous
+from pipeline.outputs.previous import PreviousOutput, find_previous
 from pipeline.outputs.run_output import RunOutput
 from pipeline.run import stopping
 from pipeline.run.cluster import connect_ray, gpu_worker_requested, wait_for_gpu_workers
@@ -71,7 +71,7 @@ class _Run:
     # CLI's signal handler stops interrupting then, so the exit code agrees with the summary.
     settled: threading.Event = field(default_factory=threading.Event)
     phase_at: float = 0.0  # when the current phase began (monotonic)
-    previous: Previous | None = None  # an incremental run's previous output (output.previous)
+    previous: PreviousOutput | None = None  # an incremental run's previous output (output.previous)
 
     def storage_retries(self) -> int:
         """S3 retries of this run so far: the driver's, and those the tasks reported."""
@@ -363,7 +363,7 @@ def _claim_and_list(
     return listing, resuming
 
 
-def _previous(run: _Run, listing: Listing, config_hash: str) -> Previous | None:
+def _previous(run: _Run, listing: Listing, config_hash: str) -> PreviousOutput | None:
     """``output.previous``, checked (:func:`~pipeline.outputs.previous.find_previous`); None: a full run."""
     config, summary = run.config, run.summary
     previous, why = find_previous(config, config_hash)

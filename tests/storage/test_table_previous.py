@@ -18,7 +18,7 @@ import pytest
 from storage_s3 import list_keys, read_json, read_parts
 
 from pipeline.cli import samples
-from pipeline.errors import OutputExistsError
+from pipeline.errors import ConfigError, OutputExistsError
 from pipeline.outputs.tables import target as tables
 from pipeline.outputs.tables.iceberg import load_catalog
 from pipeline.outputs.tables.lance import open_dataset
@@ -60,6 +60,7 @@ class History:
     again: RunSummary  # the Iceberg rerun, rerun
     other_table: Exception  # the Iceberg-committed folder, rerun with Lance
     night1_success: dict[str, dict[str, Any]]  # each folder's _SUCCESS after its table commit
+    night2: dict[str, RunSummary]  # from each table, and the full recompute
 
 
 def _copy_folder(s3: Any, source: str, target: str) -> None:
@@ -107,11 +108,22 @@ def history(ray_session: None, s3: Any, moto: Any, local_config: Any, tmp_path_f
     again = run_job(configs["iceberg"])
     with pytest.raises(OutputExistsError) as other:
         run_job(config("night-1", "lance"))
+    # The inputs change: one added, one deleted, one rewritten in place, a broken one fixed.
+    s3.put_object(Bucket=BUCKET, Key="in/new-a.jpg", Body=_jpeg(100))
+    s3.delete_object(Bucket=BUCKET, Key="in/img-00.jpg")
+    s3.put_object(Bucket=BUCKET, Key="in/img-01.jpg", Body=_jpeg(201))
+    s3.put_object(Bucket=BUCKET, Key="in/broken-fixed.jpg", Body=_jpeg(300))
+    night2 = {
+        "iceberg": run_job(config("night-2-iceberg", **{"output.previous": f"iceberg:{ICEBERG_TABLE}"})),
+        "lance": run_job(config("night-2-lance", **{"output.previous": LANCE_TABLE})),
+        "full": run_job(config("night-2-full")),
+    }
+    configs["night2"] = config("night-2-probe", **{"output.previous": f"iceberg:{ICEBERG_TABLE}"})
     success = {
         fmt: read_json(s3, BUCKET, f"{folder}/_SUCCESS")
         for fmt, folder in (("iceberg", "night-1"), ("lance", "night-1-lance"))
     }
-    return History(configs, night1, made, again, other.value, success)
+    return History(configs, night1, made, again, other.value, success, night2)
 
 
 def _iceberg_runs(config: Config) -> list[str]:
@@ -174,3 +186,71 @@ class TestParquetCommitMadeATable:
         assert "output.format=lance" in message
         assert ICEBERG_TABLE in message
         assert _lance_runs(history.configs["lance"]) == [history.night1.run_id]
+
+
+class TestPreviousFromATable:
+    def test_equals_a_full_recompute_row_for_row(self, history: History, s3: Any) -> None:
+        """Night 2 from the Iceberg snapshot, and from the Lance version, equals a full recompute (fp32)."""
+        full = read_parts(s3, BUCKET, "night-2-full").sort_by("row_id")
+        assert full.num_rows == 10
+        for fmt in ("iceberg", "lance"):
+            assert history.night2[fmt].status == "succeeded"
+            rows = read_parts(s3, BUCKET, f"night-2-{fmt}").sort_by("row_id")
+            assert rows.select(COMPARED).to_pylist() == full.select(COMPARED).to_pylist(), fmt
+            np.testing.assert_allclose(
+                np.array(rows.column("score").to_pylist(), dtype=float),
+                np.array(full.column("score").to_pylist(), dtype=float),
+                rtol=0,
+                atol=1e-5,
+            )
+            assert rows.schema == full.schema  # the carried part has the parts' types
+
+    def test_counts_name_the_table_run_and_rows_stream(self, history: History, s3: Any) -> None:
+        """Counts as from a folder, the previous named as the table's run; rows streamed, no part copied."""
+        run_id = history.night1.run_id
+        # 10 inputs: 1 added, 1 rewritten, 1 fixed and 1 failed before (retried) are computed.
+        expected = {"carried": 6, "computed": 4, "retried": 1, "dropped": 1, "parts_copied": 0}
+        for fmt, named in (("iceberg", f"iceberg:{ICEBERG_TABLE}"), ("lance", LANCE_TABLE)):
+            counts = history.night2[fmt].incremental
+            assert counts is not None
+            assert {key: counts[key] for key in expected} == expected
+            assert counts["previous"] == f"{named}@{run_id}"
+            assert read_json(s3, BUCKET, f"night-2-{fmt}/_SUCCESS")["incremental"] == counts
+            rows = read_parts(s3, BUCKET, f"night-2-{fmt}")
+            assert rows.column("run_id").to_pylist().count(run_id) == 6  # carried, not computed
+
+    def test_refused_as_a_folder_is(self, history: History, s3: Any) -> None:
+        """A table's run not committed, made otherwise, or not there: refused naming output.previous."""
+        from pipeline.outputs.previous import find_previous
+
+        config = history.configs["night2"]
+        same = history.night1_success["iceberg"]["config_hash"]
+        found, why = find_previous(config, same)
+        assert found is not None
+        assert why is None
+        with pytest.raises(ConfigError, match="another configuration") as other:
+            find_previous(config, "another-hash")
+        assert other.value.key == "output.previous"
+        recompute = config.model_copy(deep=True)
+        recompute.output.previous_other_config = "recompute"
+        assert find_previous(recompute, "another-hash")[0] is None
+        missing = config.model_copy(deep=True)
+        for name in (
+            f"iceberg:{ICEBERG_TABLE}@no-such-run",
+            "iceberg:nightly.nothing",
+            f"{LANCE_TABLE}x.lance",
+        ):
+            missing.output.previous = name
+            with pytest.raises(ConfigError, match="nothing is there"):
+                find_previous(missing, same)
+        missing.output.previous_missing = "full_run"
+        assert find_previous(missing, same)[0] is None
+        manifest = s3.get_object(Bucket=BUCKET, Key="night-1-lance/_SUCCESS")["Body"].read()
+        s3.delete_object(Bucket=BUCKET, Key="night-1-lance/_SUCCESS")
+        try:
+            uncommitted = config.model_copy(deep=True)
+            uncommitted.output.previous = LANCE_TABLE
+            with pytest.raises(ConfigError, match="not committed"):
+                find_previous(uncommitted, same)
+        finally:
+            s3.put_object(Bucket=BUCKET, Key="night-1-lance/_SUCCESS", Body=manifest)
