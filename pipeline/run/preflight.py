@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.compute.sources import check_model, read_weights, resolve_spec
 from pipeline.inputs.listing import Listing, list_inputs
 from pipeline.outputs import claim, layout, safety
+from pipeline.outputs.tables import table_commit
 
 if TYPE_CHECKING:
     from pipeline.compute.model import ModelSpec
@@ -28,7 +29,10 @@ CHECKS = "config, model name, output (safe, not another run's), inputs, weights 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the run will do: ``new``, ``resume``, ``overwrite`` (a new run after deleting), or ``nothing``."""
+    """What the run will do: ``new``, ``resume``, ``overwrite`` (a new run after deleting), ``nothing``.
+
+    Or ``table_commit``: a committed run's table commit alone (``output.format``, nothing computed).
+    """
 
     action: str
     output_uri: str
@@ -46,6 +50,13 @@ class Verdict:
                 "redoes it)"
             )
             return ["what the run will do", done]
+        if self.action == "table_commit":
+            made = (
+                f"  table_commit: {self.output_uri} holds run {self.run_id!r}, committed {self.committed_at} "
+                f"with this configuration; its parts are committed to {config.output.format} table "
+                f"{config.output.table}, nothing computed"
+            )
+            return ["what the run will do", made]
         assert self.listing is not None  # noqa: S101  # every other action listed the inputs
         assert self.spec is not None  # noqa: S101  # and resolved the model
         doing = {
@@ -92,9 +103,10 @@ def check_run(config: Config) -> Verdict:
     location = layout.OutputLocation.open(config.output.uri, config.storage)
     weights = functools.cache(lambda: read_weights(config.model, config.storage))  # once, as run reads them
     done = safety.check_before_lease(location, config, lambda: weights().sha256, overwrite=overwrite)
-    if done is not None:
+    if done is not None:  # nothing to do, or only its table commit (output.format: refused if another's)
         committed_at = done.get("committed_at") or done.get("finished_at")
-        return Verdict("nothing", location.uri, str(done.get("run_id")), str(committed_at))
+        action = "table_commit" if table_commit.table_pending(config, done) else "nothing"
+        return Verdict(action, location.uri, str(done.get("run_id")), str(committed_at))
     found = claim.claim(location, config, lambda: weights().sha256, overwrite=overwrite, write=False)
     state, resume = found.state, found.resume_id
     listing = list_inputs(config.input, config.storage)

@@ -23,6 +23,7 @@ from pipeline.outputs.tables import target as tables
 from pipeline.outputs.tables.iceberg import load_catalog
 from pipeline.outputs.tables.lance import open_dataset
 from pipeline.run.job import run_job
+from pipeline.run.preflight import check_run
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -56,6 +57,7 @@ class History:
 
     configs: dict[str, Config]  # how each output was made
     night1: RunSummary
+    plans: dict[str, str]  # what pipeline plan said before the table commits
     made_tables: dict[str, RunSummary]  # the Parquet commit, rerun with a table format
     again: RunSummary  # the Iceberg rerun, rerun
     other_table: Exception  # the Iceberg-committed folder, rerun with Lance
@@ -104,6 +106,7 @@ def history(ray_session: None, s3: Any, moto: Any, local_config: Any, tmp_path_f
     night1 = run_job(configs["parquet"])
     _copy_folder(s3, "night-1", "night-1-lance")
     configs["lance"] = config("night-1-lance", "lance")
+    plans = {fmt: check_run(configs[fmt]).action for fmt in ("parquet", "iceberg")}
     made = {fmt: run_job(configs[fmt]) for fmt in ("iceberg", "lance")}
     again = run_job(configs["iceberg"])
     with pytest.raises(OutputExistsError) as other:
@@ -123,7 +126,7 @@ def history(ray_session: None, s3: Any, moto: Any, local_config: Any, tmp_path_f
         fmt: read_json(s3, BUCKET, f"{folder}/_SUCCESS")
         for fmt, folder in (("iceberg", "night-1"), ("lance", "night-1-lance"))
     }
-    return History(configs, night1, made, again, other.value, success, night2)
+    return History(configs, night1, plans, made, again, other.value, success, night2)
 
 
 def _iceberg_runs(config: Config) -> list[str]:
@@ -174,6 +177,10 @@ class TestParquetCommitMadeATable:
         }
         assert history.night1_success["lance"]["table"]["name"] == LANCE_TABLE
         assert history.night1_success["iceberg"]["run_id"] == run_id
+
+    def test_plan_says_so_before(self, history: History) -> None:
+        """`pipeline plan` of the committed folder: nothing to do as Parquet, the table commit as Iceberg."""
+        assert history.plans == {"parquet": "nothing", "iceberg": "table_commit"}
 
     def test_rerun_after_the_table_commit_is_already_committed(self, history: History) -> None:
         """Once the table holds the run, the same rerun finds it committed and adds no snapshot."""
