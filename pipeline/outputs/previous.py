@@ -73,23 +73,19 @@ class Previous:
         return self.location.read_table(INPUTS, columns)
 
 
-def find_previous(config: Config, config_hash: str) -> tuple[PreviousOutput | None, str | None]:
+def find_previous(config: Config, config_hash: str) -> tuple[Previous | None, str | None]:
     """The previous output to carry rows from, or None and why this run is a full one.
 
     Raises :class:`ConfigError` (exit 2, naming ``output.previous``) when it is not committed,
     when nothing is there and ``output.previous_missing`` is ``fail``, and when it was made with
     another configuration and ``output.previous_other_config`` is ``refuse``. A table's run
-    (``iceberg:ns.table[@run]``, a ``.lance`` URI) is refused and accepted alike
-    (:mod:`pipeline.outputs.tables.previous_table`).
+    (``iceberg:ns.table[@run]``, a ``.lance`` URI) is found, refused and accepted alike by
+    :func:`pipeline.outputs.tables.previous_table.find_table_previous`, which uses the helpers
+    below (so it, not this module, is what the job calls: no import cycle).
     """
-    from pipeline.outputs.tables.previous_table import find_table_previous
-    from pipeline.outputs.tables.table_runs import is_table
-
     settings = config.output
     if settings.previous is None:
         return None, None
-    if is_table(settings.previous):
-        return find_table_previous(config, config_hash)
     location = OutputLocation.open(settings.previous, config.storage)
     if not location.exists(MANIFEST):
         if location.exists(DATA_DIR) or location.exists(RUN_STATE):

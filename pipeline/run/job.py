@@ -29,8 +29,8 @@ from pipeline.ops.metrics import JobMetrics
 from pipeline.ops.push_auth import auth_handler
 from pipeline.outputs import claim, run_state
 from pipeline.outputs.commit import RunRecord
-from pipeline.outputs.previous import PreviousOutput, find_previous
 from pipeline.outputs.run_output import RunOutput
+from pipeline.outputs.tables.previous_table import find_any_previous
 from pipeline.run import stopping
 from pipeline.run.cluster import connect_ray, gpu_worker_requested, wait_for_gpu_workers
 from pipeline.run.summary import RunSummary
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from pipeline.ops.progress import ProgressSeries
     from pipeline.outputs import layout
     from pipeline.outputs.lease import Lease
+    from pipeline.outputs.previous import PreviousOutput
     from pipeline.outputs.tally import Tally
     from pipeline.run.placement import ResourcePlan
 
@@ -364,9 +365,9 @@ def _claim_and_list(
 
 
 def _previous(run: _Run, listing: Listing, config_hash: str) -> PreviousOutput | None:
-    """``output.previous``, checked (:func:`~pipeline.outputs.previous.find_previous`); None: a full run."""
+    """``output.previous``, checked (:func:`~.previous_table.find_any_previous`); None: a full run."""
     config, summary = run.config, run.summary
-    previous, why = find_previous(config, config_hash)
+    previous, why = find_any_previous(config, config_hash)
     if previous is not None and listing.format != "files":
         why, previous = "incremental runs over shards are not supported yet: every record is computed", None
     log = get_logger(run_id=summary.run_id, stage="driver")

@@ -228,19 +228,19 @@ class TestPreviousFromATable:
 
     def test_refused_as_a_folder_is(self, history: History, s3: Any) -> None:
         """A table's run not committed, made otherwise, or not there: refused naming output.previous."""
-        from pipeline.outputs.previous import find_previous
+        from pipeline.outputs.tables.previous_table import find_any_previous
 
         config = history.configs["night2"]
         same = history.night1_success["iceberg"]["config_hash"]
-        found, why = find_previous(config, same)
+        found, why = find_any_previous(config, same)
         assert found is not None
         assert why is None
         with pytest.raises(ConfigError, match="another configuration") as other:
-            find_previous(config, "another-hash")
+            find_any_previous(config, "another-hash")
         assert other.value.key == "output.previous"
         recompute = config.model_copy(deep=True)
         recompute.output.previous_other_config = "recompute"
-        assert find_previous(recompute, "another-hash")[0] is None
+        assert find_any_previous(recompute, "another-hash")[0] is None
         missing = config.model_copy(deep=True)
         for name in (
             f"iceberg:{ICEBERG_TABLE}@no-such-run",
@@ -249,15 +249,15 @@ class TestPreviousFromATable:
         ):
             missing.output.previous = name
             with pytest.raises(ConfigError, match="nothing is there"):
-                find_previous(missing, same)
+                find_any_previous(missing, same)
         missing.output.previous_missing = "full_run"
-        assert find_previous(missing, same)[0] is None
+        assert find_any_previous(missing, same)[0] is None
         manifest = s3.get_object(Bucket=BUCKET, Key="night-1-lance/_SUCCESS")["Body"].read()
         s3.delete_object(Bucket=BUCKET, Key="night-1-lance/_SUCCESS")
         try:
             uncommitted = config.model_copy(deep=True)
             uncommitted.output.previous = LANCE_TABLE
             with pytest.raises(ConfigError, match="not committed"):
-                find_previous(uncommitted, same)
+                find_any_previous(uncommitted, same)
         finally:
             s3.put_object(Bucket=BUCKET, Key="night-1-lance/_SUCCESS", Body=manifest)

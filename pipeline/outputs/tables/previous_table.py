@@ -21,14 +21,15 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError, OutputNotFoundError
 from pipeline.outputs.layout import INPUTS, MANIFEST, OutputLocation
-from pipeline.outputs.previous import KEY, Previous, nothing_there, other_config
-from pipeline.outputs.tables.table_runs import table_runs
+from pipeline.outputs.previous import KEY, Previous, find_previous, nothing_there, other_config
+from pipeline.outputs.tables.table_runs import is_table, table_runs
 from pipeline.outputs.tables.target import CONFIG_HASH_PROPERTY, OUTPUT_PROPERTY, RUN_ID_PROPERTY
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from pipeline.config import Config
+    from pipeline.outputs.previous import PreviousOutput
     from pipeline.outputs.tables.table_runs import TableRuns
 
 
@@ -81,6 +82,13 @@ class TablePrevious:
         if parts and location.exists(parts[0]):
             return pq.read_schema(location.path_of(parts[0]), filesystem=location.arrow_fs())
         return self.table.schema()
+
+
+def find_any_previous(config: Config, config_hash: str) -> tuple[PreviousOutput | None, str | None]:
+    """``output.previous``: a table's run (:func:`find_table_previous`) or a folder (``find_previous``)."""
+    if config.output.previous is not None and is_table(config.output.previous):
+        return find_table_previous(config, config_hash)
+    return find_previous(config, config_hash)
 
 
 def find_table_previous(config: Config, config_hash: str) -> tuple[TablePrevious | None, str | None]:
