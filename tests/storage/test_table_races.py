@@ -114,7 +114,9 @@ def _in_step(monkeypatch: pytest.MonkeyPatch, cls: Any, method: str, state: Any,
     monkeypatch.setattr(cls, method, in_step)
 
 
-def test_two_iceberg_writers_each_commit_once(race_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_iceberg_writers_each_commit_once(
+    race_config: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     """Racing Iceberg commits (creating the table, then appending) each land once: the stale one retries."""
     seen: list[Any] = []
     _in_step(monkeypatch, IcebergTarget, "_table", lambda table: table.metadata_location, seen)
@@ -123,6 +125,8 @@ def test_two_iceberg_writers_each_commit_once(race_config: Any, monkeypatch: pyt
     made += _race(lambda run: race_config("iceberg", run), ("20261202-c", "20261202-d"), seen)
     # Both writers of the second race read the table at one metadata version before either committed.
     assert len(set(seen[-2:])) == 1
+    out, err = capfd.readouterr()
+    assert "table commit lost to another writer's; refreshed, retrying" in out + err  # the job's own retry
     config = race_config("iceberg", "any")
     table = load_catalog(config.output.catalog, config.storage).load_table("nightly.race")
     runs = [str(snapshot.summary[tables.RUN_ID_PROPERTY]) for snapshot in table.metadata.snapshots]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from pipeline.errors import StorageError, TableCommitRefusedError
+from pipeline.ops.logs import get_logger
 from pipeline.outputs.tables.target import RUN_ID_PROPERTY, s3_endpoint
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ DEFAULT_WAREHOUSE = "pipeline-warehouse"
 PARTITION_FIELD = "run_date"  # truncate(8) of run_id
 CATALOG_LOAD_TRIES = 3  # a new SQL catalog loaded by two runs at once: both create its tables
 COMMIT_TRIES = 5  # another writer's snapshot landed first: refresh, look for the run again, retry
+# pyiceberg retries a lost append itself, without looking for the run id first: off, so the
+# retry above, which does, is the one (a table made before this keeps pyiceberg's, then ours).
+TABLE_PROPERTIES = {"commit.retry.num-retries": "0"}
 
 
 def catalog_properties(catalog: dict[str, str], storage_config: StorageConfig) -> dict[str, str]:
@@ -125,6 +129,9 @@ class IcebergTarget:
             except CommitFailedException:  # the table's optimistic concurrency: another commit first
                 if attempt == COMMIT_TRIES - 1:
                     raise
+                get_logger(stage="driver").warning(
+                    "table commit lost to another writer's; refreshed, retrying", table=self.name
+                )
                 table = table.refresh()
                 continue
             except OSError as exc:
@@ -151,7 +158,7 @@ class IcebergTarget:
         catalog = self.catalog()
         schema = pq.read_schema(location.path_of(first_part), filesystem=location.arrow_fs())
         _namespace(catalog, self.name.rsplit(".", 1)[0])
-        creating = catalog.create_table_transaction(self.name, schema=schema)
+        creating = catalog.create_table_transaction(self.name, schema=schema, properties=TABLE_PROPERTIES)
         with creating.update_spec() as spec:
             spec.add_field("run_id", TruncateTransform(8), PARTITION_FIELD)
         # Lost to another creator: its create-table row (already exists) or its metadata (the
