@@ -207,7 +207,8 @@ class OutputConfig(_Section):
     report: bool = False
     # An incremental run: a committed output of this configuration (the night before) whose rows
     # are carried forward where the input is unchanged; the rest is computed (docs/storage.md,
-    # "Incremental runs"). None: every input is computed.
+    # "Incremental runs"). A folder, or a table's run: iceberg:ns.table[@run] (in output.catalog)
+    # or a Lance dataset's URI (.lance[@run]). None: every input is computed.
     previous: str | None = None
     # output.previous with nothing there: fail (exit 2), or run in full (the chart's first night).
     # A previous output that holds parts but no _SUCCESS is refused either way.

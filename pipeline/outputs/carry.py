@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from pipeline.inputs.listing import Listing
     from pipeline.outputs.layout import OutputLocation
-    from pipeline.outputs.previous import Previous
+    from pipeline.outputs.previous import PreviousOutput
 
 CARRIED_CHECKPOINTS = f"{CHECKPOINT_DIR}/carried"
 FILTER_BATCH_ROWS = 4096  # rows per batch when a part is filtered: a few MB of predictions at most
@@ -73,7 +73,7 @@ class Carried:
         return asdict(self)
 
 
-def carried_base(previous: Previous, part: str) -> str:
+def carried_base(previous: PreviousOutput, part: str) -> str:
     """``part-carried-<key>``: the carried part's name, the same on every attempt."""
     key = hashlib.sha256(f"{previous.uri}/{part}".encode()).hexdigest()[:24]
     return f"part-carried-{key}"
@@ -146,7 +146,12 @@ class _Tally:
 
 
 def carry_forward(
-    location: OutputLocation, previous: Previous, listing: Listing, todo: list[str], *, keep_failed: bool
+    location: OutputLocation,
+    previous: PreviousOutput,
+    listing: Listing,
+    todo: list[str],
+    *,
+    keep_failed: bool,
 ) -> tuple[list[str], Carried]:
     """Write the previous rows to keep that the output lacks (``todo``: the inputs the restore left).
 
@@ -189,7 +194,7 @@ def carry_forward(
             kept = to_write.read(index, TO_WRITE)
             base = carried_base(previous, parts[index])
             name = f"{DATA_DIR}/{base}-0.parquet"
-            if own[index] and count == rows[index]:
+            if own[index] and count == rows[index] and previous.copies_whole_parts:
                 previous.copy_part(parts[index], location, name)
                 copied += 1
             else:
@@ -249,7 +254,7 @@ def _spill_listing(listing: Listing, todo: list[str], now: _Spill, digits: int) 
 
 
 def _spill_parts(
-    previous: Previous, parts: list[str], before: _Spill, digits: int
+    previous: PreviousOutput, parts: list[str], before: _Spill, digits: int
 ) -> tuple[list[int], list[bool], bool]:
     """Each previous part's ids, statuses and fingerprints into ``before``'s buckets.
 
@@ -305,7 +310,7 @@ def _join(
     tally.left.extend(left.column("position").to_pylist())
 
 
-def _filter(previous: Previous, part: str, location: OutputLocation, name: str, kept: pa.Table) -> None:
+def _filter(previous: PreviousOutput, part: str, location: OutputLocation, name: str, kept: pa.Table) -> None:
     """The rows of a part whose ids ``kept`` holds, read and written batch by batch.
 
     A part written before rows held their fingerprint gains the column (after ``run_id``, where

@@ -141,19 +141,24 @@ def commit(
         "layout": layout,
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    write_manifest(location, manifest)
+    return manifest
+
+
+def write_manifest(location: OutputLocation, manifest: dict[str, Any]) -> None:
+    """``_SUCCESS`` written and read back as written (a store that kept something else: not committed)."""
     written = json_bytes(manifest)
     try:
         location.write_bytes(MANIFEST, written)
     except StorageError as exc:  # no answer: the PUT may have landed, and what is there decides
         if _reads_back(location, written):
-            return manifest
+            return
         raise StorageError(
             f"{exc}. The output may or may not be committed: run the same command again to find out "
             "(exit 3 if it is, else it resumes and commits)"
         ) from exc
     if not _reads_back(location, written):  # a store that acknowledged what it did not keep
         raise JobFailedError(f"{location.uri_of(MANIFEST)} does not read back as written; not committed")
-    return manifest
 
 
 def _reads_back(location: OutputLocation, written: bytes) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,8 +35,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from pipeline.config import Config
+    from pipeline.outputs.tables.previous_table import TablePrevious
 
 KEY = "output.previous"
+#: What output.previous names: a committed folder, or a table's run (its rows streamed, never copied whole).
+PreviousOutput: TypeAlias = "Previous | TablePrevious"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class Previous:
 
     location: OutputLocation
     manifest: dict[str, Any]
+
+    #: Its parts are files a carry may copy whole (a table's rows are streamed instead).
+    copies_whole_parts = True
 
     @property
     def uri(self) -> str:
@@ -135,37 +141,15 @@ def find_previous(config: Config, config_hash: str) -> tuple[Previous | None, st
                 "it is not committed (parts but no _SUCCESS): an incremental run builds only on a "
                 "committed output; finish that run first, or drop output.previous for a full run",
             )
-        if settings.previous_missing == "fail":
-            raise ConfigError(
-                KEY,
-                settings.previous,
-                "nothing is there (no _SUCCESS); drop output.previous for a full run, or set "
-                "output.previous_missing=full_run to run in full when the previous output is absent",
-            )
-        return (
-            None,
-            f"no output at {location.uri} (output.previous_missing=full_run): every input is computed",
-        )
+        return None, nothing_there(config, location.uri, "no _SUCCESS")
     manifest = location.read_json(MANIFEST)
-    _refuse_random_weights(config, manifest, settings.previous)
-    if manifest.get("config_hash") != config_hash:
-        if settings.previous_other_config == "refuse":
-            raise ConfigError(
-                KEY,
-                settings.previous,
-                f"it was made with another configuration (config hash {manifest.get('config_hash')}, "
-                f"this run's {config_hash}: model, weights, preprocessing, precision or inputs "
-                "differ), so its rows are not this run's results: a full run is needed. Drop "
-                "output.previous, or set output.previous_other_config=recompute to compute every input",
-            )
-        return None, (
-            f"{location.uri} was made with another configuration (output.previous_other_config="
-            "recompute): every input is computed, nothing carried"
-        )
+    refuse_random_weights(config, manifest, settings.previous)
+    if (why := other_config(config, location.uri, manifest.get("config_hash"), config_hash)) is not None:
+        return None, why
     return Previous(location, manifest), None
 
 
-def _refuse_random_weights(config: Config, manifest: dict[str, Any], previous: str) -> None:
+def refuse_random_weights(config: Config, manifest: dict[str, Any], previous: str) -> None:
     """Refuse to carry into or from a run on random weights (``model.random_init``).
 
     Every random-init run's weights "checksum" is the same word, so two different random models
@@ -181,3 +165,37 @@ def _refuse_random_weights(config: Config, manifest: dict[str, Any], previous: s
             "checksum, so their rows cannot be told apart and are never carried; drop "
             "output.previous for a full run, or set model.weights",
         )
+
+
+def nothing_there(config: Config, where: str, what: str) -> str:
+    """Why a run with no previous output runs in full, or ConfigError (``output.previous_missing: fail``)."""
+    if config.output.previous_missing == "fail":
+        raise ConfigError(
+            KEY,
+            config.output.previous,
+            f"nothing is there ({what}); drop output.previous for a full run, or set "
+            "output.previous_missing=full_run to run in full when the previous output is absent",
+        )
+    return f"no output at {where} (output.previous_missing=full_run): every input is computed"
+
+
+def other_config(config: Config, where: str, recorded: str | None, config_hash: str) -> str | None:
+    """None if the previous output was made with ``config_hash``; else why every input is computed.
+
+    Raises ConfigError unless ``output.previous_other_config`` is ``recompute``.
+    """
+    if recorded == config_hash:
+        return None
+    if config.output.previous_other_config == "refuse":
+        raise ConfigError(
+            KEY,
+            config.output.previous,
+            f"it was made with another configuration (config hash {recorded}, "
+            f"this run's {config_hash}: model, weights, preprocessing, precision or inputs "
+            "differ), so its rows are not this run's results: a full run is needed. Drop "
+            "output.previous, or set output.previous_other_config=recompute to compute every input",
+        )
+    return (
+        f"{where} was made with another configuration (output.previous_other_config="
+        "recompute): every input is computed, nothing carried"
+    )

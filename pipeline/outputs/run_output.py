@@ -16,12 +16,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import JobFailedError
 from pipeline.inputs import fingerprints, row_ids
 from pipeline.inputs.manifest import check_resumed_types
 from pipeline.inputs.sources import Remaining
 from pipeline.outputs import carry, restore, run_state, safety, shard_parts, tally
 from pipeline.outputs.claim import claim
-from pipeline.outputs.commit import RunRecord, check_failure_budget, commit, manifest_document
+from pipeline.outputs.commit import RunRecord, check_failure_budget, commit, manifest_document, write_manifest
 from pipeline.outputs.layout import DATA_DIR, INPUTS, RUN_STATE, OutputLocation
 from pipeline.outputs.lease import Lease
 from pipeline.outputs.shard_ledger import LedgerWriter
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
     from pipeline.config import Config
     from pipeline.inputs.listing import Listing
-    from pipeline.outputs.previous import Previous
+    from pipeline.outputs.previous import PreviousOutput
     from pipeline.outputs.tally import Tally
 
 
@@ -151,7 +152,7 @@ class RunOutput:
         return parts_of(listing).restore(self.location, listing, run_id)
 
     def carry_forward(
-        self, previous: Previous, listing: Listing, remaining: Remaining
+        self, previous: PreviousOutput, listing: Listing, remaining: Remaining
     ) -> tuple[Remaining, carry.Carried]:
         """An incremental run: carry the previous output's rows still current; what is left to compute.
 
@@ -182,10 +183,31 @@ class RunOutput:
             target := table_commit.target_of(self.config)
         ) is not None:  # output.format: the table commit first
             self.held().check_renewed()
+            files = [str(item["path"]) for item in result.files]
             document["table"] = table_commit.commit_run(
-                target, self.location, result, record.summary["run_id"], record.config_hash
+                target, self.location, files, record.summary["run_id"], record.config_hash
             )
         commit(self.location, result, document, self.held().check_renewed)
+
+    def table_pending(self, committed: dict[str, Any]) -> bool:
+        """Whether this config's commit here lacks its table commit (:func:`.table_commit.table_pending`)."""
+        return table_commit.table_pending(self.config, committed)
+
+    def commit_table(self) -> dict[str, Any]:
+        """The committed run's table commit, under the lease, then ``_SUCCESS`` naming it; the manifest.
+
+        Read again under the lease: another job may have made it since :meth:`committed_here`.
+        """
+        self.held().check()
+        committed = run_state.read_run_state(self.location).committed
+        if committed is None:  # its _SUCCESS went since committed_here: nothing to add a table to
+            raise JobFailedError(f"output {self.uri} is no longer committed; run the same job again")
+        if not table_commit.table_pending(self.config, committed):
+            return committed
+        manifest = table_commit.commit_committed(self.config, self.location, committed)
+        self.held().check_renewed()
+        write_manifest(self.location, manifest)
+        return manifest
 
     def rows_written(self) -> int:
         """Rows in completely written parts, every attempt's (:func:`~.restore.rows_written`)."""

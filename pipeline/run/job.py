@@ -29,8 +29,8 @@ from pipeline.ops.metrics import JobMetrics
 from pipeline.ops.push_auth import auth_handler
 from pipeline.outputs import claim, run_state
 from pipeline.outputs.commit import RunRecord
-from pipeline.outputs.previous import Previous, find_previous
 from pipeline.outputs.run_output import RunOutput
+from pipeline.outputs.tables.previous_table import find_any_previous
 from pipeline.run import stopping
 from pipeline.run.cluster import connect_ray, gpu_worker_requested, wait_for_gpu_workers
 from pipeline.run.multi import MultiRun
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from pipeline.inputs.listing import Listing
     from pipeline.ops.progress import ProgressSeries
     from pipeline.outputs import layout
+    from pipeline.outputs.lease import Lease
+    from pipeline.outputs.previous import PreviousOutput
     from pipeline.outputs.tally import Tally
     from pipeline.run.placement import ResourcePlan
 
@@ -71,7 +73,7 @@ class _Run:
     # CLI's signal handler stops interrupting then, so the exit code agrees with the summary.
     settled: threading.Event = field(default_factory=threading.Event)
     phase_at: float = 0.0  # when the current phase began (monotonic)
-    previous: Previous | None = None  # an incremental run's previous output (output.previous)
+    previous: PreviousOutput | None = None  # an incremental run's previous output (output.previous)
     many: MultiRun | None = None  # models: several models over one decode (pipeline.run.multi)
 
     def storage_retries(self) -> int:
@@ -241,7 +243,8 @@ def run_job(
     try:
         output = RunOutput.open(config)
         done = output.committed_here(lambda: weights().sha256, overwrite=overwrite)
-        if done is not None:  # nothing written there, nothing pushed: the committed run reported itself
+        pending = done is not None and output.table_pending(done)
+        if done is not None and not pending:  # nothing written, nothing pushed: it reported itself
             run.summary, run.report = RunSummary.of_commit(done, output.uri), False
             run.finish()
             return run.summary
@@ -253,6 +256,8 @@ def run_job(
         if error is exc:
             raise
         raise error from exc
+    if pending:  # committed, but not to the table output.format names: that commit alone
+        return _commit_table_only(run, output, lease)
     with lease, contextlib.ExitStack() as models_leased:
         run.output = output
         try:
@@ -279,6 +284,29 @@ def _models_of(config: Config) -> tuple[MultiRun | None, Config]:
         check_model(config.model)
         return None, config
     return many, many.root
+
+
+def _commit_table_only(run: _Run, output: RunOutput, lease: Lease) -> RunSummary:
+    """A run committed as Parquet, rerun with a table format: the table commit, nothing computed.
+
+    Nothing is pushed (the committed run reported itself); a failure is reported as any run's.
+    """
+    with lease:
+        run.output = output
+        try:
+            manifest = output.commit_table()
+        except Exception as exc:
+            error = run.failed(exc)
+            run.finish()
+            if error is exc:
+                raise
+            raise error from exc
+        run.summary, run.report = RunSummary.of_commit(manifest, output.uri, status="table_committed"), False
+        get_logger(run_id=run.summary.run_id, stage="driver").info(
+            "committed run's parts added to the table, nothing computed", table=manifest["table"]
+        )
+        run.finish()
+    return run.summary
 
 
 def _run_leased(run: _Run, output: RunOutput, weights: CachedWeights, *, overwrite: bool) -> None:
@@ -362,10 +390,10 @@ def _claim_and_list(
     return listing, resuming
 
 
-def _previous(run: _Run, listing: Listing, config_hash: str) -> Previous | None:
-    """``output.previous``, checked (:func:`~pipeline.outputs.previous.find_previous`); None: a full run."""
+def _previous(run: _Run, listing: Listing, config_hash: str) -> PreviousOutput | None:
+    """``output.previous``, checked (:func:`~.previous_table.find_any_previous`); None: a full run."""
     config, summary = run.config, run.summary
-    previous, why = find_previous(config, config_hash)
+    previous, why = find_any_previous(config, config_hash)
     if previous is not None and listing.format != "files":
         why, previous = "incremental runs over shards are not supported yet: every record is computed", None
     log = get_logger(run_id=summary.run_id, stage="driver")

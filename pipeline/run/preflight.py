@@ -5,7 +5,7 @@ same checks, with the same exit codes: the model name, the output (safe, committ
 unfinished run it may resume: :mod:`pipeline.outputs.safety`,
 :func:`pipeline.outputs.run_state.check_can_start`),
 the inputs (listed), the weights (read, checksum, fitted to the architecture), and an
-incremental run's previous output (:func:`pipeline.outputs.previous.find_previous`). Only the
+incremental run's previous output (:func:`pipeline.outputs.tables.previous_table.find_any_previous`). Only the
 lease is not taken: whether another job holds the output is a fact of the moment the run
 starts.
 """
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from pipeline.compute.sources import check_model, read_weights, resolve_spec
 from pipeline.inputs.listing import Listing, list_inputs
 from pipeline.outputs import claim, layout, safety
-from pipeline.outputs.previous import find_previous
+from pipeline.outputs.tables import table_commit
+from pipeline.outputs.tables.previous_table import find_any_previous
 from pipeline.run.multi import MultiRun
 
 if TYPE_CHECKING:
@@ -34,7 +35,10 @@ CHECKS = (
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the run will do: ``new``, ``resume``, ``overwrite`` (a new run after deleting), or ``nothing``."""
+    """What the run will do: ``new``, ``resume``, ``overwrite`` (a new run after deleting), ``nothing``.
+
+    Or ``table_commit``: a committed run's table commit alone (``output.format``, nothing computed).
+    """
 
     action: str
     output_uri: str
@@ -54,6 +58,13 @@ class Verdict:
                 "redoes it)"
             )
             return ["what the run will do", done]
+        if self.action == "table_commit":
+            made = (
+                f"  table_commit: {self.output_uri} holds run {self.run_id!r}, committed {self.committed_at} "
+                f"with this configuration; its parts are committed to {config.output.format} table "
+                f"{config.output.table}, nothing computed"
+            )
+            return ["what the run will do", made]
         assert self.listing is not None  # noqa: S101  # every other action listed the inputs
         assert self.spec is not None  # noqa: S101  # and resolved the model
         doing = {
@@ -117,9 +128,10 @@ def check_run(config: Config) -> Verdict:
         many.weights if many else functools.partial(read_weights, config.model, config.storage)
     )
     done = safety.check_before_lease(location, config, lambda: weights().sha256, overwrite=overwrite)
-    if done is not None:
+    if done is not None:  # nothing to do, or only its table commit (output.format: refused if another's)
         committed_at = done.get("committed_at") or done.get("finished_at")
-        return Verdict("nothing", location.uri, str(done.get("run_id")), str(committed_at))
+        action = "table_commit" if table_commit.table_pending(config, done) else "nothing"
+        return Verdict(action, location.uri, str(done.get("run_id")), str(committed_at))
     if many is not None:
         many.check_outputs(overwrite=overwrite)
     found = claim.claim(location, config, lambda: weights().sha256, overwrite=overwrite, write=False)
@@ -134,7 +146,7 @@ def check_run(config: Config) -> Verdict:
     models = tuple((run.output, run.spec) for run in many.runs) if many else ()
     if many is not None:  # models: refuses output.previous (config checks)
         return Verdict(action, location.uri, resume, listing=listing, spec=spec, models=models)
-    previous, why = find_previous(config, config.config_hash(spec.weights_sha256))  # refused as run does
+    previous, why = find_any_previous(config, config.config_hash(spec.weights_sha256))  # refused as run does
     carried = f"{previous.uri}: rows of unchanged inputs carried" if previous is not None else why
     if previous is not None and listing.format != "files":  # as run_job says it
         carried = f"{previous.uri}: incremental runs over shards are not supported yet: a full run"

@@ -45,12 +45,17 @@ class RunSummary:
     incremental: dict[str, Any] | None = None
 
     @classmethod
-    def of_commit(cls, manifest: dict[str, Any], output_uri: str) -> RunSummary:
-        """A rerun's summary when the output holds this configuration's commit: its counts, nothing done."""
+    def of_commit(
+        cls, manifest: dict[str, Any], output_uri: str, status: str = "already_committed"
+    ) -> RunSummary:
+        """A rerun's summary when the output holds this configuration's commit: its counts, nothing computed.
+
+        ``status``: ``table_committed`` when the rerun made the commit's table commit (``output.format``).
+        """
         counts = manifest.get("counts", {})
         return cls(
             run_id=str(manifest.get("run_id")),
-            status="already_committed",
+            status=status,
             output_uri=output_uri,
             task=str(manifest.get("model", {}).get("task") or "classify"),
             inputs=int(counts.get("inputs", 0)),
@@ -75,6 +80,8 @@ class RunSummary:
         status = self.status
         if status == "already_committed":
             status += " with this configuration: nothing to do, nothing written (--overwrite redoes it)"
+        elif status == "table_committed":
+            status += ": the run committed here added to output.table, nothing computed"
         lines = [
             f"run {self.run_id}: {status}",
             f"  output     {self.output_uri}",

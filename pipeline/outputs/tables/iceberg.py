@@ -13,12 +13,14 @@ catalog on SQLite by default; REST or Glue with their own properties in producti
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
 from pipeline.errors import StorageError, TableCommitRefusedError
+from pipeline.ops.logs import get_logger
 from pipeline.outputs.tables.target import RUN_ID_PROPERTY, s3_endpoint
 
 if TYPE_CHECKING:
@@ -32,7 +34,11 @@ CATALOG_NAME = "pipeline"
 DEFAULT_CATALOG_FILE = "pipeline-catalog.sqlite"
 DEFAULT_WAREHOUSE = "pipeline-warehouse"
 PARTITION_FIELD = "run_date"  # truncate(8) of run_id
+CATALOG_LOAD_TRIES = 3  # a new SQL catalog loaded by two runs at once: both create its tables
 COMMIT_TRIES = 5  # another writer's snapshot landed first: refresh, look for the run again, retry
+# pyiceberg retries a lost append itself, without looking for the run id first: off, so the
+# retry above, which does, is the one (a table made before this keeps pyiceberg's, then ours).
+TABLE_PROPERTIES = {"commit.retry.num-retries": "0"}
 
 
 def catalog_properties(catalog: dict[str, str], storage_config: StorageConfig) -> dict[str, str]:
@@ -59,10 +65,22 @@ def catalog_properties(catalog: dict[str, str], storage_config: StorageConfig) -
 
 
 def load_catalog(catalog: dict[str, str], storage_config: StorageConfig) -> Catalog:
-    """The catalog these properties (and pyiceberg's own config) describe."""
+    """The catalog these properties (and pyiceberg's own config) describe.
+
+    A SQL catalog creates its tables when first loaded, checking first: two runs loading a new
+    one at once both create, and the later fails with its database's "already exists". Loaded
+    again, it finds them.
+    """
     from pyiceberg.catalog import load_catalog as load
 
-    return load(CATALOG_NAME, **catalog_properties(catalog, storage_config))
+    properties = catalog_properties(catalog, storage_config)
+    for attempt in range(CATALOG_LOAD_TRIES):
+        try:
+            return load(CATALOG_NAME, **properties)
+        except Exception as exc:
+            if attempt == CATALOG_LOAD_TRIES - 1 or "already exists" not in str(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class IcebergTarget:
@@ -111,6 +129,9 @@ class IcebergTarget:
             except CommitFailedException:  # the table's optimistic concurrency: another commit first
                 if attempt == COMMIT_TRIES - 1:
                     raise
+                get_logger(stage="driver").warning(
+                    "table commit lost to another writer's; refreshed, retrying", table=self.name
+                )
                 table = table.refresh()
                 continue
             except OSError as exc:
@@ -124,20 +145,42 @@ class IcebergTarget:
         """Nothing follows an Iceberg commit."""
 
     def _create(self, location: OutputLocation, first_part: str) -> Table:
-        """The table, with the parts' schema and the run-date partition (another creator may win)."""
-        from pyiceberg.exceptions import TableAlreadyExistsError
+        """The table, with the parts' schema and the run-date partition, made in one catalog commit.
+
+        Another run may create it at the same moment: the namespace and the table are each
+        made once, the loser loads the winner's. The partition spec is part of the creating
+        commit (a create-table transaction), never a second commit another writer's append could
+        race with, nor a moment the table exists unpartitioned.
+        """
+        from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
         from pyiceberg.transforms import TruncateTransform
 
         catalog = self.catalog()
         schema = pq.read_schema(location.path_of(first_part), filesystem=location.arrow_fs())
-        catalog.create_namespace_if_not_exists(self.name.rsplit(".", 1)[0])
-        try:
-            table = catalog.create_table(self.name, schema=schema)
-        except TableAlreadyExistsError:
-            return catalog.load_table(self.name)
-        with table.update_spec() as spec:
+        _namespace(catalog, self.name.rsplit(".", 1)[0])
+        creating = catalog.create_table_transaction(self.name, schema=schema, properties=TABLE_PROPERTIES)
+        with creating.update_spec() as spec:
             spec.add_field("run_id", TruncateTransform(8), PARTITION_FIELD)
-        return table
+        # Lost to another creator: its create-table row (already exists) or its metadata (the
+        # create requirement failed) came first. Either way the table is loaded, as it is when
+        # made here: commit_transaction returns the staged table, which cannot be refreshed.
+        with contextlib.suppress(TableAlreadyExistsError, CommitFailedException):
+            creating.commit_transaction()
+        return catalog.load_table(self.name)
+
+
+def _namespace(catalog: Catalog, namespace: str) -> None:
+    """The namespace, created unless there.
+
+    Two creators at once: a SQL catalog checks, then inserts, so the later insert fails with its
+    database's integrity error, not ``NamespaceAlreadyExistsError``; the namespace being there
+    afterwards is what counts.
+    """
+    try:
+        catalog.create_namespace_if_not_exists(namespace)
+    except Exception:
+        if not catalog.namespace_exists(namespace):
+            raise
 
 
 def snapshot_of(table: Any, run_id: str) -> int | None:

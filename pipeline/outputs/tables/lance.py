@@ -4,8 +4,9 @@ Lance keeps its own data files, so the parts are copied: read back part by part 
 holds one part at a time) into fragments of the dataset ``output.table``, which nothing
 references until the commit. A crash before the commit leaves the dataset at its previous
 version (the orphan fragments are unreferenced files, removed by Lance's cleanup). The commit is
-a Lance transaction whose properties carry the run id and config hash; the first run creates the
-dataset (an overwrite of nothing), each later one appends. ``embedding`` is already a fixed-size
+a Lance transaction whose properties carry the run id and config hash, always an append: the
+first run creates the dataset empty (version 1, no run id), so two first runs at once cannot
+overwrite each other's rows. ``embedding`` is already a fixed-size
 list of float32 (or float16): Lance's vector column as it is. With ``output.index`` set, an ANN
 index on it is (re)built after the commit, covering every version's rows.
 """
@@ -90,17 +91,36 @@ class LanceTarget:
                 f"{self.name} already holds run {run_id} (version {found}); a run is committed once"
             )
         schema, batches = _parts(location, files)
-        fragments = write_fragments(batches, self.name, schema=schema, storage_options=self.options)
-        operation: Any
         if dataset is None:
-            operation, read_version = LanceOperation.Overwrite(schema, fragments), 0
-        else:
-            operation, read_version = LanceOperation.Append(fragments), dataset.version
-        transaction = Transaction(read_version, operation, transaction_properties=properties)
+            dataset = self._create(schema)
+        fragments = write_fragments(batches, self.name, schema=schema, storage_options=self.options)
+        # An append from the version read: a later version another run committed meanwhile is
+        # rebased onto by Lance (appends never conflict), so both runs' rows land.
+        operation = LanceOperation.Append(fragments)
+        transaction = Transaction(dataset.version, operation, transaction_properties=properties)
         committed = LanceDataset.commit(self.name, transaction, storage_options=self.options)
         version = int(committed.version)  # the run's; the index, if any, is the next
         self._index(committed)
         return version
+
+    def _create(self, schema: pa.Schema) -> Any:
+        """The dataset, created empty as its version 1, or as another run just created it.
+
+        Never an overwrite carrying rows, nor one Lance may retry: Lance applies an overwrite
+        over any version, so a run that found no dataset and committed over a version another
+        run made a moment before would replace its rows. With no retry the commit is version 1
+        or nothing (Lance writes a version's manifest only where none is).
+        """
+        from lance.dataset import LanceDataset, LanceOperation, Transaction
+
+        create = Transaction(0, LanceOperation.Overwrite(schema, []))
+        try:
+            return LanceDataset.commit(self.name, create, storage_options=self.options, max_retries=0)
+        except OSError as exc:  # "already exists": version 1 was another run's, whose dataset is used
+            try:
+                return open_dataset(self.name, self.config.storage)
+            except (ValueError, FileNotFoundError):
+                raise exc from None
 
     def finish(self) -> None:
         """Build the configured index if the latest version lacks one (a rerun after a failed build)."""
