@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from benchmarks.machine import cpu_name
 from pipeline.cli import samples
 from pipeline.compute.decode import DecodeSettings, decode
 from pipeline.compute.inference import InferenceSettings, Predictor, resolve_device
@@ -86,14 +87,7 @@ def machine() -> dict[str, Any]:
 
     from pipeline.compute.nvml import GpuStats
 
-    cpu_model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu_model = cpu_name()
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,

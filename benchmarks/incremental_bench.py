@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -34,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.machine import cpu_name
+
 SPEED_SETTINGS = [
     "inference.precision=fp32",
     "output.max_failure_fraction=1.0",
@@ -41,13 +42,6 @@ SPEED_SETTINGS = [
     "logging.level=warning",
     "job.name=incremental-bench",
 ]
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def write_images(folder: Path, count: int, start: int = 0, seed: int = 0) -> None:
@@ -307,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.carry:  # a child: one carry
         print(json.dumps(carry_memory(workdir, args.carry, args.rows_per_part)))
         return 0
-    result: dict[str, Any] = {"cpu": _cpu(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    result: dict[str, Any] = {"cpu": cpu_name(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
     if args.mode == "speed":
         result.update({"model": args.model, "size": args.size})
         result.update(speed(workdir, args.images, args.changed, ["--run-model", args.model, str(args.size)]))

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from benchmarks.machine import cpu_name
 from pipeline.outputs.layout import DATA_DIR, MANIFEST, MANIFEST_VERSION
 from pipeline.schema import FailureReason, output_schema
 
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "parts": args.parts,
         "parquet_bytes_both_outputs": disk,
         "generate_seconds": generated,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "inspect": {key: inspect[key] for key in ("command", "seconds", "peak_rss_mib")},
         "compare": {key: compare[key] for key in ("command", "seconds", "peak_rss_mib")},
@@ -233,13 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_path:
         args.json_path.write_text(text + "\n", encoding="utf-8")
     return 0
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

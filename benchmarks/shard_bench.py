@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from benchmarks.machine import cpu_name
 
 SIZES = (250_000, 1_000_000)
 SHARDS = 10
@@ -77,13 +78,6 @@ def measure(shards: Path, out: Path) -> dict[str, Any]:
     }
 
 
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Write the shards of each size, run each in a fresh process, print the figures."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.shard_bench", description=__doc__)
@@ -115,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             check=True,
         )
         runs.append(json.loads(child.stdout.strip().splitlines()[-1]))
-    result = {"cpu": _cpu(), "date": time.strftime("%Y-%m-%d"), "shards": SHARDS, "runs": runs}
+    result = {"cpu": cpu_name(), "date": time.strftime("%Y-%m-%d"), "shards": SHARDS, "runs": runs}
     print(f"{'records':>10} {'driver peak RSS':>16} {'seconds':>8} status")
     for run in runs:
         rss = run["driver_peak_rss_bytes"] / 2**20

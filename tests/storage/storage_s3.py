@@ -191,3 +191,29 @@ def job_environment(**extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def start_joined_run(config: Any, path: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``pipeline run`` of ``config`` (written to ``path``) as a process of its own, to be killed.
+
+    The driver joins the session's Ray cluster (a RayJob's driver on a running cluster): it
+    starts in seconds, and a SIGKILL takes the driver, whose tasks and actors Ray then ends.
+    Its output goes to ``log``; it runs in its own session, so the kill reaches only it.
+    """
+    import ray
+
+    from pipeline.config import dump_yaml
+
+    joined = config.model_copy(deep=True)
+    joined.resources.ray_address = ray.get_runtime_context().gcs_address
+    path.write_text(dump_yaml(joined), encoding="utf-8")
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "run", "--config", str(path)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=job_environment(),
+            cwd=path.parent,
+        )

@@ -8,20 +8,16 @@ rows forward, then resumed; a full recompute of the same inputs is the oracle.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
-import ray
 from helpers import kill_group, wait_for_parts
 from prometheus_client import CollectorRegistry
-from storage_s3 import get_bytes, job_environment, list_keys, read_json, read_parts
+from storage_s3 import get_bytes, list_keys, read_json, read_parts, start_joined_run
 
 from pipeline.cli import samples
-from pipeline.config import dump_yaml
 from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
@@ -77,23 +73,8 @@ def scenario(
     s3.put_object(Bucket=bucket, Key="in/broken-fixed.jpg", Body=_jpeg(300))  # a failed image fixed
 
     incremental = config("night-2", **{"output.previous": f"s3://{bucket}/night-1"})
-    path = tmp / "night-2.yaml"
-    # The killed driver joins the session's cluster (a RayJob's driver on a running cluster): it
-    # starts in seconds, and SIGKILL takes the driver, whose tasks and actors Ray then ends.
-    joined = incremental.model_copy(deep=True)
-    joined.resources.ray_address = ray.get_runtime_context().gcs_address
-    path.write_text(dump_yaml(joined), encoding="utf-8")
     log = tmp / "killed.log"
-    with log.open("ab") as sink:
-        killed = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "run", "--config", str(path)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=job_environment(),
-            cwd=tmp,
-        )
+    killed = start_joined_run(incremental, tmp / "night-2.yaml", log)
     try:
         carried_checkpoints = wait_for_parts(
             lambda: list_keys(s3, bucket, "night-2/_checkpoint/carried/"),

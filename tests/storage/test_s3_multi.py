@@ -3,18 +3,15 @@ committed, every input exactly once in each."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import numpy as np
 import pytest
-import ray
 from helpers import kill_group, wait_for_parts
-from storage_s3 import job_environment, list_keys, read_json, read_parts
+from storage_s3 import list_keys, read_json, read_parts, start_joined_run
 
 from pipeline.cli import samples
-from pipeline.config import dump_yaml, load_config
+from pipeline.config import load_config
 from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
@@ -61,21 +58,8 @@ def killed_and_resumed(
         ],
         environ={},
     )
-    joined = config.model_copy(deep=True)  # the killed driver joins the session's cluster, as a RayJob's does
-    joined.resources.ray_address = ray.get_runtime_context().gcs_address
-    path = tmp / "multi.yaml"
-    path.write_text(dump_yaml(joined), encoding="utf-8")
     log = tmp / "killed.log"
-    with log.open("ab") as sink:
-        killed = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "run", "--config", str(path)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=job_environment(),
-            cwd=tmp,
-        )
+    killed = start_joined_run(config, tmp / "multi.yaml", log)
     try:
         wait_for_parts(
             lambda: [k for k in list_keys(s3, BUCKET, "out/_multi/_checkpoint/") if not k.endswith(PENDING)],
