@@ -104,3 +104,90 @@ def _location(out: Path) -> Any:
     from pipeline.outputs.layout import OutputLocation
 
     return OutputLocation.open(str(out), StorageConfig())
+
+
+def _hand_made_previous(shards: Path, folder: Path, config: Any) -> Any:
+    """A committed output over the shards in ``shards`` as listed now, made by hand: 4 records each.
+
+    ``b``'s first record failed; ``c`` is in ``failed_shards`` (not read to its end last time).
+    """
+    import json
+
+    import pyarrow as pa
+
+    from pipeline.inputs import fingerprints, row_ids
+    from pipeline.inputs.listing import list_inputs
+    from pipeline.outputs.layout import INPUTS, MANIFEST, OutputLocation
+    from pipeline.outputs.previous import Previous
+    from pipeline.schema import output_schema
+
+    listing = list_inputs(config.input, config.storage)
+    prints = fingerprints.listed(listing, 0, len(listing.uris))
+    rows = [
+        {
+            "row_id": row_ids.row_id(f"{Path(uri).name}#{record}"),
+            "uri": f"{uri}#{record}",
+            "status": "failed" if uri.endswith("b.parquet") and record == 0 else "ok",
+            "fingerprint": prints[index],
+            "shard_index": index,
+            "run_id": "20261201T000000Z-000000",
+            "model_name": "resnet18",
+            "model_sha256": "ab" * 32,
+        }
+        for index, uri in enumerate(listing.uris)
+        for record in range(4)
+    ]
+    (folder / DATA_DIR).mkdir(parents=True)
+    files = []
+    for part in range(2):  # each part holds records of every shard
+        name = f"{DATA_DIR}/part-{part}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows[part::2], schema=output_schema(shards=True)), folder / name)
+        files.append({"path": name, "rows": len(rows[part::2])})
+    pq.write_table(fingerprints.inputs_table(listing), folder / INPUTS)
+    failed = [{"uri": uri, "reason": "unreadable", "error": "x"} for uri in listing.uris if "c." in uri]
+    manifest = {"input_format": "parquet", "layout": {"files": files}, "failed_shards": failed}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return Previous(OutputLocation.open(str(folder), config.storage), manifest)
+
+
+class TestCarryShards:
+    def test_unchanged_shards_carried_once_indices_rewritten_rest_left_to_read(
+        self, local_config: Any, tmp_path: Path
+    ) -> None:
+        """Unchanged, wholly read shards' records carried once, index rewritten; whole ones in the ledger."""
+        from pipeline.inputs.listing import list_inputs
+        from pipeline.outputs.layout import OutputLocation
+        from pipeline.outputs.shard_carry import carry_shards
+        from pipeline.outputs.shard_parts import restore
+
+        shards = tmp_path / "shards"
+        shards.mkdir()
+        for name in "abce":  # never read here: only listed
+            (shards / f"{name}.parquet").write_bytes(name.encode() * 8)
+        config = local_config(shards, tmp_path / "out", input__format="parquet")
+        previous = _hand_made_previous(shards, tmp_path / "night-1", config)
+        (shards / "a.parquet").unlink()  # gone: b, c, d, e are 0, 1, 2, 3 now
+        (shards / "d.parquet").write_bytes(b"new")
+        listing = list_inputs(config.input, config.storage)
+        for keep_failed, carried, retried, whole in ((False, 7, 1, {3: 4}), (True, 8, 0, {0: 4, 3: 4})):
+            out = OutputLocation.open(str(tmp_path / f"out-{keep_failed}"), config.storage)
+            counts = carry_shards(out, previous, listing, keep_failed=keep_failed)
+            assert (counts.carried, counts.retried, counts.dropped) == (carried, retried, 4)
+            table = pq.read_table(out.path_of(DATA_DIR))
+            by_shard = {
+                uri.rsplit("/", 1)[1][0]: index
+                for uri, index in zip(
+                    table.column("uri").to_pylist(), table.column("shard_index").to_pylist(), strict=True
+                )
+            }
+            assert by_shard == {"b": 0, "e": 3}  # the new listing's indices; c (failed shard) not carried
+            ledger = read_ledger(out)
+            assert {index: entry.records for index, entry in ledger.items()} == whole
+            # The next attempt, after the restore: nothing carried twice; shards not whole read again.
+            todo, done = restore(out, listing.uris, "run")
+            assert done == carried
+            again = carry_shards(out, previous, listing, keep_failed=keep_failed)
+            assert (again.carried, again.parts_filtered) == (carried, 0)
+            assert pq.read_table(out.path_of(DATA_DIR)).num_rows == carried
+            skips = {shard.index: len(shard.skip) for shard in todo}  # b's carried ids skipped
+            assert skips == ({0: 3, 1: 0, 2: 0} if not keep_failed else {1: 0, 2: 0})
