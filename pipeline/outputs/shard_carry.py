@@ -135,11 +135,12 @@ def _kept(shards: _Shards, batch: pa.RecordBatch, *, keep_failed: bool) -> tuple
     """Which of a batch's records are carried, and each record's shard index now; counts them."""
     listed = batch.column(SHARD).to_numpy()
     unknown = (listed < 0) | (listed >= len(shards.now))  # a shard its _inputs.parquet does not list
-    before = np.where(unknown, 0, listed)
-    now = np.where(unknown, GONE, shards.now[before])
-    shards.rows += np.bincount(before[~unknown], minlength=len(shards.now))
+    now = np.full(len(listed), GONE, np.int64)
+    now[~unknown] = shards.now[listed[~unknown]]
+    shards.rows += np.bincount(listed[~unknown], minlength=len(shards.now))
     shards.dropped += int(np.count_nonzero(now == GONE))
-    same = pc.fill_null(pc.equal(batch.column(PRINT), shards.prints.take(pa.array(before))), fill_value=False)
+    prints = shards.prints.take(pa.array(listed, mask=unknown))  # null where unknown: not carried
+    same = pc.fill_null(pc.equal(batch.column(PRINT), prints), fill_value=False)
     same = pc.and_(same, pa.array(now >= 0))
     failed = pc.equal(batch.column("status"), STATUS_FAILED)
     keep = same if keep_failed else pc.and_(same, pc.invert(failed))
