@@ -20,7 +20,7 @@ from pipeline.errors import JobFailedError
 from pipeline.inputs import fingerprints, row_ids
 from pipeline.inputs.manifest import check_resumed_types
 from pipeline.inputs.sources import Remaining
-from pipeline.outputs import carry, restore, run_state, safety, shard_parts, tally
+from pipeline.outputs import carry, restore, run_state, safety, shard_carry, shard_parts, tally
 from pipeline.outputs.claim import claim
 from pipeline.outputs.commit import RunRecord, check_failure_budget, commit, manifest_document, write_manifest
 from pipeline.outputs.layout import DATA_DIR, INPUTS, RUN_STATE, OutputLocation
@@ -156,8 +156,15 @@ class RunOutput:
     ) -> tuple[Remaining, carry.Carried]:
         """An incremental run: carry the previous output's rows still current; what is left to compute.
 
-        Run after :meth:`restore`, so what an earlier attempt carried is not carried twice.
+        Run after :meth:`restore`, so what an earlier attempt carried is not carried twice. Over
+        shards, the unchanged shards' records are carried and the shard restore then finds
+        what is left, as for a resumed run (:mod:`~.shard_carry`).
         """
+        if listing.format != "files":
+            counts = shard_carry.carry_shards(
+                self.location, previous, listing, keep_failed=self.config.output.keep_failed
+            )
+            return self.restore(listing, self.held().holder.run_id or ""), counts
         todo, counts = carry.carry_forward(
             self.location, previous, listing, remaining.uris, keep_failed=self.config.output.keep_failed
         )

@@ -394,8 +394,11 @@ def _previous(run: _Run, listing: Listing, config_hash: str) -> PreviousOutput |
     """``output.previous``, checked (:func:`~.previous_table.find_any_previous`); None: a full run."""
     config, summary = run.config, run.summary
     previous, why = find_any_previous(config, config_hash)
-    if previous is not None and listing.format != "files":
-        why, previous = "incremental runs over shards are not supported yet: every record is computed", None
+    if previous is not None and (made := previous.manifest.get("input_format", "files")) != listing.format:
+        why, previous = (
+            f"{previous.uri} was read as {made}, this run as {listing.format}: every input is computed",
+            None,
+        )
     log = get_logger(run_id=summary.run_id, stage="driver")
     if why is not None:
         log.warning("full run", reason=why)
@@ -481,4 +484,6 @@ def _run_on_ray(
     summary.failed_shards = result.failed_shards
     if result.counted_inputs is not None:  # a shard's records are counted only once read back
         summary.inputs = result.counted_inputs
+        if summary.incremental is not None and "carried" in summary.incremental:  # records computed
+            summary.incremental["computed"] = result.counted_inputs - summary.incremental["carried"]
     return result, plan

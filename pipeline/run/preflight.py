@@ -148,6 +148,6 @@ def check_run(config: Config) -> Verdict:
         return Verdict(action, location.uri, resume, listing=listing, spec=spec, models=models)
     previous, why = find_any_previous(config, config.config_hash(spec.weights_sha256))  # refused as run does
     carried = f"{previous.uri}: rows of unchanged inputs carried" if previous is not None else why
-    if previous is not None and listing.format != "files":  # as run_job says it
-        carried = f"{previous.uri}: incremental runs over shards are not supported yet: a full run"
+    if previous is not None and listing.format != "files":  # a shard's records: counted once read
+        carried = f"{previous.uri}: records of unchanged shards carried"
     return Verdict(action, location.uri, resume, listing=listing, spec=spec, previous=carried)
