@@ -12,7 +12,7 @@ as one JSON document.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pipeline.compute.decode import DecodeSettings
@@ -180,6 +180,21 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
         rows_per_file=config.output.rows_per_file or part_rows(device, cpus),
         inference_group=", ".join(inference) or None,
     )
+
+
+def share_among_pools(plan: ResourcePlan, pools: int) -> ResourcePlan:
+    """Each of ``pools`` chained inference pools' plan (a ``models:`` run, :mod:`pipeline.run.pools`).
+
+    On CPU the pools run side by side on the cores one pool would have had: each takes its
+    share of the actors' CPUs and threads. On GPU each actor still takes its GPUs (its models
+    fit the device only without the other pools'), and the actors the plan allows are split
+    between the pools: ``pools`` pools need at least ``pools`` GPUs.
+    """
+    if plan.actor_num_gpus > 0:
+        most = max(1, plan.max_actors // pools)
+        return replace(plan, max_actors=most, min_actors=min(plan.min_actors, most))
+    threads = max(1, plan.torch_threads // pools) if plan.torch_threads else None
+    return replace(plan, actor_num_cpus=plan.actor_num_cpus / pools, torch_threads=threads)
 
 
 def part_rows(device: str, cpus: float) -> int:
