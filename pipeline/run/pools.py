@@ -48,7 +48,10 @@ class Pool:
 
 
 def parameter_count(payload: Any) -> int:
-    """A payload's parameters: its tensors' elements; raw file bytes (saved folders, programs) as fp32."""
+    """A payload's parameters: its tensors' elements; raw file bytes (saved folders, programs) as fp32.
+
+    A random-init model (demo, tests) has no payload: its estimate is its activations alone.
+    """
     if hasattr(payload, "numel"):
         return int(payload.numel())
     if isinstance(payload, bytes | bytearray | memoryview):
