@@ -1,8 +1,18 @@
-"""models: which models share an inference actor: the memory estimate and the first-fit packing."""
+"""models: which models share an inference actor: the estimate, the packing, each pool's share of the plan."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.run.placement import plan_resources, share_among_pools
 from pipeline.run.pools import estimate_bytes, first_fit, parameter_count
+
+if TYPE_CHECKING:
+    from pipeline.run.placement import ResourcePlan
 
 
 def test_first_fit_packs_in_order_into_groups_that_fit():
@@ -28,3 +38,30 @@ def test_parameters_are_counted_from_the_payload_as_the_actor_receives_it():
     assert parameter_count(state) == sum(value.numel() for value in state.values())
     assert parameter_count({"model.safetensors": b"\0" * 4_000, "config.json": b"{}"}) == 1_000
     assert parameter_count((state, b"\0" * 40)) == parameter_count(state) + 10
+
+
+def _plan(cluster: dict[str, float], *items: str) -> ResourcePlan:
+    config = load_config(
+        None, ["input.uri=/data/in", "output.uri=/data/out", "model.random_init=true", *items], environ={}
+    )
+    return plan_resources(config, cluster)
+
+
+def test_pools_share_the_cpus_one_pool_would_have_had():
+    """On CPU each of two pools takes half the actors' CPUs and threads: together they fit the node."""
+    plan = _plan({"CPU": 8})
+    shared = share_among_pools(plan, 2)
+    assert shared.actor_num_cpus == plan.actor_num_cpus / 2
+    assert shared.torch_threads == max(1, (plan.torch_threads or 0) // 2)
+    assert shared.max_actors == plan.max_actors
+
+
+def test_more_gpu_pools_than_gpus_are_refused_naming_the_key():
+    """Two pools of whole-GPU actors on one GPU would wait for ever: refused, naming actor_num_gpus."""
+    with pytest.raises(ConfigError) as caught:
+        share_among_pools(_plan({"CPU": 8, "GPU": 1}), 2)
+    assert (caught.value.key, caught.value.value) == ("resources.actor_num_gpus", 1.0)
+    halves = share_among_pools(_plan({"CPU": 8, "GPU": 1}, "resources.actor_num_gpus=0.5"), 2)
+    assert (halves.actor_num_gpus, halves.max_actors) == (0.5, 1)
+    four = share_among_pools(_plan({"CPU": 32, "GPU": 4}, "resources.max_actors=4"), 2)
+    assert (four.actor_num_gpus, four.min_actors, four.max_actors) == (1.0, 1, 2)
