@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.config import dump_yaml
 from pipeline.inputs.listing import list_inputs
 from pipeline.run import group_sizing
-from pipeline.run.placement import ResourcePlan, plan_resources
+from pipeline.run.placement import ResourcePlan, plan_resources, share_among_pools
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -53,6 +53,8 @@ def print_plan(
         found = f"{inputs} records in {len(listing)} {listing.format} shards"
     declared = config.resources.placement == "worker_groups"
     plan = plan_resources(config, {}) if declared else _plan_on_local_cluster(config)
+    if verdict is not None and len(verdict.pools) > 1:  # refused as the run would refuse it
+        share_among_pools(plan, len(verdict.pools))
     cluster = {"CPU": plan.cluster_cpus, "GPU": plan.cluster_gpus}
     stages = rounded(_stages(config, plan, inputs))
     if as_json:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,7 @@ from pipeline.schema import (
     EMBEDDING_COLUMN,
     IDENTITY_FIELDS,
     IMAGE_COLUMN,
+    MODEL_COLUMN_SEPARATOR,
     PROVENANCE_FIELDS,
     SHARED_LEADING,
     STATUS_OK,
@@ -45,6 +46,21 @@ class ModelRun:
     precision: str  # its inference.precision (models[].precision, else the run's)
     top_k: int
     derivation: Derivation
+    pool: int = 0  # the actor pool it runs in (pipeline.run.pools): the same pool, the same actor
+
+
+class Combined(NamedTuple):
+    """What a combined table says of the run's models, and where this actor's pool stands among the pools.
+
+    Several pools (:mod:`pipeline.run.pools`) are chained: every pool but the last passes the
+    batch on (``passes``), the decoded crop included, with its models' ``<output>::`` columns
+    added; the last builds the combined table, its models' columns in ``outputs``' order.
+    """
+
+    name: str  # every model's name, joined
+    sha256: str  # the combined digest
+    outputs: tuple[str, ...] = ()  # every model's output, in the config's order (empty: this actor's)
+    passes: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,11 +92,11 @@ class ClassifyOrEmbedMany:
         self,
         models: tuple[ModelPart, ...],
         payloads_ref: Any,
-        combined: tuple[str, str],
+        combined: tuple[str, str] | Combined,
         progress: Any = None,
         carried_ref: Any = None,
     ) -> None:
-        """``payloads_ref``: the models' payloads, one object-store tuple; ``combined``: (names, digest)."""
+        """``payloads_ref``: the models' payloads, one object-store tuple; ``combined``: :class:`Combined`."""
         import ray
 
         fetched = isinstance(payloads_ref, ray.ObjectRef)  # else the payloads themselves
@@ -94,7 +110,8 @@ class ClassifyOrEmbedMany:
             head.stage, head.model_label = STAGE_MODEL, part.output
         self.metrics = worker_metrics(*self._labels(models))
         self.progress = progress
-        self.combined_name, self.combined_sha256 = combined
+        self.combined = Combined(*combined)
+        self.outputs = self.combined.outputs or tuple(part.output for part in models)
         self.run_id = models[0].settings.labels.run_id
 
     @staticmethod
@@ -110,9 +127,24 @@ class ClassifyOrEmbedMany:
         if self.progress is not None:
             self.progress.add.remote(ok, _count_failed(reasons[status != STATUS_OK]))
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """Every model's output rows of the batch, in one table (no rows once the run was asked to stop)."""
+    def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> pa.Table:
+        """Every model's output rows of the batch, in one table (no rows once the run was asked to stop).
+
+        Chained pools take and (but the last) give Arrow tables: what passes on is untouched, the
+        earlier pools' ``<output>::`` columns and the decoded crop included.
+        """
         started = time.perf_counter()
+        arrow: pa.Table | None = None
+        earlier: dict[str, list[tuple[pa.Field, Any]]] = {}
+        if isinstance(batch, pa.Table):
+            arrow, (batch, earlier) = batch, _split_earlier(batch)
+        tables = self._run_models(batch)
+        if self.combined.passes:  # not the last pool: the batch goes on, with these models' columns
+            return _with_columns(arrow, tables[0].num_rows, self._own(tables))
+        return self._combine(batch, tables, earlier, started)
+
+    def _run_models(self, batch: dict[str, np.ndarray]) -> list[pa.Table]:
+        """Each model's output table of the batch, its input derived from the shared crop (none: stopping)."""
         stopping = stop_requested(self.progress)
         tables = []
         for part, head in zip(self.models, self.heads, strict=True):
@@ -123,6 +155,16 @@ class ClassifyOrEmbedMany:
             else:
                 rows = batch
             tables.append(head(rows))
+        return tables
+
+    def _combine(
+        self,
+        batch: dict[str, np.ndarray],
+        tables: list[pa.Table],
+        earlier: dict[str, list[tuple[pa.Field, Any]]],
+        started: float,
+    ) -> pa.Table:
+        """The combined table: the shared columns once, then every model's, earlier pools' included."""
         count = tables[0].num_rows
         status = _strings(batch["status"])[:count]
         if count:
@@ -132,8 +174,8 @@ class ClassifyOrEmbedMany:
             "status": pa.array(status, pa.string()),
             "reason": pa.array(_strings(batch["reason"])[:count], pa.string()),
             "error": pa.array(_strings(batch["error"])[:count], pa.string()),
-            "model_name": pa.array([self.combined_name] * count, pa.string()),
-            "model_sha256": pa.array([self.combined_sha256] * count, pa.string()),
+            "model_name": pa.array([self.combined.name] * count, pa.string()),
+            "model_sha256": pa.array([self.combined.sha256] * count, pa.string()),
         }
         fields, columns = [], []  # each with its field as the model's schema has it (types, not-null)
         for name in (*SHARED_LEADING, *decoded, "run_id"):
@@ -143,11 +185,47 @@ class ClassifyOrEmbedMany:
             if name not in _SHARED and name not in own_columns(first):
                 fields.append(first.schema.field(name))
                 columns.append(first.column(name))
-        for part, table in zip(self.models, tables, strict=True):
-            for name in own_columns(table):
-                fields.append(table.schema.field(name).with_name(model_column(part.output, name)))
-                columns.append(table.column(name))
+        mine = {**earlier, **self._own(tables)}
+        for output in self.outputs:  # every model's columns in the config's order, whichever pool ran it
+            for field, column in mine[output]:
+                fields.append(field)
+                columns.append(column)
         return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+    def _own(self, tables: list[pa.Table]) -> dict[str, list[tuple[pa.Field, Any]]]:
+        """Each of this actor's models' own columns, named ``<output>::<column>``, with their fields."""
+        return {
+            part.output: [
+                (table.schema.field(name).with_name(model_column(part.output, name)), table.column(name))
+                for name in own_columns(table)
+            ]
+            for part, table in zip(self.models, tables, strict=True)
+        }
+
+
+def _split_earlier(table: pa.Table) -> tuple[dict[str, np.ndarray], dict[str, list[tuple[pa.Field, Any]]]]:
+    """A chained pool's input: the batch as Ray Data's numpy format has it; earlier pools' columns."""
+    from ray.data.block import BlockAccessor
+
+    earlier: dict[str, list[tuple[pa.Field, Any]]] = {}
+    for field in table.schema:
+        if MODEL_COLUMN_SEPARATOR in field.name:
+            output = field.name.split(MODEL_COLUMN_SEPARATOR, 1)[0]
+            earlier.setdefault(output, []).append((field, table.column(field.name)))
+    plain = table.drop_columns([field.name for columns in earlier.values() for field, _ in columns])
+    batch = BlockAccessor.for_block(plain).to_batch_format("numpy")
+    return batch, earlier
+
+
+def _with_columns(table: pa.Table | None, count: int, own: dict[str, list[tuple[pa.Field, Any]]]) -> pa.Table:
+    """The pool's input table (its first ``count`` rows: none once stopping) with ``own`` added."""
+    if table is None:
+        raise TypeError("a pool that passes its batch on takes Arrow tables (batch_format='pyarrow')")
+    table = table.slice(0, count)
+    for columns in own.values():
+        for field, column in columns:
+            table = table.append_column(field, column)
+    return table
 
 
 def _count_failed(reasons: np.ndarray) -> dict[str, int]:

@@ -145,6 +145,10 @@ def check_models(config: Config) -> None:
     from pipeline.config.sections import ModelConfig
 
     if not config.models:
+        if config.resources.model_groups:
+            raise ConfigError(
+                "resources.model_groups", config.resources.model_groups, "set only with models:"
+            )
         return
     if config.model != ModelConfig():
         raise ConfigError("model", config.model.name, "leave model: out when models: names the models")
@@ -162,6 +166,25 @@ def check_models(config: Config) -> None:
         seen.add(entry.output)
         single = ModelConfig(**entry.model_dump(exclude={"output", "precision"}))
         check_model_source(config.model_copy(update={"model": single}), f"models[{index}]")
+    check_model_groups(config.resources.model_groups, [entry.output for entry in config.models])
+
+
+def check_model_groups(groups: list[list[str]], outputs: list[str]) -> None:
+    """``resources.model_groups``: non-empty pools naming every ``models[].output`` exactly once."""
+    if not groups:
+        return
+    named = [name for group in groups for name in group]
+    key = "resources.model_groups"
+    if any(not group for group in groups):
+        raise ConfigError(key, groups, "each pool names at least one models[].output")
+    for name in named:
+        if name not in outputs:
+            raise ConfigError(key, name, f"a pool names models[].output values only: {', '.join(outputs)}")
+        if named.count(name) > 1:
+            raise ConfigError(key, name, "each model is in exactly one pool")
+    missing = [name for name in outputs if name not in named]
+    if missing:
+        raise ConfigError(key, groups, f"every model is in a pool; missing: {', '.join(missing)}")
 
 
 def check_semantics(config: Config) -> None:

@@ -289,6 +289,14 @@ class ResourcesConfig(_Section):
     )  # declared: pipeline.config.worker_groups
     gpu_workers_timeout_s: float = Field(default=900.0, gt=0)  # for the first GPU worker; exit 10 after
     stop_grace_s: float = Field(default=20.0, gt=0)  # after SIGTERM/SIGINT: drain what is in flight
+    # models: which models share an inference actor (docs/multi-model.md, "Placement"). Each
+    # inner list is one actor pool, by models[].output, every output exactly once; the pools run
+    # one after the other over the same decoded blocks. Empty: decided from actor_memory_gib.
+    model_groups: list[list[str]] = Field(default_factory=list, max_length=8)
+    # models: the memory one inference actor's device has for models (a GPU's total memory).
+    # Set, the models are packed first-fit into pools whose estimates fit it (pipeline.run.pools);
+    # None: every model in one actor, as on CPU.
+    actor_memory_gib: float | None = Field(default=None, gt=0, le=4096)
 
 
 class LoggingConfig(_Section):

@@ -3,6 +3,9 @@
     listing (driver) -> read row_id/uri (or records of shards) -> [checkpoint filter on resume]
       -> decode_batch (CPU tasks) -> ClassifyOrEmbed (actor pool) -> write_parquet
 
+A ``models:`` run's inference is ``ClassifyOrEmbedMany``: one actor pool holding every model,
+or (:mod:`pipeline.run.pools`) several pools chained over the same decoded blocks.
+
 The read emits only ids and URIs (and, when manifest columns are carried, each
 row's index into their table, :mod:`pipeline.inputs.manifest`), so on resume Ray
 Data's checkpoint filter drops finished rows before any bytes are fetched. How
@@ -22,17 +25,18 @@ from ray.data.datasource.filename_provider import FilenameProvider
 from pipeline import storage
 from pipeline.compute.decode_task import DecodeJob, decode_batch
 from pipeline.compute.inference_actor import ActorSettings, ClassifyOrEmbed
-from pipeline.compute.multi_actor import ClassifyOrEmbedMany, ModelPart
+from pipeline.compute.multi_actor import ClassifyOrEmbedMany, Combined, ModelPart
 from pipeline.inputs import reading
 from pipeline.inputs.http_fetch import HttpSettings
 from pipeline.inputs.listing import manifest_base
 from pipeline.ops.metrics import RunLabels
-from pipeline.run.placement import decode_settings, inference_settings
+from pipeline.run.placement import decode_settings, inference_settings, share_among_pools
 
 if TYPE_CHECKING:
     import ray.data
 
     from pipeline.compute.inference import InferenceSettings
+    from pipeline.compute.multi_actor import ModelRun
     from pipeline.config import Config
     from pipeline.run.placement import ResourcePlan
     from pipeline.run.write_step import Work
@@ -116,6 +120,50 @@ def build_dataset(
             "tracker": progress,
         },
     )
+    actor_settings = ActorSettings(
+        inference=inference_settings(config, plan),
+        top_k=config.model.top_k,
+        labels=labels,
+        device_decode=decoding if decoding.keep_jpeg else None,
+        shards=source.carried_schema,
+    )
+    shared = {"progress": progress, "carried_ref": carried_ref}
+    if not work.models:
+        kwargs = {"spec": spec, "state_dict_ref": state_dict_ref, "settings": actor_settings, **shared}
+        return _inference_stage(dataset, ClassifyOrEmbed, kwargs, plan, config)
+    pools = sorted({run.pool for run in work.models})
+    if len(pools) == 1:  # several models over one decode, in one actor (pipeline.compute.multi_actor)
+        kwargs = {**many_kwargs(work, actor_settings, state_dict_ref), **shared}
+        return _inference_stage(dataset, ClassifyOrEmbedMany, kwargs, plan, config)
+    # Models that do not fit one device together (pipeline.run.pools): one actor pool each group,
+    # chained over the same decoded blocks; all but the last pass the batch on with their columns.
+    pool_plan = share_among_pools(plan, len(pools))
+    chained: ray.data.Dataset = dataset
+    for pool in pools:
+        passes = pool != pools[-1]
+        indexes = [index for index, run in enumerate(work.models) if run.pool == pool]
+        chosen = replace(work, models=tuple(work.models[index] for index in indexes))
+        payloads = ray.put(tuple(work.state_dict[index] for index in indexes))  # this pool's models only
+        kwargs = {
+            **many_kwargs(chosen, actor_settings, payloads, outputs=work.models, passes=passes),
+            **shared,
+        }
+        chained = _inference_stage(chained, ClassifyOrEmbedMany, kwargs, pool_plan, config, arrow=True)
+    return chained
+
+
+def _inference_stage(
+    dataset: ray.data.Dataset,
+    actor: type[ClassifyOrEmbed | ClassifyOrEmbedMany],
+    kwargs: dict[str, Any],
+    plan: ResourcePlan,
+    config: Config,
+    *,
+    arrow: bool = False,
+) -> ray.data.Dataset:
+    """One actor-pool stage of inference, sized by ``plan``; ``arrow``: Arrow batches (chained pools)."""
+    import ray.data
+
     settings = inference_settings(config, plan)
     compute = ray.data.ActorPoolStrategy(
         min_size=plan.min_actors,
@@ -125,32 +173,31 @@ def build_dataset(
         max_concurrent_calls_per_actor=plan.calls_in_flight_per_actor,
         enable_true_multi_threading=plan.parallel_calls,
     )
-    actor_settings = ActorSettings(
-        inference=settings,
-        top_k=config.model.top_k,
-        labels=labels,
-        device_decode=decoding if decoding.keep_jpeg else None,
-        shards=source.carried_schema,
-    )
-    actor: type[ClassifyOrEmbed | ClassifyOrEmbedMany] = ClassifyOrEmbed
-    kwargs: dict[str, Any] = {"spec": spec, "state_dict_ref": state_dict_ref, "settings": actor_settings}
-    if work.models:  # several models over one decode, in one actor (pipeline.compute.multi_actor)
-        actor, kwargs = ClassifyOrEmbedMany, many_kwargs(work, actor_settings, state_dict_ref)
     classified: ray.data.Dataset = dataset.map_batches(
         actor,
         batch_size=plan.inference_batch_size,
-        batch_format="numpy",
+        batch_format="pyarrow" if arrow else "numpy",
         compute=compute,
         num_cpus=plan.actor_num_cpus,
         num_gpus=plan.actor_num_gpus,
-        fn_constructor_kwargs={**kwargs, "progress": progress, "carried_ref": carried_ref},
+        fn_constructor_kwargs=kwargs,
         **actor_remote_options(plan, settings),
     )
     return classified
 
 
-def many_kwargs(work: Work, settings: ActorSettings, payloads_ref: Any) -> dict[str, Any]:
-    """The several-model actor's arguments: each model with its own precision and top-k."""
+def many_kwargs(
+    work: Work,
+    settings: ActorSettings,
+    payloads_ref: Any,
+    outputs: tuple[ModelRun, ...] = (),
+    *,
+    passes: bool = False,
+) -> dict[str, Any]:
+    """The several-model actor's arguments: each model with its own precision and top-k.
+
+    ``outputs``: every model of the run, when this actor holds some of them (one of several pools).
+    """
     parts = tuple(
         ModelPart(
             run.output,
@@ -164,10 +211,11 @@ def many_kwargs(work: Work, settings: ActorSettings, payloads_ref: Any) -> dict[
         )
         for run in work.models
     )
+    names = tuple(run.output for run in outputs)
     return {
         "models": parts,
         "payloads_ref": payloads_ref,
-        "combined": (work.spec.name, work.spec.weights_sha256),
+        "combined": Combined(work.spec.name, work.spec.weights_sha256, names, passes),
     }
 
 

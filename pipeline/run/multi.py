@@ -38,6 +38,7 @@ from pipeline.outputs import run_state
 from pipeline.outputs.commit import check_failure_budget
 from pipeline.outputs.layout import DATA_DIR, MANIFEST, RUN_STATE, is_temporary
 from pipeline.outputs.run_output import RunOutput
+from pipeline.run.pools import Pool, plan_pools
 from pipeline.schema import model_table
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class MultiRun:
     outputs: list[RunOutput]
     root: Config  # the combined run's config: output.uri/_multi
     runs: tuple[ModelRun, ...] = ()
+    pools: tuple[Pool, ...] = ()  # which models share an actor (pipeline.run.pools), set by resolve
     _weights: list[Weights] | None = None
 
     @classmethod
@@ -132,6 +134,10 @@ class MultiRun:
             ModelRun(name, spec, single.inference.precision, single.model.top_k, derivation)
             for (name, single), spec, derivation in zip(self.models, specs, derivations, strict=True)
         )
+        payloads = tuple(payload for _, payload in resolved)
+        self.pools = plan_pools(self.config, self.runs, payloads)
+        pool_of = {name: index for index, pool in enumerate(self.pools) for name in pool.outputs}
+        self.runs = tuple(replace(run, pool=pool_of[run.output]) for run in self.runs)
         digest = combined_digest([(run.output, run.spec.weights_sha256) for run in self.runs])
         combined = replace(
             specs[0],
@@ -140,7 +146,7 @@ class MultiRun:
             random_init=any(spec.random_init for spec in specs),
             preprocessing=decoded,
         )
-        return combined, tuple(payload for _, payload in resolved)
+        return combined, payloads
 
     def clear(self) -> int:
         """``--overwrite``: every model output's own files deleted (the leases kept); how many."""
@@ -165,6 +171,7 @@ class MultiRun:
             _split(combined, output, parts, run.output)
             result = output.tally(listing)
             model_record = _record_of(record, single, run, result)
+            model_record.model["actor_pool"] = list(self.pools[run.pool].outputs)  # who shared its actor
             check_failure_budget(model_record, result, output.location.uri_of(DATA_DIR))
             pending.append((output, result, model_record))
         for output, result, model_record in pending:  # every output verified: now the commits

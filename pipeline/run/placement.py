@@ -12,12 +12,13 @@ as one JSON document.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pipeline.compute.decode import DecodeSettings
 from pipeline.compute.inference import InferenceSettings, auto_batch_size
 from pipeline.config import worker_groups
+from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
     from pipeline.compute.model import ModelSpec
@@ -180,6 +181,30 @@ def plan_resources(config: Config, cluster: dict[str, float]) -> ResourcePlan:
         rows_per_file=config.output.rows_per_file or part_rows(device, cpus),
         inference_group=", ".join(inference) or None,
     )
+
+
+def share_among_pools(plan: ResourcePlan, pools: int) -> ResourcePlan:
+    """Each of ``pools`` chained inference pools' plan (a ``models:`` run, :mod:`pipeline.run.pools`).
+
+    On CPU the pools run side by side on the cores one pool would have had: each takes its
+    share of the actors' CPUs and threads. On GPU each actor still takes its GPUs (its models
+    fit the device only without the other pools'), and the actors the plan allows are split
+    between the pools: ``pools`` pools of whole-GPU actors need at least ``pools`` GPUs, else
+    refused before any work (a pool whose actor never starts would stall the run).
+    """
+    if plan.actor_num_gpus > 0:
+        if plan.cluster_gpus < pools * plan.actor_num_gpus:  # a pool's actors would wait for ever
+            raise ConfigError(
+                "resources.actor_num_gpus",
+                plan.actor_num_gpus,
+                f"{pools} actor pools (resources.model_groups or actor_memory_gib) each take that many "
+                f"GPUs per actor, and the cluster has {plan.cluster_gpus:g}: give each a fraction "
+                "(models that fit together), or run the models as separate jobs",
+            )
+        most = max(1, plan.max_actors // pools)
+        return replace(plan, max_actors=most, min_actors=min(plan.min_actors, most))
+    threads = max(1, plan.torch_threads // pools) if plan.torch_threads else None
+    return replace(plan, actor_num_cpus=plan.actor_num_cpus / pools, torch_threads=threads)
 
 
 def part_rows(device: str, cpus: float) -> int:

@@ -22,6 +22,7 @@ from pipeline.outputs import claim, layout, safety
 from pipeline.outputs.tables import table_commit
 from pipeline.outputs.tables.previous_table import find_any_previous
 from pipeline.run.multi import MultiRun
+from pipeline.run.pools import GIB, Pool
 
 if TYPE_CHECKING:
     from pipeline.compute.model import ModelSpec
@@ -48,6 +49,7 @@ class Verdict:
     spec: ModelSpec | None = None
     previous: str | None = None  # output.previous: the output carried from, or why it runs in full
     models: tuple[tuple[str, ModelSpec], ...] = ()  # models: (output name, spec) of each model
+    pools: tuple[Pool, ...] = ()  # models: which share an inference actor (pipeline.run.pools)
 
     def lines(self, config: Config) -> list[str]:
         """The plan's first lines, for people."""
@@ -91,7 +93,8 @@ class Verdict:
             ]
             or [f"  model    {spec.name}, {weights} (sha256 {spec.weights_sha256[:12]}), {what}"]
         )
-        return ["what the run will do", action, *models, *previous, f"  checks   {CHECKS}: passed"]
+        pools = [_pools_line(config, self.pools)] if self.pools else []
+        return ["what the run will do", action, *models, *pools, *previous, f"  checks   {CHECKS}: passed"]
 
     def as_dict(self) -> dict[str, Any]:
         """The ``will_do`` of ``pipeline plan --json``."""
@@ -107,7 +110,24 @@ class Verdict:
             if self.spec is None
             else {"name": self.spec.name, "task": self.spec.task, "sha256": self.spec.weights_sha256},
             **({"models": [_model_dict(name, spec) for name, spec in self.models]} if self.models else {}),
+            **({"pools": [pool.as_dict() for pool in self.pools]} if self.pools else {}),
         }
+
+
+def _pools_line(config: Config, pools: tuple[Pool, ...]) -> str:
+    """Which models share an inference actor, each pool's memory estimate, and why."""
+    res = config.resources
+    why = (
+        "resources.model_groups"
+        if res.model_groups
+        else f"packed into resources.actor_memory_gib={res.actor_memory_gib}"
+        if res.actor_memory_gib is not None
+        else "resources.actor_memory_gib not set"
+    )
+    each = "; ".join(f"{'+'.join(pool.outputs)} ~{pool.estimate_bytes / GIB:.2f} GiB" for pool in pools)
+    if len(pools) == 1:
+        return f"  pools    one actor holds every model: {each} ({why})"
+    return f"  pools    {len(pools)} actor pools, chained over one decode: {each} ({why})"
 
 
 def _model_dict(output: str, spec: ModelSpec) -> dict[str, Any]:
@@ -145,7 +165,9 @@ def check_run(config: Config) -> Verdict:
     action = "resume" if resume else ("overwrite" if overwrite and held else "new")
     models = tuple((run.output, run.spec) for run in many.runs) if many else ()
     if many is not None:  # models: refuses output.previous (config checks)
-        return Verdict(action, location.uri, resume, listing=listing, spec=spec, models=models)
+        return Verdict(
+            action, location.uri, resume, listing=listing, spec=spec, models=models, pools=many.pools
+        )
     previous, why = find_any_previous(config, config.config_hash(spec.weights_sha256))  # refused as run does
     carried = f"{previous.uri}: rows of unchanged inputs carried" if previous is not None else why
     if previous is not None and listing.format != "files":  # a shard's records: counted once read

@@ -87,3 +87,58 @@ def test_plan_names_each_model_and_its_output(tmp_path, sample_images):
     assert f"output {tmp_path / 'out'}/candidate" in lines
     assert [m["output"] for m in verdict.as_dict()["models"]] == ["current", "candidate"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("groups", "value"),
+    [
+        ("[[current], [vectors]]", "vectors"),
+        ("[[current], [current, candidate]]", "current"),
+        ("[[candidate]]", [["candidate"]]),
+        ("[[current, candidate], []]", [["current", "candidate"], []]),
+    ],
+    ids=["names-no-model", "model-in-two-pools", "model-in-no-pool", "empty-pool"],
+)
+def test_bad_model_groups_name_the_key_and_value(groups, value):
+    """resources.model_groups that does not put every model in exactly one pool is refused, naming it."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [*BASE, TWO, f"resources.model_groups={groups}"], environ={})
+    assert (caught.value.key, caught.value.value) == ("resources.model_groups", value)
+
+
+def test_model_groups_without_models_is_refused():
+    """resources.model_groups on a single-model run is refused: there is nothing to group."""
+    with pytest.raises(ConfigError, match=r"resources\.model_groups"):
+        load_config(None, [*BASE, "model.random_init=true", "resources.model_groups=[[a]]"], environ={})
+
+
+def test_plan_shows_which_models_share_an_actor(tmp_path, sample_images, weights_file):
+    """`pipeline plan` packs the models' estimates into resources.actor_memory_gib and prints the pools."""
+    from safetensors.torch import load_file
+
+    from pipeline.run.pools import GIB, estimate_bytes, parameter_count
+    from pipeline.run.preflight import check_run
+
+    both = (
+        f"models=[{{name: resnet18, weights: '{weights_file}', output: current}},"
+        f" {{name: resnet18, weights: '{weights_file}', output: half, precision: bf16}}]"
+    )
+    common = [f"input.uri={sample_images}", f"output.uri={tmp_path / 'out'}", both, "inference.batch_size=32"]
+    parameters = parameter_count(load_file(str(weights_file)))
+    want = [estimate_bytes(parameters, "fp32", 224, 32), estimate_bytes(parameters, "bf16", 224, 32)]
+    assert 0.9 * GIB < sum(want) < 1.08 * GIB  # together they fit 0.9 x 1.2 GiB, not 0.9 x 1 GiB
+    apart = check_run(load_config(None, [*common, "resources.actor_memory_gib=1"], environ={}))
+    assert [(pool.outputs, pool.estimate_bytes) for pool in apart.pools] == [
+        (("current",), want[0]),
+        (("half",), want[1]),
+    ]
+    config = load_config(None, [*common, "resources.actor_memory_gib=1.2"], environ={})
+    together = check_run(config)
+    assert [(pool.outputs, pool.estimate_bytes) for pool in together.pools] == [
+        (("current", "half"), sum(want))
+    ]
+    lines = "\n".join(together.lines(config))
+    assert f"pools    one actor holds every model: current+half ~{sum(want) / GIB:.2f} GiB" in lines
+    assert together.as_dict()["pools"] == [
+        {"models": ["current", "half"], "estimate_gib": round(sum(want) / GIB, 3)}
+    ]

@@ -151,3 +151,49 @@ def test_a_model_output_holding_another_run_is_refused_before_any_work(
         run_job(_config(sample_images, tmp_path / "out", _models(weights_file, second_weights)))
     assert not (tmp_path / "out" / "current" / "data").exists()
     assert not (tmp_path / "out" / "_multi" / "data").exists()
+
+
+@pytest.fixture(scope="module")
+def pooled(
+    runs: tuple[Path, RunSummary, dict[str, Path]],
+    sample_images: Path,
+    weights_file: Path,
+    second_weights: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, RunSummary]:
+    """The same two models forced into two chained actor pools (resources.model_groups)."""
+    from pipeline.run.job import run_job
+
+    out = tmp_path_factory.mktemp("pooled") / "both"
+    groups = "resources.model_groups=[[current], [vectors]]"
+    return out, run_job(_config(sample_images, out, _models(weights_file, second_weights), groups))
+
+
+def test_separate_pools_write_what_the_shared_actor_writes(runs, pooled):
+    """Two models in two actor pools: each output's rows are the one-actor run's, every input decoded once."""
+    shared, _, _ = runs
+    out, summary = pooled
+    assert summary.status == "succeeded"
+    assert summary.decoded == summary.inputs > 0  # the second pool got the first pool's decoded crops
+    for name in ("current", "vectors"):  # each model's _SUCCESS names who shared its actor
+        assert json.loads((out / name / "_SUCCESS").read_text())["model"]["actor_pool"] == [name]
+        assert json.loads((shared / name / "_SUCCESS").read_text())["model"]["actor_pool"] == [
+            "current",
+            "vectors",
+        ]
+    combined = [pq.read_schema(next((root / "_multi" / "data").glob("*.parquet"))) for root in (out, shared)]
+    assert combined[0].names == combined[1].names  # every model's columns, in the config's order
+    for name in ("current", "vectors"):
+        got, want = _rows(out / name), _rows(shared / name)
+        assert set(got) == set(want)
+        assert sum(row["status"] != "ok" for row in got.values()) > 0  # the broken files passed through
+        for row_id, row in want.items():
+            mine = got[row_id]
+            assert (mine["status"], mine["reason"], mine["uri"]) == (row["status"], row["reason"], row["uri"])
+            if row["status"] != "ok":
+                continue
+            if name == "current":
+                assert mine["top_k_ids"] == row["top_k_ids"], row["uri"]
+                np.testing.assert_allclose(mine["top_k_scores"], row["top_k_scores"], rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_allclose(mine["embedding"], row["embedding"], rtol=1e-4, atol=1e-5)
