@@ -88,8 +88,9 @@ class ClassifyOrEmbed:
         self.progress = progress
         self.device_decode = settings.device_decode  # set: the rows carry JPEG bytes to decode here
         self.metrics = worker_metrics(labels.pipeline, labels.run_id)
-        # A models: run's actor sets these: its models count under stage "model", by output name.
-        self.stage, self.model_label = STAGE_INFERENCE, ""
+        # The model label names the model in the per-model panels: its name here; a models: run's
+        # actor sets stage "model" and each model's output name (its whole call stays "inference").
+        self.stage, self.model_label = STAGE_INFERENCE, spec.name
         self.metrics.model_load_seconds.set(self.predictor.load_seconds)
         self._label_array = np.array(spec.labels, dtype=object)
         self._empty = self.predictor.predict(np.zeros((0, 1, 1, 3), np.uint8))  # the outputs' shapes

@@ -45,8 +45,9 @@ ETA_UNKNOWN = -1.0
 
 STAGE_DECODE = "decode"
 STAGE_INFERENCE = "inference"
-# A models: run: each model's rows, latency and batch sizes, labelled model=<its output name>; the
-# actor's whole call (every model) stays stage="inference", one count per input.
+# Per model: a single-model run's inference rows, latency and batch sizes are labelled
+# model=<its name>; a models: run's are stage="model", model=<its output name>, and the actor's
+# whole call (every model) stays stage="inference" with no model, one count per input.
 STAGE_MODEL = "model"
 
 # The driver's named phases, the values of pipeline_job_phase's ``phase`` label, in the order a
@@ -135,7 +136,7 @@ def worker_metrics(pipeline: str, run_id: str) -> WorkerMetrics:
         rows=with_defaults(
             Counter(
                 "pipeline_rows",
-                "Rows leaving a stage, by outcome (and model, in a models: run; empty otherwise).",
+                "Rows leaving a stage, by outcome (and model, on the inference and model stages).",
                 (*keys, "stage", "outcome", "model"),
             )
         ),
