@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from helpers import free_port
+from helpers.tiny_models import torchvision_weights
 
 from pipeline.cli import samples
 from pipeline.config import Config, load_config
@@ -51,15 +52,8 @@ def sample_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init state dict of the test model, saved as safetensors."""
-    import torch
-    import torchvision
-    from safetensors.torch import save_file
-
-    torch.manual_seed(1234)
-    model = torchvision.models.get_model(TEST_MODEL, weights=None, num_classes=1000)
     path = tmp_path_factory.mktemp("weights") / f"{TEST_MODEL}.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
+    return torchvision_weights(path, TEST_MODEL, seed=1234)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Tiny models with random weights, each saved in its library's own format, as a user would hand them over.
 
-One per ``model.source`` (timm, Hugging Face, OpenCLIP, torch.export); each builder takes a
+One per ``model.source`` (torchvision, timm, Hugging Face, OpenCLIP, torch.export); each builder takes a
 folder and returns what ``model.weights`` names. Libraries are imported inside the builders:
 only the tests that need one pay for its import.
 """
@@ -26,6 +26,18 @@ CLIP_CONFIG = {
 }
 # Exported programs carry no preprocessing: the config's keys say it.
 EXPORTED_PREPROCESS = {"resize_size": 40, "crop_size": 32, "mean": (0.4, 0.5, 0.6), "std": (0.2, 0.25, 0.3)}
+
+
+def torchvision_weights(path: Path, name: str, seed: int) -> Path:
+    """A torchvision ``name`` state dict (1000 classes), weights fixed by ``seed``, as safetensors."""
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(name, weights=None, num_classes=1000)
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
+    return path
 
 
 def timm_weights(folder: Path, seed: int = 7) -> Path:

@@ -11,8 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torchvision
-from safetensors.torch import save_file
+from helpers.tiny_models import torchvision_weights
 from torch_oracle import reference_inputs, reference_model
 
 from pipeline.cli import main
@@ -154,11 +153,8 @@ CONVNEXT_CROP = ["preprocess.resize_size=110", "preprocess.crop_size=96"]  # 2 c
 
 @pytest.fixture(scope="module")
 def convnext_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(4321)
-    model = torchvision.models.get_model("convnext_tiny", weights=None, num_classes=1000)
     path = tmp_path_factory.mktemp("weights") / "convnext_tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
+    return torchvision_weights(path, "convnext_tiny", seed=4321)
 
 
 def _reference(config, uris: list[str], weights: Path) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers.tiny_models import torchvision_weights
 
 from pipeline.config import load_config
 
@@ -29,15 +30,7 @@ COMMON = [
 @pytest.fixture(scope="module")
 def second_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A MobileNetV3-small state dict with fixed random weights, as safetensors."""
-    import torch
-    import torchvision
-    from safetensors.torch import save_file
-
-    torch.manual_seed(5)
-    model = torchvision.models.get_model(SECOND, weights=None, num_classes=1000)
-    path = tmp_path_factory.mktemp("second") / f"{SECOND}.safetensors"
-    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
-    return path
+    return torchvision_weights(tmp_path_factory.mktemp("second") / f"{SECOND}.safetensors", SECOND, seed=5)
 
 
 def _models(weights_file: Path, second: Path) -> str:
@@ -75,6 +68,22 @@ def _rows(output: Path) -> dict[str, dict[str, object]]:
     return {row["row_id"]: row for row in table.to_pylist()}
 
 
+def _assert_same_predictions(
+    name: str, got: dict[str, dict[str, object]], want: dict[str, dict[str, object]]
+) -> None:
+    """Row by row: same uri, status and reason; ok rows the same top-k (``current``) or vectors (fp32)."""
+    for row_id, row in want.items():
+        mine = got[row_id]
+        assert (mine["status"], mine["reason"], mine["uri"]) == (row["status"], row["reason"], row["uri"])
+        if row["status"] != "ok":
+            continue
+        if name == "current":
+            assert mine["top_k_ids"] == row["top_k_ids"], row["uri"]
+            np.testing.assert_allclose(mine["top_k_scores"], row["top_k_scores"], rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_allclose(mine["embedding"], row["embedding"], rtol=1e-4, atol=1e-5)
+
+
 def test_each_output_equals_its_single_model_run(runs):
     """Each model's rows from the two-model run are its single-model run's rows (fp32: same predictions)."""
     both, _, alone = runs
@@ -83,16 +92,7 @@ def test_each_output_equals_its_single_model_run(runs):
         assert set(got) == set(want)
         schemas = [pq.read_schema(next((out / "data").glob("*.parquet"))) for out in (both / name, single)]
         assert schemas[0].remove_metadata() == schemas[1].remove_metadata()  # no other model's column
-        for row_id, row in want.items():
-            mine = got[row_id]
-            assert (mine["status"], mine["reason"]) == (row["status"], row["reason"]), row["uri"]
-            if row["status"] != "ok":
-                continue
-            if name == "current":
-                assert mine["top_k_ids"] == row["top_k_ids"], row["uri"]
-                np.testing.assert_allclose(mine["top_k_scores"], row["top_k_scores"], rtol=1e-5, atol=1e-6)
-            else:
-                np.testing.assert_allclose(mine["embedding"], row["embedding"], rtol=1e-4, atol=1e-5)
+        _assert_same_predictions(name, got, want)
 
 
 def test_each_output_is_committed_with_its_single_model_hash(runs):
@@ -187,13 +187,4 @@ def test_separate_pools_write_what_the_shared_actor_writes(runs, pooled):
         got, want = _rows(out / name), _rows(shared / name)
         assert set(got) == set(want)
         assert sum(row["status"] != "ok" for row in got.values()) > 0  # the broken files passed through
-        for row_id, row in want.items():
-            mine = got[row_id]
-            assert (mine["status"], mine["reason"], mine["uri"]) == (row["status"], row["reason"], row["uri"])
-            if row["status"] != "ok":
-                continue
-            if name == "current":
-                assert mine["top_k_ids"] == row["top_k_ids"], row["uri"]
-                np.testing.assert_allclose(mine["top_k_scores"], row["top_k_scores"], rtol=1e-5, atol=1e-6)
-            else:
-                np.testing.assert_allclose(mine["embedding"], row["embedding"], rtol=1e-4, atol=1e-5)
+        _assert_same_predictions(name, got, want)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from helpers import committed_checkpoints, kill_group
+from helpers.tiny_models import torchvision_weights
 from storage_s3 import KILLABLE_PACE
 
 from pipeline.cli import samples
@@ -36,13 +37,7 @@ DEADLINE_S = 300.0
 
 def make_weights(path: Path, seed: int) -> None:
     """Random-init weights of the test model, different per seed."""
-    import torch
-    import torchvision
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    model = torchvision.models.get_model("resnet18", weights=None, num_classes=1000)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    torchvision_weights(path, "resnet18", seed)
 
 
 @pytest.fixture(scope="module")
